@@ -1,0 +1,116 @@
+//! Admission: what the journal needs to know of a verified event, namely its identity
+//! (id, type, timestamps), its order key, and which headers are kept with it.
+
+use std::time::UNIX_EPOCH;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::journal::NewEvent;
+use crate::locator::parse_timestamp;
+use crate::receive::Payload;
+use crate::source::Source;
+use crate::verify::Verified;
+
+/// Hop-by-hop and transport headers, never kept with an event.
+const TRANSPORT: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+    "expect",
+];
+
+/// The id when the source has none: the body's SHA-256, so an identical retry is still
+/// recognised.
+pub fn content_hash_id(body: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(body)))
+}
+
+/// Headers kept with the event: everything but transport headers and those that carry
+/// a secret.
+pub fn kept_headers(source: &Source, headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !TRANSPORT.contains(&name.as_str()) && !source.secret_headers.contains(name)
+        })
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Builds the journal entry for a verified request and its parsed payload.
+pub fn admit(source: &Source, verified: Verified, payload: Payload) -> NewEvent {
+    let signed_ts = verified.signed_timestamp();
+    let incoming = verified.into_incoming();
+    let headers = &incoming.headers;
+    let value = Some(&payload.value);
+    let id = source
+        .id
+        .find(headers, value)
+        .unwrap_or_else(|| content_hash_id(&incoming.body));
+    let event_type = source.event_type.find(headers, value);
+    let event_ts = signed_ts.or_else(|| {
+        source
+            .timestamp
+            .as_ref()
+            .and_then(|l| l.find(headers, value))
+            .and_then(|t| parse_timestamp(&t))
+    });
+    // An event without an order key or a timestamp cannot be ordered, so it is admitted
+    // without being compared.
+    let order = source.order.as_ref().and_then(|rule| {
+        let key = rule.key.find(headers, value)?;
+        let ts = match &rule.timestamp {
+            Some(l) => l.find(headers, value).and_then(|t| parse_timestamp(&t))?,
+            None => event_ts?,
+        };
+        Some((key, ts))
+    });
+    let received_at_ms = incoming
+        .received_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let normalised = (payload.json != incoming.body).then_some(payload.json);
+    NewEvent {
+        source: source.name.clone(),
+        id,
+        event_type,
+        received_at_ms,
+        event_ts,
+        order,
+        content_type,
+        headers: kept_headers(source, headers),
+        client_identity: None,
+        body: incoming.body,
+        normalised,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_is_stable_and_prefixed() {
+        let id = content_hash_id(b"hello");
+        assert_eq!(
+            id,
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+    }
+}

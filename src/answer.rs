@@ -1,0 +1,133 @@
+//! The one place where outcomes and errors become HTTP answers (SPEC §6): a JSON body,
+//! `{"status":…}` on success and `{"error":code,"message":sentence}` otherwise.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::journal::{JournalError, Outcome};
+use crate::receive::ReceiveError;
+use crate::verify::VerifyError;
+
+pub type Body = Full<Bytes>;
+
+/// Everything that stops a request short of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("there is no source named `{0}`")]
+    UnknownSource(String),
+    #[error("nothing is served at this path; providers post to /hooks/SOURCE")]
+    NotFound,
+    #[error("method {method} is not allowed here; use {allow}")]
+    MethodNotAllowed { method: String, allow: String },
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the journal did not answer in time")]
+    JournalTimeout,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::UnknownSource(_) | Rejection::NotFound => StatusCode::NOT_FOUND,
+            Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::Receive(e) => match e {
+                ReceiveError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ReceiveError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ReceiveError::MalformedBody(_) | ReceiveError::BodyFailed => {
+                    StatusCode::BAD_REQUEST
+                }
+                ReceiveError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            },
+            Rejection::Verify(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Journal(_) | Rejection::JournalTimeout => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::UnknownSource(_) => "unknown_source",
+            Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
+            Rejection::Receive(e) => match e {
+                ReceiveError::PayloadTooLarge { .. } => "payload_too_large",
+                ReceiveError::UnsupportedMediaType(_) => "unsupported_media_type",
+                ReceiveError::MalformedBody(_) | ReceiveError::BodyFailed => "malformed_body",
+                ReceiveError::BodyTimeout => "request_timeout",
+            },
+            Rejection::Verify(e) => e.code(),
+            Rejection::Journal(_) | Rejection::JournalTimeout => "unavailable",
+        }
+    }
+
+    /// How long a provider should wait before retrying a 503, in seconds.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Rejection::Journal(JournalError::BacklogFull { .. }) => Some(30),
+            Rejection::Journal(_) | Rejection::JournalTimeout => Some(5),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct SuccessBody<'a> {
+    status: &'a str,
+    id: &'a str,
+    seq: u64,
+}
+
+pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub fn error_response(status: StatusCode, code: &str, message: String) -> Response<Body> {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: code,
+        message,
+    })
+    .expect("plain JSON");
+    json(status, body)
+}
+
+pub fn rejected(rejection: &Rejection) -> Response<Body> {
+    let mut response = error_response(rejection.status(), rejection.code(), rejection.to_string());
+    if let Rejection::MethodNotAllowed { allow, .. } = rejection {
+        if let Ok(v) = HeaderValue::from_str(allow) {
+            response.headers_mut().insert(header::ALLOW, v);
+        }
+    }
+    if let Some(seconds) = rejection.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+pub fn outcome(outcome: Outcome, id: &str) -> Response<Body> {
+    let (status, seq) = match outcome {
+        Outcome::Accepted(seq) => ("accepted", seq),
+        Outcome::Duplicate(seq) => ("duplicate", seq),
+        Outcome::Stale(seq) => ("stale", seq),
+    };
+    let body = serde_json::to_vec(&SuccessBody { status, id, seq }).expect("plain JSON");
+    json(StatusCode::OK, body)
+}

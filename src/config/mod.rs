@@ -1,0 +1,307 @@
+//! The TOML configuration (SPEC §3): serde structs with `deny_unknown_fields`, defaults,
+//! and one [`Config::load`] that parses and validates, naming the key at fault.
+
+mod secret;
+mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+pub use secret::{Secret, SecretRef};
+pub use units::{parse_duration, parse_size, show_duration, Dur, Size};
+
+use crate::locator::Locator;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub journal: JournalConfig,
+    pub broker: Option<BrokerConfig>,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body")]
+    pub max_body: Size,
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    pub token: Option<SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    #[serde(default = "default_journal_path")]
+    pub path: PathBuf,
+    #[serde(default = "default_retention")]
+    pub retention: Dur,
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window: Dur,
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub url: SecretRef,
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub queues: Vec<QueueConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "default_retry_initial")]
+    pub initial: Dur,
+    #[serde(default = "default_retry_max")]
+    pub max: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: default_retry_initial(),
+            max: default_retry_max(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub name: String,
+    #[serde(default)]
+    pub bindings: Vec<String>,
+    #[serde(default)]
+    pub kind: QueueKind,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    #[default]
+    Quorum,
+    Classic,
+}
+
+/// One `[[sources]]` entry as written. Scheme-specific keys are checked against the
+/// scheme in [`crate::source::Source::build`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub scheme: String,
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+    #[serde(default)]
+    pub insecure: bool,
+    pub tolerance: Option<Dur>,
+    pub methods: Option<Vec<String>>,
+    pub max_body: Option<Size>,
+    pub public_url: Option<String>,
+    pub id: Option<Locator>,
+    pub event_type: Option<Locator>,
+    pub timestamp: Option<Locator>,
+    pub order_key: Option<Locator>,
+    pub order_timestamp: Option<Locator>,
+    pub routing_key: Option<String>,
+    pub allowed_client_names: Option<Vec<String>>,
+    pub rate_limit: Option<String>,
+    // scheme `github`
+    pub allow_sha1: Option<bool>,
+    // scheme `token`
+    pub token_header: Option<String>,
+    // scheme `hmac`
+    pub signature_header: Option<String>,
+    pub algorithm: Option<String>,
+    pub encoding: Option<String>,
+    pub prefix: Option<String>,
+    pub signed: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_body() -> Size {
+    Size(1 << 20)
+}
+fn default_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_request_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_drain_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_journal_path() -> PathBuf {
+    PathBuf::from("data/journal")
+}
+fn default_retention() -> Dur {
+    Dur(Duration::from_secs(7 * 86_400))
+}
+fn default_dedup_window() -> Dur {
+    Dur(Duration::from_secs(72 * 3_600))
+}
+fn default_max_backlog() -> u64 {
+    1_000_000
+}
+fn default_exchange() -> String {
+    "hookgate".to_string()
+}
+fn default_max_in_flight() -> usize {
+    1024
+}
+fn default_retry_initial() -> Dur {
+    Dur(Duration::from_millis(500))
+}
+fn default_retry_max() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_body: default_max_body(),
+            header_read_timeout: default_header_read_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
+            drain_timeout: default_drain_timeout(),
+            tls: None,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: default_journal_path(),
+            retention: default_retention(),
+            dedup_window: default_dedup_window(),
+            max_backlog: default_max_backlog(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it (journal, certificates)
+    /// stay relative to the working directory, as a user typing them would expect.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses and validates config text; everything but secret resolution is checked.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.server.max_connections == 0 {
+            bail!("server.max_connections must be at least 1");
+        }
+        if self.server.max_body.0 == 0 {
+            bail!("server.max_body must be at least 1 byte");
+        }
+        if self.journal.max_backlog == 0 {
+            bail!("journal.max_backlog must be at least 1");
+        }
+        if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
+            bail!("server.listen and admin.listen must differ");
+        }
+        if let Some(broker) = &self.broker {
+            if broker.exchange.is_empty() {
+                bail!("broker.exchange must not be empty");
+            }
+            if broker.max_in_flight == 0 {
+                bail!("broker.max_in_flight must be at least 1");
+            }
+            for (i, q) in broker.queues.iter().enumerate() {
+                if q.name.is_empty() {
+                    bail!("broker.queues[{i}].name must not be empty");
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            if !seen.insert(source.name.as_str()) {
+                bail!("sources[{i}].name: `{}` is used twice", source.name);
+            }
+            crate::source::Source::check(source, &self.server)
+                .map_err(|e| anyhow::anyhow!("sources[{i}] ({}): {e}", source.name))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! The ingest pipeline for one request, in the order the SPEC gives it:
+//! route -> method -> body within its limit -> verify -> parse -> admit -> journal -> answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response};
+use tracing::Instrument;
+
+use crate::answer::{self, Body, Rejection};
+use crate::journal::Journal;
+use crate::receive::{self, ReceiveError};
+use crate::source::Source;
+use crate::verify::{self, Incoming, Scheme};
+
+/// Where "now" comes from; tests inject a fixed clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+pub struct Gateway {
+    pub sources: HashMap<String, Arc<Source>>,
+    pub journal: Journal,
+    pub clock: Arc<dyn Clock>,
+    pub request_timeout: Duration,
+}
+
+impl Gateway {
+    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let source = request
+            .uri()
+            .path()
+            .strip_prefix("/hooks/")
+            .unwrap_or("")
+            .to_string();
+        let span = tracing::debug_span!("request", source = %source, id = tracing::field::Empty);
+        let started = tokio::time::Instant::now();
+        match self.ingest(request).instrument(span.clone()).await {
+            Ok(response) => response,
+            Err(rejection) => {
+                let _enter = span.enter();
+                match &rejection {
+                    Rejection::Journal(_) | Rejection::JournalTimeout => {
+                        tracing::warn!(code = rejection.code(), reason = %rejection, "event not accepted")
+                    }
+                    _ => tracing::info!(
+                        code = rejection.code(),
+                        reason = %rejection,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "request rejected"
+                    ),
+                }
+                answer::rejected(&rejection)
+            }
+        }
+    }
+
+    async fn ingest<B>(&self, request: Request<B>) -> Result<Response<Body>, Rejection>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let received_at = self.clock.now();
+        let name = request
+            .uri()
+            .path()
+            .strip_prefix("/hooks/")
+            .ok_or(Rejection::NotFound)?;
+        let source = self
+            .sources
+            .get(name)
+            .ok_or_else(|| Rejection::UnknownSource(name.chars().take(64).collect()))?
+            .clone();
+        if !source.methods.contains(request.method()) {
+            return Err(Rejection::MethodNotAllowed {
+                method: request.method().to_string(),
+                allow: source
+                    .methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let (parts, body) = request.into_parts();
+        // A slow sender is cut off after `request_timeout`; so is a stuck journal below.
+        let body = tokio::time::timeout(
+            self.request_timeout,
+            receive::read_body(&parts.headers, body, source.max_body),
+        )
+        .await
+        .map_err(|_| ReceiveError::BodyTimeout)??;
+        let incoming = Incoming {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+            received_at,
+        };
+        let now = unix_seconds(received_at);
+        let verified = verify::verify(
+            &source.scheme,
+            &source.secrets,
+            source.tolerance,
+            incoming,
+            now,
+        )?;
+        let kind = receive::content_kind(&verified.incoming().headers)?;
+        let unwrap_form = matches!(source.scheme, Scheme::Github(_));
+        let payload = receive::parse(kind, &verified.incoming().body, unwrap_form)?;
+        let event = crate::admit::admit(&source, verified, payload);
+        let id = event.id.clone();
+        tracing::Span::current().record("id", id.as_str());
+        let outcome = tokio::time::timeout(self.request_timeout, self.journal.append(event))
+            .await
+            .map_err(|_| Rejection::JournalTimeout)??;
+        tracing::debug!(?outcome, "event journaled");
+        Ok(answer::outcome(outcome, &id))
+    }
+}
+
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

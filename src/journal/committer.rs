@@ -1,0 +1,306 @@
+//! The one thread that writes the journal. It takes every command queued, applies them
+//! in order, flushes sled once for the group, and only then answers. Deciding dedup and
+//! ordering here, on one thread, is what makes "check then write" atomic.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::record::{self, Record, Status, Summary};
+use super::{seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Settings, Shared, Trees};
+
+/// The most commands applied before one flush; bounds the latency of a group.
+const MAX_GROUP: usize = 4096;
+/// The most records one compaction step removes, so that appends are not held up.
+const COMPACT_CHUNK: usize = 5_000;
+
+pub(super) struct Committer {
+    db: sled::Db,
+    trees: Trees,
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    last_seq: u64,
+    published: watch::Sender<u64>,
+    order_cursor: Vec<u8>,
+}
+
+type Reply = (
+    oneshot::Sender<Result<Outcome, JournalError>>,
+    Result<Outcome, JournalError>,
+);
+
+pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(source.len() + id.len() + 1);
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn dedup_value(seq: u64, first_seen_ms: u64) -> [u8; 16] {
+    let mut v = [0; 16];
+    v[..8].copy_from_slice(&seq.to_be_bytes());
+    v[8..].copy_from_slice(&first_seen_ms.to_be_bytes());
+    v
+}
+
+fn split_dedup_value(v: &[u8]) -> (u64, u64) {
+    (seq_of(&v[..8]), seq_of(&v[8..16]))
+}
+
+impl Committer {
+    pub(super) fn new(
+        db: sled::Db,
+        trees: Trees,
+        shared: Arc<Shared>,
+        settings: Arc<Settings>,
+        last_seq: u64,
+        published: watch::Sender<u64>,
+    ) -> Self {
+        Committer {
+            db,
+            trees,
+            shared,
+            settings,
+            last_seq,
+            published,
+            order_cursor: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = commands.blocking_recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match commands.try_recv() {
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
+                }
+            }
+            let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
+            let mut compactions = Vec::new();
+            let mut close = None;
+            for command in group.drain(..) {
+                match command {
+                    Command::Append { event, reply } => {
+                        let result = self.append(event);
+                        replies.push((reply, result));
+                    }
+                    Command::Compact { now_ms, reply } => {
+                        compactions.push((reply, self.compact(now_ms)));
+                    }
+                    Command::Close { reply } => close = Some(reply),
+                }
+            }
+            // One fsync covers every record of the group; nobody is answered before it.
+            if let Err(e) = self.db.flush() {
+                self.shared.healthy.store(false, Ordering::Release);
+                tracing::error!(error = %e, "journal flush failed; refusing new events");
+                let failed = JournalError::Unwritable(format!("flush failed: {e}"));
+                for (_, result) in replies.iter_mut() {
+                    *result = Err(failed.clone());
+                }
+            } else {
+                self.published.send_replace(self.last_seq);
+            }
+            for (reply, result) in replies {
+                let _ = reply.send(result);
+            }
+            for (reply, result) in compactions {
+                let _ = reply.send(result);
+            }
+            if let Some(reply) = close {
+                let _ = reply.send(());
+                break;
+            }
+        }
+        tracing::debug!("journal committer stopped");
+    }
+
+    fn append(&mut self, event: NewEvent) -> Result<Outcome, JournalError> {
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            return Err(JournalError::Unwritable("an earlier flush failed".into()));
+        }
+        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let key = dedup_key(&event.source, &event.id);
+        let window_ms = self.settings.dedup_window.as_millis() as u64;
+        if let Some(found) = self.trees.dedup.get(&key).map_err(unwritable)? {
+            let (seq, first_seen) = split_dedup_value(&found);
+            if first_seen.saturating_add(window_ms) > event.received_at_ms {
+                return Ok(Outcome::Duplicate(seq));
+            }
+        }
+        let stale = match &event.order {
+            Some((order_key, ts)) => self.is_stale(&event.source, order_key, *ts)?,
+            None => false,
+        };
+        if !stale && self.shared.backlog.load(Ordering::Acquire) >= self.settings.max_backlog {
+            return Err(JournalError::BacklogFull {
+                max: self.settings.max_backlog,
+            });
+        }
+        let seq = self.last_seq + 1;
+        let status = if stale { Status::Stale } else { Status::Queued };
+        let record = Record {
+            summary: Summary {
+                seq,
+                id: event.id,
+                source: event.source,
+                event_type: event.event_type,
+                status,
+                received_at_ms: event.received_at_ms,
+                attempts: 0,
+                size: event.body.len() as u64,
+            },
+            event_ts: event.event_ts,
+            order_key: event.order.as_ref().map(|(k, _)| k.clone()),
+            content_type: event.content_type,
+            headers: event.headers,
+            client_identity: event.client_identity,
+            body: event.body.to_vec(),
+            normalised: event.normalised.map(|b| b.to_vec()),
+            attempts_log: Vec::new(),
+        };
+        // The record goes in before the dedup entry that points at it, so that whatever
+        // prefix of these writes survives a crash, a dedup entry never points nowhere.
+        self.trees
+            .events
+            .insert(seq_key(seq), record::encode(&record))
+            .map_err(unwritable)?;
+        if !stale {
+            self.trees
+                .queued
+                .insert(seq_key(seq), &[])
+                .map_err(unwritable)?;
+            self.shared.backlog.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some((order_key, ts)) = &event.order {
+            if !stale {
+                self.trees
+                    .order
+                    .insert(
+                        dedup_key(&record.summary.source, order_key),
+                        &ts.to_be_bytes(),
+                    )
+                    .map_err(unwritable)?;
+            }
+        }
+        self.trees
+            .dedup
+            .insert(&key, &dedup_value(seq, event.received_at_ms))
+            .map_err(unwritable)?;
+        let mut expiry = event.received_at_ms.to_be_bytes().to_vec();
+        expiry.extend_from_slice(&key);
+        self.trees
+            .dedup_expiry
+            .insert(expiry, &[])
+            .map_err(unwritable)?;
+        self.last_seq = seq;
+        Ok(if stale {
+            Outcome::Stale(seq)
+        } else {
+            Outcome::Accepted(seq)
+        })
+    }
+
+    /// Whether an event at `ts` is older than the newest accepted for its order key.
+    fn is_stale(&self, source: &str, order_key: &str, ts: i64) -> Result<bool, JournalError> {
+        let newest = self
+            .trees
+            .order
+            .get(dedup_key(source, order_key))
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?
+            .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+        Ok(newest.is_some_and(|newest| ts < newest))
+    }
+
+    fn compact(&mut self, now_ms: u64) -> Result<bool, JournalError> {
+        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let retention_cutoff = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
+        let dedup_cutoff = now_ms.saturating_sub(self.settings.dedup_window.as_millis() as u64);
+        let mut more = false;
+
+        let mut removed = 0;
+        let mut looked = 0;
+        for item in self.trees.events.iter() {
+            let (key, bytes) = item.map_err(unwritable)?;
+            let summary = match record::decode_summary(&bytes) {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            if summary.received_at_ms >= retention_cutoff {
+                break;
+            }
+            looked += 1;
+            if looked > COMPACT_CHUNK * 4 || removed >= COMPACT_CHUNK {
+                more = true;
+                break;
+            }
+            let keep = summary.status == Status::Queued && !self.settings.embedded;
+            if !keep {
+                self.trees.events.remove(&key).map_err(unwritable)?;
+                if self
+                    .trees
+                    .queued
+                    .remove(&key)
+                    .map_err(unwritable)?
+                    .is_some()
+                {
+                    self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
+                }
+                removed += 1;
+            }
+        }
+
+        let mut forgotten = 0;
+        for item in self
+            .trees
+            .dedup_expiry
+            .range(..dedup_cutoff.to_be_bytes().to_vec())
+        {
+            let (expiry_key, _) = item.map_err(unwritable)?;
+            if forgotten >= COMPACT_CHUNK {
+                more = true;
+                break;
+            }
+            let (first_seen, key) = expiry_key.split_at(8);
+            if let Some(v) = self.trees.dedup.get(key).map_err(unwritable)? {
+                // A key seen again after it expired has a newer entry: leave that one.
+                if split_dedup_value(&v).1 == seq_of(first_seen) {
+                    self.trees.dedup.remove(key).map_err(unwritable)?;
+                }
+            }
+            self.trees
+                .dedup_expiry
+                .remove(&expiry_key)
+                .map_err(unwritable)?;
+            forgotten += 1;
+        }
+
+        // Ordering memory lasts as long as the dedup window; walked a chunk at a time.
+        let oldest_ts = (dedup_cutoff / 1000) as i64;
+        let mut walked = 0;
+        let start = self.order_cursor.clone();
+        let mut next_cursor = Vec::new();
+        for item in self.trees.order.range(start..) {
+            let (key, value) = item.map_err(unwritable)?;
+            if walked >= COMPACT_CHUNK {
+                next_cursor = key.to_vec();
+                more = true;
+                break;
+            }
+            walked += 1;
+            let ts = i64::from_be_bytes(value.as_ref().try_into().unwrap_or([0; 8]));
+            if ts < oldest_ts {
+                self.trees.order.remove(&key).map_err(unwritable)?;
+            }
+        }
+        self.order_cursor = next_cursor;
+        if removed + forgotten > 0 {
+            tracing::info!(removed, forgotten, "journal compacted");
+        }
+        Ok(more)
+    }
+}

@@ -1,0 +1,222 @@
+//! hookgate: a webhook gateway.
+//!
+//! A provider's request walks these stages, each a module:
+//!
+//! - [`listen`]: accept loop, connection limit, timeouts, graceful drain.
+//! - [`gateway`]: the pipeline for one request, in order:
+//!   [`receive`] (route, body limit) -> [`verify`] (signature, tolerance; the only
+//!   maker of `Verified`) -> [`receive`] (content type -> JSON payload) -> [`admit`]
+//!   (id, type, timestamps, order key) -> [`journal`] (dedup, ordering, group-committed
+//!   fsync) -> [`answer`] (the one place errors become HTTP).
+//! - [`admin`]: health, readiness and the pull API over the journal.
+//! - [`config`] and [`source`]: the TOML file and each source at run time.
+//! - [`cli`]: the subcommands other than `serve`.
+
+pub mod admin;
+pub mod admit;
+pub mod answer;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod journal;
+pub mod listen;
+pub mod locator;
+pub mod receive;
+pub mod source;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::gateway::{Clock, Gateway, SystemClock};
+use crate::journal::Journal;
+use crate::source::Source;
+
+/// A gateway that is running: its bound addresses and the means to stop it.
+pub struct Running {
+    pub ingest_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub journal: Journal,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops in order: stop accepting, drain requests in flight (bounded), then flush and
+    /// close the journal.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.journal.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Builds every source, resolving secrets; the error names the source and the secret.
+pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Arc<Source>>> {
+    let mut sources = HashMap::new();
+    for cfg in &config.sources {
+        let source = Source::build(cfg, &config.server)
+            .map_err(|e| anyhow::anyhow!("source `{}`: {e}", cfg.name))?;
+        if source.insecure {
+            tracing::warn!(source = %source.name, "source verifies nothing (scheme none, insecure = true)");
+        }
+        if source.rate_limit.is_some() {
+            tracing::warn!(source = %source.name, "rate_limit is not enforced by this build yet");
+        }
+        sources.insert(source.name.clone(), Arc::new(source));
+    }
+    Ok(sources)
+}
+
+/// Starts the gateway with the system clock.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    if config.broker.is_some() {
+        bail!("[broker]: forwarding to RabbitMQ is not built yet; remove [broker] to run embedded");
+    }
+    if config.server.tls.is_some() {
+        bail!("[server.tls]: TLS is not built yet; remove [server.tls] to serve plain HTTP");
+    }
+    let sources = build_sources(config)?;
+    let journal = Journal::open(journal::Settings {
+        path: config.journal.path.clone(),
+        dedup_window: config.journal.dedup_window.0,
+        retention: config.journal.retention.0,
+        max_backlog: config.journal.max_backlog,
+        embedded: config.broker.is_none(),
+    })
+    .with_context(|| {
+        format!(
+            "cannot open the journal at {}",
+            config.journal.path.display()
+        )
+    })?;
+
+    let ingest = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let admin = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+    let ingest_addr = ingest.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let limits = listen::Limits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: config.server.header_read_timeout.0,
+        drain_timeout: config.server.drain_timeout.0,
+    };
+    let (stop, stopped) = watch::channel(false);
+
+    let gateway = Arc::new(Gateway {
+        sources,
+        journal: journal.clone(),
+        clock: clock.clone(),
+        request_timeout: config.server.request_timeout.0,
+    });
+    let admin_state = Arc::new(admin::Admin {
+        journal: journal.clone(),
+    });
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(listen::serve(
+        "ingest",
+        ingest,
+        limits,
+        move |request| gateway.clone().handle(request),
+        stopped.clone(),
+    )));
+    let admin_limits = listen::Limits {
+        max_connections: 256,
+        ..limits
+    };
+    tasks.push(tokio::spawn(listen::serve(
+        "admin",
+        admin,
+        admin_limits,
+        move |request| admin_state.clone().handle(request),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(compact_periodically(
+        journal.clone(),
+        clock,
+        stopped,
+    )));
+    tracing::info!(addr = %ingest_addr, "ingest listening");
+    tracing::info!(addr = %admin_addr, "admin listening");
+    Ok(Running {
+        ingest_addr,
+        admin_addr,
+        journal,
+        stop,
+        tasks,
+    })
+}
+
+/// Compacts the journal once a minute, a chunk at a time, until nothing remains.
+async fn compact_periodically(
+    journal: Journal,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = listen::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let now_ms = clock
+                .now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            match journal.compact(now_ms).await {
+                Ok(true) => tokio::task::yield_now().await,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal compaction failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then stops gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(&config).await?;
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
+    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Milliseconds since the epoch for a time.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

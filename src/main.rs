@@ -1,0 +1,122 @@
+//! The `hookgate` command: arguments, config, telemetry and signals; the work is in the
+//! library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use hookgate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "hookgate",
+    version,
+    about = "A webhook gateway: verify, journal durably, deduplicate, forward"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(short, long, env = "HOOKGATE_CONFIG", default_value = "hookgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config; print each source's URL, scheme and whether its secrets resolve.
+    CheckConfig {
+        #[arg(short, long, env = "HOOKGATE_CONFIG", default_value = "hookgate.toml")]
+        config: PathBuf,
+    },
+    /// Write a commented starter config.
+    Init {
+        #[arg(long, default_value = "hookgate.toml")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Send one correctly signed test event for a source to the running gateway.
+    Send {
+        #[arg(long)]
+        source: String,
+        #[arg(short, long, env = "HOOKGATE_CONFIG", default_value = "hookgate.toml")]
+        config: PathBuf,
+        /// The body to send (default: a small JSON event).
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// Content type of --body (default: guessed from its extension).
+        #[arg(long)]
+        content_type: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        /// The event id (default: a new random one).
+        #[arg(long)]
+        id: Option<String>,
+        /// Where to send (default: the config's server.listen and /hooks/SOURCE).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("HOOKGATE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    if std::env::var("HOOKGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().flatten_event(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    };
+    let result: anyhow::Result<bool> = match cli.command {
+        Command::Serve { config } => Config::load(&config).and_then(|config| {
+            runtime().block_on(hookgate::run(config))?;
+            Ok(true)
+        }),
+        Command::CheckConfig { config } => hookgate::cli::check_config(&config),
+        Command::Init { out, force } => hookgate::cli::init(&out, force).map(|()| true),
+        Command::Send {
+            source,
+            config,
+            body,
+            content_type,
+            event_type,
+            id,
+            url,
+        } => runtime().block_on(hookgate::cli::send(hookgate::cli::SendArgs {
+            config: &config,
+            source: &source,
+            body: body.as_deref(),
+            content_type: content_type.as_deref(),
+            event_type: event_type.as_deref(),
+            id: id.as_deref(),
+            url: url.as_deref(),
+        })),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Receiving: reading the body within its limit, and turning it into the normalised JSON
+//! payload by content type (SPEC §6). JSON is kept byte for byte; forms and XML become
+//! JSON; GitHub's form delivery unwraps its `payload` field.
+
+mod form;
+mod xml;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReceiveError {
+    #[error("the body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("content type `{0}` is not accepted; send JSON, a form or XML")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    MalformedBody(String),
+    #[error("the body did not arrive in time")]
+    BodyTimeout,
+    #[error("the connection failed while reading the body")]
+    BodyFailed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentKind {
+    Json,
+    Form,
+    Xml,
+}
+
+/// The media type and its kind, from a `Content-Type` header.
+pub fn content_kind(headers: &HeaderMap) -> Result<ContentKind, ReceiveError> {
+    let raw = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let unsupported = || ReceiveError::UnsupportedMediaType(raw.clone());
+    let mut parts = raw.split(';');
+    let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    for param in parts {
+        if let Some((name, value)) = param.split_once('=') {
+            let value = value.trim().trim_matches('"').to_ascii_lowercase();
+            if name.trim().eq_ignore_ascii_case("charset")
+                && !matches!(value.as_str(), "utf-8" | "utf8" | "us-ascii")
+            {
+                return Err(ReceiveError::UnsupportedMediaType(raw.clone()));
+            }
+        }
+    }
+    match media.as_str() {
+        "application/json" => Ok(ContentKind::Json),
+        m if m.starts_with("application/") && m.ends_with("+json") => Ok(ContentKind::Json),
+        "application/x-www-form-urlencoded" => Ok(ContentKind::Form),
+        "application/xml" | "text/xml" => Ok(ContentKind::Xml),
+        m if m.starts_with("application/") && m.ends_with("+xml") => Ok(ContentKind::Xml),
+        _ => Err(unsupported()),
+    }
+}
+
+/// A body read as the normalised payload.
+#[derive(Debug)]
+pub struct Payload {
+    pub value: Value,
+    /// The JSON text to keep and forward: the body itself for JSON, else the conversion.
+    pub json: Bytes,
+}
+
+/// Parses a body of `kind`. `unwrap_form_payload` is GitHub's form delivery: the JSON
+/// in the `payload` field is the payload.
+pub fn parse(
+    kind: ContentKind,
+    body: &Bytes,
+    unwrap_form_payload: bool,
+) -> Result<Payload, ReceiveError> {
+    let malformed = ReceiveError::MalformedBody;
+    match kind {
+        ContentKind::Json => {
+            let value = serde_json::from_slice(body)
+                .map_err(|e| malformed(format!("the body is not valid JSON: {e}")))?;
+            Ok(Payload {
+                value,
+                json: body.clone(),
+            })
+        }
+        ContentKind::Form => {
+            let value = form::to_json(body).map_err(malformed)?;
+            if unwrap_form_payload {
+                if let Some(Value::String(inner)) = value.get("payload") {
+                    let inner_value = serde_json::from_str(inner).map_err(|e| {
+                        malformed(format!("the form's payload field is not valid JSON: {e}"))
+                    })?;
+                    return Ok(Payload {
+                        value: inner_value,
+                        json: Bytes::from(inner.clone()),
+                    });
+                }
+            }
+            Ok(normalised(value))
+        }
+        ContentKind::Xml => xml::to_json(body).map(normalised).map_err(malformed),
+    }
+}
+
+fn normalised(value: Value) -> Payload {
+    let json = Bytes::from(serde_json::to_vec(&value).expect("a JSON value always serialises"));
+    Payload { value, json }
+}
+
+/// Reads a body of at most `limit` bytes, refusing early on a larger `Content-Length`.
+pub async fn read_body<B>(headers: &HeaderMap, body: B, limit: u64) -> Result<Bytes, ReceiveError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ReceiveError::PayloadTooLarge { limit });
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ReceiveError::PayloadTooLarge { limit })
+        }
+        Err(_) => Err(ReceiveError::BodyFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn content_types_and_charsets() {
+        assert_eq!(
+            content_kind(&headers("application/json")),
+            Ok(ContentKind::Json)
+        );
+        assert_eq!(
+            content_kind(&headers("Application/JSON; charset=UTF-8")),
+            Ok(ContentKind::Json)
+        );
+        assert_eq!(
+            content_kind(&headers("application/cloudevents+json")),
+            Ok(ContentKind::Json)
+        );
+        assert_eq!(
+            content_kind(&headers("application/x-www-form-urlencoded; charset=utf-8")),
+            Ok(ContentKind::Form)
+        );
+        assert_eq!(
+            content_kind(&headers("text/xml; charset=\"utf-8\"")),
+            Ok(ContentKind::Xml)
+        );
+        assert!(content_kind(&headers("text/plain")).is_err());
+        assert!(content_kind(&headers("application/json; charset=iso-8859-1")).is_err());
+        assert!(content_kind(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn json_is_kept_byte_for_byte() {
+        let body = Bytes::from_static(b"{ \"b\": 1,  \"a\": [2] }");
+        let p = parse(ContentKind::Json, &body, false).unwrap();
+        assert_eq!(p.json, body);
+        assert_eq!(p.value, json!({"b": 1, "a": [2]}));
+        assert!(parse(ContentKind::Json, &Bytes::from_static(b"{"), false).is_err());
+    }
+
+    #[test]
+    fn github_form_delivery_unwraps_payload() {
+        let body = Bytes::from_static(b"payload=%7B%22action%22%3A%22opened%22%7D");
+        let p = parse(ContentKind::Form, &body, true).unwrap();
+        assert_eq!(p.value, json!({"action": "opened"}));
+        assert_eq!(&p.json[..], br#"{"action":"opened"}"#);
+        let kept = parse(ContentKind::Form, &body, false).unwrap();
+        assert_eq!(kept.value, json!({"payload": "{\"action\":\"opened\"}"}));
+    }
+}

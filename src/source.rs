@@ -1,0 +1,287 @@
+//! A configured source at run time: its scheme with settings, resolved secrets, limits
+//! and where its events' id, type and timestamps are found.
+
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::config::{Secret, SecretRef, ServerConfig, SourceConfig};
+use crate::locator::Locator;
+use crate::verify::mac::Algorithm;
+use crate::verify::{Encoding, Generic, Github, Scheme, Template, Token, SCHEME_NAMES};
+
+const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub scheme: Scheme,
+    pub secret_refs: Vec<SecretRef>,
+    pub secrets: Vec<Secret>,
+    pub tolerance: Duration,
+    pub methods: Vec<Method>,
+    pub max_body: u64,
+    pub id: Locator,
+    pub event_type: Locator,
+    /// An unsigned event time, for schemes that sign none (ordering only).
+    pub timestamp: Option<Locator>,
+    pub order: Option<OrderRule>,
+    pub routing_key: String,
+    pub insecure: bool,
+    pub rate_limit: Option<String>,
+    pub allowed_client_names: Vec<String>,
+    /// Headers that carry a secret and so are never kept with the event.
+    pub secret_headers: Vec<HeaderName>,
+}
+
+#[derive(Debug)]
+pub struct OrderRule {
+    pub key: Locator,
+    /// `None`: the event's signed (or unsigned) timestamp.
+    pub timestamp: Option<Locator>,
+}
+
+impl Source {
+    /// Validates a source's config without reading its secrets.
+    pub fn check(cfg: &SourceConfig, server: &ServerConfig) -> Result<(), String> {
+        Source::plan(cfg, server).map(drop)
+    }
+
+    /// Builds a source and resolves its secrets; an error names the secret's reference.
+    pub fn build(cfg: &SourceConfig, server: &ServerConfig) -> Result<Source, String> {
+        let mut source = Source::plan(cfg, server)?;
+        for (i, reference) in cfg.secrets.iter().enumerate() {
+            let secret = reference
+                .resolve()
+                .map_err(|e| format!("secrets[{i}]: {e}"))?;
+            source
+                .scheme
+                .check_secret(&secret)
+                .map_err(|e| format!("secrets[{i}] ({reference}) {e}"))?;
+            source.secrets.push(secret);
+        }
+        Ok(source)
+    }
+
+    fn plan(cfg: &SourceConfig, server: &ServerConfig) -> Result<Source, String> {
+        if cfg.name.is_empty()
+            || !cfg
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "name `{}` must be letters, digits, `-`, `_` or `.` (it becomes the URL /hooks/NAME)",
+                cfg.name
+            ));
+        }
+        let scheme = scheme(cfg)?;
+        match (&scheme, cfg.insecure) {
+            (Scheme::None, false) => {
+                return Err("scheme `none` verifies nothing; it needs `insecure = true`".into())
+            }
+            (Scheme::None, true) => {}
+            (_, true) => return Err("`insecure = true` is only for scheme `none`".into()),
+            (_, false) if cfg.secrets.is_empty() => {
+                return Err(format!(
+                    "scheme `{}` needs at least one entry in `secrets`",
+                    cfg.scheme
+                ))
+            }
+            _ => {}
+        }
+        let defaults = scheme.defaults();
+        if defaults.signs_timestamp && cfg.scheme != "hmac" && cfg.timestamp.is_some() {
+            return Err(format!(
+                "scheme `{}` signs its own timestamp; `timestamp` cannot be set",
+                cfg.scheme
+            ));
+        }
+        let methods = match &cfg.methods {
+            None => vec![Method::POST],
+            Some(list) if list.is_empty() => return Err("`methods` must not be empty".into()),
+            Some(list) => list
+                .iter()
+                .map(|m| {
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| format!("methods: `{m}` is not an HTTP method"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let max_body = match cfg.max_body {
+            Some(size) if size.0 == 0 => return Err("`max_body` must be at least 1 byte".into()),
+            Some(size) if size.0 > server.max_body.0 => {
+                return Err(format!(
+                    "`max_body` ({} bytes) may only lower server.max_body ({} bytes)",
+                    size.0, server.max_body.0
+                ))
+            }
+            Some(size) => size.0,
+            None => server.max_body.0,
+        };
+        let routing_key = cfg
+            .routing_key
+            .clone()
+            .unwrap_or_else(|| "{source}.{type}".into());
+        check_routing_key(&routing_key)?;
+        if let Some(rate) = &cfg.rate_limit {
+            parse_rate(rate)?;
+        }
+        let allowed_client_names = cfg.allowed_client_names.clone().unwrap_or_default();
+        if !allowed_client_names.is_empty()
+            && !server.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+        {
+            return Err("`allowed_client_names` needs [server.tls] with a `client_ca`".into());
+        }
+        let order = match (&cfg.order_key, &cfg.order_timestamp) {
+            (Some(key), timestamp) => Some(OrderRule {
+                key: key.clone(),
+                timestamp: timestamp.clone(),
+            }),
+            (None, Some(_)) => return Err("`order_timestamp` needs `order_key`".into()),
+            (None, None) => None,
+        };
+        let mut secret_headers = vec![
+            http::header::AUTHORIZATION,
+            http::header::PROXY_AUTHORIZATION,
+            http::header::COOKIE,
+        ];
+        if let Scheme::Token(token) = &scheme {
+            secret_headers.push(token.header.clone());
+        }
+        Ok(Source {
+            name: cfg.name.clone(),
+            id: cfg.id.clone().unwrap_or(defaults.id),
+            event_type: cfg.event_type.clone().unwrap_or(defaults.event_type),
+            timestamp: if defaults.signs_timestamp {
+                None
+            } else {
+                cfg.timestamp.clone()
+            },
+            scheme,
+            secret_refs: cfg.secrets.clone(),
+            secrets: Vec::new(),
+            tolerance: cfg.tolerance.map(|d| d.0).unwrap_or(DEFAULT_TOLERANCE),
+            methods,
+            max_body,
+            order,
+            routing_key,
+            insecure: cfg.insecure,
+            rate_limit: cfg.rate_limit.clone(),
+            allowed_client_names,
+            secret_headers,
+        })
+    }
+
+    /// The path providers post to.
+    pub fn path(&self) -> String {
+        format!("/hooks/{}", self.name)
+    }
+}
+
+fn scheme(cfg: &SourceConfig) -> Result<Scheme, String> {
+    let only_for = |key: &str, set: bool, scheme: &str| {
+        if set && cfg.scheme != scheme {
+            Err(format!("`{key}` is only for scheme `{scheme}`"))
+        } else {
+            Ok(())
+        }
+    };
+    only_for("allow_sha1", cfg.allow_sha1.is_some(), "github")?;
+    only_for("token_header", cfg.token_header.is_some(), "token")?;
+    for (key, set) in [
+        ("signature_header", cfg.signature_header.is_some()),
+        ("algorithm", cfg.algorithm.is_some()),
+        ("encoding", cfg.encoding.is_some()),
+        ("prefix", cfg.prefix.is_some()),
+        ("signed", cfg.signed.is_some()),
+    ] {
+        only_for(key, set, "hmac")?;
+    }
+    Ok(match cfg.scheme.as_str() {
+        "github" => Scheme::Github(Github {
+            allow_sha1: cfg.allow_sha1.unwrap_or(false),
+        }),
+        "stripe" => Scheme::Stripe,
+        "standard-webhooks" => Scheme::StandardWebhooks,
+        "token" => Scheme::Token(Token {
+            header: header_name(
+                "token_header",
+                cfg.token_header.as_deref().unwrap_or("authorization"),
+            )?,
+        }),
+        "none" => Scheme::None,
+        "hmac" => {
+            let header = cfg
+                .signature_header
+                .as_deref()
+                .ok_or("scheme `hmac` needs `signature_header`")?;
+            let generic = Generic {
+                header: header_name("signature_header", header)?,
+                algorithm: Algorithm::parse(cfg.algorithm.as_deref().unwrap_or("sha256"))?,
+                encoding: Encoding::parse(cfg.encoding.as_deref().unwrap_or("hex"))?,
+                prefix: cfg.prefix.clone().unwrap_or_default(),
+                signed: Template::parse(cfg.signed.as_deref().unwrap_or("{body}"))
+                    .map_err(|e| format!("signed: {e}"))?,
+                timestamp: cfg.timestamp.clone().filter(|l| *l != Locator::None),
+                id: cfg.id.clone().unwrap_or(Locator::None),
+                event_type: cfg.event_type.clone().unwrap_or(Locator::None),
+                url: cfg.public_url.clone().unwrap_or_default(),
+            };
+            generic.validate()?;
+            Scheme::Hmac(generic)
+        }
+        other => {
+            return Err(format!(
+                "scheme `{other}` is not known (known: {})",
+                SCHEME_NAMES.join(", ")
+            ))
+        }
+    })
+}
+
+fn header_name(key: &str, text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("`{key}`: `{text}` is not a header name"))
+}
+
+fn check_routing_key(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("routing_key `{template}` has an unclosed `{{`"))?;
+        let name = &rest[open + 1..open + close];
+        if !matches!(name, "source" | "type") {
+            return Err(format!(
+                "routing_key `{template}`: `{{{name}}}` is not one of {{source}} {{type}}"
+            ));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    Ok(())
+}
+
+/// Parses `500/s`, `60/m`, `1000/h` into (count, period).
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let bad = || format!("rate_limit `{text}` is not COUNT/s, COUNT/m or COUNT/h");
+    let (count, per) = text.split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let period = match per.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if count == 0 {
+        return Err(bad());
+    }
+    Ok((count, period))
+}
+
+/// Fills a routing-key template.
+pub fn routing_key(template: &str, source: &str, event_type: Option<&str>) -> String {
+    template
+        .replace("{source}", source)
+        .replace("{type}", event_type.unwrap_or("unknown"))
+}

@@ -1,0 +1,137 @@
+//! GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body)>`. The legacy SHA-1
+//! header `X-Hub-Signature: sha1=<hex>` counts only with `allow_sha1 = true`, and only
+//! when the SHA-256 header is absent. GitHub signs no timestamp.
+
+use super::mac::{self, Algorithm};
+use super::{header, Check, Defaults, Outgoing, VerifyError};
+use crate::config::Secret;
+use crate::locator::Locator;
+
+const SHA256_HEADER: &str = "x-hub-signature-256";
+const SHA1_HEADER: &str = "x-hub-signature";
+
+#[derive(Debug, Default)]
+pub struct Github {
+    pub allow_sha1: bool,
+}
+
+pub fn defaults() -> Defaults {
+    Defaults {
+        id: Locator::header("x-github-delivery"),
+        event_type: Locator::header("x-github-event"),
+        signs_timestamp: false,
+    }
+}
+
+impl Github {
+    pub fn verify(&self, req: &Check) -> Result<(), VerifyError> {
+        let (header_name, algorithm, value) = match header(req.headers, SHA256_HEADER) {
+            Some(v) => (SHA256_HEADER, Algorithm::Sha256, v.strip_prefix("sha256=")),
+            None => match header(req.headers, SHA1_HEADER) {
+                Some(v) if self.allow_sha1 => {
+                    (SHA1_HEADER, Algorithm::Sha1, v.strip_prefix("sha1="))
+                }
+                _ => {
+                    return Err(VerifyError::MissingSignature {
+                        header: SHA256_HEADER.into(),
+                    })
+                }
+            },
+        };
+        let invalid = VerifyError::InvalidSignature {
+            header: header_name.into(),
+        };
+        let claimed = value
+            .and_then(|hex| hex::decode(hex).ok())
+            .ok_or(invalid.clone())?;
+        req.secrets
+            .iter()
+            .any(|s| mac::matches(algorithm, s.expose(), &[req.body], &claimed))
+            .then_some(())
+            .ok_or(invalid)
+    }
+
+    pub fn sign(&self, secret: &Secret, out: &mut Outgoing) {
+        let sig = mac::sign(Algorithm::Sha256, secret.expose(), &[&out.body]);
+        out.set(SHA256_HEADER, &format!("sha256={}", hex::encode(sig)));
+        if self.allow_sha1 {
+            let sig = mac::sign(Algorithm::Sha1, secret.expose(), &[&out.body]);
+            out.set(SHA1_HEADER, &format!("sha1={}", hex::encode(sig)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::testing::{check_with, request, secrets};
+
+    const SECRET: &str = "It's a Secret to Everybody";
+    const VECTOR: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    const VECTOR_SHA1: &str = "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59";
+
+    #[test]
+    fn published_vector_verifies_and_signs() {
+        let req = request(&[("X-Hub-Signature-256", VECTOR)], b"Hello, World!");
+        let keys = secrets(&[SECRET]);
+        assert_eq!(Github::default().verify(&check_with(&req, &keys)), Ok(()));
+
+        let mut out = request(&[], b"Hello, World!");
+        Github::default().sign(&keys[0], &mut out);
+        assert_eq!(out.header("x-hub-signature-256"), Some(VECTOR));
+    }
+
+    #[test]
+    fn tampered_body_and_wrong_secret_fail() {
+        let invalid = Err(VerifyError::InvalidSignature {
+            header: SHA256_HEADER.into(),
+        });
+        let req = request(&[("X-Hub-Signature-256", VECTOR)], b"Hello, World?");
+        assert_eq!(
+            Github::default().verify(&check_with(&req, &secrets(&[SECRET]))),
+            invalid
+        );
+        let req = request(&[("X-Hub-Signature-256", VECTOR)], b"Hello, World!");
+        assert_eq!(
+            Github::default().verify(&check_with(&req, &secrets(&["nope"]))),
+            invalid
+        );
+        let req = request(&[("X-Hub-Signature-256", "sha256=zz")], b"Hello, World!");
+        assert_eq!(
+            Github::default().verify(&check_with(&req, &secrets(&[SECRET]))),
+            invalid
+        );
+    }
+
+    #[test]
+    fn second_of_two_secrets_matches() {
+        let req = request(&[("X-Hub-Signature-256", VECTOR)], b"Hello, World!");
+        let keys = secrets(&["new-secret", SECRET]);
+        assert_eq!(Github::default().verify(&check_with(&req, &keys)), Ok(()));
+    }
+
+    #[test]
+    fn missing_header_is_missing_signature() {
+        let req = request(&[], b"Hello, World!");
+        assert_eq!(
+            Github::default().verify(&check_with(&req, &secrets(&[SECRET]))),
+            Err(VerifyError::MissingSignature {
+                header: SHA256_HEADER.into()
+            })
+        );
+    }
+
+    #[test]
+    fn sha1_only_when_allowed() {
+        let req = request(&[("X-Hub-Signature", VECTOR_SHA1)], b"Hello, World!");
+        let keys = secrets(&[SECRET]);
+        assert!(matches!(
+            Github { allow_sha1: false }.verify(&check_with(&req, &keys)),
+            Err(VerifyError::MissingSignature { .. })
+        ));
+        assert_eq!(
+            Github { allow_sha1: true }.verify(&check_with(&req, &keys)),
+            Ok(())
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! Standard Webhooks (and Svix, its origin): `webhook-id`, `webhook-timestamp`,
+//! `webhook-signature: v1,<base64> [v1,<base64> …]`; HMAC-SHA256 of
+//! `{id}.{timestamp}.{body}` keyed with the base64-decoded part of `whsec_<base64>`.
+//! `svix-id`/`svix-timestamp`/`svix-signature` are accepted as the same headers.
+//! Signature versions other than `v1` are skipped.
+
+use super::mac::{self, Algorithm};
+use super::{header, Check, Defaults, Outgoing, VerifyError};
+use crate::config::Secret;
+use crate::locator::Locator;
+
+const ID: &str = "webhook-id";
+const TIMESTAMP: &str = "webhook-timestamp";
+const SIGNATURE: &str = "webhook-signature";
+
+pub fn defaults() -> Defaults {
+    Defaults {
+        id: Locator::header(ID),
+        event_type: Locator::json("/type"),
+        signs_timestamp: true,
+    }
+}
+
+/// The HMAC key inside a `whsec_` secret (a bare base64 secret is taken as well).
+pub fn key(secret: &Secret) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(secret.expose()).ok()?;
+    mac::decode_base64(text.strip_prefix("whsec_").unwrap_or(text))
+}
+
+/// A Standard Webhooks header, or its `svix-` twin.
+fn either<'a>(req: &'a Check, name: &'static str) -> Result<&'a str, VerifyError> {
+    let svix = name.replacen("webhook-", "svix-", 1);
+    header(req.headers, name)
+        .or_else(|| header(req.headers, &svix))
+        .ok_or(VerifyError::MissingSignature {
+            header: name.into(),
+        })
+}
+
+pub fn verify(req: &Check) -> Result<i64, VerifyError> {
+    let signatures = either(req, SIGNATURE)?;
+    let id = either(req, ID)?;
+    let timestamp = either(req, TIMESTAMP)?;
+    let invalid = VerifyError::InvalidSignature {
+        header: SIGNATURE.into(),
+    };
+    let ts: i64 = timestamp.parse().map_err(|_| invalid.clone())?;
+    let claims: Vec<Vec<u8>> = signatures
+        .split_whitespace()
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(mac::decode_base64)
+        .collect();
+    let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.as_bytes(), b".", req.body];
+    let ok = req.secrets.iter().filter_map(key).any(|key| {
+        claims
+            .iter()
+            .any(|claim| mac::matches(Algorithm::Sha256, &key, &parts, claim))
+    });
+    ok.then_some(ts).ok_or(invalid)
+}
+
+pub fn sign(secret: &Secret, out: &mut Outgoing, now: i64) {
+    let key = key(secret).unwrap_or_default();
+    let id = out.header(ID).unwrap_or_default().to_string();
+    let ts = now.to_string();
+    let sig = mac::sign(
+        Algorithm::Sha256,
+        &key,
+        &[id.as_bytes(), b".", ts.as_bytes(), b".", &out.body],
+    );
+    out.set(TIMESTAMP, &ts);
+    out.set(SIGNATURE, &format!("v1,{}", mac::encode_base64(&sig)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::testing::{check_with, request, secrets};
+    use crate::verify::{verify as verify_request, Incoming, Scheme};
+    use std::time::{Duration, SystemTime};
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const ID_VALUE: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    const TS: &str = "1614265330";
+    const BODY: &[u8] = br#"{"test": 2432232314}"#;
+    const VECTOR: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    fn vector_request(prefix: &str, signature: &str, body: &[u8]) -> Outgoing {
+        request(
+            &[
+                (&format!("{prefix}-id"), ID_VALUE),
+                (&format!("{prefix}-timestamp"), TS),
+                (&format!("{prefix}-signature"), signature),
+            ],
+            body,
+        )
+    }
+
+    #[test]
+    fn published_vector_verifies_and_signs() {
+        let req = vector_request("webhook", VECTOR, BODY);
+        assert_eq!(
+            verify(&check_with(&req, &secrets(&[SECRET]))),
+            Ok(1_614_265_330)
+        );
+        let mut out = request(&[("webhook-id", ID_VALUE)], BODY);
+        sign(&secrets(&[SECRET])[0], &mut out, 1_614_265_330);
+        assert_eq!(out.header(SIGNATURE), Some(VECTOR));
+    }
+
+    #[test]
+    fn svix_headers_and_signature_lists() {
+        let list = format!("v1a,AAAA v1,{} {VECTOR}", mac::encode_base64(&[0u8; 32]));
+        let req = vector_request("svix", &list, BODY);
+        assert_eq!(
+            verify(&check_with(&req, &secrets(&[SECRET]))),
+            Ok(1_614_265_330)
+        );
+    }
+
+    #[test]
+    fn tampered_wrong_secret_second_secret_missing() {
+        let invalid = Err(VerifyError::InvalidSignature {
+            header: SIGNATURE.into(),
+        });
+        let tampered = vector_request("webhook", VECTOR, br#"{"test": 2432232315}"#);
+        assert_eq!(verify(&check_with(&tampered, &secrets(&[SECRET]))), invalid);
+        let good = vector_request("webhook", VECTOR, BODY);
+        let other = "whsec_".to_string() + &mac::encode_base64(b"another key");
+        assert_eq!(verify(&check_with(&good, &secrets(&[&other]))), invalid);
+        assert_eq!(
+            verify(&check_with(&good, &secrets(&[&other, SECRET]))),
+            Ok(1_614_265_330)
+        );
+        let missing = request(&[("webhook-id", ID_VALUE), ("webhook-timestamp", TS)], BODY);
+        assert_eq!(
+            verify(&check_with(&missing, &secrets(&[SECRET]))),
+            Err(VerifyError::MissingSignature {
+                header: SIGNATURE.into()
+            })
+        );
+    }
+
+    #[test]
+    fn timestamp_just_inside_and_just_outside_tolerance() {
+        let run = |now: i64| {
+            let req = vector_request("webhook", VECTOR, BODY);
+            let incoming = Incoming {
+                method: http::Method::POST,
+                uri: "/hooks/sw".parse().unwrap(),
+                headers: req.headers,
+                body: BODY.into(),
+                received_at: SystemTime::now(),
+            };
+            let tol = Duration::from_secs(60);
+            verify_request(
+                &Scheme::StandardWebhooks,
+                &secrets(&[SECRET]),
+                tol,
+                incoming,
+                now,
+            )
+        };
+        assert!(run(1_614_265_390).is_ok());
+        assert!(run(1_614_265_270).is_ok());
+        assert_eq!(
+            run(1_614_265_391).unwrap_err().code(),
+            "timestamp_out_of_tolerance"
+        );
+        assert_eq!(
+            run(1_614_265_269).unwrap_err().code(),
+            "timestamp_out_of_tolerance"
+        );
+    }
+}

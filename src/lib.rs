@@ -195,23 +195,20 @@ async fn compact_periodically(
     }
 }
 
-/// Runs until SIGTERM or SIGINT, then stops gracefully.
+/// Runs until SIGTERM or SIGINT, then stops gracefully. The signal handlers are in
+/// place before anything listens, so a signal during start-up is never fatal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let running = start(&config).await?;
-    wait_for_signal().await;
-    tracing::info!("signal received; shutting down");
-    running.stop().await;
-    Ok(())
-}
-
-async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let running = start(&config).await?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    tracing::info!("signal received; shutting down");
+    running.stop().await;
+    Ok(())
 }
 
 /// Milliseconds since the epoch for a time.

@@ -129,7 +129,7 @@ impl Source {
         }
         let allowed_client_names = cfg.allowed_client_names.clone().unwrap_or_default();
         if !allowed_client_names.is_empty()
-            && !server.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+            && server.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
         {
             return Err("`allowed_client_names` needs [server.tls] with a `client_ca`".into());
         }

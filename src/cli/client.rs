@@ -21,7 +21,6 @@ impl Reply {
 }
 
 /// Sends one request on a new connection and reads the whole answer.
-
 pub async fn request(
     method: Method,
     url: &str,

@@ -49,6 +49,19 @@ fn split_dedup_value(v: &[u8]) -> (u64, u64) {
     (seq_of(&v[..8]), seq_of(&v[8..16]))
 }
 
+/// An order entry: the newest timestamp accepted for the key, and when it was set.
+fn order_value(ts: i64, updated_ms: u64) -> [u8; 16] {
+    let mut v = [0; 16];
+    v[..8].copy_from_slice(&ts.to_be_bytes());
+    v[8..].copy_from_slice(&updated_ms.to_be_bytes());
+    v
+}
+
+fn split_order_value(v: &[u8]) -> (i64, u64) {
+    let ts = i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+    (ts, seq_of(&v[8..16]))
+}
+
 impl Committer {
     pub(super) fn new(
         db: sled::Db,
@@ -85,7 +98,7 @@ impl Committer {
             for command in group.drain(..) {
                 match command {
                     Command::Append { event, reply } => {
-                        let result = self.append(event);
+                        let result = self.append(*event);
                         replies.push((reply, result));
                     }
                     Command::Compact { now_ms, reply } => {
@@ -182,7 +195,7 @@ impl Committer {
                     .order
                     .insert(
                         dedup_key(&record.summary.source, order_key),
-                        &ts.to_be_bytes(),
+                        &order_value(*ts, event.received_at_ms),
                     )
                     .map_err(unwritable)?;
             }
@@ -212,7 +225,7 @@ impl Committer {
             .order
             .get(dedup_key(source, order_key))
             .map_err(|e| JournalError::Unwritable(e.to_string()))?
-            .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+            .map(|v| split_order_value(&v).0);
         Ok(newest.is_some_and(|newest| ts < newest))
     }
 
@@ -279,25 +292,20 @@ impl Committer {
             forgotten += 1;
         }
 
-        // Ordering memory lasts as long as the dedup window; walked a chunk at a time.
-        let oldest_ts = (dedup_cutoff / 1000) as i64;
-        let mut walked = 0;
-        let start = self.order_cursor.clone();
-        let mut next_cursor = Vec::new();
-        for item in self.trees.order.range(start..) {
+        // A key's ordering memory lasts a dedup window past its last update (the event
+        // timestamps themselves need not be clock times); walked a chunk at a time.
+        let start = std::mem::take(&mut self.order_cursor);
+        for (walked, item) in self.trees.order.range(start..).enumerate() {
             let (key, value) = item.map_err(unwritable)?;
             if walked >= COMPACT_CHUNK {
-                next_cursor = key.to_vec();
+                self.order_cursor = key.to_vec();
                 more = true;
                 break;
             }
-            walked += 1;
-            let ts = i64::from_be_bytes(value.as_ref().try_into().unwrap_or([0; 8]));
-            if ts < oldest_ts {
+            if split_order_value(&value).1 < dedup_cutoff {
                 self.trees.order.remove(&key).map_err(unwritable)?;
             }
         }
-        self.order_cursor = next_cursor;
         if removed + forgotten > 0 {
             tracing::info!(removed, forgotten, "journal compacted");
         }

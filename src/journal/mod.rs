@@ -75,7 +75,7 @@ pub enum JournalError {
 
 enum Command {
     Append {
-        event: NewEvent,
+        event: Box<NewEvent>,
         reply: oneshot::Sender<Result<Outcome, JournalError>>,
     },
     Compact {
@@ -188,7 +188,10 @@ impl Journal {
         }
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Append { event, reply })
+            .send(Command::Append {
+                event: Box::new(event),
+                reply,
+            })
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
@@ -285,3 +288,6 @@ impl Journal {
 fn db_path(dir: &Path) -> PathBuf {
     dir.join("sled")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! The CLI as a user runs it: `init`, `check-config`, and `send` against a running gateway.
+
+mod common;
+
+use std::process::Command;
+
+fn hookgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hookgate"))
+}
+
+#[test]
+fn init_writes_a_config_that_checks_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    let out = hookgate()
+        .args(["init", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = hookgate()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains("source github: POST http://127.0.0.1:8080/hooks/github scheme=github"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("dev-github-secret"),
+        "check-config printed a secret: {text}"
+    );
+    let again = hookgate()
+        .args(["init", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
+
+#[test]
+fn check_config_names_what_is_wrong_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let cases = [
+        ("[server]\nlisten = \"127.0.0.1:1\"\nmax_bodyy = 5\n", "max_bodyy"),
+        ("[[sources]]\nname = \"a\"\nscheme = \"nosuch\"\nsecrets = [\"x\"]\n", "nosuch"),
+        ("[[sources]]\nname = \"a\"\nscheme = \"none\"\n", "insecure"),
+        ("[journal]\nretention = \"7 days\"\n", "retention"),
+        ("[[sources]]\nname = \"a\"\nscheme = \"github\"\nsecrets = [\"x\"]\nsigned = \"{body}\"\n", "signed"),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&path, text).unwrap();
+        let out = hookgate()
+            .args(["check-config", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "`{needle}` not named in: {stderr}");
+    }
+    std::fs::write(
+        &path,
+        "[[sources]]\nname = \"a\"\nscheme = \"github\"\nsecrets = [\"env:HOOKGATE_TEST_UNSET_SECRET\"]\n",
+    )
+    .unwrap();
+    let out = hookgate()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("HOOKGATE_TEST_UNSET_SECRET is not set"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_signs_for_each_starter_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let starter = hookgate::cli::STARTER
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+        .replace("data/journal", &dir.path().join("j").display().to_string());
+    let config = hookgate::config::Config::parse(&starter).unwrap();
+    let gw = hookgate::start(&config).await.unwrap();
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, &starter).unwrap();
+    for source in ["github", "stripe", "orders", "billing"] {
+        let url = format!("http://{}/hooks/{source}", gw.ingest_addr);
+        let path = path.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            hookgate()
+                .args([
+                    "send",
+                    "--source",
+                    source,
+                    "--event-type",
+                    "test.ping",
+                    "--url",
+                    &url,
+                    "-c",
+                ])
+                .arg(&path)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{source}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("\"status\":\"accepted\""),
+            "{source}: {stdout}"
+        );
+    }
+    let list = common::admin_get(&gw, "/v1/events").await.json();
+    let types: Vec<_> = list["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(types, vec!["test.ping"; 4]);
+    gw.stop().await;
+}

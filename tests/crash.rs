@@ -1,0 +1,144 @@
+//! The promise under a crash: the real binary acknowledges a burst of events, is killed
+//! with SIGKILL right after the last answer, and after a restart every acknowledged event
+//! is listed and still recognised as a duplicate.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Gateway {
+    child: Child,
+    ingest: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Starts `hookgate serve` and reads the bound addresses from its JSON log lines.
+fn spawn(config: &Path) -> Gateway {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["serve", "-c"])
+        .arg(config)
+        .env("HOOKGATE_LOG_FORMAT", "json")
+        .env("HOOKGATE_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the hookgate binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut ingest, mut admin) = (None, None);
+    while ingest.is_none() || admin.is_none() {
+        let line = lines
+            .next()
+            .expect("hookgate logged its addresses")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        let addr = entry["fields"]["addr"].as_str().map(|a| a.parse().unwrap());
+        match entry["fields"]["message"].as_str() {
+            Some("ingest listening") => ingest = addr,
+            Some("admin listening") => admin = addr,
+            _ => {}
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Gateway {
+        child,
+        ingest: ingest.unwrap(),
+        admin: admin.unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookgate.toml");
+    std::fs::write(&config, config_text(dir.path(), "", GITHUB_SOURCE)).unwrap();
+
+    let mut gw = spawn(&config);
+    let addr = gw.ingest;
+    let sends: Vec<_> = (0..300)
+        .map(|i| {
+            tokio::spawn(async move {
+                let id = format!("crash-{i}");
+                let body = format!("{{\"n\":{i}}}");
+                let reply = post(
+                    addr,
+                    "/hooks/github",
+                    github(&id, "push", "application/json", body.as_bytes()),
+                )
+                .await;
+                (id, reply)
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for send in sends {
+        let (id, reply) = send.await.unwrap();
+        assert_eq!(reply.json()["status"], "accepted", "{id}");
+        acknowledged.push(id);
+    }
+    // No grace: the process dies the moment the last answer is in.
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+
+    let mut gw = spawn(&config);
+    let list = hookgate::cli::client::get(&format!("http://{}/v1/events?limit=1000", gw.admin))
+        .await
+        .unwrap()
+        .json();
+    let listed: std::collections::HashSet<String> = list["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !listed.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost after SIGKILL: {lost:?}"
+    );
+    assert_eq!(listed.len(), acknowledged.len());
+
+    for id in acknowledged.iter().step_by(7) {
+        let reply = post(
+            gw.ingest,
+            "/hooks/github",
+            github(id, "push", "application/json", b"{}"),
+        )
+        .await;
+        assert_eq!(reply.json()["status"], "duplicate", "{id} was forgotten");
+    }
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+}
+
+#[test]
+fn sigterm_stops_gracefully_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookgate.toml");
+    std::fs::write(&config, config_text(dir.path(), "", GITHUB_SOURCE)).unwrap();
+    let mut gw = spawn(&config);
+    let pid = gw.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "hookgate did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -21,6 +21,8 @@ pub enum Rejection {
     NotFound,
     #[error("method {method} is not allowed here; use {allow}")]
     MethodNotAllowed { method: String, allow: String },
+    #[error("this source takes no more requests for now; retry in {retry_after}s")]
+    RateLimited { retry_after: u32 },
     #[error(transparent)]
     Receive(#[from] ReceiveError),
     #[error(transparent)]
@@ -36,6 +38,7 @@ impl Rejection {
         match self {
             Rejection::UnknownSource(_) | Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Receive(e) => match e {
                 ReceiveError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ReceiveError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -54,6 +57,7 @@ impl Rejection {
             Rejection::UnknownSource(_) => "unknown_source",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
+            Rejection::RateLimited { .. } => "rate_limited",
             Rejection::Receive(e) => match e {
                 ReceiveError::PayloadTooLarge { .. } => "payload_too_large",
                 ReceiveError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -68,6 +72,7 @@ impl Rejection {
     /// How long a provider should wait before retrying a 503, in seconds.
     fn retry_after(&self) -> Option<u32> {
         match self {
+            Rejection::RateLimited { retry_after } => Some(*retry_after),
             Rejection::Journal(JournalError::BacklogFull { .. }) => Some(30),
             Rejection::Journal(_) | Rejection::JournalTimeout => Some(5),
             _ => None,

@@ -95,6 +95,15 @@ impl Gateway {
                     .join(", "),
             });
         }
+        if let Some(limiter) = &source.limiter {
+            if let Err(not_until) = limiter.check() {
+                use governor::clock::{Clock as _, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(Rejection::RateLimited {
+                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
+                });
+            }
+        }
         let (parts, body) = request.into_parts();
         // A slow sender is cut off after `request_timeout`; so is a stuck journal below.
         let body = tokio::time::timeout(

@@ -71,9 +71,6 @@ pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Arc<Sour
         if source.insecure {
             tracing::warn!(source = %source.name, "source verifies nothing (scheme none, insecure = true)");
         }
-        if source.rate_limit.is_some() {
-            tracing::warn!(source = %source.name, "rate_limit is not enforced by this build yet");
-        }
         sources.insert(source.name.clone(), Arc::new(source));
     }
     Ok(sources)
@@ -127,8 +124,17 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         clock: clock.clone(),
         request_timeout: config.server.request_timeout.0,
     });
+    let token = match &config.admin.token {
+        Some(reference) => Some(
+            reference
+                .resolve()
+                .map_err(|e| anyhow::anyhow!("admin.token: {e}"))?,
+        ),
+        None => None,
+    };
     let admin_state = Arc::new(admin::Admin {
         journal: journal.clone(),
+        token,
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(listen::serve(

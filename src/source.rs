@@ -28,7 +28,8 @@ pub struct Source {
     pub order: Option<OrderRule>,
     pub routing_key: String,
     pub insecure: bool,
-    pub rate_limit: Option<String>,
+    /// Requests allowed per period, with the whole count as the burst.
+    pub limiter: Option<governor::DefaultDirectRateLimiter>,
     pub allowed_client_names: Vec<String>,
     /// Headers that carry a secret and so are never kept with the event.
     pub secret_headers: Vec<HeaderName>,
@@ -124,9 +125,10 @@ impl Source {
             .clone()
             .unwrap_or_else(|| "{source}.{type}".into());
         check_routing_key(&routing_key)?;
-        if let Some(rate) = &cfg.rate_limit {
-            parse_rate(rate)?;
-        }
+        let limiter = match &cfg.rate_limit {
+            Some(rate) => Some(governor::RateLimiter::direct(parse_rate(rate)?)),
+            None => None,
+        };
         let allowed_client_names = cfg.allowed_client_names.clone().unwrap_or_default();
         if !allowed_client_names.is_empty()
             && server.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
@@ -167,7 +169,7 @@ impl Source {
             order,
             routing_key,
             insecure: cfg.insecure,
-            rate_limit: cfg.rate_limit.clone(),
+            limiter,
             allowed_client_names,
             secret_headers,
         })
@@ -262,21 +264,18 @@ fn check_routing_key(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `500/s`, `60/m`, `1000/h` into (count, period).
-pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
-    let bad = || format!("rate_limit `{text}` is not COUNT/s, COUNT/m or COUNT/h");
+/// Parses `500/s`, `60/m` or `1000/h` into a quota whose burst is the whole count.
+pub fn parse_rate(text: &str) -> Result<governor::Quota, String> {
+    let bad =
+        || format!("rate_limit `{text}` is not COUNT/s, COUNT/m or COUNT/h with COUNT above 0");
     let (count, per) = text.split_once('/').ok_or_else(bad)?;
-    let count: u32 = count.trim().parse().map_err(|_| bad())?;
-    let period = match per.trim() {
-        "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        _ => return Err(bad()),
-    };
-    if count == 0 {
-        return Err(bad());
+    let count: std::num::NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+    match per.trim() {
+        "s" => Ok(governor::Quota::per_second(count)),
+        "m" => Ok(governor::Quota::per_minute(count)),
+        "h" => Ok(governor::Quota::per_hour(count)),
+        _ => Err(bad()),
     }
-    Ok((count, period))
 }
 
 /// Fills a routing-key template.

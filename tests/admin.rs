@@ -133,3 +133,78 @@ async fn events_survive_a_graceful_restart() {
     );
     gw.stop().await;
 }
+
+/// A request whose body is still arriving when the stop begins is finished, answered and
+/// journaled; new connections are refused once the stop has begun.
+#[tokio::test]
+async fn a_graceful_stop_drains_requests_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    let addr = gw.ingest_addr;
+    let (headers, body) = github("drain-1", "push", "application/json", b"{\"slow\":true}");
+    let mut head = format!(
+        "POST /hooks/github HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in &headers {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..5]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let stopping = tokio::spawn(gw.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after the stop began"
+    );
+    stream.write_all(&body[5..]).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"accepted\""), "{text}");
+    stopping.await.unwrap();
+
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    let list = admin_get(&gw, "/v1/events").await.json();
+    assert_eq!(list["events"][0]["id"], "drain-1");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_v1_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), "", GITHUB_SOURCE).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret-admin-token\"",
+    );
+    let config = hookgate::config::Config::parse(&text).unwrap();
+    let gw = hookgate::start(&config).await.unwrap();
+    let url = format!("http://{}/v1/events", gw.admin_addr);
+    let with = |value: &'static str| headers(&[("authorization", value)]);
+    let get = |h| hookgate::cli::client::request(http::Method::GET, &url, h, bytes::Bytes::new());
+
+    let missing = get(http::HeaderMap::new()).await.unwrap();
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.json()["error"], "unauthorized");
+    assert!(!String::from_utf8_lossy(&missing.body).contains("s3cret"));
+    assert_eq!(
+        get(with("Bearer wrong")).await.unwrap().status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(with("s3cret-admin-token")).await.unwrap().status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(with("Bearer s3cret-admin-token")).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(admin_get(&gw, "/healthz").await.status, StatusCode::OK);
+    gw.stop().await;
+}

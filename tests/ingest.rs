@@ -477,3 +477,44 @@ async fn slow_headers_are_dropped() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn over_the_rate_limit_is_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = r#"
+[[sources]]
+name = "github"
+scheme = "github"
+secrets = ["gh-test-secret"]
+rate_limit = "3/m"
+"#;
+    let gw = start(dir.path(), "", sources).await;
+    for i in 0..3 {
+        let r = post(
+            gw.ingest_addr,
+            "/hooks/github",
+            github(&format!("r-{i}"), "push", "application/json", b"{}"),
+        )
+        .await;
+        assert_eq!(r.json()["status"], "accepted");
+    }
+    let limited = post(
+        gw.ingest_addr,
+        "/hooks/github",
+        github("r-3", "push", "application/json", b"{}"),
+    )
+    .await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let wait: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=20).contains(&wait),
+        "one token returns every 20 s; told to wait {wait}s"
+    );
+    let list = admin_get(&gw, "/v1/events").await.json();
+    assert_eq!(list["events"].as_array().unwrap().len(), 3);
+    gw.stop().await;
+}

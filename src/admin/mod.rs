@@ -8,13 +8,17 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::answer::{error_response, json, Body};
+use crate::config::Secret;
 use crate::journal::{Journal, ListFilter, Record, Status, Summary};
+use crate::verify::mac::same_token;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
 pub struct Admin {
     pub journal: Journal,
+    /// When set, `/v1/*` needs `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
 }
 
 #[derive(Serialize)]
@@ -87,6 +91,18 @@ impl Admin {
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
         let method = request.method().clone();
+        if path.starts_with("/v1/") && !self.authorised(request.headers()) {
+            let mut response = error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this call needs the admin token as `Authorization: Bearer <token>`".into(),
+            );
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => json(StatusCode::OK, br#"{"status":"alive"}"#.to_vec()),
             (&Method::GET, "/readyz") => self.ready(),
@@ -101,6 +117,16 @@ impl Admin {
             ),
             _ => not_found(format!("nothing is served at {path}")),
         }
+    }
+
+    fn authorised(&self, headers: &http::HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|given| same_token(given, token.expose()))
     }
 
     fn ready(&self) -> Response<Body> {

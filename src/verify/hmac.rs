@@ -324,6 +324,55 @@ mod tests {
     }
 
     #[test]
+    fn timestamp_just_inside_and_just_outside_tolerance() {
+        use crate::verify::{verify, Incoming, Scheme};
+        use std::time::{Duration, SystemTime};
+        let keys = secrets(&["k"]);
+        let scheme = Scheme::Hmac(billing());
+        let run = |now: i64| {
+            let mut out = request(&[], b"{}");
+            scheme.sign(&keys[0], &mut out, 1_700_000_000);
+            let incoming = Incoming {
+                method: http::Method::POST,
+                uri: "/hooks/billing".parse().unwrap(),
+                headers: out.headers,
+                body: out.body.into(),
+                received_at: SystemTime::now(),
+            };
+            verify(&scheme, &keys, Duration::from_secs(120), incoming, now)
+        };
+        assert!(run(1_700_000_120).is_ok());
+        assert!(run(1_699_999_880).is_ok());
+        assert_eq!(
+            run(1_700_000_121).unwrap_err().code(),
+            "timestamp_out_of_tolerance"
+        );
+        assert_eq!(
+            run(1_699_999_879).unwrap_err().code(),
+            "timestamp_out_of_tolerance"
+        );
+    }
+
+    #[test]
+    fn a_json_timestamp_is_read_from_the_signed_body() {
+        let g = Generic {
+            signed: Template::parse("{body}").unwrap(),
+            timestamp: Some(Locator::json("/sent_at")),
+            ..billing()
+        };
+        let keys = secrets(&["k"]);
+        let mut out = request(&[], br#"{"sent_at":1700000000}"#);
+        g.sign(&keys[0], &mut out, 0);
+        assert_eq!(g.verify(&check_with(&out, &keys)), Ok(Some(1_700_000_000)));
+        let mut undated = request(&[], br#"{"other":1}"#);
+        g.sign(&keys[0], &mut undated, 0);
+        assert!(matches!(
+            g.verify(&check_with(&undated, &keys)),
+            Err(VerifyError::InvalidSignature { .. })
+        ));
+    }
+
+    #[test]
     fn template_needs_header_locators_for_its_placeholders() {
         let g = Generic {
             timestamp: Some(Locator::json("/ts")),

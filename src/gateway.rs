@@ -129,7 +129,12 @@ impl Gateway {
         )?;
         let kind = receive::content_kind(&verified.incoming().headers)?;
         let unwrap_form = matches!(source.scheme, Scheme::Github(_));
-        let payload = receive::parse(kind, &verified.incoming().body, unwrap_form)?;
+        let payload = receive::parse(
+            kind,
+            &verified.incoming().body,
+            unwrap_form,
+            source.reads_payload,
+        )?;
         let event = crate::admit::admit(&source, verified, payload);
         let id = event.id.clone();
         tracing::Span::current().record("id", id.as_str());

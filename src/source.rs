@@ -31,6 +31,8 @@ pub struct Source {
     /// Requests allowed per period, with the whole count as the burst.
     pub limiter: Option<governor::DefaultDirectRateLimiter>,
     pub allowed_client_names: Vec<String>,
+    /// Whether any locator looks into the payload (else JSON is only validated).
+    pub reads_payload: bool,
     /// Headers that carry a secret and so are never kept with the event.
     pub secret_headers: Vec<HeaderName>,
 }
@@ -151,15 +153,27 @@ impl Source {
         if let Scheme::Token(token) = &scheme {
             secret_headers.push(token.header.clone());
         }
+        let id = cfg.id.clone().unwrap_or(defaults.id);
+        let event_type = cfg.event_type.clone().unwrap_or(defaults.event_type);
+        let timestamp = if defaults.signs_timestamp {
+            None
+        } else {
+            cfg.timestamp.clone()
+        };
+        let order_locators = order
+            .iter()
+            .flat_map(|o| std::iter::once(&o.key).chain(o.timestamp.as_ref()));
+        let reads_payload = [&id, &event_type]
+            .into_iter()
+            .chain(timestamp.as_ref())
+            .chain(order_locators)
+            .any(Locator::reads_payload);
         Ok(Source {
             name: cfg.name.clone(),
-            id: cfg.id.clone().unwrap_or(defaults.id),
-            event_type: cfg.event_type.clone().unwrap_or(defaults.event_type),
-            timestamp: if defaults.signs_timestamp {
-                None
-            } else {
-                cfg.timestamp.clone()
-            },
+            id,
+            event_type,
+            timestamp,
+            reads_payload,
             scheme,
             secret_refs: cfg.secrets.clone(),
             secrets: Vec::new(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::flusher::{self, AppendReply, CompactReply, FlushQueue};
 use super::record::{self, Record, Status, Summary};
 use super::{seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Settings, Shared, Trees};
 
@@ -24,11 +25,6 @@ pub(super) struct Committer {
     published: watch::Sender<u64>,
     order_cursor: Vec<u8>,
 }
-
-type Reply = (
-    oneshot::Sender<Result<Outcome, JournalError>>,
-    Result<Outcome, JournalError>,
-);
 
 pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(source.len() + id.len() + 1);
@@ -82,9 +78,25 @@ impl Committer {
         }
     }
 
+    /// Applies commands as they come and hands their answers to the flusher thread.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let queue = Arc::new(FlushQueue::default());
+        let flusher = {
+            let (queue, db, shared) = (queue.clone(), self.db.clone(), self.shared.clone());
+            let published = self.published.clone();
+            std::thread::Builder::new()
+                .name("journal-flusher".into())
+                .spawn(move || flusher::run(queue, db, shared, published))
+                .expect("the flusher thread starts")
+        };
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = commands.blocking_recv() {
+        let mut appends: Vec<AppendReply> = Vec::with_capacity(MAX_GROUP);
+        let mut compactions: Vec<CompactReply> = Vec::new();
+        let mut closing = false;
+        while !closing {
+            let Some(first) = commands.blocking_recv() else {
+                break;
+            };
             group.push(first);
             while group.len() < MAX_GROUP {
                 match commands.try_recv() {
@@ -92,14 +104,12 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
-            let mut compactions = Vec::new();
             let mut close = None;
             for command in group.drain(..) {
                 match command {
                     Command::Append { event, reply } => {
                         let result = self.append(*event);
-                        replies.push((reply, result));
+                        appends.push((reply, result));
                     }
                     Command::Compact { now_ms, reply } => {
                         compactions.push((reply, self.compact(now_ms)));
@@ -107,28 +117,16 @@ impl Committer {
                     Command::Close { reply } => close = Some(reply),
                 }
             }
-            // One fsync covers every record of the group; nobody is answered before it.
-            if let Err(e) = self.db.flush() {
-                self.shared.healthy.store(false, Ordering::Release);
-                tracing::error!(error = %e, "journal flush failed; refusing new events");
-                let failed = JournalError::Unwritable(format!("flush failed: {e}"));
-                for (_, result) in replies.iter_mut() {
-                    *result = Err(failed.clone());
-                }
-            } else {
-                self.published.send_replace(self.last_seq);
-            }
-            for (reply, result) in replies {
-                let _ = reply.send(result);
-            }
-            for (reply, result) in compactions {
-                let _ = reply.send(result);
-            }
-            if let Some(reply) = close {
-                let _ = reply.send(());
-                break;
-            }
+            closing = close.is_some();
+            // Every write above is complete, so the flusher's next flush covers them.
+            queue.hand_over(&mut appends, &mut compactions, self.last_seq, close);
         }
+        if !closing {
+            // Every handle is gone without a close: still end with a flush.
+            let (last, _) = oneshot::channel();
+            queue.hand_over(&mut appends, &mut compactions, self.last_seq, Some(last));
+        }
+        let _ = flusher.join();
         tracing::debug!("journal committer stopped");
     }
 

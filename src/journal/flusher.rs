@@ -1,0 +1,111 @@
+//! The flusher: the second half of group commit. The committer applies writes and hands
+//! over the answers waiting on them; the flusher takes everything handed over so far,
+//! calls one `flush` (sled: every write completed before the call is made durable), and
+//! only then answers. While one flush runs, the committer goes on applying the next
+//! group, so applying and syncing overlap instead of taking turns.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::{oneshot, watch};
+
+use super::{JournalError, Outcome, Shared};
+
+pub(super) type AppendReply = (
+    oneshot::Sender<Result<Outcome, JournalError>>,
+    Result<Outcome, JournalError>,
+);
+pub(super) type CompactReply = (
+    oneshot::Sender<Result<bool, JournalError>>,
+    Result<bool, JournalError>,
+);
+
+#[derive(Default)]
+struct Waiting {
+    appends: Vec<AppendReply>,
+    compactions: Vec<CompactReply>,
+    last_seq: u64,
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.compactions.is_empty() && self.close.is_none()
+    }
+}
+
+#[derive(Default)]
+pub(super) struct FlushQueue {
+    waiting: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+impl FlushQueue {
+    /// Hands over answers whose writes are complete; `close` asks for a last flush.
+    pub(super) fn hand_over(
+        &self,
+        appends: &mut Vec<AppendReply>,
+        compactions: &mut Vec<CompactReply>,
+        last_seq: u64,
+        close: Option<oneshot::Sender<()>>,
+    ) {
+        let mut waiting = self.waiting.lock().expect("flush queue lock");
+        waiting.appends.append(appends);
+        waiting.compactions.append(compactions);
+        waiting.last_seq = last_seq;
+        if close.is_some() {
+            waiting.close = close;
+        }
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Waiting {
+        let mut waiting = self.waiting.lock().expect("flush queue lock");
+        while waiting.is_empty() {
+            waiting = self.wake.wait(waiting).expect("flush queue lock");
+        }
+        let last_seq = waiting.last_seq;
+        std::mem::replace(
+            &mut *waiting,
+            Waiting {
+                last_seq,
+                ..Waiting::default()
+            },
+        )
+    }
+}
+
+pub(super) fn run(
+    queue: Arc<FlushQueue>,
+    db: sled::Db,
+    shared: Arc<Shared>,
+    published: watch::Sender<u64>,
+) {
+    loop {
+        let mut group = queue.take();
+        // One fsync for everything handed over; nobody is answered before it.
+        match db.flush() {
+            Ok(_) => {
+                published.send_replace(group.last_seq);
+            }
+            Err(e) => {
+                shared.healthy.store(false, Ordering::Release);
+                tracing::error!(error = %e, "journal flush failed; refusing new events");
+                let failed = JournalError::Unwritable(format!("flush failed: {e}"));
+                for (_, result) in group.appends.iter_mut() {
+                    *result = Err(failed.clone());
+                }
+            }
+        }
+        for (reply, result) in group.appends {
+            let _ = reply.send(result);
+        }
+        for (reply, result) in group.compactions {
+            let _ = reply.send(result);
+        }
+        if let Some(close) = group.close {
+            let _ = close.send(());
+            return;
+        }
+    }
+}

@@ -1,8 +1,6 @@
 //! Admission: what the journal needs to know of a verified event, namely its identity
 //! (id, type, timestamps), its order key, and which headers are kept with it.
 
-use std::time::UNIX_EPOCH;
-
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
@@ -76,11 +74,7 @@ pub fn admit(source: &Source, verified: Verified, payload: Payload) -> NewEvent 
         };
         Some((key, ts))
     });
-    let received_at_ms = incoming
-        .received_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let received_at_ms = crate::unix_ms(incoming.received_at);
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

@@ -184,12 +184,7 @@ async fn compact_periodically(
             _ = tick.tick() => {}
         }
         loop {
-            let now_ms = clock
-                .now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
-            match journal.compact(now_ms).await {
+            match journal.compact(unix_ms(clock.now())).await {
                 Ok(true) => tokio::task::yield_now().await,
                 Ok(false) => break,
                 Err(e) => {

@@ -32,12 +32,10 @@ async fn accepted_then_duplicate_then_listed() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start(dir.path(), "", GITHUB_SOURCE).await;
     let body = br#"{"action":"opened","number":1}"#;
-    let first = post(
-        gw.ingest_addr,
-        "/hooks/github",
-        github("d-1", "pull_request", "application/json", body),
-    )
-    .await;
+    let mut request = github("d-1", "pull_request", "application/json", body);
+    request.0.append("x-trace", "a".parse().unwrap());
+    request.0.append("x-trace", "b".parse().unwrap());
+    let first = post(gw.ingest_addr, "/hooks/github", request).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.headers["content-type"], "application/json");
     assert_eq!(
@@ -69,6 +67,10 @@ async fn accepted_then_duplicate_then_listed() {
     let full = admin_get(&gw, "/v1/events/1").await.json();
     assert_eq!(full["payload"], json!({"action": "opened", "number": 1}));
     assert_eq!(full["headers"]["x-github-event"], "pull_request");
+    assert_eq!(
+        full["headers"]["x-trace"], "a, b",
+        "a repeated header keeps every value"
+    );
     assert_eq!(full["content_type"], "application/json");
     gw.stop().await;
 }

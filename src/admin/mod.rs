@@ -209,9 +209,18 @@ impl Admin {
 fn event_view(record: &Record) -> Result<Vec<u8>, String> {
     let payload_text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
     let payload: &RawValue = serde_json::from_str(payload_text).map_err(|e| e.to_string())?;
+    // A header sent more than once shows its values joined, as HTTP allows.
     let mut headers = serde_json::Map::new();
     for (name, value) in &record.headers {
-        headers.insert(name.clone(), serde_json::Value::String(value.clone()));
+        match headers.get_mut(name) {
+            Some(serde_json::Value::String(joined)) => {
+                joined.push_str(", ");
+                joined.push_str(value);
+            }
+            _ => {
+                headers.insert(name.clone(), serde_json::Value::String(value.clone()));
+            }
+        }
     }
     let view = EventView {
         summary: SummaryView::from(&record.summary),

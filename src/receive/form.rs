@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use super::add_repeated;
+
 fn decode(part: &[u8]) -> Result<String, String> {
     let spaced: Vec<u8> = part
         .iter()
@@ -20,17 +22,7 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
             None => (pair, &b""[..]),
         };
-        let (name, value) = (decode(name)?, Value::String(decode(value)?));
-        match fields.get_mut(&name) {
-            None => {
-                fields.insert(name, value);
-            }
-            Some(Value::Array(values)) => values.push(value),
-            Some(first) => {
-                let first_value = first.take();
-                *first = Value::Array(vec![first_value, value]);
-            }
-        }
+        add_repeated(&mut fields, decode(name)?, Value::String(decode(value)?));
     }
     Ok(Value::Object(fields))
 }

@@ -113,6 +113,21 @@ pub fn parse(
     }
 }
 
+/// Adds a value under its name; a name seen again turns into an array of its values in
+/// order (forms' repeated fields, XML's repeated children).
+fn add_repeated(fields: &mut serde_json::Map<String, Value>, name: String, value: Value) {
+    match fields.get_mut(&name) {
+        None => {
+            fields.insert(name, value);
+        }
+        Some(Value::Array(values)) => values.push(value),
+        Some(first) => {
+            let first_value = first.take();
+            *first = Value::Array(vec![first_value, value]);
+        }
+    }
+}
+
 fn normalised(value: Value) -> Payload {
     let json = Bytes::from(serde_json::to_vec(&value).expect("a JSON value always serialises"));
     Payload { value, json }

@@ -11,6 +11,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 use serde_json::{Map, Value};
 
+use super::add_repeated;
+
 const MAX_DEPTH: usize = 128;
 
 struct Frame {
@@ -63,20 +65,6 @@ fn utf8(bytes: &[u8]) -> Result<String, String> {
         .map_err(|_| "the document is not valid UTF-8".to_string())
 }
 
-/// Adds a child's value under its name, turning a repeated name into an array.
-fn add_child(fields: &mut Map<String, Value>, name: String, value: Value) {
-    match fields.get_mut(&name) {
-        None => {
-            fields.insert(name, value);
-        }
-        Some(Value::Array(items)) => items.push(value),
-        Some(existing) => {
-            let first = existing.take();
-            *existing = Value::Array(vec![first, value]);
-        }
-    }
-}
-
 /// Converts an XML document to JSON; the error is one human sentence.
 pub fn to_json(body: &[u8]) -> Result<Value, String> {
     let mut reader = Reader::from_reader(body);
@@ -107,7 +95,7 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
             Event::Empty(start) => {
                 let (name, value) = Frame::open(&start)?.close();
                 match stack.last_mut() {
-                    Some(parent) => add_child(&mut parent.fields, name, value),
+                    Some(parent) => add_repeated(&mut parent.fields, name, value),
                     None => root = Some(single(name, value)),
                 }
             }
@@ -117,7 +105,7 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
                     .ok_or("the XML closes an element it never opened")?;
                 let (name, value) = frame.close();
                 match stack.last_mut() {
-                    Some(parent) => add_child(&mut parent.fields, name, value),
+                    Some(parent) => add_repeated(&mut parent.fields, name, value),
                     None => root = Some(single(name, value)),
                 }
             }

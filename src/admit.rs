@@ -10,6 +10,18 @@ use crate::receive::Payload;
 use crate::source::Source;
 use crate::verify::Verified;
 
+/// Ids and order keys longer than this are kept as `sha256:<hex>` of their text: they
+/// are dedup keys and message ids, and the sender controls their length.
+pub const MAX_ID_LEN: usize = 200;
+
+fn bounded(text: String) -> String {
+    if text.len() <= MAX_ID_LEN {
+        text
+    } else {
+        content_hash_id(text.as_bytes())
+    }
+}
+
 /// Hop-by-hop and transport headers, never kept with an event.
 const TRANSPORT: &[&str] = &[
     "connection",
@@ -55,6 +67,7 @@ pub fn admit(source: &Source, verified: Verified, payload: Payload) -> NewEvent 
     let id = source
         .id
         .find(headers, value)
+        .map(bounded)
         .unwrap_or_else(|| content_hash_id(&incoming.body));
     let event_type = source.event_type.find(headers, value);
     let event_ts = signed_ts.or_else(|| {
@@ -67,7 +80,7 @@ pub fn admit(source: &Source, verified: Verified, payload: Payload) -> NewEvent 
     // An event without an order key or a timestamp cannot be ordered, so it is admitted
     // without being compared.
     let order = source.order.as_ref().and_then(|rule| {
-        let key = rule.key.find(headers, value)?;
+        let key = bounded(rule.key.find(headers, value)?);
         let ts = match &rule.timestamp {
             Some(l) => l.find(headers, value).and_then(|t| parse_timestamp(&t))?,
             None => event_ts?,
@@ -98,6 +111,14 @@ pub fn admit(source: &Source, verified: Verified, payload: Payload) -> NewEvent 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_ids_are_replaced_by_their_hash() {
+        let short = "a".repeat(MAX_ID_LEN);
+        assert_eq!(bounded(short.clone()), short);
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        assert_eq!(bounded(long.clone()), content_hash_id(long.as_bytes()));
+    }
 
     #[test]
     fn content_hash_is_stable_and_prefixed() {

@@ -74,6 +74,8 @@ impl Gateway {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let received_at = self.clock.now();
+        // One deadline for the whole request: receiving the body and the journal's answer.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let name = request
             .uri()
             .path()
@@ -106,8 +108,8 @@ impl Gateway {
         }
         let (parts, body) = request.into_parts();
         // A slow sender is cut off after `request_timeout`; so is a stuck journal below.
-        let body = tokio::time::timeout(
-            self.request_timeout,
+        let body = tokio::time::timeout_at(
+            deadline,
             receive::read_body(&parts.headers, body, source.max_body),
         )
         .await
@@ -138,7 +140,7 @@ impl Gateway {
         let event = crate::admit::admit(&source, verified, payload);
         let id = event.id.clone();
         tracing::Span::current().record("id", id.as_str());
-        let outcome = tokio::time::timeout(self.request_timeout, self.journal.append(event))
+        let outcome = tokio::time::timeout_at(deadline, self.journal.append(event))
             .await
             .map_err(|_| Rejection::JournalTimeout)??;
         tracing::debug!(?outcome, "event journaled");

@@ -14,6 +14,9 @@ pub enum Locator {
     Json(String),
     Form(String),
     None,
+    /// The first of these that finds a value: a scheme's default only (Shopify's id is
+    /// `X-Shopify-Event-Id`, else `X-Shopify-Webhook-Id`); not written in configs.
+    FirstOf(Vec<Locator>),
 }
 
 impl TryFrom<String> for Locator {
@@ -68,6 +71,9 @@ impl Locator {
             Locator::Json(pointer) => payload?.pointer(pointer)?,
             Locator::Form(field) => payload?.get(field)?,
             Locator::None => return None,
+            Locator::FirstOf(choices) => {
+                return choices.iter().find_map(|l| l.find(headers, payload))
+            }
         };
         match value {
             Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -78,7 +84,24 @@ impl Locator {
     }
 
     pub fn reads_payload(&self) -> bool {
-        matches!(self, Locator::Json(_) | Locator::Form(_))
+        match self {
+            Locator::Json(_) | Locator::Form(_) => true,
+            Locator::FirstOf(choices) => choices.iter().any(Locator::reads_payload),
+            Locator::Header(_) | Locator::None => false,
+        }
+    }
+
+    /// Where a value is written when there is a choice: a first-of locator's first.
+    pub fn primary(&self) -> &Locator {
+        match self {
+            Locator::FirstOf(choices) => choices.first().unwrap_or(&Locator::None),
+            other => other,
+        }
+    }
+
+    /// The first of `names` present as a header.
+    pub fn headers(names: &[&'static str]) -> Self {
+        Locator::FirstOf(names.iter().map(|n| Locator::header(n)).collect())
     }
 }
 
@@ -89,6 +112,10 @@ impl fmt::Display for Locator {
             Locator::Json(pointer) => write!(f, "json:{pointer}"),
             Locator::Form(field) => write!(f, "form:{field}"),
             Locator::None => f.write_str("none"),
+            Locator::FirstOf(choices) => {
+                let names: Vec<String> = choices.iter().map(|l| l.to_string()).collect();
+                f.write_str(&names.join(", else "))
+            }
         }
     }
 }
@@ -98,7 +125,7 @@ impl fmt::Display for Locator {
 pub fn parse_timestamp(text: &str) -> Option<i64> {
     let text = text.trim();
     if let Ok(n) = text.parse::<i64>() {
-        return Some(if n.abs() > 95_617_584_000 {
+        return Some(if n.unsigned_abs() > 95_617_584_000 {
             n / 1000
         } else {
             n
@@ -160,5 +187,9 @@ mod tests {
             Some(1_700_000_000)
         );
         assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(
+            parse_timestamp("-9223372036854775808"),
+            Some(i64::MIN / 1000)
+        );
     }
 }

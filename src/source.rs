@@ -220,6 +220,10 @@ fn scheme(cfg: &SourceConfig) -> Result<Scheme, String> {
         }),
         "stripe" => Scheme::Stripe,
         "standard-webhooks" => Scheme::StandardWebhooks,
+        "shopify" => Scheme::Shopify,
+        "paddle" => Scheme::Paddle,
+        "pagerduty" => Scheme::PagerDuty,
+        "linear" => Scheme::Linear,
         "token" => Scheme::Token(Token {
             header: header_name(
                 "token_header",

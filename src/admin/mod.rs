@@ -110,11 +110,16 @@ impl Admin {
             (&Method::GET, p) if p.starts_with("/v1/events/") => {
                 self.show(&p["/v1/events/".len()..]).await
             }
-            (_, "/healthz" | "/readyz" | "/v1/events") => error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}"),
-            ),
+            (_, p)
+                if matches!(p, "/healthz" | "/readyz" | "/v1/events")
+                    || p.starts_with("/v1/events/") =>
+            {
+                error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not allowed on {path}"),
+                )
+            }
             _ => not_found(format!("nothing is served at {path}")),
         }
     }

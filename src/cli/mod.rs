@@ -109,6 +109,11 @@ pub fn build_request(
         .map(str::to_string)
         .unwrap_or_else(|| format!("hg_{}", uuid::Uuid::new_v4().simple()));
     let event_type = args.event_type.unwrap_or("hookgate.test");
+    for (flag, value) in [("--id", id.as_str()), ("--event-type", event_type)] {
+        if ::http::HeaderValue::from_str(value).is_err() {
+            bail!("{flag} must be printable text without control characters");
+        }
+    }
     let mut out = Outgoing::default();
     let (body, content_type) = match args.body {
         Some(path) => {
@@ -125,7 +130,7 @@ pub fn build_request(
             let mut doc =
                 json!({"message": "a test event from hookgate send", "created": unix_seconds(now)});
             for (locator, value) in [(&source.id, id.as_str()), (&source.event_type, event_type)] {
-                if let Locator::Json(pointer) = locator {
+                if let Locator::Json(pointer) = locator.primary() {
                     set_pointer(&mut doc, pointer, value);
                 }
             }
@@ -140,7 +145,7 @@ pub fn build_request(
         concat!("hookgate-send/", env!("CARGO_PKG_VERSION")),
     );
     for (locator, value) in [(&source.id, id.as_str()), (&source.event_type, event_type)] {
-        if let Locator::Header(name) = locator {
+        if let Locator::Header(name) = locator.primary() {
             out.set(name.as_str(), value);
         }
     }

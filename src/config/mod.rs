@@ -263,7 +263,34 @@ impl Config {
 
     /// Parses and validates config text; everything but secret resolution is checked.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e))?;
+        // The error's own text quotes the offending line, which may hold a literal secret:
+        // say where and what instead.
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let Some(span) = e.span() else {
+                return anyhow::anyhow!("{}", e.message());
+            };
+            let start = span.start.min(text.len());
+            let line = text.as_bytes()[..start]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(key, _)| key.trim())
+                // Only a bare key: on a continuation line this could be part of a value.
+                .filter(|key| {
+                    !key.is_empty()
+                        && key
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                })
+                .map(|key| format!(", key `{key}`"))
+                .unwrap_or_default();
+            anyhow::anyhow!("line {line}{key}: {}", e.message())
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -280,6 +307,12 @@ impl Config {
         }
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             bail!("server.listen and admin.listen must differ");
+        }
+        if self.admin.token.is_none() && !self.admin.listen.ip().is_loopback() {
+            bail!(
+                "admin.listen {} is not a loopback address, so admin.token must be set (the pull API shows every payload)",
+                self.admin.listen
+            );
         }
         if let Some(broker) = &self.broker {
             if broker.exchange.is_empty() {
@@ -303,5 +336,42 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("sources[{i}] ({}): {e}", source.name))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_an_empty_file() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.server.listen, default_listen());
+        assert_eq!(config.server.max_body, Size(1 << 20));
+        assert_eq!(
+            config.journal.dedup_window,
+            Dur(Duration::from_secs(72 * 3600))
+        );
+        assert!(config.broker.is_none());
+    }
+
+    #[test]
+    fn an_open_admin_api_must_stay_on_loopback() {
+        let err = Config::parse("[admin]\nlisten = \"0.0.0.0:9090\"\n").unwrap_err();
+        assert!(err.to_string().contains("admin.token"), "{err}");
+        Config::parse("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"env:T\"\n").unwrap();
+        Config::parse("[admin]\nlisten = \"[::1]:9090\"\n").unwrap();
+    }
+
+    #[test]
+    fn parse_errors_name_the_line_but_never_echo_it() {
+        let text = "[[sources]]\nname = \"a\"\nscheme = \"github\"\nsecrets = [\"hunter2-literal\"]\nbogus = 1\n";
+        let err = format!("{:#}", Config::parse(text).unwrap_err());
+        assert!(err.contains("line 5"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let continued = "[[sources]]\nname = \"a\"\nscheme = \"github\"\nsecrets = [\n  \"abc=hunter2\",\n  7,\n]\n";
+        let err = format!("{:#}", Config::parse(continued).unwrap_err());
+        assert!(!err.contains("hunter2") && !err.contains("abc"), "{err}");
     }
 }

@@ -81,14 +81,23 @@ pub(super) fn run(
     shared: Arc<Shared>,
     published: watch::Sender<u64>,
 ) {
+    let mut failed_before = false;
     loop {
         let mut group = queue.take();
-        // One fsync for everything handed over; nobody is answered before it.
-        match db.flush() {
+        // One fsync for everything handed over; nobody is answered before it. After one
+        // failure no later flush is trusted: the kernel may have dropped the dirty pages
+        // that failed, so a later "success" would not cover them.
+        let flushed = if failed_before {
+            Err(sled::Error::ReportableBug("an earlier flush failed".into()))
+        } else {
+            db.flush()
+        };
+        match flushed {
             Ok(_) => {
                 published.send_replace(group.last_seq);
             }
             Err(e) => {
+                failed_before = true;
                 shared.healthy.store(false, Ordering::Release);
                 tracing::error!(error = %e, "journal flush failed; refusing new events");
                 let failed = JournalError::Unwritable(format!("flush failed: {e}"));

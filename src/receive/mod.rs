@@ -81,7 +81,10 @@ pub fn parse(
     let invalid = |e: serde_json::Error| malformed(format!("the body is not valid JSON: {e}"));
     match kind {
         ContentKind::Json if !want_value => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(invalid)?;
+            // Skipping strings does not check their UTF-8, so check the whole body first.
+            let text = std::str::from_utf8(body)
+                .map_err(|_| malformed("the body is not valid UTF-8".to_string()))?;
+            serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(invalid)?;
             Ok(Payload {
                 value: Value::Null,
                 json: body.clone(),
@@ -204,6 +207,9 @@ mod tests {
         assert_eq!(p.json, body);
         assert_eq!(p.value, json!({"b": 1, "a": [2]}));
         assert!(parse(ContentKind::Json, &Bytes::from_static(b"{"), false, false).is_err());
+        let bad_utf8 = Bytes::from_static(b"{\"a\":\"\xff\"}");
+        assert!(parse(ContentKind::Json, &bad_utf8, false, false).is_err());
+        assert!(parse(ContentKind::Json, &bad_utf8, false, true).is_err());
     }
 
     #[test]

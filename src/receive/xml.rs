@@ -25,13 +25,20 @@ impl Frame {
     fn open(start: &BytesStart) -> Result<Frame, String> {
         let name = utf8(start.name().as_ref())?;
         let mut fields = Map::new();
-        for attr in start.attributes() {
+        // quick-xml's own duplicate check compares each attribute with every earlier one;
+        // the map below finds duplicates in one pass instead.
+        for attr in start.attributes().with_checks(false) {
             let attr = attr.map_err(|e| format!("bad attribute in <{name}>: {e}"))?;
             let key = format!("@{}", utf8(attr.key.as_ref())?);
             let value = attr
                 .unescape_value()
                 .map_err(|e| format!("bad attribute value in <{name}>: {e}"))?;
-            fields.insert(key, Value::String(value.into_owned()));
+            if fields
+                .insert(key, Value::String(value.into_owned()))
+                .is_some()
+            {
+                return Err(format!("<{name}> has the same attribute twice"));
+            }
         }
         Ok(Frame {
             name,
@@ -205,7 +212,15 @@ mod tests {
 
     #[test]
     fn malformed_documents_are_refused() {
-        for bad in ["", "text", "<a>", "<a></b>", "<a/><b/>", "<a>x</a>tail"] {
+        for bad in [
+            "",
+            "text",
+            "<a>",
+            "<a></b>",
+            "<a/><b/>",
+            "<a>x</a>tail",
+            "<a x='1' x='2'/>",
+        ] {
             assert!(to_json(bad.as_bytes()).is_err(), "{bad:?} was accepted");
         }
         let deep = "<a>".repeat(MAX_DEPTH + 1) + &"</a>".repeat(MAX_DEPTH + 1);

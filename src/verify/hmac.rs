@@ -125,6 +125,11 @@ impl Generic {
             return Err("`signed` uses {id}, so `id` must be a header: locator".into());
         }
         match &self.timestamp {
+            Some(Locator::Header(name))
+                if !self.signed.uses(&Piece::Timestamp) && !self.signed.uses(&Piece::Header(name.clone())) =>
+            {
+                Err("`timestamp` names a header that `signed` does not include, so it could be forged; add {timestamp} to `signed`".into())
+            }
             Some(Locator::Form(_)) => Err("`timestamp` may be a header: or json: locator".into()),
             Some(Locator::Json(_)) if !self.signed.uses(&Piece::Body) => {
                 Err("a json: `timestamp` is signed only when `signed` includes {body}".into())
@@ -386,5 +391,15 @@ mod tests {
         };
         assert!(g.validate().unwrap_err().contains("id"));
         assert!(billing().validate().is_ok());
+        let unsigned_header = Generic {
+            signed: Template::parse("{body}").unwrap(),
+            ..billing()
+        };
+        assert!(unsigned_header.validate().unwrap_err().contains("forged"));
+        let as_header_piece = Generic {
+            signed: Template::parse("{header:x-timestamp}.{body}").unwrap(),
+            ..billing()
+        };
+        assert!(as_header_piece.validate().is_ok());
     }
 }

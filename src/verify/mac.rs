@@ -54,6 +54,28 @@ pub fn matches(algorithm: Algorithm, key: &[u8], parts: &[&[u8]], claimed: &[u8]
     }
 }
 
+/// At most this many signatures of one request are looked at: providers send one per
+/// active secret, and each extra claim must not cost an attacker nothing.
+pub const MAX_CLAIMS: usize = 16;
+
+/// Whether any `claims` (at most [`MAX_CLAIMS`]) is the HMAC of `parts` under any of
+/// `keys`. Each key's MAC is computed once; claims are compared in constant time.
+pub fn any_matches<'k>(
+    algorithm: Algorithm,
+    keys: impl IntoIterator<Item = &'k [u8]>,
+    parts: &[&[u8]],
+    claims: &[Vec<u8>],
+) -> bool {
+    let claims = &claims[..claims.len().min(MAX_CLAIMS)];
+    if claims.is_empty() {
+        return false;
+    }
+    keys.into_iter().any(|key| {
+        let expected = sign(algorithm, key, parts);
+        claims.iter().any(|claim| same_token(claim, &expected))
+    })
+}
+
 /// Constant-time equality for shared tokens (length may differ, which is not secret).
 pub fn same_token(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

@@ -8,7 +8,11 @@
 
 mod github;
 mod hmac;
+mod linear;
 pub mod mac;
+mod paddle;
+mod pagerduty;
+mod shopify;
 mod standard_webhooks;
 mod stripe;
 mod token;
@@ -26,14 +30,25 @@ pub use self::hmac::{Encoding, Generic, Template};
 pub use github::Github;
 pub use token::Token;
 
-/// A request as it arrived, not yet trusted.
-#[derive(Debug)]
+/// A request as it arrived, not yet trusted. Its `Debug` shows header names only, as a
+/// header may carry a secret.
 pub struct Incoming {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub received_at: SystemTime,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 /// A request whose signature held. Only [`verify`] makes one, so nothing unverified can
@@ -119,6 +134,10 @@ pub enum Scheme {
     Github(Github),
     Stripe,
     StandardWebhooks,
+    Shopify,
+    Paddle,
+    PagerDuty,
+    Linear,
     Hmac(Generic),
     Token(Token),
     None,
@@ -128,6 +147,10 @@ pub const SCHEME_NAMES: &[&str] = &[
     "github",
     "stripe",
     "standard-webhooks",
+    "shopify",
+    "paddle",
+    "pagerduty",
+    "linear",
     "hmac",
     "token",
     "none",
@@ -139,6 +162,10 @@ impl Scheme {
             Scheme::Github(_) => "github",
             Scheme::Stripe => "stripe",
             Scheme::StandardWebhooks => "standard-webhooks",
+            Scheme::Shopify => "shopify",
+            Scheme::Paddle => "paddle",
+            Scheme::PagerDuty => "pagerduty",
+            Scheme::Linear => "linear",
             Scheme::Hmac(_) => "hmac",
             Scheme::Token(_) => "token",
             Scheme::None => "none",
@@ -150,6 +177,10 @@ impl Scheme {
             Scheme::Github(_) => github::defaults(),
             Scheme::Stripe => stripe::defaults(),
             Scheme::StandardWebhooks => standard_webhooks::defaults(),
+            Scheme::Shopify => shopify::defaults(),
+            Scheme::Paddle => paddle::defaults(),
+            Scheme::PagerDuty => pagerduty::defaults(),
+            Scheme::Linear => linear::defaults(),
             Scheme::Hmac(generic) => generic.defaults(),
             Scheme::Token(_) | Scheme::None => Defaults {
                 id: Locator::None,
@@ -166,6 +197,10 @@ impl Scheme {
             Scheme::Github(github) => github.verify(req).map(|()| None),
             Scheme::Stripe => stripe::verify(req).map(Some),
             Scheme::StandardWebhooks => standard_webhooks::verify(req).map(Some),
+            Scheme::Shopify => shopify::verify(req).map(|()| None),
+            Scheme::Paddle => paddle::verify(req).map(Some),
+            Scheme::PagerDuty => pagerduty::verify(req).map(|()| None),
+            Scheme::Linear => linear::verify(req).map(Some),
             Scheme::Hmac(generic) => generic.verify(req),
             Scheme::Token(token) => token.verify(req).map(|()| None),
             Scheme::None => Ok(None),
@@ -178,6 +213,10 @@ impl Scheme {
             Scheme::Github(github) => github.sign(secret, out),
             Scheme::Stripe => stripe::sign(secret, out, now),
             Scheme::StandardWebhooks => standard_webhooks::sign(secret, out, now),
+            Scheme::Shopify => shopify::sign(secret, out),
+            Scheme::Paddle => paddle::sign(secret, out, now),
+            Scheme::PagerDuty => pagerduty::sign(secret, out),
+            Scheme::Linear => linear::sign(secret, out),
             Scheme::Hmac(generic) => generic.sign(secret, out, now),
             Scheme::Token(token) => token.sign(secret, out),
             Scheme::None => {}
@@ -191,6 +230,9 @@ impl Scheme {
             Scheme::StandardWebhooks => standard_webhooks::key(secret)
                 .map(|_| ())
                 .ok_or_else(|| "is not a `whsec_` secret with a base64 key".to_string()),
+            Scheme::Token(_) => HeaderValue::from_bytes(secret.expose())
+                .map(|_| ())
+                .map_err(|_| "cannot be sent in a header (it has control characters)".to_string()),
             _ => Ok(()),
         }
     }

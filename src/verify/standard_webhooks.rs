@@ -15,7 +15,7 @@ const SIGNATURE: &str = "webhook-signature";
 
 pub fn defaults() -> Defaults {
     Defaults {
-        id: Locator::header(ID),
+        id: Locator::headers(&[ID, "svix-id"]),
         event_type: Locator::json("/type"),
         signs_timestamp: true,
     }
@@ -51,11 +51,13 @@ pub fn verify(req: &Check) -> Result<i64, VerifyError> {
         .filter_map(mac::decode_base64)
         .collect();
     let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.as_bytes(), b".", req.body];
-    let ok = req.secrets.iter().filter_map(key).any(|key| {
-        claims
-            .iter()
-            .any(|claim| mac::matches(Algorithm::Sha256, &key, &parts, claim))
-    });
+    let keys: Vec<Vec<u8>> = req.secrets.iter().filter_map(key).collect();
+    let ok = mac::any_matches(
+        Algorithm::Sha256,
+        keys.iter().map(Vec::as_slice),
+        &parts,
+        &claims,
+    );
     ok.then_some(ts).ok_or(invalid)
 }
 
@@ -106,6 +108,20 @@ mod tests {
         let mut out = request(&[("webhook-id", ID_VALUE)], BODY);
         sign(&secrets(&[SECRET])[0], &mut out, 1_614_265_330);
         assert_eq!(out.header(SIGNATURE), Some(VECTOR));
+    }
+
+    #[test]
+    fn the_id_comes_from_webhook_id_or_svix_id() {
+        let req = vector_request("svix", VECTOR, BODY);
+        assert_eq!(
+            defaults().id.find(&req.headers, None).as_deref(),
+            Some(ID_VALUE)
+        );
+        let req = vector_request("webhook", VECTOR, BODY);
+        assert_eq!(
+            defaults().id.find(&req.headers, None).as_deref(),
+            Some(ID_VALUE)
+        );
     }
 
     #[test]

@@ -35,12 +35,10 @@ pub fn verify(req: &Check) -> Result<i64, VerifyError> {
     let t = timestamp.ok_or(invalid.clone())?;
     let t_text = t.to_string();
     let parts: [&[u8]; 3] = [t_text.as_bytes(), b".", req.body];
-    let ok = req.secrets.iter().any(|secret| {
-        claims
-            .iter()
-            .any(|claim| mac::matches(Algorithm::Sha256, secret.expose(), &parts, claim))
-    });
-    ok.then_some(t).ok_or(invalid)
+    let keys = req.secrets.iter().map(|s| s.expose());
+    mac::any_matches(Algorithm::Sha256, keys, &parts, &claims)
+        .then_some(t)
+        .ok_or(invalid)
 }
 
 pub fn sign(secret: &Secret, out: &mut Outgoing, now: i64) {
@@ -87,6 +85,24 @@ mod tests {
         let req = request(&[("Stripe-Signature", &value)], BODY);
         assert_eq!(
             verify(&check_with(&req, &secrets(&["other", SECRET]))),
+            Ok(1_700_000_000)
+        );
+    }
+
+    #[test]
+    fn only_the_first_sixteen_signatures_are_looked_at() {
+        let junk = format!("v1={}", "00".repeat(32));
+        let mut value = "t=1700000000".to_string();
+        for _ in 0..mac::MAX_CLAIMS {
+            value = format!("{value},{junk}");
+        }
+        let late = format!("{value},{}", &VECTOR[13..]);
+        let req = request(&[("Stripe-Signature", &late)], BODY);
+        assert!(verify(&check_with(&req, &secrets(&[SECRET]))).is_err());
+        let in_time = format!("t=1700000000,{},{junk}", &VECTOR[13..]);
+        let req = request(&[("Stripe-Signature", &in_time)], BODY);
+        assert_eq!(
+            verify(&check_with(&req, &secrets(&[SECRET]))),
             Ok(1_700_000_000)
         );
     }

@@ -13,6 +13,7 @@ pub mod mac;
 mod paddle;
 mod pagerduty;
 mod shopify;
+mod stamped;
 mod standard_webhooks;
 mod stripe;
 mod token;

@@ -2,8 +2,8 @@
 //! `{ts}:{body}`. During a secret rotation Paddle sends several `h1` values: any one may
 //! match (one official SDK keeps only the last, a bug not to repeat).
 
-use super::mac::{self, Algorithm};
-use super::{header, Check, Defaults, Outgoing, VerifyError};
+use super::stamped::Stamped;
+use super::{Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
@@ -17,39 +17,20 @@ pub fn defaults() -> Defaults {
     }
 }
 
+const PADDLE: Stamped = Stamped {
+    header: HEADER,
+    separator: ';',
+    timestamp_key: "ts",
+    signature_key: "h1",
+    join: ":",
+};
+
 pub fn verify(req: &Check) -> Result<i64, VerifyError> {
-    let value = header(req.headers, HEADER).ok_or(VerifyError::MissingSignature {
-        header: HEADER.into(),
-    })?;
-    let invalid = VerifyError::InvalidSignature {
-        header: HEADER.into(),
-    };
-    let mut ts = None;
-    let mut claims = Vec::new();
-    for item in value.split(';') {
-        match item.trim().split_once('=') {
-            Some(("ts", t)) => ts = Some(t),
-            Some(("h1", sig)) => claims.extend(hex::decode(sig).ok()),
-            _ => {}
-        }
-    }
-    let ts_text = ts.ok_or(invalid.clone())?;
-    let ts: i64 = ts_text.parse().map_err(|_| invalid.clone())?;
-    let parts: [&[u8]; 3] = [ts_text.as_bytes(), b":", req.body];
-    let keys = req.secrets.iter().map(|s| s.expose());
-    mac::any_matches(Algorithm::Sha256, keys, &parts, &claims)
-        .then_some(ts)
-        .ok_or(invalid)
+    PADDLE.verify(req)
 }
 
 pub fn sign(secret: &Secret, out: &mut Outgoing, now: i64) {
-    let ts = now.to_string();
-    let sig = mac::sign(
-        Algorithm::Sha256,
-        secret.expose(),
-        &[ts.as_bytes(), b":", &out.body],
-    );
-    out.set(HEADER, &format!("ts={ts};h1={}", hex::encode(sig)));
+    PADDLE.sign(secret, out, now)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Stripe: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=…]`, HMAC-SHA256 of `{t}.{body}`
 //! keyed with the whole `whsec_…` string as UTF-8. Other schemes (`v0`) are ignored.
 
-use super::mac::{self, Algorithm};
-use super::{header, Check, Defaults, Outgoing, VerifyError};
+use super::stamped::Stamped;
+use super::{Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
@@ -16,44 +16,26 @@ pub fn defaults() -> Defaults {
     }
 }
 
+const STRIPE: Stamped = Stamped {
+    header: HEADER,
+    separator: ',',
+    timestamp_key: "t",
+    signature_key: "v1",
+    join: ".",
+};
+
 pub fn verify(req: &Check) -> Result<i64, VerifyError> {
-    let value = header(req.headers, HEADER).ok_or(VerifyError::MissingSignature {
-        header: HEADER.into(),
-    })?;
-    let invalid = VerifyError::InvalidSignature {
-        header: HEADER.into(),
-    };
-    let mut timestamp = None;
-    let mut claims = Vec::new();
-    for item in value.split(',') {
-        match item.trim().split_once('=') {
-            Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
-            Some(("v1", sig)) => claims.extend(hex::decode(sig).ok()),
-            _ => {}
-        }
-    }
-    let t = timestamp.ok_or(invalid.clone())?;
-    let t_text = t.to_string();
-    let parts: [&[u8]; 3] = [t_text.as_bytes(), b".", req.body];
-    let keys = req.secrets.iter().map(|s| s.expose());
-    mac::any_matches(Algorithm::Sha256, keys, &parts, &claims)
-        .then_some(t)
-        .ok_or(invalid)
+    STRIPE.verify(req)
 }
 
 pub fn sign(secret: &Secret, out: &mut Outgoing, now: i64) {
-    let t = now.to_string();
-    let sig = mac::sign(
-        Algorithm::Sha256,
-        secret.expose(),
-        &[t.as_bytes(), b".", &out.body],
-    );
-    out.set(HEADER, &format!("t={t},v1={}", hex::encode(sig)));
+    STRIPE.sign(secret, out, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::mac;
     use crate::verify::testing::{check_with, request, secrets};
     use crate::verify::{verify as verify_request, Incoming, Scheme};
     use std::time::{Duration, SystemTime};

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::journal::{JournalError, Outcome};
 use crate::receive::ReceiveError;
-use crate::verify::VerifyError;
+use crate::verify::{Handshake, VerifyError};
 
 pub type Body = Full<Bytes>;
 
@@ -125,6 +125,20 @@ pub fn rejected(rejection: &Rejection) -> Response<Body> {
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+pub fn handshake(handshake: Handshake) -> Response<Body> {
+    match handshake {
+        Handshake::Json(body) => json(StatusCode::OK, body),
+        Handshake::Text(text) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        }
+    }
 }
 
 pub fn outcome(outcome: Outcome, id: &str) -> Response<Body> {

@@ -129,6 +129,10 @@ impl Gateway {
             incoming,
             now,
         )?;
+        if let Some(handshake) = source.scheme.handshake(&verified, &source.secrets) {
+            tracing::info!("handshake answered; nothing journaled");
+            return Ok(answer::handshake(handshake));
+        }
         let kind = receive::content_kind(&verified.incoming().headers)?;
         let unwrap_form = matches!(source.scheme, Scheme::Github(_));
         let payload = receive::parse(

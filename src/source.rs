@@ -8,7 +8,7 @@ use http::{HeaderName, Method};
 use crate::config::{Secret, SecretRef, ServerConfig, SourceConfig};
 use crate::locator::Locator;
 use crate::verify::mac::Algorithm;
-use crate::verify::{Encoding, Generic, Github, Scheme, Template, Token, SCHEME_NAMES};
+use crate::verify::{Encoding, Generic, Github, Scheme, Template, Token, Twilio, SCHEME_NAMES};
 
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -224,6 +224,15 @@ fn scheme(cfg: &SourceConfig) -> Result<Scheme, String> {
         "paddle" => Scheme::Paddle,
         "pagerduty" => Scheme::PagerDuty,
         "linear" => Scheme::Linear,
+        "slack" => Scheme::Slack,
+        "gitlab" => Scheme::Gitlab,
+        "twitch" => Scheme::Twitch,
+        "zoom" => Scheme::Zoom,
+        "twilio" => Scheme::Twilio(Twilio {
+            public_url: cfg.public_url.clone().ok_or(
+                "scheme `twilio` needs `public_url`: the URL exactly as set in Twilio's console",
+            )?,
+        }),
         "token" => Scheme::Token(Token {
             header: header_name(
                 "token_header",

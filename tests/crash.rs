@@ -4,54 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-struct Gateway {
-    child: Child,
-    ingest: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// Starts `hookgate serve` and reads the bound addresses from its JSON log lines.
-fn spawn(config: &Path) -> Gateway {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["serve", "-c"])
-        .arg(config)
-        .env("HOOKGATE_LOG_FORMAT", "json")
-        .env("HOOKGATE_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the hookgate binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut ingest, mut admin) = (None, None);
-    while ingest.is_none() || admin.is_none() {
-        let line = lines
-            .next()
-            .expect("hookgate logged its addresses")
-            .unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
-        let addr = entry["fields"]["addr"].as_str().map(|a| a.parse().unwrap());
-        match entry["fields"]["message"].as_str() {
-            Some("ingest listening") => ingest = addr,
-            Some("admin listening") => admin = addr,
-            _ => {}
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Gateway {
-        child,
-        ingest: ingest.unwrap(),
-        admin: admin.unwrap(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_survives_sigkill() {

@@ -127,15 +127,11 @@ pub fn build_request(
             )
         }
         None => {
-            let mut doc =
-                json!({"message": "a test event from hookgate send", "created": unix_seconds(now)});
-            for (locator, value) in [(&source.id, id.as_str()), (&source.event_type, event_type)] {
-                if let Locator::Json(pointer) = locator.primary() {
-                    set_pointer(&mut doc, pointer, value);
-                }
-            }
-            let content_type = args.content_type.unwrap_or("application/json").to_string();
-            (serde_json::to_vec(&doc)?, content_type)
+            let (body, generated) = generated_body(source, &id, event_type, now);
+            (
+                body,
+                args.content_type.map(str::to_string).unwrap_or(generated),
+            )
         }
     };
     out.body = body;
@@ -150,11 +146,59 @@ pub fn build_request(
         }
     }
     if let Some(secret) = source.secrets.first() {
+        if secret.expose().starts_with(b"whpk_") {
+            bail!(
+                "the first secret of `{}` is a public key (whpk_); send cannot sign with it",
+                source.name
+            );
+        }
         source.scheme.sign(secret, &mut out, unix_seconds(now));
     } else if !matches!(source.scheme, Scheme::None) {
         bail!("source `{}` has no secret to sign with", source.name);
     }
     Ok(out)
+}
+
+/// A small event with the id and type where the source looks for them: a form when a
+/// locator reads a form field (Twilio), else JSON.
+fn generated_body(
+    source: &Source,
+    id: &str,
+    event_type: &str,
+    now: SystemTime,
+) -> (Vec<u8>, String) {
+    let placed = [(&source.id, id), (&source.event_type, event_type)];
+    let form_fields: Vec<(&str, &str)> = placed
+        .iter()
+        .filter_map(|(locator, value)| match locator.primary() {
+            Locator::Form(field) => Some((field.as_str(), *value)),
+            _ => None,
+        })
+        .collect();
+    if !form_fields.is_empty() {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.extend_pairs(form_fields);
+        form.append_pair("Message", "a test event from hookgate send");
+        return (
+            form.finish().into_bytes(),
+            "application/x-www-form-urlencoded".into(),
+        );
+    }
+    let mut doc =
+        json!({"message": "a test event from hookgate send", "created": unix_seconds(now)});
+    for (locator, value) in placed {
+        if let Locator::Json(pointer) = locator.primary() {
+            set_pointer(&mut doc, pointer, json!(value));
+        }
+    }
+    if matches!(source.scheme, Scheme::Linear) {
+        // Linear's timestamp travels in the signed body, in milliseconds.
+        set_pointer(&mut doc, "/webhookTimestamp", json!(crate::unix_ms(now)));
+    }
+    (
+        serde_json::to_vec(&doc).expect("plain JSON"),
+        "application/json".into(),
+    )
 }
 
 fn guess_content_type(path: &Path) -> String {
@@ -167,7 +211,7 @@ fn guess_content_type(path: &Path) -> String {
 }
 
 /// Sets `value` at a JSON pointer, creating objects along the way.
-fn set_pointer(doc: &mut Value, pointer: &str, value: &str) {
+fn set_pointer(doc: &mut Value, pointer: &str, value: Value) {
     let mut at = doc;
     let tokens: Vec<String> = pointer
         .split('/')
@@ -180,7 +224,7 @@ fn set_pointer(doc: &mut Value, pointer: &str, value: &str) {
         }
         let map = at.as_object_mut().expect("made an object above");
         if i + 1 == tokens.len() {
-            map.insert(token.clone(), Value::String(value.to_string()));
+            map.insert(token.clone(), value);
             return;
         }
         at = map.entry(token.clone()).or_insert_with(|| json!({}));
@@ -208,6 +252,10 @@ pub async fn send(args: SendArgs<'_>) -> anyhow::Result<bool> {
         None => format!("{}{}", base_url(&config), source.path()),
     };
     let out = build_request(&source, &args, SystemTime::now())?;
+    let url = match &out.query {
+        Some(query) => format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' }),
+        None => url,
+    };
     let reply = client::request(
         ::http::Method::POST,
         &url,
@@ -227,8 +275,8 @@ mod tests {
     #[test]
     fn pointers_are_created() {
         let mut doc = json!({"a": 1});
-        set_pointer(&mut doc, "/data/object/id", "x");
-        set_pointer(&mut doc, "/type", "t");
+        set_pointer(&mut doc, "/data/object/id", json!("x"));
+        set_pointer(&mut doc, "/type", json!("t"));
         assert_eq!(
             doc,
             json!({"a": 1, "data": {"object": {"id": "x"}}, "type": "t"})

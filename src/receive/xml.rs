@@ -7,6 +7,7 @@
 //! A document type declaration is refused outright: no DTD means no entity expansion
 //! (billion laughs) and no external entities. Depth is bounded.
 
+use quick_xml::escape::unescape;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 use serde_json::{Map, Value};
@@ -30,9 +31,9 @@ impl Frame {
         for attr in start.attributes().with_checks(false) {
             let attr = attr.map_err(|e| format!("bad attribute in <{name}>: {e}"))?;
             let key = format!("@{}", utf8(attr.key.as_ref())?);
-            let value = attr
-                .unescape_value()
-                .map_err(|e| format!("bad attribute value in <{name}>: {e}"))?;
+            let raw = normalise_attribute(&utf8(&attr.value)?);
+            let value =
+                unescape(&raw).map_err(|e| format!("bad attribute value in <{name}>: {e}"))?;
             if fields
                 .insert(key, Value::String(value.into_owned()))
                 .is_some()
@@ -64,6 +65,17 @@ impl Frame {
         };
         (self.name, value)
     }
+}
+
+/// XML 1.0 §2.11: `\r\n` and a lone `\r` are read as `\n`.
+fn normalise_line_ends(raw: &str) -> String {
+    raw.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// XML 1.0 §3.3.3: literal tabs and line ends in an attribute value read as spaces
+/// (before references are expanded, so `&#10;` stays a line feed).
+fn normalise_attribute(raw: &str) -> String {
+    normalise_line_ends(raw).replace(['\t', '\n'], " ")
 }
 
 fn utf8(bytes: &[u8]) -> Result<String, String> {
@@ -117,7 +129,8 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
                 }
             }
             Event::Text(text) => {
-                let text = text.unescape().map_err(|e| {
+                let raw = normalise_line_ends(&utf8(&text)?);
+                let text = unescape(&raw).map_err(|e| {
                     format!("the XML has an entity or escape that is not allowed: {e}")
                 })?;
                 match stack.last_mut() {
@@ -127,7 +140,7 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
                 }
             }
             Event::CData(data) => {
-                let text = utf8(&data)?;
+                let text = normalise_line_ends(&utf8(&data)?);
                 match stack.last_mut() {
                     Some(frame) => frame.text.push_str(&text),
                     None => return Err("the XML has CDATA outside its root element".into()),
@@ -192,6 +205,20 @@ mod tests {
                 "n": "Zoë ✓"
             }})
         );
+    }
+
+    #[test]
+    fn line_ends_and_attribute_whitespace_are_normalised() {
+        // Expected values are what xmltodict (expat) gives for the same documents.
+        assert_eq!(
+            convert("<r a=\"x\ty\nz\" b=\"1&#10;2\"/>"),
+            json!({"r": {"@a": "x y z", "@b": "1\n2"}})
+        );
+        assert_eq!(
+            convert("<r>line1\r\nline2\rline3</r>"),
+            json!({"r": "line1\nline2\nline3"})
+        );
+        assert_eq!(convert("<r a=\"p\r\nq\"/>"), json!({"r": {"@a": "p q"}}));
     }
 
     #[test]

@@ -7,16 +7,22 @@
 //! file of their own, with a `sign` twin that `hookgate send` and the tests use.
 
 mod github;
+mod gitlab;
 mod hmac;
 mod linear;
 pub mod mac;
 mod paddle;
 mod pagerduty;
 mod shopify;
+mod slack;
 mod stamped;
 mod standard_webhooks;
 mod stripe;
 mod token;
+mod twilio;
+mod twitch;
+mod v0;
+mod zoom;
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -30,6 +36,7 @@ use crate::locator::Locator;
 pub use self::hmac::{Encoding, Generic, Template};
 pub use github::Github;
 pub use token::Token;
+pub use twilio::Twilio;
 
 /// A request as it arrived, not yet trusted. Its `Debug` shows header names only, as a
 /// header may carry a secret.
@@ -99,7 +106,19 @@ impl VerifyError {
 pub struct Check<'a> {
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
+    /// The request's query string, for schemes that sign the URL (Twilio).
+    pub query: Option<&'a str>,
     pub secrets: &'a [Secret],
+}
+
+/// The answer to a provider's handshake: sent instead of journaling, and only once the
+/// handshake's own signature has held.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// `200` with this JSON body.
+    Json(Vec<u8>),
+    /// `200` with this text as `text/plain`.
+    Text(String),
 }
 
 /// A request being built by `hookgate send` (or a test) for a scheme to sign.
@@ -107,6 +126,8 @@ pub struct Check<'a> {
 pub struct Outgoing {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// A query string the scheme needs on the URL (Twilio's `bodySHA256`).
+    pub query: Option<String>,
 }
 
 impl Outgoing {
@@ -139,6 +160,11 @@ pub enum Scheme {
     Paddle,
     PagerDuty,
     Linear,
+    Slack,
+    Gitlab,
+    Twilio(Twilio),
+    Twitch,
+    Zoom,
     Hmac(Generic),
     Token(Token),
     None,
@@ -152,6 +178,11 @@ pub const SCHEME_NAMES: &[&str] = &[
     "paddle",
     "pagerduty",
     "linear",
+    "slack",
+    "gitlab",
+    "twilio",
+    "twitch",
+    "zoom",
     "hmac",
     "token",
     "none",
@@ -167,6 +198,11 @@ impl Scheme {
             Scheme::Paddle => "paddle",
             Scheme::PagerDuty => "pagerduty",
             Scheme::Linear => "linear",
+            Scheme::Slack => "slack",
+            Scheme::Gitlab => "gitlab",
+            Scheme::Twilio(_) => "twilio",
+            Scheme::Twitch => "twitch",
+            Scheme::Zoom => "zoom",
             Scheme::Hmac(_) => "hmac",
             Scheme::Token(_) => "token",
             Scheme::None => "none",
@@ -182,6 +218,11 @@ impl Scheme {
             Scheme::Paddle => paddle::defaults(),
             Scheme::PagerDuty => pagerduty::defaults(),
             Scheme::Linear => linear::defaults(),
+            Scheme::Slack => slack::defaults(),
+            Scheme::Gitlab => gitlab::defaults(),
+            Scheme::Twilio(_) => twilio::defaults(),
+            Scheme::Twitch => twitch::defaults(),
+            Scheme::Zoom => zoom::defaults(),
             Scheme::Hmac(generic) => generic.defaults(),
             Scheme::Token(_) | Scheme::None => Defaults {
                 id: Locator::None,
@@ -202,6 +243,11 @@ impl Scheme {
             Scheme::Paddle => paddle::verify(req).map(Some),
             Scheme::PagerDuty => pagerduty::verify(req).map(|()| None),
             Scheme::Linear => linear::verify(req).map(Some),
+            Scheme::Slack => slack::verify(req).map(Some),
+            Scheme::Gitlab => gitlab::verify(req),
+            Scheme::Twilio(twilio) => twilio.verify(req).map(|()| None),
+            Scheme::Twitch => twitch::verify(req).map(Some),
+            Scheme::Zoom => zoom::verify(req).map(Some),
             Scheme::Hmac(generic) => generic.verify(req),
             Scheme::Token(token) => token.verify(req).map(|()| None),
             Scheme::None => Ok(None),
@@ -218,9 +264,32 @@ impl Scheme {
             Scheme::Paddle => paddle::sign(secret, out, now),
             Scheme::PagerDuty => pagerduty::sign(secret, out),
             Scheme::Linear => linear::sign(secret, out),
+            Scheme::Slack => slack::sign(secret, out, now),
+            Scheme::Gitlab => gitlab::sign(secret, out, now),
+            Scheme::Twilio(twilio) => twilio.sign(secret, out),
+            Scheme::Twitch => twitch::sign(secret, out, now),
+            Scheme::Zoom => zoom::sign(secret, out, now),
             Scheme::Hmac(generic) => generic.sign(secret, out, now),
             Scheme::Token(token) => token.sign(secret, out),
             Scheme::None => {}
+        }
+    }
+
+    /// A provider's handshake, answered instead of journaling: asked only after the
+    /// request's signature (and timestamp) have held.
+    pub fn handshake(&self, verified: &Verified, secrets: &[Secret]) -> Option<Handshake> {
+        let incoming = verified.incoming();
+        let req = Check {
+            headers: &incoming.headers,
+            body: &incoming.body,
+            query: incoming.uri.query(),
+            secrets,
+        };
+        match self {
+            Scheme::Slack => slack::handshake(&req),
+            Scheme::Twitch => twitch::handshake(&req),
+            Scheme::Zoom => zoom::handshake(&req),
+            _ => None,
         }
     }
 
@@ -228,9 +297,10 @@ impl Scheme {
     /// shows the value.
     pub fn check_secret(&self, secret: &Secret) -> Result<(), String> {
         match self {
-            Scheme::StandardWebhooks => standard_webhooks::key(secret)
-                .map(|_| ())
-                .ok_or_else(|| "is not a `whsec_` secret with a base64 key".to_string()),
+            Scheme::StandardWebhooks if !standard_webhooks::usable(secret) => Err(
+                "is neither a `whsec_` secret with a base64 key nor a `whpk_` Ed25519 public key"
+                    .into(),
+            ),
             Scheme::Token(_) => HeaderValue::from_bytes(secret.expose())
                 .map(|_| ())
                 .map_err(|_| "cannot be sent in a header (it has control characters)".to_string()),
@@ -250,6 +320,7 @@ pub fn verify(
     let check = Check {
         headers: &incoming.headers,
         body: &incoming.body,
+        query: incoming.uri.query(),
         secrets,
     };
     let signed_timestamp = scheme.check(&check)?;
@@ -292,6 +363,7 @@ pub(crate) mod testing {
         Check {
             headers: &out.headers,
             body: &out.body,
+            query: out.query.as_deref(),
             secrets,
         }
     }

@@ -4,6 +4,8 @@
 //! `svix-id`/`svix-timestamp`/`svix-signature` are accepted as the same headers.
 //! Signature versions other than `v1` are skipped.
 
+use ed25519_dalek::{Signature, VerifyingKey};
+
 use super::mac::{self, Algorithm};
 use super::{header, Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
@@ -12,6 +14,7 @@ use crate::locator::Locator;
 const ID: &str = "webhook-id";
 const TIMESTAMP: &str = "webhook-timestamp";
 const SIGNATURE: &str = "webhook-signature";
+const PUBLIC_KEY_PREFIX: &str = "whpk_";
 
 pub fn defaults() -> Defaults {
     Defaults {
@@ -24,7 +27,22 @@ pub fn defaults() -> Defaults {
 /// The HMAC key inside a `whsec_` secret (a bare base64 secret is taken as well).
 pub fn key(secret: &Secret) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(secret.expose()).ok()?;
+    if text.starts_with(PUBLIC_KEY_PREFIX) {
+        return None;
+    }
     mac::decode_base64(text.strip_prefix("whsec_").unwrap_or(text))
+}
+
+/// The Ed25519 public key inside a `whpk_` secret, for `v1a` signatures.
+pub fn public_key(secret: &Secret) -> Option<VerifyingKey> {
+    let text = std::str::from_utf8(secret.expose()).ok()?;
+    let bytes = mac::decode_base64(text.strip_prefix(PUBLIC_KEY_PREFIX)?)?;
+    VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
+}
+
+/// Whether a secret is usable here: a `whsec_` key or a `whpk_` public key.
+pub fn usable(secret: &Secret) -> bool {
+    key(secret).is_some() || public_key(secret).is_some()
 }
 
 /// A Standard Webhooks header, or its `svix-` twin.
@@ -45,19 +63,31 @@ pub fn verify(req: &Check) -> Result<i64, VerifyError> {
         header: SIGNATURE.into(),
     };
     let ts: i64 = timestamp.parse().map_err(|_| invalid.clone())?;
-    let claims: Vec<Vec<u8>> = signatures
-        .split_whitespace()
-        .filter_map(|s| s.strip_prefix("v1,"))
-        .filter_map(mac::decode_base64)
-        .collect();
+    let mut symmetric = Vec::new();
+    let mut asymmetric = Vec::new();
+    for item in signatures.split_whitespace().take(mac::MAX_CLAIMS) {
+        if let Some(sig) = item.strip_prefix("v1,") {
+            symmetric.extend(mac::decode_base64(sig));
+        } else if let Some(sig) = item.strip_prefix("v1a,") {
+            asymmetric.extend(mac::decode_base64(sig).and_then(|b| Signature::from_slice(&b).ok()));
+        }
+    }
     let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.as_bytes(), b".", req.body];
     let keys: Vec<Vec<u8>> = req.secrets.iter().filter_map(key).collect();
-    let ok = mac::any_matches(
+    let mut ok = mac::any_matches(
         Algorithm::Sha256,
         keys.iter().map(Vec::as_slice),
         &parts,
-        &claims,
+        &symmetric,
     );
+    if !ok && !asymmetric.is_empty() {
+        let message = parts.concat();
+        ok = req.secrets.iter().filter_map(public_key).any(|public| {
+            asymmetric
+                .iter()
+                .any(|sig| public.verify_strict(&message, sig).is_ok())
+        });
+    }
     ok.then_some(ts).ok_or(invalid)
 }
 
@@ -108,6 +138,40 @@ mod tests {
         let mut out = request(&[("webhook-id", ID_VALUE)], BODY);
         sign(&secrets(&[SECRET])[0], &mut out, 1_614_265_330);
         assert_eq!(out.header(SIGNATURE), Some(VECTOR));
+    }
+
+    #[test]
+    fn v1a_ed25519_signatures_verify_with_a_whpk_public_key() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let signing = SigningKey::from_bytes(&[7u8; 32]);
+        let public = format!(
+            "whpk_{}",
+            mac::encode_base64(signing.verifying_key().as_bytes())
+        );
+        let message = [ID_VALUE.as_bytes(), b".", TS.as_bytes(), b".", BODY].concat();
+        let sig = format!(
+            "v1a,{}",
+            mac::encode_base64(&signing.sign(&message).to_bytes())
+        );
+        let req = vector_request("webhook", &format!("v1,AAAA {sig}"), BODY);
+        assert_eq!(
+            verify(&check_with(&req, &secrets(&[SECRET, &public]))),
+            Ok(1_614_265_330)
+        );
+        assert_eq!(
+            verify(&check_with(&req, &secrets(&[&public]))),
+            Ok(1_614_265_330)
+        );
+        let tampered = vector_request("webhook", &sig, br#"{"test": 1}"#);
+        assert!(verify(&check_with(&tampered, &secrets(&[&public]))).is_err());
+        let other = SigningKey::from_bytes(&[8u8; 32]);
+        let other_public = format!(
+            "whpk_{}",
+            mac::encode_base64(other.verifying_key().as_bytes())
+        );
+        assert!(verify(&check_with(&req, &secrets(&[&other_public]))).is_err());
+        assert!(usable(&secrets(&[&public])[0]));
+        assert!(!usable(&secrets(&["whpk_short"])[0]));
     }
 
     #[test]

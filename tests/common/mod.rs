@@ -3,7 +3,10 @@
 //! own signing code.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -99,6 +102,7 @@ pub fn github(id: &str, event: &str, content_type: &str, body: &[u8]) -> (Header
             ("x-github-event", event),
         ]),
         body: body.to_vec(),
+        ..Outgoing::default()
     };
     Scheme::Github(Github::default()).sign(&Secret::new(GITHUB_SECRET), &mut out, 0);
     (out.headers, Bytes::from(out.body))
@@ -109,6 +113,7 @@ pub fn stripe(body: &[u8], at: SystemTime) -> (HeaderMap, Bytes) {
     let mut out = Outgoing {
         headers: headers(&[("content-type", "application/json")]),
         body: body.to_vec(),
+        ..Outgoing::default()
     };
     Scheme::Stripe.sign(&Secret::new(STRIPE_SECRET), &mut out, unix_seconds(at));
     (out.headers, Bytes::from(out.body))
@@ -129,4 +134,45 @@ pub async fn admin_get(running: &Running, path: &str) -> Reply {
     client::get(&format!("http://{}{path}", running.admin_addr))
         .await
         .expect("admin request completes")
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub ingest: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts `hookgate serve` and reads the bound addresses from its JSON log lines.
+pub fn spawn(config: &Path) -> Gateway {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["serve", "-c"])
+        .arg(config)
+        .env("HOOKGATE_LOG_FORMAT", "json")
+        .env("HOOKGATE_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the hookgate binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut ingest, mut admin) = (None, None);
+    while ingest.is_none() || admin.is_none() {
+        let line = lines
+            .next()
+            .expect("hookgate logged its addresses")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        let addr = entry["fields"]["addr"].as_str().map(|a| a.parse().unwrap());
+        match entry["fields"]["message"].as_str() {
+            Some("ingest listening") => ingest = addr,
+            Some("admin listening") => admin = addr,
+            _ => {}
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Gateway {
+        child,
+        ingest: ingest.unwrap(),
+        admin: admin.unwrap(),
+    }
 }

@@ -17,6 +17,7 @@ pub mod admit;
 pub mod answer;
 pub mod cli;
 pub mod config;
+pub mod fuzzing;
 pub mod gateway;
 pub mod journal;
 pub mod listen;

@@ -1,6 +1,6 @@
 //! Every scheme end to end against the real binary: `hookgate send` signs as the provider
-//! would and the running gateway accepts it; and each handshake answered only when its
-//! signature holds, with nothing journaled.
+//! would and the running gateway accepts it; and each handshake, sent to the running
+//! binary, is answered only when its signature holds, with nothing journaled.
 
 mod common;
 
@@ -166,11 +166,19 @@ fn signed(
     (out.headers, Bytes::from(out.body))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_are_answered_only_when_signed_and_never_journaled() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = start(dir.path(), "", &every_scheme()).await;
-    let addr = gw.ingest_addr;
+    let config = dir.path().join("hookgate.toml");
+    std::fs::write(&config, config_text(dir.path(), "", &every_scheme())).unwrap();
+    let mut gw = spawn(&config);
+    let addr = gw.ingest;
+    let events = |admin| async move {
+        hookgate::cli::client::get(&format!("http://{admin}/v1/events"))
+            .await
+            .unwrap()
+            .json()
+    };
     let ct = ("content-type", "application/json");
 
     let slack = br#"{"token":"x","challenge":"c-123","type":"url_verification"}"#;
@@ -241,7 +249,7 @@ async fn handshakes_are_answered_only_when_signed_and_never_journaled() {
     .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
 
-    let list = admin_get(&gw, "/v1/events").await.json();
+    let list = events(gw.admin).await;
     assert_eq!(list["events"], json!([]), "handshakes are not events");
 
     // A revocation notice is an event like any other.
@@ -258,8 +266,9 @@ async fn handshakes_are_answered_only_when_signed_and_never_journaled() {
     )
     .await;
     assert_eq!(reply.json()["status"], "accepted");
-    let list = admin_get(&gw, "/v1/events").await.json();
+    let list = events(gw.admin).await;
     assert_eq!(list["events"][0]["id"], "m-2");
     assert_eq!(list["events"][0]["type"], "channel.follow");
-    gw.stop().await;
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
 }

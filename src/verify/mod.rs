@@ -384,6 +384,59 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
 
+    /// Every scheme that signs a timestamp: signed `offset` seconds from now, checked
+    /// with a 300 s tolerance through `verify`.
+    #[test]
+    fn every_signed_timestamp_is_held_to_the_tolerance_both_ways() {
+        const NOW: i64 = 1_700_000_000;
+        let sw = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let cases: Vec<(Scheme, &str)> = vec![
+            (Scheme::Stripe, "whsec_x"),
+            (Scheme::StandardWebhooks, sw),
+            (Scheme::Paddle, "pdl_ntf_x"),
+            (Scheme::Slack, "slack"),
+            (Scheme::Twitch, "twitch"),
+            (Scheme::Zoom, "zoom"),
+            (Scheme::Linear, "linear"),
+            (Scheme::Gitlab, sw),
+        ];
+        for (scheme, secret) in cases {
+            for (offset, ok) in [(-300, true), (300, true), (-301, false), (301, false)] {
+                let at = NOW + offset;
+                let body = format!(r#"{{"webhookTimestamp":{}}}"#, at * 1000);
+                let mut out = Outgoing {
+                    body: body.into_bytes(),
+                    ..Outgoing::default()
+                };
+                out.set("webhook-id", "msg_1");
+                out.set("idempotency-key", "msg_1");
+                out.set("twitch-eventsub-message-id", "m_1");
+                let secret = Secret::new(secret);
+                scheme.sign(&secret, &mut out, at);
+                let incoming = Incoming {
+                    method: Method::POST,
+                    uri: Uri::from_static("/hooks/x"),
+                    headers: out.headers,
+                    body: out.body.into(),
+                    received_at: SystemTime::now(),
+                };
+                let result = verify(&scheme, &[secret], Duration::from_secs(300), incoming, NOW);
+                match (ok, result) {
+                    (true, Ok(v)) => {
+                        assert_eq!(v.signed_timestamp(), Some(at), "{}", scheme.name())
+                    }
+                    (false, Err(e)) => {
+                        assert_eq!(e.code(), "timestamp_out_of_tolerance", "{}", scheme.name())
+                    }
+                    (ok, other) => panic!(
+                        "{} at {offset:+}s: expected ok={ok}, got {other:?}",
+                        scheme.name()
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn tolerance_is_applied_both_ways_and_inclusive() {
         let tol = Duration::from_secs(300);

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -95,31 +94,11 @@ async fn send_is_accepted_for_every_scheme_by_the_running_binary() {
     for name in NAMES {
         let url = format!("http://{}/hooks/{name}", gw.ingest);
         let id = format!("e2e-{name}");
-        let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args([
-                "send",
-                "--source",
-                name,
-                "--event-type",
-                "test.kind",
-                "--id",
-                &id,
-                "--url",
-                &url,
-                "-c",
-            ])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{name}: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("\"status\":\"accepted\""),
-            "{name}: {stdout}"
+        send_accepted(
+            &config,
+            name,
+            &url,
+            &["--event-type", "test.kind", "--id", &id],
         );
     }
     let list = hookgate::cli::client::get(&format!("http://{}/v1/events?limit=100", gw.admin))

@@ -176,3 +176,24 @@ pub fn spawn(config: &Path) -> Gateway {
         admin: admin.unwrap(),
     }
 }
+
+/// Runs `hookgate send` for `source` against `url` and asserts the gateway accepted it.
+pub fn send_accepted(config: &Path, source: &str, url: &str, extra: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["send", "--source", source, "--url", url])
+        .args(extra)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("hookgate send runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{source}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"status\":\"accepted\""),
+        "{source}: {stdout}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod admit;
 pub mod answer;
 pub mod cli;
 pub mod config;
+pub mod forward;
 pub mod fuzzing;
 pub mod gateway;
 pub mod journal;
@@ -83,9 +84,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    if config.broker.is_some() {
-        bail!("[broker]: forwarding to RabbitMQ is not built yet; remove [broker] to run embedded");
-    }
     if config.server.tls.is_some() {
         bail!("[server.tls]: TLS is not built yet; remove [server.tls] to serve plain HTTP");
     }
@@ -125,6 +123,40 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         clock: clock.clone(),
         request_timeout: config.server.request_timeout.0,
     });
+    let broker_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = match &config.broker {
+        None => None,
+        Some(broker) => {
+            let url = broker
+                .url
+                .resolve()
+                .map_err(|e| anyhow::anyhow!("broker.url: {e}"))?;
+            let topology = forward::amqp::Topology {
+                exchange: broker.exchange.clone(),
+                queues: broker
+                    .queues
+                    .iter()
+                    .map(|q| forward::amqp::QueueSpec {
+                        name: q.name.clone(),
+                        bindings: q.bindings.clone(),
+                        kind: q.kind,
+                    })
+                    .collect(),
+            };
+            Some(forward::Forwarder {
+                journal: journal.clone(),
+                settings: forward::Settings {
+                    url,
+                    topology,
+                    max_in_flight: broker.max_in_flight,
+                    retry_initial: broker.retry.initial.0,
+                    retry_max: broker.retry.max.0,
+                },
+                routes: forward::Forwarder::routes_of(gateway.sources.values()),
+                connected: broker_connected.clone(),
+            })
+        }
+    };
     let token = match &config.admin.token {
         Some(reference) => Some(
             reference
@@ -136,6 +168,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     let admin_state = Arc::new(admin::Admin {
         journal: journal.clone(),
         token,
+        broker_connected: forwarder.as_ref().map(|_| broker_connected.clone()),
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(listen::serve(
@@ -156,6 +189,9 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         move |request| admin_state.clone().handle(request),
         stopped.clone(),
     )));
+    if let Some(forwarder) = forwarder {
+        tasks.push(tokio::spawn(forwarder.run(stopped.clone())));
+    }
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
         clock,

@@ -19,6 +19,8 @@ pub struct Admin {
     pub journal: Journal,
     /// When set, `/v1/*` needs `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
+    /// With a broker configured: whether the forwarder is connected.
+    pub broker_connected: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Serialize)]
@@ -135,15 +137,22 @@ impl Admin {
     }
 
     fn ready(&self) -> Response<Body> {
-        if self.journal.is_healthy() {
-            json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+        let broker_down = self
+            .broker_connected
+            .as_ref()
+            .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire));
+        let reason = if !self.journal.is_healthy() {
+            "the journal cannot be written"
+        } else if broker_down {
+            "the broker is unreachable; events are kept in the journal until it returns"
         } else {
-            error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the journal cannot be written".into(),
-            )
-        }
+            return json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec());
+        };
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            reason.into(),
+        )
     }
 
     async fn list(&self, query: &str) -> Response<Body> {

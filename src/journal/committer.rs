@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::flusher::{self, AppendReply, CompactReply, FlushQueue};
+use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
 use super::record::{self, Record, Status, Summary};
 use super::{seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Settings, Shared, Trees};
 
 /// The most commands applied before one flush; bounds the latency of a group.
 const MAX_GROUP: usize = 4096;
+/// How many delivery attempts an event's log keeps.
+const MAX_ATTEMPTS_LOGGED: usize = 20;
 /// The most records one compaction step removes, so that appends are not held up.
 const COMPACT_CHUNK: usize = 5_000;
 
@@ -91,7 +93,7 @@ impl Committer {
         };
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut appends: Vec<AppendReply> = Vec::with_capacity(MAX_GROUP);
-        let mut compactions: Vec<CompactReply> = Vec::new();
+        let mut updates: Vec<UpdateReply> = Vec::new();
         let mut closing = false;
         while !closing {
             let Some(first) = commands.blocking_recv() else {
@@ -112,19 +114,34 @@ impl Committer {
                         appends.push((reply, result));
                     }
                     Command::Compact { now_ms, reply } => {
-                        compactions.push((reply, self.compact(now_ms)));
+                        updates.push((reply, self.compact(now_ms)));
+                    }
+                    Command::Delivered { seqs, at_ms, reply } => {
+                        let result = seqs
+                            .iter()
+                            .try_for_each(|&seq| self.update(seq, at_ms, None));
+                        updates.push((reply, result.map(|()| true)));
+                    }
+                    Command::Attempted {
+                        seq,
+                        at_ms,
+                        outcome,
+                        reply,
+                    } => {
+                        let result = self.update(seq, at_ms, Some(outcome));
+                        updates.push((reply, result.map(|()| true)));
                     }
                     Command::Close { reply } => close = Some(reply),
                 }
             }
             closing = close.is_some();
             // Every write above is complete, so the flusher's next flush covers them.
-            queue.hand_over(&mut appends, &mut compactions, self.last_seq, close);
+            queue.hand_over(&mut appends, &mut updates, self.last_seq, close);
         }
         if !closing {
             // Every handle is gone without a close: still end with a flush.
             let (last, _) = oneshot::channel();
-            queue.hand_over(&mut appends, &mut compactions, self.last_seq, Some(last));
+            queue.hand_over(&mut appends, &mut updates, self.last_seq, Some(last));
         }
         let _ = flusher.join();
         tracing::debug!("journal committer stopped");
@@ -214,6 +231,53 @@ impl Committer {
         } else {
             Outcome::Accepted(seq)
         })
+    }
+
+    /// Records a delivery attempt on a queued event: `None` means the broker confirmed
+    /// it (now `delivered`, out of the queue), `Some(outcome)` a failure (still queued).
+    fn update(
+        &mut self,
+        seq: u64,
+        at_ms: u64,
+        failure: Option<String>,
+    ) -> Result<(), JournalError> {
+        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let Some(bytes) = self.trees.events.get(seq_key(seq)).map_err(unwritable)? else {
+            return Ok(());
+        };
+        let mut record =
+            record::decode(&bytes).map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        if record.summary.status != Status::Queued {
+            return Ok(());
+        }
+        record.summary.attempts = record.summary.attempts.saturating_add(1);
+        let delivered = failure.is_none();
+        record.attempts_log.push(record::Attempt {
+            at_ms,
+            outcome: failure.unwrap_or_else(|| "delivered".into()),
+        });
+        // The log keeps the first attempt and the latest ones.
+        if record.attempts_log.len() > MAX_ATTEMPTS_LOGGED {
+            record.attempts_log.remove(1);
+        }
+        if delivered {
+            record.summary.status = Status::Delivered;
+        }
+        self.trees
+            .events
+            .insert(seq_key(seq), record::encode(&record))
+            .map_err(unwritable)?;
+        if delivered
+            && self
+                .trees
+                .queued
+                .remove(seq_key(seq))
+                .map_err(unwritable)?
+                .is_some()
+        {
+            self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Whether an event at `ts` is older than the newest accepted for its order key.

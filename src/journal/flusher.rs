@@ -15,7 +15,7 @@ pub(super) type AppendReply = (
     oneshot::Sender<Result<Outcome, JournalError>>,
     Result<Outcome, JournalError>,
 );
-pub(super) type CompactReply = (
+pub(super) type UpdateReply = (
     oneshot::Sender<Result<bool, JournalError>>,
     Result<bool, JournalError>,
 );
@@ -23,14 +23,14 @@ pub(super) type CompactReply = (
 #[derive(Default)]
 struct Waiting {
     appends: Vec<AppendReply>,
-    compactions: Vec<CompactReply>,
+    updates: Vec<UpdateReply>,
     last_seq: u64,
     close: Option<oneshot::Sender<()>>,
 }
 
 impl Waiting {
     fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.compactions.is_empty() && self.close.is_none()
+        self.appends.is_empty() && self.updates.is_empty() && self.close.is_none()
     }
 }
 
@@ -45,13 +45,13 @@ impl FlushQueue {
     pub(super) fn hand_over(
         &self,
         appends: &mut Vec<AppendReply>,
-        compactions: &mut Vec<CompactReply>,
+        updates: &mut Vec<UpdateReply>,
         last_seq: u64,
         close: Option<oneshot::Sender<()>>,
     ) {
         let mut waiting = self.waiting.lock().expect("flush queue lock");
         waiting.appends.append(appends);
-        waiting.compactions.append(compactions);
+        waiting.updates.append(updates);
         waiting.last_seq = last_seq;
         if close.is_some() {
             waiting.close = close;
@@ -109,7 +109,7 @@ pub(super) fn run(
         for (reply, result) in group.appends {
             let _ = reply.send(result);
         }
-        for (reply, result) in group.compactions {
+        for (reply, result) in group.updates {
             let _ = reply.send(result);
         }
         if let Some(close) = group.close {

@@ -83,6 +83,19 @@ enum Command {
         now_ms: u64,
         reply: oneshot::Sender<Result<bool, JournalError>>,
     },
+    /// The broker confirmed these events.
+    Delivered {
+        seqs: Vec<u64>,
+        at_ms: u64,
+        reply: oneshot::Sender<Result<bool, JournalError>>,
+    },
+    /// A delivery attempt failed; the event stays queued.
+    Attempted {
+        seq: u64,
+        at_ms: u64,
+        outcome: String,
+        reply: oneshot::Sender<Result<bool, JournalError>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -211,6 +224,48 @@ impl Journal {
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Marks events `delivered` once the broker has confirmed them.
+    pub async fn mark_delivered(&self, seqs: Vec<u64>, at_ms: u64) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Delivered { seqs, at_ms, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?.map(drop)
+    }
+
+    /// Notes a failed delivery attempt; the event stays `queued`.
+    pub async fn record_attempt(
+        &self,
+        seq: u64,
+        at_ms: u64,
+        outcome: String,
+    ) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Attempted {
+                seq,
+                at_ms,
+                outcome,
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?.map(drop)
+    }
+
+    /// Undelivered events from `from` on, oldest first, at most `limit`.
+    pub fn queued_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, String> {
+        let mut found = Vec::new();
+        for item in self.trees.queued.range(seq_key(from)..).take(limit) {
+            let (key, _) = item.map_err(|e| e.to_string())?;
+            if let Some(record) = self.get(seq_of(&key))? {
+                found.push(record);
+            }
+        }
+        Ok(found)
     }
 
     /// Flushes what is left and stops the committer. Later appends answer `Closed`.

@@ -175,13 +175,65 @@ async fn ordering_memory_is_kept_by_update_time_not_by_event_time() {
 #[tokio::test]
 async fn with_a_broker_queued_events_outlive_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(settings(dir.path())).unwrap();
+    let mut short = settings(dir.path());
+    short.retention = Duration::from_secs(24 * 3600);
+    let journal = Journal::open(short).unwrap();
     journal.append(event("old", HOUR_MS)).await.unwrap();
-    journal.compact(30 * 24 * HOUR_MS).await.unwrap();
+    journal.append(event("sent", HOUR_MS)).await.unwrap();
+    journal.mark_delivered(vec![2], 2 * HOUR_MS).await.unwrap();
+    journal.compact(30 * HOUR_MS).await.unwrap();
     assert!(
         journal.get(1).unwrap().is_some(),
         "undelivered events are never compacted"
     );
+    assert!(
+        journal.get(2).unwrap().is_none(),
+        "delivered and past retention"
+    );
+    assert_eq!(
+        journal.append(event("sent", 31 * HOUR_MS)).await,
+        Ok(Outcome::Duplicate(2)),
+        "the dedup index keeps its own, longer window"
+    );
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn delivery_attempts_are_logged_and_delivery_leaves_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    journal.append(event("a", 1)).await.unwrap();
+    journal.append(event("b", 1)).await.unwrap();
+    assert_eq!(journal.backlog(), 2);
+    for at in 0..25 {
+        journal
+            .record_attempt(1, 10 + at, format!("returned {at}"))
+            .await
+            .unwrap();
+    }
+    let failed = journal.get(1).unwrap().unwrap();
+    assert_eq!(failed.summary.status, Status::Queued);
+    assert_eq!(failed.summary.attempts, 25);
+    assert_eq!(failed.attempts_log.len(), 20, "the log is capped");
+    assert_eq!(
+        failed.attempts_log[0].outcome, "returned 0",
+        "the first is kept"
+    );
+    assert_eq!(
+        failed.attempts_log[19].outcome, "returned 24",
+        "and the latest"
+    );
+
+    journal.mark_delivered(vec![1, 2], 100).await.unwrap();
+    assert_eq!(journal.backlog(), 0);
+    assert!(journal.queued_from(0, 10).unwrap().is_empty());
+    let done = journal.get(1).unwrap().unwrap();
+    assert_eq!(done.summary.status, Status::Delivered);
+    assert_eq!(done.summary.attempts, 26);
+    // Delivering twice (a redelivery confirmed again) changes nothing.
+    journal.mark_delivered(vec![1], 200).await.unwrap();
+    assert_eq!(journal.get(1).unwrap().unwrap().summary.attempts, 26);
+    assert_eq!(journal.backlog(), 0);
     journal.close().await;
 }
 

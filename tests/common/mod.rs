@@ -3,6 +3,8 @@
 //! own signing code.
 #![allow(dead_code)]
 
+pub mod rabbit;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,315 @@
+//! The outbox: every queued event leaves the journal for the broker, in journal order,
+//! and is marked `delivered` only once the broker has confirmed it (SPEC §8).
+//!
+//! Publishes are pipelined up to `max_in_flight` unconfirmed messages. A nack or a
+//! return (no queue bound) keeps the event `queued` and holds back its source, whose
+//! events are published again, in order, after a backoff; other sources go on. A lost
+//! connection is rebuilt with backoff and everything unconfirmed is published again
+//! (same `message_id`): delivery is at least once. The broker never slows ingest: events
+//! wait in the journal until `max_backlog`.
+
+pub mod amqp;
+pub mod message;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::publisher_confirm::Confirmation;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::amqp::{Link, LinkError, Topology};
+use crate::config::Secret;
+use crate::journal::Journal;
+use crate::listen::stopped;
+use crate::source::Source;
+
+/// How long an unconfirmed publish may wait for its confirm before the link is presumed
+/// broken.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stop waits for confirms of what is in flight.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Settings {
+    pub url: Secret,
+    pub topology: Topology,
+    pub max_in_flight: usize,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+pub struct Forwarder {
+    pub journal: Journal,
+    pub settings: Settings,
+    /// Routing-key templates by source name.
+    pub routes: HashMap<String, String>,
+    /// Read by `/readyz`.
+    pub connected: Arc<AtomicBool>,
+}
+
+/// The state of one connection's publishing.
+struct Pipeline {
+    /// Where the next read of the queue starts.
+    cursor: u64,
+    /// Publishes waiting for their confirm.
+    in_flight: FuturesUnordered<Pending>,
+    in_flight_seqs: HashSet<u64>,
+    /// Sources held back after a nack or return: until when, and the first seq to resend.
+    held: HashMap<String, (Instant, u64)>,
+}
+
+enum Ended {
+    Stopped,
+    Lost(LinkError),
+}
+
+type Confirmed = (u64, String, Result<Confirmation, LinkError>);
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Confirmed> + Send>>;
+
+impl Forwarder {
+    pub fn routes_of<'a>(
+        sources: impl IntoIterator<Item = &'a Arc<Source>>,
+    ) -> HashMap<String, String> {
+        sources
+            .into_iter()
+            .map(|s| (s.name.clone(), s.routing_key.clone()))
+            .collect()
+    }
+
+    /// Runs until `stop` turns true: connect, pump, and reconnect with backoff.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = self.settings.retry_initial;
+        // Per source: the backoff after its latest failure, kept across reconnects.
+        let mut backoffs = HashMap::new();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let opened = tokio::select! {
+                _ = stopped(&mut stop) => return,
+                opened = Link::open(&self.settings.url, &self.settings.topology) => opened,
+            };
+            match opened {
+                Ok(link) => {
+                    self.connected.store(true, Ordering::Release);
+                    tracing::info!(exchange = %self.settings.topology.exchange, "broker connected");
+                    backoff = self.settings.retry_initial;
+                    let ended = self.pump(&link, &mut stop, &mut backoffs).await;
+                    self.connected.store(false, Ordering::Release);
+                    match ended {
+                        Ended::Stopped => {
+                            link.close().await;
+                            return;
+                        }
+                        Ended::Lost(e) => {
+                            tracing::warn!(error = %e, "broker link lost; reconnecting")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unreachable")
+                }
+            }
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.settings.retry_max);
+        }
+    }
+
+    fn template(&self, source: &str) -> &str {
+        self.routes
+            .get(source)
+            .map(String::as_str)
+            .unwrap_or("{source}.{type}")
+    }
+
+    async fn pump(
+        &self,
+        link: &Link,
+        stop: &mut watch::Receiver<bool>,
+        backoffs: &mut HashMap<String, Duration>,
+    ) -> Ended {
+        let mut pipe = Pipeline {
+            cursor: 0,
+            in_flight: FuturesUnordered::new(),
+            in_flight_seqs: HashSet::new(),
+            held: HashMap::new(),
+        };
+        let mut durable = self.journal.last_seq();
+        loop {
+            let now = Instant::now();
+            let mut rewind = pipe.cursor;
+            pipe.held.retain(|_, (until, first_seq)| {
+                let keep = *until > now;
+                if !keep {
+                    rewind = rewind.min(*first_seq);
+                }
+                keep
+            });
+            pipe.cursor = rewind;
+            let up_to = *durable.borrow_and_update();
+            if let Err(e) = self.fill(link, &mut pipe, up_to).await {
+                return Ended::Lost(e);
+            }
+            if pipe.in_flight.is_empty() {
+                let next_release = pipe.held.values().map(|(until, _)| *until).min();
+                let wake = next_release.unwrap_or(now + Duration::from_secs(1));
+                tokio::select! {
+                    _ = stopped(stop) => return Ended::Stopped,
+                    e = link.broken() => return Ended::Lost(e),
+                    _ = durable.changed() => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+                continue;
+            }
+            let first = tokio::select! {
+                _ = stopped(stop) => {
+                    self.settle(&mut pipe, backoffs).await;
+                    return Ended::Stopped;
+                }
+                e = link.broken() => return Ended::Lost(e),
+                first = pipe.in_flight.next() => first,
+            };
+            let mut done: Vec<Confirmed> = first.into_iter().collect();
+            while let Some(Some(more)) =
+                futures_util::FutureExt::now_or_never(pipe.in_flight.next())
+            {
+                done.push(more);
+            }
+            if let Err(e) = self.record(done, &mut pipe, backoffs).await {
+                return Ended::Lost(e);
+            }
+        }
+    }
+
+    /// Publishes durable queued events from the cursor on, up to seq `up_to`, until the
+    /// pipeline is full or nothing is left to send.
+    async fn fill(&self, link: &Link, pipe: &mut Pipeline, up_to: u64) -> Result<(), LinkError> {
+        let max_in_flight = self.settings.max_in_flight;
+        while pipe.in_flight.len() < max_in_flight && pipe.cursor <= up_to {
+            let journal = self.journal.clone();
+            let from = pipe.cursor;
+            let want = (max_in_flight - pipe.in_flight.len()).max(64);
+            let batch = tokio::task::spawn_blocking(move || journal.queued_from(from, want)).await;
+            let batch = match batch {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the journal's queue");
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            };
+            if batch.is_empty() {
+                pipe.cursor = up_to + 1;
+                return Ok(());
+            }
+            for record in batch {
+                let seq = record.summary.seq;
+                if seq > up_to || pipe.in_flight.len() >= max_in_flight {
+                    return Ok(());
+                }
+                pipe.cursor = seq + 1;
+                if pipe.in_flight_seqs.contains(&seq)
+                    || pipe.held.contains_key(&record.summary.source)
+                {
+                    continue;
+                }
+                let message = message::build(&record, self.template(&record.summary.source));
+                let confirm = link.publish(&message).await?;
+                let source = record.summary.source;
+                pipe.in_flight_seqs.insert(seq);
+                pipe.in_flight.push(Box::pin(async move {
+                    let result = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                        Ok(Ok(confirmation)) => Ok(confirmation),
+                        Ok(Err(e)) => Err(LinkError::Broker {
+                            what: "waiting for a confirm",
+                            reason: e.to_string(),
+                        }),
+                        Err(_) => Err(LinkError::Timeout {
+                            what: "waiting for a confirm",
+                            secs: CONFIRM_TIMEOUT.as_secs(),
+                        }),
+                    };
+                    (seq, source, result)
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the outcomes of confirmed publishes to the journal. A failure holds its
+    /// source back for a backoff that doubles while the source keeps failing.
+    async fn record(
+        &self,
+        done: Vec<Confirmed>,
+        pipe: &mut Pipeline,
+        backoffs: &mut HashMap<String, Duration>,
+    ) -> Result<(), LinkError> {
+        let now_ms = crate::unix_ms(SystemTime::now());
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        let mut lost = None;
+        for (seq, source, result) in done {
+            pipe.in_flight_seqs.remove(&seq);
+            let failure = match result {
+                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+                    backoffs.remove(&source);
+                    delivered.push(seq);
+                    continue;
+                }
+                Ok(Confirmation::Ack(Some(returned))) | Ok(Confirmation::Nack(Some(returned))) => {
+                    format!(
+                        "returned by the broker: {} {}",
+                        returned.reply_code, returned.reply_text
+                    )
+                }
+                Ok(Confirmation::Nack(None)) => "nacked by the broker".to_string(),
+                Err(e) => {
+                    // Unconfirmed: it is sent again on the next connection.
+                    lost.get_or_insert(e);
+                    continue;
+                }
+            };
+            failed.push((seq, source, failure));
+        }
+        for (seq, source, failure) in failed {
+            let backoff = match backoffs.get(&source) {
+                Some(previous) if pipe.held.contains_key(&source) => *previous,
+                Some(previous) => (*previous * 2).min(self.settings.retry_max),
+                None => self.settings.retry_initial,
+            };
+            backoffs.insert(source.clone(), backoff);
+            let until = Instant::now() + backoff;
+            let entry = pipe.held.entry(source.clone()).or_insert((until, seq));
+            entry.1 = entry.1.min(seq);
+            tracing::warn!(seq, source = %source, outcome = %failure, retry_in_ms = backoff.as_millis() as u64, "not delivered; will retry");
+            if let Err(e) = self.journal.record_attempt(seq, now_ms, failure).await {
+                tracing::error!(error = %e, "cannot record a delivery attempt");
+            }
+        }
+        if !delivered.is_empty() {
+            if let Err(e) = self.journal.mark_delivered(delivered, now_ms).await {
+                tracing::error!(error = %e, "cannot mark events delivered");
+            }
+        }
+        match lost {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// On stop: wait a little for the confirms of what is in flight, and record them.
+    async fn settle(&self, pipe: &mut Pipeline, backoffs: &mut HashMap<String, Duration>) {
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut done = Vec::new();
+        while let Ok(Some(next)) = tokio::time::timeout_at(deadline, pipe.in_flight.next()).await {
+            done.push(next);
+        }
+        let _ = self.record(done, pipe, backoffs).await;
+    }
+}

@@ -1,0 +1,452 @@
+//! Forwarding to the real RabbitMQ (SPEC §8): the message contract, declared queues,
+//! returns and retries, a broker outage in the middle of ingest, SIGKILL while a backlog
+//! is being forwarded, and `max_backlog`. Every test works under names of its own and
+//! deletes them at the end.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use lapin::types::AMQPValue;
+
+use common::rabbit::{header, header_text, Proxy, Rabbit};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `[broker]` for `url`, with the test's exchange, a short retry, and `queues` appended.
+fn broker(url: &str, rabbit: &Rabbit, queues: &str) -> String {
+    format!(
+        r#"
+[broker]
+url = "{url}"
+exchange = "{}"
+max_in_flight = 64
+retry = {{ initial = "100ms", max = "1s" }}
+{queues}
+"#,
+        rabbit.exchange()
+    )
+}
+
+fn quorum_queue(name: &str, binding: &str) -> String {
+    format!(
+        r#"
+[[broker.queues]]
+name = "{name}"
+bindings = ["{binding}"]
+kind = "quorum"
+"#
+    )
+}
+
+async fn admin_json(admin: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    hookgate::cli::client::get(&format!("http://{admin}{path}"))
+        .await
+        .expect("admin answers")
+        .json()
+}
+
+/// Waits until the admin API lists `count` events with `status`.
+async fn wait_for_status(admin: std::net::SocketAddr, status: &str, count: usize) {
+    let started = Instant::now();
+    loop {
+        let page = admin_json(admin, &format!("/v1/events?status={status}&limit=1000")).await;
+        let listed = page["events"].as_array().map_or(0, Vec::len);
+        if listed >= count {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "waited for {count} events {status}, {listed} are"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn readyz(admin: std::net::SocketAddr) -> u16 {
+    hookgate::cli::client::get(&format!("http://{admin}/readyz"))
+        .await
+        .expect("admin answers")
+        .status
+        .as_u16()
+}
+
+async fn wait_for_ready(admin: std::net::SocketAddr, want: u16) {
+    let started = Instant::now();
+    while readyz(admin).await != want {
+        assert!(started.elapsed() < WAIT, "/readyz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post_github(
+    addr: std::net::SocketAddr,
+    id: &str,
+    body: &str,
+) -> hookgate::cli::client::Reply {
+    post(
+        addr,
+        "/hooks/github",
+        github(id, "push", "application/json", body.as_bytes()),
+    )
+    .await
+}
+
+fn write_config(dir: &Path, sources: &str) -> std::path::PathBuf {
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config_text(dir, "", sources)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_carry_the_spec_contract() {
+    let rabbit = Rabbit::connect("contract").await;
+    let queue = rabbit.queue("all");
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        "{}{GITHUB_SOURCE}{STRIPE_SOURCE}routing_key = \"payments.{{source}}.{{type}}\"\n",
+        broker(
+            &common::rabbit::amqp_url(common::rabbit::BROKER),
+            &rabbit,
+            &quorum_queue(&queue, "#")
+        )
+    );
+    let running = start(dir.path(), "", &sources).await;
+    wait_for_ready(running.admin_addr, 200).await;
+    assert!(
+        rabbit.is_of_kind(&queue, "quorum").await,
+        "{queue} is a quorum queue"
+    );
+    assert!(
+        !rabbit.is_of_kind(&queue, "classic").await,
+        "{queue} is not classic"
+    );
+    let got = rabbit.collect(&queue).await;
+
+    let push = r#"{"ref":"refs/heads/main", "n": 1}"#;
+    let reply = post_github(running.ingest_addr, "gh-1", push).await;
+    assert_eq!(reply.json()["status"], "accepted");
+    let charge = br#"{"id":"evt_1","type":"charge.succeeded"}"#;
+    let reply = post(
+        running.ingest_addr,
+        "/hooks/stripe",
+        stripe(charge, SystemTime::now()),
+    )
+    .await;
+    assert_eq!(reply.json()["status"], "accepted");
+
+    got.wait_for(WAIT, "both messages", |d| d.len() >= 2).await;
+    let deliveries = std::mem::take(&mut *got.0.lock().unwrap());
+    let by_id = |id: &str| {
+        deliveries
+            .iter()
+            .find(|d| d.properties.message_id().as_ref().map(|m| m.as_str()) == Some(id))
+            .unwrap_or_else(|| panic!("{id} arrived"))
+    };
+
+    let gh = by_id("gh-1");
+    assert_eq!(gh.routing_key.as_str(), "github.push");
+    assert_eq!(
+        gh.data,
+        push.as_bytes(),
+        "a JSON body is forwarded byte for byte"
+    );
+    let p = &gh.properties;
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("push"));
+    assert_eq!(p.app_id().as_ref().map(|s| s.as_str()), Some("hookgate"));
+    assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stamp = p.timestamp().expect("a timestamp");
+    assert!(
+        stamp <= now && now - stamp < 60,
+        "timestamp {stamp} is the receive time"
+    );
+    assert_eq!(
+        header_text(gh, "cloudEvents_specversion").as_deref(),
+        Some("1.0")
+    );
+    assert_eq!(header_text(gh, "cloudEvents_id").as_deref(), Some("gh-1"));
+    assert_eq!(
+        header_text(gh, "cloudEvents_source").as_deref(),
+        Some("/hooks/github")
+    );
+    assert_eq!(header_text(gh, "cloudEvents_type").as_deref(), Some("push"));
+    let time = header_text(gh, "cloudEvents_time").expect("cloudEvents_time");
+    assert!(
+        time.len() >= 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "RFC 3339 UTC: {time}"
+    );
+    assert_eq!(
+        header_text(gh, "hookgate_source").as_deref(),
+        Some("github")
+    );
+    assert_eq!(
+        header_text(gh, "hookgate_content_type").as_deref(),
+        Some("application/json")
+    );
+    let seq = match header(gh, "hookgate_seq") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        other => panic!("hookgate_seq is an integer: {other:?}"),
+    };
+    assert_eq!(
+        header_text(gh, "http_x-github-event").as_deref(),
+        Some("push")
+    );
+    assert_eq!(
+        header_text(gh, "http_x-github-delivery").as_deref(),
+        Some("gh-1")
+    );
+
+    let st = by_id("evt_1");
+    assert_eq!(st.routing_key.as_str(), "payments.stripe.charge.succeeded");
+    assert_eq!(st.data, charge);
+    assert_eq!(
+        header_text(st, "cloudEvents_type").as_deref(),
+        Some("charge.succeeded")
+    );
+    assert!(header_text(st, "http_stripe-signature").is_some());
+
+    wait_for_status(running.admin_addr, "delivered", 2).await;
+    let shown = admin_json(running.admin_addr, &format!("/v1/events/{seq}")).await;
+    assert_eq!(shown["id"], "gh-1");
+    assert_eq!(shown["status"], "delivered");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_event_is_delivered_once_a_queue_is_bound() {
+    let rabbit = Rabbit::connect("unroutable").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        "{}{GITHUB_SOURCE}",
+        broker(
+            &common::rabbit::amqp_url(common::rabbit::BROKER),
+            &rabbit,
+            ""
+        )
+    );
+    let running = start(dir.path(), "", &sources).await;
+    wait_for_ready(running.admin_addr, 200).await;
+
+    let reply = post_github(running.ingest_addr, "lost-1", "{}").await;
+    assert_eq!(reply.json()["status"], "accepted");
+    let seq = reply.json()["seq"].as_u64().unwrap();
+
+    // No queue is bound: the broker returns it, and it stays queued with the attempt noted.
+    let started = Instant::now();
+    let shown = loop {
+        let shown = admin_json(running.admin_addr, &format!("/v1/events/{seq}")).await;
+        if shown["attempts"].as_u64().unwrap_or(0) >= 2 {
+            break shown;
+        }
+        assert!(started.elapsed() < WAIT, "no attempt recorded: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shown["status"], "queued", "{shown}");
+    let outcome = shown["attempts_log"][0]["outcome"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        outcome.contains("NO_ROUTE") || outcome.contains("312"),
+        "{shown}"
+    );
+
+    let queue = rabbit.bind_queue("late", "github.#").await;
+    let got = rabbit.collect(&queue).await;
+    got.wait_for(WAIT, "the returned event", |d| !d.is_empty())
+        .await;
+    assert_eq!(got.counts().get("lost-1"), Some(&1));
+    wait_for_status(running.admin_addr, "delivered", 1).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_during_ingest_loses_nothing() {
+    let rabbit = Rabbit::connect("outage").await;
+    let queue = rabbit.queue("events");
+    let proxy = Proxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        "{}{GITHUB_SOURCE}",
+        broker(&proxy.url(), &rabbit, &quorum_queue(&queue, "github.#"))
+    );
+    let running = start(dir.path(), "", &sources).await;
+    wait_for_ready(running.admin_addr, 200).await;
+    let got = rabbit.collect(&queue).await;
+
+    const TOTAL: usize = 600;
+    let addr = running.ingest_addr;
+    let mut accepted = HashSet::new();
+    for round in 0..3 {
+        // A third with the broker reachable, a third while it is gone, a third after.
+        if round == 1 {
+            proxy.cut();
+            wait_for_ready(running.admin_addr, 503).await;
+        }
+        if round == 2 {
+            proxy.restore();
+        }
+        let sends: Vec<_> = (0..TOTAL / 3)
+            .map(|i| {
+                let id = format!("outage-{round}-{i}");
+                tokio::spawn(async move {
+                    (post_github(addr, &id, &format!("{{\"i\":{i}}}")).await, id)
+                })
+            })
+            .collect();
+        for send in sends {
+            let (reply, id) = send.await.unwrap();
+            assert_eq!(reply.json()["status"], "accepted", "ingest goes on: {id}");
+            accepted.insert(id);
+        }
+    }
+    wait_for_ready(running.admin_addr, 200).await;
+    got.wait_for(WAIT, "every accepted event", |d| {
+        let seen: HashSet<_> = d
+            .iter()
+            .filter_map(|m| m.properties.message_id().as_ref().map(|id| id.to_string()))
+            .collect();
+        accepted.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    wait_for_status(running.admin_addr, "delivered", TOTAL).await;
+    assert!(
+        proxy.connections.load(std::sync::atomic::Ordering::Acquire) >= 2,
+        "it reconnected"
+    );
+    let counts = got.counts();
+    let again = counts.values().filter(|&&n| n > 1).count();
+    eprintln!("outage: {TOTAL} accepted, all delivered; {again} delivered more than once");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_forwarding_a_backlog_loses_nothing() {
+    let rabbit = Rabbit::connect("sigkill").await;
+    let queue = rabbit.queue("events");
+    let proxy = Proxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}{GITHUB_SOURCE}",
+            broker(&proxy.url(), &rabbit, &quorum_queue(&queue, "github.#"))
+        ),
+    );
+    let mut gw = spawn(&config);
+    wait_for_ready(gw.admin, 200).await;
+    let got = rabbit.collect(&queue).await;
+
+    // Build a backlog with the broker out of reach.
+    proxy.cut();
+    wait_for_ready(gw.admin, 503).await;
+    const TOTAL: usize = 3000;
+    let addr = gw.ingest;
+    let mut accepted = HashSet::new();
+    for chunk in 0..(TOTAL / 100) {
+        let sends: Vec<_> = (0..100)
+            .map(|i| {
+                let id = format!("kill-{chunk}-{i}");
+                tokio::spawn(async move {
+                    (
+                        post_github(addr, &id, "{\"pad\":\"xxxxxxxxxxxxxxxx\"}").await,
+                        id,
+                    )
+                })
+            })
+            .collect();
+        for send in sends {
+            let (reply, id) = send.await.unwrap();
+            assert_eq!(reply.json()["status"], "accepted", "{id}");
+            accepted.insert(id);
+        }
+    }
+
+    // Let it forward part of the backlog, then kill it mid-stream.
+    proxy.restore();
+    got.wait_for(WAIT, "the first forwarded messages", |d| d.len() >= 200)
+        .await;
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    let before_restart = got.len();
+    assert!(
+        before_restart < TOTAL,
+        "the kill came too late to test anything: all {before_restart} had arrived"
+    );
+
+    let mut gw = spawn(&config);
+    got.wait_for(WAIT, "every acknowledged event after the restart", |d| {
+        let seen: HashSet<_> = d
+            .iter()
+            .filter_map(|m| m.properties.message_id().as_ref().map(|id| id.to_string()))
+            .collect();
+        accepted.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    wait_for_status(gw.admin, "delivered", 1000).await;
+    let counts = got.counts();
+    let again: usize = counts.values().map(|n| n - 1).sum();
+    assert!(
+        counts.keys().all(|id| accepted.contains(id)),
+        "nothing unknown arrived"
+    );
+    eprintln!(
+        "sigkill: {TOTAL} acknowledged, {before_restart} arrived before the kill, all arrived after the restart, {again} redeliveries"
+    );
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_backlog_new_events_get_503_until_the_broker_drains_it() {
+    let rabbit = Rabbit::connect("backlog").await;
+    let queue = rabbit.queue("events");
+    let proxy = Proxy::start().await;
+    proxy.cut();
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        "{}{GITHUB_SOURCE}",
+        broker(&proxy.url(), &rabbit, &quorum_queue(&queue, "github.#"))
+    );
+    let running = start(dir.path(), "max_backlog = 5", &sources).await;
+    assert_eq!(
+        readyz(running.admin_addr).await,
+        503,
+        "the broker is out of reach"
+    );
+
+    for i in 0..5 {
+        let reply = post_github(running.ingest_addr, &format!("b-{i}"), "{}").await;
+        assert_eq!(reply.json()["status"], "accepted");
+    }
+    let refused = post_github(running.ingest_addr, "b-5", "{}").await;
+    assert_eq!(refused.status.as_u16(), 503);
+    assert_eq!(refused.json()["error"], "unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    let again = post_github(running.ingest_addr, "b-0", "{}").await;
+    assert_eq!(
+        again.json()["status"],
+        "duplicate",
+        "a duplicate is still recognised"
+    );
+
+    proxy.restore();
+    wait_for_status(running.admin_addr, "delivered", 5).await;
+    let retried = post_github(running.ingest_addr, "b-5", "{}").await;
+    assert_eq!(
+        retried.json()["status"],
+        "accepted",
+        "the provider's retry gets in"
+    );
+    running.stop().await;
+}

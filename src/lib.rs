@@ -8,6 +8,8 @@
 //!   maker of `Verified`) -> [`receive`] (content type -> JSON payload) -> [`admit`]
 //!   (id, type, timestamps, order key) -> [`journal`] (dedup, ordering, group-committed
 //!   fsync) -> [`answer`] (the one place errors become HTTP).
+//! - [`forward`]: with a `[broker]`, the outbox that takes queued events from the
+//!   journal to RabbitMQ and marks them delivered once the broker confirms them.
 //! - [`admin`]: health, readiness and the pull API over the journal.
 //! - [`config`] and [`source`]: the TOML file and each source at run time.
 //! - [`cli`]: the subcommands other than `serve`.

@@ -450,3 +450,115 @@ async fn past_max_backlog_new_events_get_503_until_the_broker_drains_it() {
     );
     running.stop().await;
 }
+
+/// `examples/worker.rs`, as built by `cargo test` (which builds the examples too).
+fn example_worker() -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_hookgate"))
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("worker");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` (it builds the examples) or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_worker_does_each_event_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let rabbit = Rabbit::connect("worker").await;
+    let queue = rabbit.queue("worker");
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::rabbit::amqp_url(common::rabbit::BROKER);
+    let running = start(
+        dir.path(),
+        "",
+        &format!("{}{GITHUB_SOURCE}", broker(&url, &rabbit, "")),
+    )
+    .await;
+    wait_for_ready(running.admin_addr, 200).await;
+
+    let mut worker = Command::new(example_worker())
+        .args([
+            "--url",
+            &url,
+            "--exchange",
+            &rabbit.exchange(),
+            "--queue",
+            &queue,
+        ])
+        .args(["--binding", "github.#"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the example worker starts");
+    let mut stderr = BufReader::new(worker.stderr.take().unwrap()).lines();
+    let ready = stderr
+        .next()
+        .expect("the worker says it is consuming")
+        .unwrap();
+    assert!(ready.contains("consuming"), "{ready}");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = worker.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+
+    for id in ["w-1", "w-2", "w-3"] {
+        let reply = post_github(running.ingest_addr, id, r#"{"a":1,"b":2}"#).await;
+        assert_eq!(reply.json()["status"], "accepted");
+    }
+    wait_for_status(running.admin_addr, "delivered", 3).await;
+    // A redelivery, as after a crash between publish and confirm: same message_id.
+    let again = lapin::BasicProperties::default().with_message_id("w-2".into());
+    rabbit
+        .channel
+        .basic_publish(
+            &rabbit.exchange(),
+            "github.push",
+            lapin::options::BasicPublishOptions::default(),
+            br#"{"a":1,"b":2}"#,
+            again,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 4 {
+        let line = lines_rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the worker reported only {outcomes:?}"));
+        let entry: serde_json::Value =
+            serde_json::from_str(&line).expect("one JSON line per event");
+        outcomes.push((
+            entry["id"].as_str().unwrap().to_string(),
+            entry["outcome"].as_str().unwrap().to_string(),
+        ));
+    }
+    let handled: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, o)| o == "handled")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(handled.len(), 3, "{outcomes:?}");
+    assert!(
+        ["w-1", "w-2", "w-3"].iter().all(|id| handled.contains(id)),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes[3],
+        ("w-2".to_string(), "already handled".to_string())
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    running.stop().await;
+}

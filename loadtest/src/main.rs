@@ -1,5 +1,6 @@
 //! `hookgate-loadtest baseline`: a bare hyper server that reads each body and answers
-//! 200, the ceiling hookgate is measured against. (Load generation comes with issue 7.)
+//! 200, the ceiling hookgate is measured against. `hookgate-loadtest queue-watch`: times
+//! how long a RabbitMQ queue takes to reach a depth, which measures forwarding.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,6 +28,81 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
+    /// Polls a queue's depth until it reaches `--until`, then prints how long that took
+    /// from this command's start and the rate, from the first message to the last.
+    QueueWatch {
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        url: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        until: u32,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Delete the queue once it has been reached.
+        #[arg(long)]
+        delete: bool,
+    },
+}
+
+/// The queue's depth, by a passive declare (which never creates or changes it).
+async fn depth(channel: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue, options, lapin::types::FieldTable::default())
+        .await?;
+    Ok(declared.message_count())
+}
+
+async fn queue_watch(
+    url: &str,
+    queue: &str,
+    until: u32,
+    timeout: u64,
+    delete: bool,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let mut channel = connection.create_channel().await?;
+    let mut first: Option<(std::time::Instant, u32)> = None;
+    loop {
+        let now = match depth(&channel, queue).await {
+            Ok(now) => now,
+            Err(_) => {
+                // Not declared yet: the broker closed the channel; open another.
+                channel = connection.create_channel().await?;
+                0
+            }
+        };
+        if now > 0 && first.is_none() {
+            first = Some((std::time::Instant::now(), now));
+        }
+        if now >= until {
+            let total = started.elapsed().as_secs_f64();
+            let (t0, d0) = first.unwrap_or((started, 0));
+            let span = t0.elapsed().as_secs_f64().max(1e-3);
+            println!(
+                "queue {queue}: {now} messages after {total:.2}s; {:.0} messages/s from the first to the last",
+                f64::from(now - d0) / span
+            );
+            if delete {
+                channel
+                    .queue_delete(queue, lapin::options::QueueDeleteOptions::default())
+                    .await?;
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed().as_secs() < timeout,
+            "queue {queue} reached only {now} of {until} in {timeout}s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 async fn answer(
@@ -41,6 +117,13 @@ async fn answer(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::QueueWatch {
+            url,
+            queue,
+            until,
+            timeout,
+            delete,
+        } => queue_watch(&url, &queue, until, timeout, delete).await,
         Command::Baseline { listen } => {
             let listener = TcpListener::bind(listen).await?;
             eprintln!("baseline listening on {}", listener.local_addr()?);

@@ -14,3 +14,12 @@ request = function()
   wrk.headers["X-GitHub-Delivery"] = prefix .. n
   return wrk.format()
 end
+-- With HOOKGATE_BENCH_LIMIT=N the run stops after N answers (to build a backlog of N).
+local limit = tonumber(os.getenv("HOOKGATE_BENCH_LIMIT") or "")
+if limit then
+  local answered = 0
+  response = function(status)
+    answered = answered + 1
+    if answered >= limit then wrk.thread:stop() end
+  end
+end

@@ -120,7 +120,12 @@ impl Committer {
                         let result = seqs
                             .iter()
                             .try_for_each(|&seq| self.update(seq, at_ms, None));
-                        updates.push((reply, result.map(|()| true)));
+                        // The forwarder needs to know these have left the queue, not that
+                        // the mark is on disk: a mark lost in a crash only means the event
+                        // is published again. So answer now; the next flush covers it.
+                        let _ = reply.send(result.map(|()| true));
+                        let (unanswered, _) = oneshot::channel();
+                        updates.push((unanswered, Ok(true)));
                     }
                     Command::Attempted {
                         seq,

@@ -226,7 +226,8 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Marks events `delivered` once the broker has confirmed them.
+    /// Marks events `delivered` once the broker has confirmed them. Answers once they
+    /// have left the queue, without waiting for the flush that makes the mark durable.
     pub async fn mark_delivered(&self, seqs: Vec<u64>, at_ms: u64) -> Result<(), JournalError> {
         let (reply, answer) = oneshot::channel();
         self.commands

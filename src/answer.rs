@@ -21,6 +21,12 @@ pub enum Rejection {
     NotFound,
     #[error("method {method} is not allowed here; use {allow}")]
     MethodNotAllowed { method: String, allow: String },
+    #[error(
+        "this source accepts only clients with an allowed certificate, and none was presented"
+    )]
+    ClientCertificateRequired,
+    #[error("the client certificate's names are not allowed for this source")]
+    ClientNotAllowed,
     #[error("this source takes no more requests for now; retry in {retry_after}s")]
     RateLimited { retry_after: u32 },
     #[error(transparent)]
@@ -39,6 +45,9 @@ impl Rejection {
             Rejection::UnknownSource(_) | Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::ClientCertificateRequired | Rejection::ClientNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
             Rejection::Receive(e) => match e {
                 ReceiveError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ReceiveError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -58,6 +67,8 @@ impl Rejection {
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::ClientCertificateRequired => "client_certificate_required",
+            Rejection::ClientNotAllowed => "client_not_allowed",
             Rejection::Receive(e) => match e {
                 ReceiveError::PayloadTooLarge { .. } => "payload_too_large",
                 ReceiveError::UnsupportedMediaType(_) => "unsupported_media_type",

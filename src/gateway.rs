@@ -1,5 +1,5 @@
 //! The ingest pipeline for one request, in the order the SPEC gives it:
-//! route -> method -> body within its limit -> verify -> parse -> admit -> journal -> answer.
+//! route -> method -> client certificate -> body within its limit -> verify -> parse -> admit -> journal -> answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::answer::{self, Body, Rejection};
 use crate::journal::Journal;
+use crate::listen::tls::ClientIdentity;
 use crate::receive::{self, ReceiveError};
 use crate::source::Source;
 use crate::verify::{self, Incoming, Scheme};
@@ -76,36 +77,13 @@ impl Gateway {
         let received_at = self.clock.now();
         // One deadline for the whole request: receiving the body and the journal's answer.
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let name = request
-            .uri()
-            .path()
-            .strip_prefix("/hooks/")
-            .ok_or(Rejection::NotFound)?;
-        let source = self
-            .sources
-            .get(name)
-            .ok_or_else(|| Rejection::UnknownSource(name.chars().take(64).collect()))?
-            .clone();
-        if !source.methods.contains(request.method()) {
-            return Err(Rejection::MethodNotAllowed {
-                method: request.method().to_string(),
-                allow: source
-                    .methods
-                    .iter()
-                    .map(|m| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        if let Some(limiter) = &source.limiter {
-            if let Err(not_until) = limiter.check() {
-                use governor::clock::{Clock as _, DefaultClock};
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(Rejection::RateLimited {
-                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
-                });
+        let (source, identity) = match self.route(&request) {
+            Ok(routed) => routed,
+            Err(rejection) => {
+                discard_small_body(request.into_body()).await;
+                return Err(rejection);
             }
-        }
+        };
         let (parts, body) = request.into_parts();
         // A slow sender is cut off after `request_timeout`; so is a stuck journal below.
         let body = tokio::time::timeout_at(
@@ -141,7 +119,8 @@ impl Gateway {
             unwrap_form,
             source.reads_payload,
         )?;
-        let event = crate::admit::admit(&source, verified, payload);
+        let mut event = crate::admit::admit(&source, verified, payload);
+        event.client_identity = identity.map(|identity| identity.describe());
         let id = event.id.clone();
         tracing::Span::current().record("id", id.as_str());
         let outcome = tokio::time::timeout_at(deadline, self.journal.append(event))
@@ -150,6 +129,71 @@ impl Gateway {
         tracing::debug!(?outcome, "event journaled");
         Ok(answer::outcome(outcome, &id))
     }
+
+    /// The checks made before the body is read: source, method, client certificate and
+    /// rate limit.
+    fn route<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<(Arc<Source>, Option<ClientIdentity>), Rejection> {
+        let name = request
+            .uri()
+            .path()
+            .strip_prefix("/hooks/")
+            .ok_or(Rejection::NotFound)?;
+        let source = self
+            .sources
+            .get(name)
+            .ok_or_else(|| Rejection::UnknownSource(name.chars().take(64).collect()))?
+            .clone();
+        if !source.methods.contains(request.method()) {
+            return Err(Rejection::MethodNotAllowed {
+                method: request.method().to_string(),
+                allow: source
+                    .methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let identity = request.extensions().get::<ClientIdentity>().cloned();
+        if !source.allowed_client_names.is_empty() {
+            let names = identity
+                .as_ref()
+                .ok_or(Rejection::ClientCertificateRequired)?;
+            if !names
+                .names
+                .iter()
+                .any(|name| source.allowed_client_names.contains(name))
+            {
+                return Err(Rejection::ClientNotAllowed);
+            }
+        }
+        if let Some(limiter) = &source.limiter {
+            if let Err(not_until) = limiter.check() {
+                use governor::clock::{Clock as _, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(Rejection::RateLimited {
+                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
+                });
+            }
+        }
+        Ok((source, identity))
+    }
+}
+
+/// Reads and drops a small body before an early refusal is answered. An HTTP/2 client
+/// still sending it would otherwise see its stream reset instead of the answer, and an
+/// HTTP/1.1 connection could not be reused. Anything large or slow is left unread.
+async fn discard_small_body<B>(body: B)
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, 64 * 1024);
+    let _ = tokio::time::timeout(Duration::from_millis(500), limited.collect()).await;
 }
 
 pub fn unix_seconds(t: SystemTime) -> i64 {

@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -86,9 +86,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    if config.server.tls.is_some() {
-        bail!("[server.tls]: TLS is not built yet; remove [server.tls] to serve plain HTTP");
-    }
+    let tls = match &config.server.tls {
+        None => None,
+        Some(settings) => Some(Arc::new(
+            listen::tls::Tls::load(settings).map_err(|e| anyhow::anyhow!("[server.tls]: {e}"))?,
+        )),
+    };
     let sources = build_sources(config)?;
     let journal = Journal::open(journal::Settings {
         path: config.journal.path.clone(),
@@ -177,6 +180,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         "ingest",
         ingest,
         limits,
+        tls.clone(),
         move |request| gateway.clone().handle(request),
         stopped.clone(),
     )));
@@ -188,11 +192,15 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         "admin",
         admin,
         admin_limits,
+        None,
         move |request| admin_state.clone().handle(request),
         stopped.clone(),
     )));
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));
+    }
+    if let Some(tls) = tls {
+        tasks.push(tokio::spawn(reload_on_sighup(tls, stopped.clone())));
     }
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
@@ -252,6 +260,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Milliseconds since the epoch for a time.
+/// Reads the TLS certificate and key again on every SIGHUP; open connections keep theirs,
+/// and a bad new file leaves the old ones in use.
+async fn reload_on_sighup(tls: Arc<listen::tls::Tls>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates will not be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = listen::stopped(&mut stop) => return,
+            _ = hangups.recv() => match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the certificate in use"),
+            },
+        }
+    }
+}
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

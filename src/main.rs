@@ -60,6 +60,15 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Write a development CA, a server certificate for localhost/127.0.0.1/::1 and a
+    /// client certificate, for trying HTTPS and mTLS.
+    GenCerts {
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+        /// The client certificate's name (SAN DNS name and CN).
+        #[arg(long, default_value = "client.local")]
+        client_name: String,
+    },
 }
 
 fn init_logging() {
@@ -93,6 +102,14 @@ fn main() -> ExitCode {
         }),
         Command::CheckConfig { config } => hookgate::cli::check_config(&config),
         Command::Init { out, force } => hookgate::cli::init(&out, force).map(|()| true),
+        Command::GenCerts { out, client_name } => {
+            hookgate::cli::certs::gen_certs(&out, &client_name).map(|written| {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+                true
+            })
+        }
         Command::Send {
             source,
             config,

@@ -131,7 +131,12 @@ impl Source {
             Some(rate) => Some(governor::RateLimiter::direct(parse_rate(rate)?)),
             None => None,
         };
-        let allowed_client_names = cfg.allowed_client_names.clone().unwrap_or_default();
+        let allowed_client_names: Vec<String> = cfg
+            .allowed_client_names
+            .iter()
+            .flatten()
+            .map(|name| name.to_ascii_lowercase())
+            .collect();
         if !allowed_client_names.is_empty()
             && server.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
         {

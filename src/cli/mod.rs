@@ -1,5 +1,6 @@
 //! The subcommands other than `serve`: `check-config`, `init` and `send`.
 
+pub mod certs;
 pub mod client;
 
 use std::path::Path;

@@ -1,7 +1,10 @@
 //! The accept loop shared by the ingest and admin listeners: a connection limit (new
 //! connections wait in the kernel's backlog while it is reached), a header-read timeout
 //! for slow clients, and a graceful stop that lets requests in flight finish within a
-//! deadline.
+//! deadline. With TLS, the handshake runs in the connection's own task under the
+//! header-read timeout, and HTTP/2 is served when ALPN chose it.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,7 +14,7 @@ use std::time::Duration;
 use hyper::body::Incoming as HyperBody;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -25,16 +28,42 @@ pub struct Limits {
     pub drain_timeout: Duration,
 }
 
+/// Wraps `handler` as a hyper service that hands each request the connection's identity.
+fn service<H, Fut>(
+    handler: H,
+    identity: Option<tls::ClientIdentity>,
+) -> impl hyper::service::Service<
+    Request<HyperBody>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    service_fn(move |mut request: Request<HyperBody>| {
+        let handler = handler.clone();
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
+        async move { Ok::<_, Infallible>(handler(request).await) }
+    })
+}
+
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Serves `handler` on `listener` until `stop` turns true, then drains.
+/// Serves `handler` on `listener` until `stop` turns true, then drains. With `tls`, each
+/// request carries the client's [`tls::ClientIdentity`] as an extension when it
+/// presented a certificate.
 pub async fn serve<H, Fut>(
     name: &'static str,
     listener: TcpListener,
     limits: Limits,
+    tls: Option<Arc<tls::Tls>>,
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -68,14 +97,51 @@ pub async fn serve<H, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(request).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let ended = match acceptor {
+                None => {
+                    let service = service(handler, None);
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                            .await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let (_, session) = stream.get_ref();
+                    let identity = tls::client_identity(session.peer_certificates());
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    let service = service(handler, identity);
+                    if h2 {
+                        let mut http2 =
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                        http2.timer(TokioTimer::new());
+                        watcher
+                            .watch(http2.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    } else {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -1,0 +1,161 @@
+//! TLS for a listener (rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`). Client
+//! certificates are checked against `client_ca`: `required` refuses a handshake without a
+//! valid one, `optional` lets it through and leaves the decision to each source's
+//! `allowed_client_names`. The certificate and key are read again on `reload` (SIGHUP);
+//! a bad new file keeps the configuration in use.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ClientAuth, TlsConfig};
+
+/// The names a verified client certificate carries, for `allowed_client_names`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub names: Arc<[String]>,
+}
+
+impl ClientIdentity {
+    /// How the identity is kept with a journaled event.
+    pub fn describe(&self) -> String {
+        self.names.join(", ")
+    }
+}
+
+/// What `[server.tls]` names, read again on every reload.
+struct Files {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_ca: Option<std::path::PathBuf>,
+    client_auth: ClientAuth,
+}
+
+pub struct Tls {
+    files: Files,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    /// Reads the files named in `[server.tls]`; an error names the file and the problem.
+    pub fn load(config: &TlsConfig) -> Result<Tls, String> {
+        let files = Files {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            client_ca: config.client_ca.clone(),
+            client_auth: config.client_auth,
+        };
+        let first = files.build()?;
+        Ok(Tls {
+            files,
+            current: RwLock::new(Arc::new(first)),
+        })
+    }
+
+    /// Reads the files again. On an error the configuration in use stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = self.files.build()?;
+        *self.current.write().expect("tls config lock") = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// An acceptor with the configuration in use now; open connections keep theirs.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.read().expect("tls config lock").clone())
+    }
+}
+
+impl Files {
+    fn build(&self) -> Result<ServerConfig, String> {
+        let certs = read_certs(&self.cert)?;
+        let key = read_key(&self.key)?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs(path)? {
+                    roots.add(cert).map_err(|e| {
+                        format!("{}: not a usable CA certificate: {e}", path.display())
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                let verifier = match self.client_auth {
+                    ClientAuth::Required => verifier,
+                    ClientAuth::Optional => verifier.allow_unauthenticated(),
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+            format!(
+                "{} and {} do not make a usable pair: {e}",
+                self.cert.display(),
+                self.key.display()
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Never quote the file: it is a private key.
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|_| format!("{}: not a PEM private key", path.display()))?
+        .ok_or_else(|| format!("{}: holds no private key", path.display()))
+}
+
+/// The client's names from its certificate (already verified by the handshake): the SAN
+/// DNS names, or the subject's CN when there are none.
+pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<ClientIdentity> {
+    let leaf = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let mut names: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        if let Some(cn) = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+        {
+            names.push(cn.to_ascii_lowercase());
+        }
+    }
+    Some(ClientIdentity {
+        names: names.into(),
+    })
+}

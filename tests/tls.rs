@@ -1,0 +1,479 @@
+//! HTTPS and mutual TLS on the ingest listener, over real handshakes: certificates made
+//! by `gen-certs`' own code (rcgen), a rustls client, hyper on top.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use common::*;
+use hookgate::cli::certs::{Authority, Issued, Validity};
+
+/// A CA, a server certificate for localhost, and the clients the tests present.
+struct Pki {
+    ca: Authority,
+    server: Issued,
+    billing: Issued,
+    other_name: Issued,
+    foreign: Issued,
+    expired: Issued,
+}
+
+fn pki() -> Pki {
+    let ca = Authority::new("test CA").unwrap();
+    let valid = Validity::days(30);
+    let past = Validity {
+        not_before: time::OffsetDateTime::now_utc() - time::Duration::days(60),
+        not_after: time::OffsetDateTime::now_utc() - time::Duration::days(30),
+    };
+    let foreign_ca = Authority::new("another CA").unwrap();
+    Pki {
+        server: ca.server(&["localhost", "127.0.0.1"], valid).unwrap(),
+        billing: ca.client("billing.internal", valid).unwrap(),
+        other_name: ca.client("intruder.internal", valid).unwrap(),
+        foreign: foreign_ca.client("billing.internal", valid).unwrap(),
+        expired: ca.client("billing.internal", past).unwrap(),
+        ca,
+    }
+}
+
+const RESTRICTED_SOURCE: &str = r#"
+[[sources]]
+name = "restricted"
+scheme = "github"
+secrets = ["gh-test-secret"]
+allowed_client_names = ["Billing.Internal"]
+"#;
+
+/// Writes the server's files and returns the `[server.tls]` table for them.
+fn tls_table(dir: &Path, pki: &Pki, client_auth: &str) -> String {
+    std::fs::write(dir.join("server.pem"), &pki.server.cert_pem).unwrap();
+    std::fs::write(dir.join("server-key.pem"), &pki.server.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), pki.ca.issued().cert_pem).unwrap();
+    format!(
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"{client_auth}\"\n",
+        dir.join("server.pem").display(),
+        dir.join("server-key.pem").display(),
+        dir.join("ca.pem").display()
+    )
+}
+
+/// One client connection: TLS with an optional client certificate, then HTTP/1.1 or
+/// HTTP/2 as ALPN decided.
+struct Conn {
+    alpn: Option<Vec<u8>>,
+    server_cert: Vec<u8>,
+    send: Sender,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&Issued>,
+    alpn: &[&str],
+) -> Result<Conn, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(issued) => {
+            let chain: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
+                    .map(Result::unwrap)
+                    .collect();
+            let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
+                .unwrap()
+                .unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let server_cert = session.peer_certificates().unwrap()[0].to_vec();
+    let send = if alpn.as_deref() == Some(b"h2") {
+        let (send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("h2: {e}"))?;
+        tokio::spawn(connection);
+        Sender::H2(send)
+    } else {
+        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("http/1.1: {e}"))?;
+        tokio::spawn(connection);
+        Sender::H1(send)
+    };
+    Ok(Conn {
+        alpn,
+        server_cert,
+        send,
+    })
+}
+
+impl Conn {
+    async fn post(
+        &mut self,
+        path: &str,
+        (headers, body): (HeaderMap, Bytes),
+    ) -> Result<(StatusCode, serde_json::Value), String> {
+        let mut request = http::Request::post(format!("https://localhost{path}"))
+            .body(Full::new(body))
+            .unwrap();
+        *request.headers_mut() = headers;
+        let response = match &mut self.send {
+            Sender::H1(send) => {
+                request
+                    .headers_mut()
+                    .insert("host", "localhost".parse().unwrap());
+                send.send_request(request).await
+            }
+            Sender::H2(send) => send.send_request(request).await,
+        }
+        .map_err(|e| format!("request: {e}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
+    }
+}
+
+/// Connects and posts one GitHub event; any failure (handshake or the first read, where
+/// TLS 1.3 reports a refused client certificate) is an `Err`.
+async fn post_once(
+    addr: SocketAddr,
+    pki: &Pki,
+    client: Option<&Issued>,
+    path: &str,
+    id: &str,
+) -> Result<(StatusCode, serde_json::Value), String> {
+    let mut conn = connect(addr, &pki.ca.issued().cert_pem, client, &["http/1.1"]).await?;
+    conn.post(path, github(id, "push", "application/json", b"{}"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_accepts_only_valid_certificates_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
+    let running = start(dir.path(), "", &sources).await;
+    let addr = running.ingest_addr;
+
+    let (status, body) = post_once(addr, &pki, Some(&pki.billing), "/hooks/github", "r-1")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "accepted");
+    let shown = admin_get(&running, &format!("/v1/events/{}", body["seq"]))
+        .await
+        .json();
+    assert_eq!(shown["client_identity"], "billing.internal", "{shown}");
+
+    for (who, client) in [
+        ("no certificate", None),
+        ("another CA's certificate", Some(&pki.foreign)),
+        ("an expired certificate", Some(&pki.expired)),
+    ] {
+        let outcome = post_once(addr, &pki, client, "/hooks/github", "r-2").await;
+        assert!(outcome.is_err(), "{who} was let in: {outcome:?}");
+    }
+    let listed = admin_get(&running, "/v1/events").await.json();
+    assert_eq!(
+        listed["events"].as_array().unwrap().len(),
+        1,
+        "nothing else was journaled"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_mode_lets_each_source_decide_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let sources = format!(
+        "{}{GITHUB_SOURCE}{RESTRICTED_SOURCE}",
+        tls_table(dir.path(), &pki, "optional")
+    );
+    let running = start(dir.path(), "", &sources).await;
+    let addr = running.ingest_addr;
+
+    let (status, body) = post_once(addr, &pki, None, "/hooks/github", "o-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("accepted")),
+        "an open source needs no certificate"
+    );
+
+    let (status, body) = post_once(addr, &pki, None, "/hooks/restricted", "o-2")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "client_certificate_required");
+
+    let (status, body) = post_once(
+        addr,
+        &pki,
+        Some(&pki.other_name),
+        "/hooks/restricted",
+        "o-3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "client_not_allowed");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+
+    let (status, body) = post_once(addr, &pki, Some(&pki.billing), "/hooks/restricted", "o-4")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("accepted")),
+        "an allowed SAN (names compare without case)"
+    );
+
+    // Over HTTP/2 too: refused before the body is read, the answer still arrives whole
+    // (the body is read first, so the client sees the 403 and not a reset stream).
+    let mut h2 = connect(addr, &pki.ca.issued().cert_pem, None, &["h2"])
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let (status, body) = h2
+            .post(
+                "/hooks/restricted",
+                github(
+                    &format!("o-h2-{i}"),
+                    "push",
+                    "application/json",
+                    &[b'x'; 2000],
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "client_certificate_required");
+    }
+
+    let outcome = post_once(addr, &pki, Some(&pki.foreign), "/hooks/github", "o-5").await;
+    assert!(
+        outcome.is_err(),
+        "a certificate that does not verify is refused even when optional"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_chooses_http2_or_http11() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
+    let running = start(dir.path(), "", &sources).await;
+    let ca = pki.ca.issued().cert_pem;
+
+    let mut h2 = connect(
+        running.ingest_addr,
+        &ca,
+        Some(&pki.billing),
+        &["h2", "http/1.1"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+    for i in 0..3 {
+        let (status, body) = h2
+            .post(
+                "/hooks/github",
+                github(&format!("h2-{i}"), "push", "application/json", b"{}"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("accepted"))
+        );
+    }
+    let mut h1 = connect(running.ingest_addr, &ca, Some(&pki.billing), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (status, _) = h1
+        .post(
+            "/hooks/github",
+            github("h1-0", "push", "application/json", b"{}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_and_keeps_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let config = dir.path().join("hookgate.toml");
+    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
+    std::fs::write(&config, config_text(dir.path(), "", &sources)).unwrap();
+    let mut gw = spawn(&config);
+    let ca = pki.ca.issued().cert_pem;
+    let hup = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    let mut old = connect(gw.ingest, &ca, Some(&pki.billing), &["http/1.1"])
+        .await
+        .unwrap();
+    let first_cert = old.server_cert.clone();
+    assert_eq!(
+        old.post(
+            "/hooks/github",
+            github("hup-0", "push", "application/json", b"{}")
+        )
+        .await
+        .unwrap()
+        .0,
+        StatusCode::OK
+    );
+
+    let renewed = pki.ca.server(&["localhost"], Validity::days(60)).unwrap();
+    std::fs::write(dir.path().join("server.pem"), &renewed.cert_pem).unwrap();
+    std::fs::write(dir.path().join("server-key.pem"), &renewed.key_pem).unwrap();
+    hup(gw.child.id());
+    let started = std::time::Instant::now();
+    let second_cert = loop {
+        let conn = connect(gw.ingest, &ca, Some(&pki.billing), &["http/1.1"])
+            .await
+            .unwrap();
+        if conn.server_cert != first_cert {
+            break conn.server_cert;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let (status, _) = old
+        .post(
+            "/hooks/github",
+            github("hup-1", "push", "application/json", b"{}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a connection opened before the reload goes on"
+    );
+
+    // A broken file on the next reload: the certificate in use stays.
+    std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
+    hup(gw.child.id());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut after = connect(gw.ingest, &ca, Some(&pki.billing), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        after.server_cert, second_cert,
+        "a bad file keeps the certificate in use"
+    );
+    assert_eq!(
+        after
+            .post(
+                "/hooks/github",
+                github("hup-2", "push", "application/json", b"{}")
+            )
+            .await
+            .unwrap()
+            .0,
+        StatusCode::OK
+    );
+    assert!(gw.child.try_wait().unwrap().is_none(), "still running");
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+}
+
+#[test]
+fn gen_certs_writes_a_set_the_gateway_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["gen-certs", "--out"])
+        .arg(&out)
+        .args(["--client-name", "billing.internal"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for name in hookgate::cli::certs::FILES {
+        assert!(out.join(name).exists(), "{name} written");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("client-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tls = format!(
+            "[server.tls]\ncert = \"{0}/server.pem\"\nkey = \"{0}/server-key.pem\"\nclient_ca = \"{0}/ca.pem\"\n",
+            out.display()
+        );
+        let running = start(dir.path(), "", &format!("{tls}{GITHUB_SOURCE}{RESTRICTED_SOURCE}")).await;
+        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+        let client = Issued {
+            cert_pem: read("client.pem"),
+            key_pem: read("client-key.pem"),
+        };
+        let mut conn = connect(running.ingest_addr, &read("ca.pem"), Some(&client), &["h2"]).await.unwrap();
+        let (status, body) = conn.post("/hooks/restricted", github("gen-1", "push", "application/json", b"{}")).await.unwrap();
+        assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("accepted")));
+        running.stop().await;
+    });
+}

@@ -86,12 +86,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    let tls = match &config.server.tls {
-        None => None,
-        Some(settings) => Some(Arc::new(
-            listen::tls::Tls::load(settings).map_err(|e| anyhow::anyhow!("[server.tls]: {e}"))?,
-        )),
+    let load_tls = |table: &str, settings: &Option<config::TlsConfig>| match settings {
+        None => Ok(None),
+        Some(settings) => listen::tls::Tls::load(settings)
+            .map(|tls| Some(Arc::new(tls)))
+            .map_err(|e| anyhow::anyhow!("[{table}]: {e}")),
     };
+    let tls = load_tls("server.tls", &config.server.tls)?;
+    let admin_tls = load_tls("admin.tls", &config.admin.tls)?;
     let sources = build_sources(config)?;
     let journal = Journal::open(journal::Settings {
         path: config.journal.path.clone(),
@@ -192,15 +194,16 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         "admin",
         admin,
         admin_limits,
-        None,
+        admin_tls.clone(),
         move |request| admin_state.clone().handle(request),
         stopped.clone(),
     )));
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));
     }
-    if let Some(tls) = tls {
-        tasks.push(tokio::spawn(reload_on_sighup(tls, stopped.clone())));
+    let reloadable: Vec<_> = tls.into_iter().chain(admin_tls).collect();
+    if !reloadable.is_empty() {
+        tasks.push(tokio::spawn(reload_on_sighup(reloadable, stopped.clone())));
     }
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
@@ -262,7 +265,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Milliseconds since the epoch for a time.
 /// Reads the TLS certificate and key again on every SIGHUP; open connections keep theirs,
 /// and a bad new file leaves the old ones in use.
-async fn reload_on_sighup(tls: Arc<listen::tls::Tls>, mut stop: watch::Receiver<bool>) {
+async fn reload_on_sighup(listeners: Vec<Arc<listen::tls::Tls>>, mut stop: watch::Receiver<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -274,10 +277,14 @@ async fn reload_on_sighup(tls: Arc<listen::tls::Tls>, mut stop: watch::Receiver<
     loop {
         tokio::select! {
             _ = listen::stopped(&mut stop) => return,
-            _ = hangups.recv() => match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
-                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the certificate in use"),
-            },
+            _ = hangups.recv() => {
+                for tls in &listeners {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the certificate in use"),
+                    }
+                }
+            }
         }
     }
 }

@@ -142,9 +142,25 @@ impl Conn {
     async fn post(
         &mut self,
         path: &str,
+        request: (HeaderMap, Bytes),
+    ) -> Result<(StatusCode, serde_json::Value), String> {
+        self.send(http::Method::POST, path, request).await
+    }
+
+    async fn get(&mut self, path: &str) -> Result<(StatusCode, serde_json::Value), String> {
+        self.send(http::Method::GET, path, (HeaderMap::new(), Bytes::new()))
+            .await
+    }
+
+    async fn send(
+        &mut self,
+        method: http::Method,
+        path: &str,
         (headers, body): (HeaderMap, Bytes),
     ) -> Result<(StatusCode, serde_json::Value), String> {
-        let mut request = http::Request::post(format!("https://localhost{path}"))
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"))
             .body(Full::new(body))
             .unwrap();
         *request.headers_mut() = headers;
@@ -476,4 +492,48 @@ fn gen_certs_writes_a_set_the_gateway_serves() {
         assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("accepted")));
         running.stop().await;
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_can_take_the_same_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let table = tls_table(dir.path(), &pki, "required").replace("[server.tls]", "[admin.tls]");
+    let running = start(dir.path(), "", &format!("{table}{GITHUB_SOURCE}")).await;
+    let ca = pki.ca.issued().cert_pem;
+
+    let mut admin = connect(running.admin_addr, &ca, Some(&pki.billing), &["http/1.1"])
+        .await
+        .unwrap();
+    let (status, body) = admin.get("/healthz").await.unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("alive"))
+    );
+    let (status, body) = admin.get("/v1/events").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["events"].is_array());
+
+    let without = async {
+        let mut conn = connect(running.admin_addr, &ca, None, &["http/1.1"]).await?;
+        conn.get("/v1/events").await
+    };
+    assert!(
+        without.await.is_err(),
+        "required mode: no client certificate, no admin API"
+    );
+    let plain = hookgate::cli::client::get(&format!("http://{}/healthz", running.admin_addr)).await;
+    assert!(
+        plain.is_err() || plain.unwrap().status != StatusCode::OK,
+        "plain HTTP gets no answer"
+    );
+    // The ingest listener stays plain HTTP here.
+    let reply = post(
+        running.ingest_addr,
+        "/hooks/github",
+        github("adm-1", "push", "application/json", b"{}"),
+    )
+    .await;
+    assert_eq!(reply.json()["status"], "accepted");
+    running.stop().await;
 }

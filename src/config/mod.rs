@@ -72,6 +72,8 @@ pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
     pub token: Option<SecretRef>,
+    /// HTTPS for the admin listener: the same keys as `[server.tls]`.
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +238,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            tls: None,
             token: None,
         }
     }

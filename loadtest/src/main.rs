@@ -2,6 +2,8 @@
 //! 200, the ceiling hookgate is measured against. `hookgate-loadtest queue-watch`: times
 //! how long a RabbitMQ queue takes to reach a depth, which measures forwarding.
 
+mod https;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -27,6 +29,23 @@ enum Command {
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+    },
+    /// Posts signed GitHub pushes over HTTP/1.1, plain or mTLS, and prints requests/s.
+    Post {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        #[arg(long, default_value = "bench-github-secret")]
+        secret: String,
+        /// TLS with a client certificate: CA, certificate and key files (PEM).
+        #[arg(long, num_args = 3, value_names = ["CA", "CERT", "KEY"])]
+        mtls: Option<Vec<std::path::PathBuf>>,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// A new connection (and so a full handshake) for every request.
+        #[arg(long)]
+        new_connection_each: bool,
     },
     /// Polls a queue's depth until it reaches `--until`, then prints how long that took
     /// from this command's start and the rate, from the first message to the last.
@@ -117,6 +136,24 @@ async fn answer(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Post {
+            addr,
+            secret,
+            mtls,
+            connections,
+            seconds,
+            new_connection_each,
+        } => {
+            https::run(https::Options {
+                addr,
+                secret,
+                tls: mtls.map(|files| (files[0].clone(), files[1].clone(), files[2].clone())),
+                connections,
+                seconds,
+                new_connection_each,
+            })
+            .await
+        }
         Command::QueueWatch {
             url,
             queue,

@@ -537,3 +537,54 @@ async fn the_admin_listener_can_take_the_same_tls_settings() {
     assert_eq!(reply.json()["status"], "accepted");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_only_client_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
+    let running = start(dir.path(), "", &sources).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pki.ca.issued().cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = rustls_pemfile::certs(&mut pki.billing.cert_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut pki.billing.key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let tcp = TcpStream::connect(running.ingest_addr).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("a TLS 1.2 handshake");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let (headers, body) = github("tls12-1", "push", "application/json", b"{}");
+    let mut request = http::Request::post("/hooks/github")
+        .body(Full::new(body))
+        .unwrap();
+    *request.headers_mut() = headers;
+    request
+        .headers_mut()
+        .insert("host", "localhost".parse().unwrap());
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    running.stop().await;
+}

@@ -159,3 +159,41 @@ pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<ClientIde
         names: names.into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(cn: &str, dns: &[&str]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for name in dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*name).try_into().unwrap()));
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn san_dns_names_win_over_the_cn() {
+        let identity =
+            client_identity(Some(&[cert("ignored", &["A.example", "b.example"])])).unwrap();
+        assert_eq!(&*identity.names, ["a.example", "b.example"]);
+        assert_eq!(identity.describe(), "a.example, b.example");
+    }
+
+    #[test]
+    fn the_cn_counts_when_there_is_no_san() {
+        let identity = client_identity(Some(&[cert("Legacy.Client", &[])])).unwrap();
+        assert_eq!(&*identity.names, ["legacy.client"]);
+    }
+
+    #[test]
+    fn no_certificate_no_identity() {
+        assert_eq!(client_identity(None), None);
+        assert_eq!(client_identity(Some(&[])), None);
+    }
+}

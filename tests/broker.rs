@@ -66,6 +66,54 @@ async fn wait_for_status(admin: std::net::SocketAddr, status: &str, count: usize
     }
 }
 
+/// Posts `count` GitHub events with ids `{prefix}-{i}` at once, asserts each was
+/// accepted, and adds the ids to `accepted`.
+async fn post_accepted(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    count: usize,
+    accepted: &mut HashSet<String>,
+) {
+    let sends: Vec<_> = (0..count)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            tokio::spawn(
+                async move { (post_github(addr, &id, &format!("{{\"i\":{i}}}")).await, id) },
+            )
+        })
+        .collect();
+    for send in sends {
+        let (reply, id) = send.await.unwrap();
+        assert_eq!(reply.json()["status"], "accepted", "{id}");
+        accepted.insert(id);
+    }
+}
+
+/// Waits until every id in `accepted` has arrived at least once.
+async fn wait_for_all(got: &common::rabbit::Collected, accepted: &HashSet<String>, what: &str) {
+    got.wait_for(WAIT, what, |d| {
+        let seen: HashSet<_> = d
+            .iter()
+            .filter_map(|m| m.properties.message_id().as_ref().map(|id| id.to_string()))
+            .collect();
+        accepted.iter().all(|id| seen.contains(id))
+    })
+    .await;
+}
+
+/// Waits until the admin API lists no `queued` event.
+async fn wait_for_none_queued(admin: std::net::SocketAddr) {
+    let started = Instant::now();
+    loop {
+        let page = admin_json(admin, "/v1/events?status=queued&limit=1").await;
+        if page["events"].as_array().is_some_and(Vec::is_empty) {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "events are still queued: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn readyz(admin: std::net::SocketAddr) -> u16 {
     hookgate::cli::client::get(&format!("http://{admin}/readyz"))
         .await
@@ -99,6 +147,34 @@ fn write_config(dir: &Path, sources: &str) -> std::path::PathBuf {
     let path = dir.join("hookgate.toml");
     std::fs::write(&path, config_text(dir, "", sources)).unwrap();
     path
+}
+
+/// A test behind a proxy it controls: its own exchange and quorum queue (bound to
+/// `github.#`), and the `[broker]` plus GitHub source config that reaches the broker
+/// through the proxy.
+struct Proxied {
+    rabbit: Rabbit,
+    queue: String,
+    proxy: Proxy,
+    dir: tempfile::TempDir,
+    sources: String,
+}
+
+async fn proxied(test: &str) -> Proxied {
+    let rabbit = Rabbit::connect(test).await;
+    let queue = rabbit.queue("events");
+    let proxy = Proxy::start().await;
+    let sources = format!(
+        "{}{GITHUB_SOURCE}",
+        broker(&proxy.url(), &rabbit, &quorum_queue(&queue, "github.#"))
+    );
+    Proxied {
+        rabbit,
+        queue,
+        proxy,
+        dir: tempfile::tempdir().unwrap(),
+        sources,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,14 +348,13 @@ async fn an_unroutable_event_is_delivered_once_a_queue_is_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_during_ingest_loses_nothing() {
-    let rabbit = Rabbit::connect("outage").await;
-    let queue = rabbit.queue("events");
-    let proxy = Proxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sources = format!(
-        "{}{GITHUB_SOURCE}",
-        broker(&proxy.url(), &rabbit, &quorum_queue(&queue, "github.#"))
-    );
+    let Proxied {
+        rabbit,
+        queue,
+        proxy,
+        dir,
+        sources,
+    } = proxied("outage").await;
     let running = start(dir.path(), "", &sources).await;
     wait_for_ready(running.admin_addr, 200).await;
     let got = rabbit.collect(&queue).await;
@@ -296,29 +371,10 @@ async fn a_broker_outage_during_ingest_loses_nothing() {
         if round == 2 {
             proxy.restore();
         }
-        let sends: Vec<_> = (0..TOTAL / 3)
-            .map(|i| {
-                let id = format!("outage-{round}-{i}");
-                tokio::spawn(async move {
-                    (post_github(addr, &id, &format!("{{\"i\":{i}}}")).await, id)
-                })
-            })
-            .collect();
-        for send in sends {
-            let (reply, id) = send.await.unwrap();
-            assert_eq!(reply.json()["status"], "accepted", "ingest goes on: {id}");
-            accepted.insert(id);
-        }
+        post_accepted(addr, &format!("outage-{round}"), TOTAL / 3, &mut accepted).await;
     }
     wait_for_ready(running.admin_addr, 200).await;
-    got.wait_for(WAIT, "every accepted event", |d| {
-        let seen: HashSet<_> = d
-            .iter()
-            .filter_map(|m| m.properties.message_id().as_ref().map(|id| id.to_string()))
-            .collect();
-        accepted.iter().all(|id| seen.contains(id))
-    })
-    .await;
+    wait_for_all(&got, &accepted, "every accepted event").await;
     wait_for_status(running.admin_addr, "delivered", TOTAL).await;
     assert!(
         proxy.connections.load(std::sync::atomic::Ordering::Acquire) >= 2,
@@ -332,17 +388,14 @@ async fn a_broker_outage_during_ingest_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_forwarding_a_backlog_loses_nothing() {
-    let rabbit = Rabbit::connect("sigkill").await;
-    let queue = rabbit.queue("events");
-    let proxy = Proxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "{}{GITHUB_SOURCE}",
-            broker(&proxy.url(), &rabbit, &quorum_queue(&queue, "github.#"))
-        ),
-    );
+    let Proxied {
+        rabbit,
+        queue,
+        proxy,
+        dir,
+        sources,
+    } = proxied("sigkill").await;
+    let config = write_config(dir.path(), &sources);
     let mut gw = spawn(&config);
     wait_for_ready(gw.admin, 200).await;
     let got = rabbit.collect(&queue).await;
@@ -354,22 +407,7 @@ async fn sigkill_while_forwarding_a_backlog_loses_nothing() {
     let addr = gw.ingest;
     let mut accepted = HashSet::new();
     for chunk in 0..(TOTAL / 100) {
-        let sends: Vec<_> = (0..100)
-            .map(|i| {
-                let id = format!("kill-{chunk}-{i}");
-                tokio::spawn(async move {
-                    (
-                        post_github(addr, &id, "{\"pad\":\"xxxxxxxxxxxxxxxx\"}").await,
-                        id,
-                    )
-                })
-            })
-            .collect();
-        for send in sends {
-            let (reply, id) = send.await.unwrap();
-            assert_eq!(reply.json()["status"], "accepted", "{id}");
-            accepted.insert(id);
-        }
+        post_accepted(addr, &format!("kill-{chunk}"), 100, &mut accepted).await;
     }
 
     // Let it forward part of the backlog, then kill it mid-stream.
@@ -385,15 +423,13 @@ async fn sigkill_while_forwarding_a_backlog_loses_nothing() {
     );
 
     let mut gw = spawn(&config);
-    got.wait_for(WAIT, "every acknowledged event after the restart", |d| {
-        let seen: HashSet<_> = d
-            .iter()
-            .filter_map(|m| m.properties.message_id().as_ref().map(|id| id.to_string()))
-            .collect();
-        accepted.iter().all(|id| seen.contains(id))
-    })
+    wait_for_all(
+        &got,
+        &accepted,
+        "every acknowledged event after the restart",
+    )
     .await;
-    wait_for_status(gw.admin, "delivered", 1000).await;
+    wait_for_none_queued(gw.admin).await;
     let counts = got.counts();
     let again: usize = counts.values().map(|n| n - 1).sum();
     assert!(
@@ -409,15 +445,14 @@ async fn sigkill_while_forwarding_a_backlog_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_backlog_new_events_get_503_until_the_broker_drains_it() {
-    let rabbit = Rabbit::connect("backlog").await;
-    let queue = rabbit.queue("events");
-    let proxy = Proxy::start().await;
+    let Proxied {
+        rabbit: _rabbit,
+        proxy,
+        dir,
+        sources,
+        ..
+    } = proxied("backlog").await;
     proxy.cut();
-    let dir = tempfile::tempdir().unwrap();
-    let sources = format!(
-        "{}{GITHUB_SOURCE}",
-        broker(&proxy.url(), &rabbit, &quorum_queue(&queue, "github.#"))
-    );
     let running = start(dir.path(), "max_backlog = 5", &sources).await;
     assert_eq!(
         readyz(running.admin_addr).await,

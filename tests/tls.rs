@@ -67,6 +67,18 @@ fn tls_table(dir: &Path, pki: &Pki, client_auth: &str) -> String {
     )
 }
 
+/// A gateway whose ingest listener is HTTPS in `client_auth` mode, serving `sources`.
+async fn start_tls(
+    client_auth: &str,
+    sources: &str,
+) -> (tempfile::TempDir, Pki, hookgate::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let table = tls_table(dir.path(), &pki, client_auth);
+    let running = start(dir.path(), "", &format!("{table}{sources}")).await;
+    (dir, pki, running)
+}
+
 /// One client connection: TLS with an optional client certificate, then HTTP/1.1 or
 /// HTTP/2 as ALPN decided.
 struct Conn {
@@ -201,10 +213,7 @@ async fn post_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_mode_accepts_only_valid_certificates_from_the_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = pki();
-    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
-    let running = start(dir.path(), "", &sources).await;
+    let (_dir, pki, running) = start_tls("required", GITHUB_SOURCE).await;
     let addr = running.ingest_addr;
 
     let (status, body) = post_once(addr, &pki, Some(&pki.billing), "/hooks/github", "r-1")
@@ -236,13 +245,8 @@ async fn required_mode_accepts_only_valid_certificates_from_the_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_mode_lets_each_source_decide_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = pki();
-    let sources = format!(
-        "{}{GITHUB_SOURCE}{RESTRICTED_SOURCE}",
-        tls_table(dir.path(), &pki, "optional")
-    );
-    let running = start(dir.path(), "", &sources).await;
+    let (_dir, pki, running) =
+        start_tls("optional", &format!("{GITHUB_SOURCE}{RESTRICTED_SOURCE}")).await;
     let addr = running.ingest_addr;
 
     let (status, body) = post_once(addr, &pki, None, "/hooks/github", "o-1")
@@ -314,10 +318,7 @@ async fn optional_mode_lets_each_source_decide_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_chooses_http2_or_http11() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = pki();
-    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
-    let running = start(dir.path(), "", &sources).await;
+    let (_dir, pki, running) = start_tls("required", GITHUB_SOURCE).await;
     let ca = pki.ca.issued().cert_pem;
 
     let mut h2 = connect(
@@ -540,10 +541,7 @@ async fn the_admin_listener_can_take_the_same_tls_settings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls12_only_client_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = pki();
-    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
-    let running = start(dir.path(), "", &sources).await;
+    let (_dir, pki, running) = start_tls("required", GITHUB_SOURCE).await;
 
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pki.ca.issued().cert_pem.as_bytes()) {

@@ -1,5 +1,6 @@
 //! The ingest pipeline for one request, in the order the SPEC gives it:
-//! route -> method -> client certificate -> body within its limit -> verify -> parse -> admit -> journal -> answer.
+//! route -> method -> client certificate -> body within its limit -> verify -> parse ->
+//! admit -> journal -> answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;

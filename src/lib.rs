@@ -262,7 +262,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Milliseconds since the epoch for a time.
 /// Reads the TLS certificate and key again on every SIGHUP; open connections keep theirs,
 /// and a bad new file leaves the old ones in use.
 async fn reload_on_sighup(listeners: Vec<Arc<listen::tls::Tls>>, mut stop: watch::Receiver<bool>) {
@@ -289,6 +288,7 @@ async fn reload_on_sighup(listeners: Vec<Arc<listen::tls::Tls>>, mut stop: watch
     }
 }
 
+/// Milliseconds since the epoch for a time.
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -10,8 +10,9 @@ use http::{Request, Response};
 use tracing::Instrument;
 
 use crate::answer::{self, Body, Rejection};
-use crate::journal::Journal;
+use crate::journal::{Journal, Outcome};
 use crate::listen::tls::ClientIdentity;
+use crate::metrics::{Metrics, UNKNOWN_SOURCE};
 use crate::receive::{self, ReceiveError};
 use crate::source::Source;
 use crate::verify::{self, Incoming, Scheme};
@@ -34,6 +35,9 @@ pub struct Gateway {
     pub journal: Journal,
     pub clock: Arc<dyn Clock>,
     pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Log each raw body at debug level (`HOOKGATE_LOG_BODIES=1`); off by default.
+    pub log_bodies: bool,
 }
 
 impl Gateway {
@@ -42,24 +46,33 @@ impl Gateway {
         B: hyper::body::Body<Data = bytes::Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let source = request
-            .uri()
-            .path()
-            .strip_prefix("/hooks/")
-            .unwrap_or("")
-            .to_string();
-        let span = tracing::debug_span!("request", source = %source, id = tracing::field::Empty);
         let started = tokio::time::Instant::now();
-        match self.ingest(request).instrument(span.clone()).await {
+        // Only configured names become a label or a log field; any other path is counted
+        // as one unknown source.
+        let source = match request.uri().path().strip_prefix("/hooks/") {
+            Some(name) if self.sources.contains_key(name) => name.to_string(),
+            _ => UNKNOWN_SOURCE.to_string(),
+        };
+        let span = tracing::info_span!(
+            "request",
+            source = %source,
+            id = tracing::field::Empty,
+            seq = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let response = match self.ingest(request).instrument(span.clone()).await {
             Ok(response) => response,
             Err(rejection) => {
                 let _enter = span.enter();
+                span.record("outcome", rejection.code());
+                if let Rejection::Verify(e) = &rejection {
+                    self.metrics.verify_failure(&source, e.code());
+                }
                 match &rejection {
                     Rejection::Journal(_) | Rejection::JournalTimeout => {
-                        tracing::warn!(code = rejection.code(), reason = %rejection, "event not accepted")
+                        tracing::warn!(reason = %rejection, "event not accepted")
                     }
                     _ => tracing::info!(
-                        code = rejection.code(),
                         reason = %rejection,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "request rejected"
@@ -67,7 +80,10 @@ impl Gateway {
                 }
                 answer::rejected(&rejection)
             }
-        }
+        };
+        self.metrics
+            .request(&source, response.status().as_u16(), started.elapsed());
+        response
     }
 
     async fn ingest<B>(&self, request: Request<B>) -> Result<Response<Body>, Rejection>
@@ -93,6 +109,10 @@ impl Gateway {
         )
         .await
         .map_err(|_| ReceiveError::BodyTimeout)??;
+        if self.log_bodies {
+            let shown = &body[..body.len().min(64 * 1024)];
+            tracing::debug!(target: "hookgate::bodies", size = body.len(), body = %String::from_utf8_lossy(shown), "body received");
+        }
         let incoming = Incoming {
             method: parts.method,
             uri: parts.uri,
@@ -127,7 +147,16 @@ impl Gateway {
         let outcome = tokio::time::timeout_at(deadline, self.journal.append(event))
             .await
             .map_err(|_| Rejection::JournalTimeout)??;
-        tracing::debug!(?outcome, "event journaled");
+        let (status, seq) = match outcome {
+            Outcome::Accepted(seq) => ("accepted", seq),
+            Outcome::Duplicate(seq) => ("duplicate", seq),
+            Outcome::Stale(seq) => ("stale", seq),
+        };
+        let span = tracing::Span::current();
+        span.record("seq", seq);
+        span.record("outcome", status);
+        self.metrics.event(&source.name, status);
+        tracing::debug!("event journaled");
         Ok(answer::outcome(outcome, &id))
     }
 

@@ -25,6 +25,7 @@ pub mod gateway;
 pub mod journal;
 pub mod listen;
 pub mod locator;
+pub mod metrics;
 pub mod receive;
 pub mod source;
 pub mod verify;
@@ -124,13 +125,25 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     };
     let (stop, stopped) = watch::channel(false);
 
+    let broker_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = Arc::new(metrics::Metrics::new(
+        config.broker.as_ref().map(|_| broker_connected.clone()),
+    ));
+    let log_bodies = matches!(
+        std::env::var("HOOKGATE_LOG_BODIES").as_deref(),
+        Ok("1" | "true")
+    );
+    if log_bodies {
+        tracing::warn!("HOOKGATE_LOG_BODIES is set: raw bodies are logged at debug level (target hookgate::bodies)");
+    }
     let gateway = Arc::new(Gateway {
         sources,
         journal: journal.clone(),
         clock: clock.clone(),
         request_timeout: config.server.request_timeout.0,
+        metrics: metrics.clone(),
+        log_bodies,
     });
-    let broker_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let forwarder = match &config.broker {
         None => None,
         Some(broker) => {
@@ -161,6 +174,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
                 },
                 routes: forward::Forwarder::routes_of(gateway.sources.values()),
                 connected: broker_connected.clone(),
+                metrics: metrics.clone(),
             })
         }
     };
@@ -176,6 +190,17 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         journal: journal.clone(),
         token,
         broker_connected: forwarder.as_ref().map(|_| broker_connected.clone()),
+        metrics: metrics.clone(),
+        sources: {
+            let mut named: Vec<(String, String)> = config
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.scheme.clone()))
+                .collect();
+            named.sort();
+            named
+        },
+        stop: stopped.clone(),
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(listen::serve(
@@ -185,6 +210,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         tls.clone(),
         move |request| gateway.clone().handle(request),
         stopped.clone(),
+        metrics.clone(),
     )));
     let admin_limits = listen::Limits {
         max_connections: 256,
@@ -197,6 +223,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         admin_tls.clone(),
         move |request| admin_state.clone().handle(request),
         stopped.clone(),
+        metrics,
     )));
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));

@@ -1,19 +1,27 @@
-//! The admin listener: `/healthz`, `/readyz`, and the pull API under `/v1/` through
-//! which workers read what was accepted (SPEC §7).
+//! The admin listener (SPEC §7): `/healthz`, `/readyz`, `/metrics`, and under `/v1/` the
+//! API through which operators and workers find, read and replay events.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use tokio::sync::watch;
+
 use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
 use crate::journal::{Journal, ListFilter, Record, Status, Summary};
+use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// The longest `wait` a listing may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// How many events one journal command of a bulk replay queues again.
+const REPLAY_CHUNK: usize = 1000;
 
 pub struct Admin {
     pub journal: Journal,
@@ -21,6 +29,11 @@ pub struct Admin {
     pub token: Option<Secret>,
     /// With a broker configured: whether the forwarder is connected.
     pub broker_connected: Option<Arc<std::sync::atomic::AtomicBool>>,
+    pub metrics: Arc<Metrics>,
+    /// The configured sources: name and scheme, sorted by name.
+    pub sources: Vec<(String, String)>,
+    /// Long polls end early when this turns true, so that a stop is not held up.
+    pub stop: watch::Receiver<bool>,
 }
 
 #[derive(Serialize)]
@@ -34,6 +47,8 @@ struct SummaryView<'a> {
     received_at: String,
     attempts: u32,
     size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_of: Option<u64>,
 }
 
 impl<'a> From<&'a Summary> for SummaryView<'a> {
@@ -47,6 +62,7 @@ impl<'a> From<&'a Summary> for SummaryView<'a> {
             received_at: rfc3339(s.received_at_ms),
             attempts: s.attempts,
             size: s.size,
+            replay_of: s.replay_of,
         }
     }
 }
@@ -83,6 +99,44 @@ fn not_found(message: String) -> Response<Body> {
     error_response(StatusCode::NOT_FOUND, "not_found", message)
 }
 
+fn unavailable(message: String) -> Response<Body> {
+    tracing::warn!(%message, "admin request failed");
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("5"),
+    );
+    response
+}
+
+fn bad_status(value: &str) -> String {
+    format!("status `{value}` is not one of queued, delivered, stale, failed")
+}
+
+fn now_ms() -> u64 {
+    crate::unix_ms(SystemTime::now())
+}
+
+/// `since` is an RFC 3339 time or a duration back from `now` (`90m`, `2h`, `7d`);
+/// answers milliseconds since the epoch.
+fn parse_since(value: &str, now: SystemTime) -> Result<u64, String> {
+    if let Ok(t) =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+    {
+        let ms = t.unix_timestamp_nanos() / 1_000_000;
+        return Ok(ms.max(0) as u64);
+    }
+    match crate::config::units::parse_duration(value) {
+        Ok(back) => Ok(crate::unix_ms(now).saturating_sub(back.as_millis() as u64)),
+        Err(_) => Err(format!(
+            "since `{value}` is neither an RFC 3339 time nor a duration such as 2h"
+        )),
+    }
+}
+
+#[derive(Default)]
+struct SourceCountsView(crate::journal::SourceCounts);
+
 fn internal(message: String) -> Response<Body> {
     tracing::error!(%message, "admin request failed");
     error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -105,16 +159,32 @@ impl Admin {
             );
             return response;
         }
-        match (&method, path.as_str()) {
-            (&Method::GET, "/healthz") => json(StatusCode::OK, br#"{"status":"alive"}"#.to_vec()),
-            (&Method::GET, "/readyz") => self.ready(),
-            (&Method::GET, "/v1/events") => self.list(&query).await,
-            (&Method::GET, p) if p.starts_with("/v1/events/") => {
+        let replay_of = path
+            .strip_prefix("/v1/events/")
+            .and_then(|rest| rest.strip_suffix("/replay"));
+        match (&method, path.as_str(), replay_of) {
+            (&Method::GET, "/healthz", _) => {
+                json(StatusCode::OK, br#"{"status":"alive"}"#.to_vec())
+            }
+            (&Method::GET, "/readyz", _) => self.ready(),
+            (&Method::GET, "/metrics", _) => self.metrics(),
+            (&Method::GET, "/v1/events", _) => self.list(&query).await,
+            (&Method::GET, "/v1/sources", _) => self.sources(),
+            (&Method::POST, "/v1/replay", _) => self.replay_matching(&query).await,
+            (&Method::POST, _, Some(seq)) => self.replay_one(seq).await,
+            (&Method::GET, p, None) if p.starts_with("/v1/events/") => {
                 self.show(&p["/v1/events/".len()..]).await
             }
-            (_, p)
-                if matches!(p, "/healthz" | "/readyz" | "/v1/events")
-                    || p.starts_with("/v1/events/") =>
+            (_, p, _)
+                if matches!(
+                    p,
+                    "/healthz"
+                        | "/readyz"
+                        | "/metrics"
+                        | "/v1/events"
+                        | "/v1/sources"
+                        | "/v1/replay"
+                ) || p.starts_with("/v1/events/") =>
             {
                 error_response(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -124,6 +194,143 @@ impl Admin {
             }
             _ => not_found(format!("nothing is served at {path}")),
         }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let mut response = json(
+            StatusCode::OK,
+            self.metrics.render(&self.journal).into_bytes(),
+        );
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        response
+    }
+
+    /// The configured sources with what the journal holds for each; sources that are no
+    /// longer configured but still have events are listed too. Never a secret.
+    fn sources(&self) -> Response<Body> {
+        let mut counts = self.journal.counts();
+        let view = |name: &str, scheme: Option<&str>, c: Option<SourceCountsView>| {
+            let c = c.unwrap_or_default();
+            serde_json::json!({
+                "name": name,
+                "configured": scheme.is_some(),
+                "scheme": scheme,
+                "path": scheme.map(|_| format!("/hooks/{name}")),
+                "events": {
+                    "queued": c.0.queued,
+                    "delivered": c.0.delivered,
+                    "stale": c.0.stale,
+                    "failed": c.0.failed,
+                    "total": c.0.total(),
+                },
+                "last_received_at": c.0.last_received_ms.map(rfc3339),
+            })
+        };
+        let mut listed: Vec<serde_json::Value> = self
+            .sources
+            .iter()
+            .map(|(name, scheme)| {
+                let c = counts.remove(name).map(SourceCountsView);
+                view(name, Some(scheme), c)
+            })
+            .collect();
+        listed.extend(
+            counts
+                .into_iter()
+                .map(|(name, c)| view(&name, None, Some(SourceCountsView(c)))),
+        );
+        let body = serde_json::json!({ "sources": listed });
+        json(
+            StatusCode::OK,
+            serde_json::to_vec(&body).expect("plain JSON"),
+        )
+    }
+
+    /// `POST /v1/events/{seq}/replay`.
+    async fn replay_one(&self, seq: &str) -> Response<Body> {
+        let Ok(seq) = seq.parse::<u64>() else {
+            return bad_request(format!("`{seq}` is not a sequence number"));
+        };
+        match self.journal.replay(vec![seq], now_ms()).await {
+            Ok(replayed) => match replayed.first() {
+                Some(r) => {
+                    self.metrics.replayed(1);
+                    tracing::info!(seq, queued_as = r.queued_as, "event replayed");
+                    let body = serde_json::json!({"status": "queued", "seq": seq, "queued_as": r.queued_as});
+                    json(
+                        StatusCode::ACCEPTED,
+                        serde_json::to_vec(&body).expect("plain JSON"),
+                    )
+                }
+                None => not_found(format!("there is no event {seq}")),
+            },
+            Err(e) => unavailable(format!("cannot replay event {seq}: {e}")),
+        }
+    }
+
+    /// `POST /v1/replay?source=&status=&since=`: every matching event that exists now.
+    async fn replay_matching(&self, query: &str) -> Response<Body> {
+        let mut filter = ListFilter {
+            limit: REPLAY_CHUNK,
+            until: *self.journal.last_seq().borrow(),
+            ..ListFilter::default()
+        };
+        let mut named = false;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "source" => filter.source = Some(value.into_owned()),
+                "status" => match Status::parse(&value) {
+                    Some(s) => filter.status = Some(s),
+                    None => return bad_request(bad_status(&value)),
+                },
+                "since" => match parse_since(&value, SystemTime::now()) {
+                    Ok(ms) => filter.received_from_ms = ms,
+                    Err(e) => return bad_request(e),
+                },
+                other => return bad_request(format!("unknown parameter `{other}`")),
+            }
+            named = true;
+        }
+        if !named {
+            return bad_request(
+                "name what to replay with at least one of source, status and since".into(),
+            );
+        }
+        let mut replayed = 0u64;
+        loop {
+            let journal = self.journal.clone();
+            let page = filter.clone();
+            let listed = match tokio::task::spawn_blocking(move || journal.list(&page)).await {
+                Ok(Ok(listed)) => listed,
+                Ok(Err(e)) => return internal(format!("cannot read the journal: {e}")),
+                Err(e) => return internal(format!("listing failed: {e}")),
+            };
+            let (found, cursor) = listed;
+            let seqs: Vec<u64> = found.iter().map(|s| s.seq).collect();
+            if !seqs.is_empty() {
+                match self.journal.replay(seqs, now_ms()).await {
+                    Ok(done) => replayed += done.len() as u64,
+                    Err(e) => {
+                        return unavailable(format!("replay stopped after {replayed} events: {e}"))
+                    }
+                }
+            }
+            if cursor >= filter.until || cursor == filter.after {
+                break;
+            }
+            filter.after = cursor;
+        }
+        self.metrics.replayed(replayed);
+        tracing::info!(replayed, query, "bulk replay");
+        json(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({ "replayed": replayed })).expect("plain JSON"),
+        )
     }
 
     fn authorised(&self, headers: &http::HeaderMap) -> bool {
@@ -156,27 +363,36 @@ impl Admin {
     }
 
     async fn list(&self, query: &str) -> Response<Body> {
+        // Registered before the first read, so that an event made durable after it wakes
+        // the wait below.
+        let mut durable = self.journal.last_seq();
         let mut filter = ListFilter {
             limit: DEFAULT_LIMIT,
+            until: *durable.borrow_and_update(),
             ..ListFilter::default()
         };
+        let mut wait = Duration::ZERO;
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "source" => filter.source = Some(value.into_owned()),
                 "type" => filter.event_type = Some(value.into_owned()),
                 "status" => match Status::parse(&value) {
                     Some(s) => filter.status = Some(s),
-                    None => {
-                        return bad_request(format!(
-                            "status `{value}` is not one of queued, delivered, stale, failed"
-                        ))
-                    }
+                    None => return bad_request(bad_status(&value)),
                 },
+                "after" if value == "latest" => filter.after = filter.until,
                 "after" => match value.parse() {
                     Ok(n) => filter.after = n,
                     Err(_) => {
-                        return bad_request(format!("after `{value}` is not a sequence number"))
+                        return bad_request(format!(
+                            "after `{value}` is not a sequence number or `latest`"
+                        ))
                     }
+                },
+                "wait" => match crate::config::units::parse_duration(&value) {
+                    Ok(d) if d <= MAX_WAIT => wait = d,
+                    Ok(_) => return bad_request("wait may be at most 5m".into()),
+                    Err(e) => return bad_request(format!("wait: {e}")),
                 },
                 "limit" => match value.parse::<usize>() {
                     Ok(n) if (1..=MAX_LIMIT).contains(&n) => filter.limit = n,
@@ -187,8 +403,28 @@ impl Admin {
                 other => return bad_request(format!("unknown parameter `{other}`")),
             }
         }
-        let journal = self.journal.clone();
-        let listed = tokio::task::spawn_blocking(move || journal.list(&filter)).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stop = self.stop.clone();
+        let listed = loop {
+            let journal = self.journal.clone();
+            let page = filter.clone();
+            let listed = tokio::task::spawn_blocking(move || journal.list(&page)).await;
+            let empty = matches!(&listed, Ok(Ok((found, _))) if found.is_empty());
+            if !empty || tokio::time::Instant::now() >= deadline || *stop.borrow() {
+                break listed;
+            }
+            // Nothing yet: wait for the next durable event, then look from where this
+            // look ended.
+            if let Ok(Ok((_, cursor))) = &listed {
+                filter.after = *cursor;
+            }
+            tokio::select! {
+                changed = durable.changed() => if changed.is_err() { break listed },
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = crate::listen::stopped(&mut stop) => {}
+            }
+            filter.until = *durable.borrow_and_update();
+        };
         match listed {
             Ok(Ok((summaries, next_after))) => {
                 let events: Vec<SummaryView> = summaries.iter().map(SummaryView::from).collect();

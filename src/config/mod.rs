@@ -2,7 +2,7 @@
 //! and one [`Config::load`] that parses and validates, naming the key at fault.
 
 mod secret;
-mod units;
+pub mod units;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

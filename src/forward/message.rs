@@ -37,6 +37,11 @@ pub fn build(record: &Record, template: &str) -> Message {
     put("hookgate_seq", AMQPValue::LongLongInt(summary.seq as i64));
     put("hookgate_source", text(&summary.source));
     put("hookgate_content_type", text(&record.content_type));
+    if record.replays > 0 {
+        // Sent again on an operator's request: workers may want to tell it apart from
+        // a redelivery.
+        put("hookgate_replays", AMQPValue::LongUInt(record.replays));
+    }
     for (name, value) in &record.headers {
         // AMQP short strings hold 255 bytes; a longer header name is not forwarded.
         let key = format!("http_{}", name.to_ascii_lowercase());
@@ -77,6 +82,7 @@ mod tests {
                 received_at_ms: 1_700_000_000_250,
                 attempts: 0,
                 size: 2,
+                replay_of: None,
             },
             event_ts: None,
             order_key: None,
@@ -86,6 +92,7 @@ mod tests {
             body: b"{}".to_vec(),
             normalised: None,
             attempts_log: vec![],
+            replays: 0,
         }
     }
 

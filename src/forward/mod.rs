@@ -25,6 +25,7 @@ use self::amqp::{Link, LinkError, Topology};
 use crate::config::Secret;
 use crate::journal::Journal;
 use crate::listen::stopped;
+use crate::metrics::Metrics;
 use crate::source::Source;
 
 /// How long an unconfirmed publish may wait for its confirm before the link is presumed
@@ -46,8 +47,9 @@ pub struct Forwarder {
     pub settings: Settings,
     /// Routing-key templates by source name.
     pub routes: HashMap<String, String>,
-    /// Read by `/readyz`.
+    /// Read by `/readyz` and `/metrics`.
     pub connected: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The state of one connection's publishing.
@@ -105,11 +107,13 @@ impl Forwarder {
                             return;
                         }
                         Ended::Lost(e) => {
+                            self.metrics.forward_error("link");
                             tracing::warn!(error = %e, "broker link lost; reconnecting")
                         }
                     }
                 }
                 Err(e) => {
+                    self.metrics.forward_error("connect");
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unreachable")
                 }
             }
@@ -151,6 +155,10 @@ impl Forwarder {
                 }
                 keep
             });
+            // A replay put events back into the queue behind the cursor.
+            if let Some(replayed) = self.journal.take_rewind() {
+                rewind = rewind.min(replayed);
+            }
             pipe.cursor = rewind;
             let up_to = *durable.borrow_and_update();
             if let Err(e) = self.fill(link, &mut pipe, up_to).await {
@@ -263,12 +271,16 @@ impl Forwarder {
                     continue;
                 }
                 Ok(Confirmation::Ack(Some(returned))) | Ok(Confirmation::Nack(Some(returned))) => {
+                    self.metrics.forward_error("returned");
                     format!(
                         "returned by the broker: {} {}",
                         returned.reply_code, returned.reply_text
                     )
                 }
-                Ok(Confirmation::Nack(None)) => "nacked by the broker".to_string(),
+                Ok(Confirmation::Nack(None)) => {
+                    self.metrics.forward_error("nacked");
+                    "nacked by the broker".to_string()
+                }
                 Err(e) => {
                     // Unconfirmed: it is sent again on the next connection.
                     lost.get_or_insert(e);
@@ -293,6 +305,7 @@ impl Forwarder {
             }
         }
         if !delivered.is_empty() {
+            self.metrics.published(delivered.len() as u64);
             if let Err(e) = self.journal.mark_delivered(delivered, now_ms).await {
                 tracing::error!(error = %e, "cannot mark events delivered");
             }

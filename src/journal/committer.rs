@@ -9,7 +9,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
 use super::record::{self, Record, Status, Summary};
-use super::{seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Settings, Shared, Trees};
+use super::{
+    seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Replayed, Settings, Shared, Trees,
+};
 
 /// The most commands applied before one flush; bounds the latency of a group.
 const MAX_GROUP: usize = 4096;
@@ -58,6 +60,20 @@ fn order_value(ts: i64, updated_ms: u64) -> [u8; 16] {
 fn split_order_value(v: &[u8]) -> (i64, u64) {
     let ts = i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
     (ts, seq_of(&v[8..16]))
+}
+
+/// Answers `reply` with `result` once the flush that covers it is done, or with the
+/// flush's error.
+fn answer_after_flush<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, JournalError>>,
+    result: Result<T, JournalError>,
+) -> UpdateReply {
+    Box::new(move |failed| {
+        let _ = reply.send(match failed {
+            Some(e) => Err(e.clone()),
+            None => result,
+        });
+    })
 }
 
 impl Committer {
@@ -114,7 +130,8 @@ impl Committer {
                         appends.push((reply, result));
                     }
                     Command::Compact { now_ms, reply } => {
-                        updates.push((reply, self.compact(now_ms)));
+                        let result = self.compact(now_ms);
+                        updates.push(answer_after_flush(reply, result));
                     }
                     Command::Delivered { seqs, at_ms, reply } => {
                         let result = seqs
@@ -123,9 +140,8 @@ impl Committer {
                         // The forwarder needs to know these have left the queue, not that
                         // the mark is on disk: a mark lost in a crash only means the event
                         // is published again. So answer now; the next flush covers it.
-                        let _ = reply.send(result.map(|()| true));
-                        let (unanswered, _) = oneshot::channel();
-                        updates.push((unanswered, Ok(true)));
+                        let _ = reply.send(result);
+                        updates.push(Box::new(|_| {}));
                     }
                     Command::Attempted {
                         seq,
@@ -134,7 +150,11 @@ impl Committer {
                         reply,
                     } => {
                         let result = self.update(seq, at_ms, Some(outcome));
-                        updates.push((reply, result.map(|()| true)));
+                        updates.push(answer_after_flush(reply, result));
+                    }
+                    Command::Replay { seqs, at_ms, reply } => {
+                        let result = self.replay(&seqs, at_ms);
+                        updates.push(answer_after_flush(reply, result));
                     }
                     Command::Close { reply } => close = Some(reply),
                 }
@@ -186,6 +206,7 @@ impl Committer {
                 received_at_ms: event.received_at_ms,
                 attempts: 0,
                 size: event.body.len() as u64,
+                replay_of: None,
             },
             event_ts: event.event_ts,
             order_key: event.order.as_ref().map(|(k, _)| k.clone()),
@@ -195,6 +216,7 @@ impl Committer {
             body: event.body.to_vec(),
             normalised: event.normalised.map(|b| b.to_vec()),
             attempts_log: Vec::new(),
+            replays: 0,
         };
         // The record goes in before the dedup entry that points at it, so that whatever
         // prefix of these writes survives a crash, a dedup entry never points nowhere.
@@ -231,6 +253,9 @@ impl Committer {
             .insert(expiry, &[])
             .map_err(unwritable)?;
         self.last_seq = seq;
+        self.shared.count(&record.summary.source, |c| {
+            c.add(status, record.summary.received_at_ms)
+        });
         Ok(if stale {
             Outcome::Stale(seq)
         } else {
@@ -267,6 +292,9 @@ impl Committer {
         }
         if delivered {
             record.summary.status = Status::Delivered;
+            self.shared.count(&record.summary.source, |c| {
+                c.moved(Status::Queued, Status::Delivered)
+            });
         }
         self.trees
             .events
@@ -283,6 +311,78 @@ impl Committer {
             self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// Queues events to be forwarded again. With a broker, each event goes back into the
+    /// queue under its own seq (published again with the same message id). Embedded, a
+    /// copy is appended under a new seq, so that consumers whose cursors are past the
+    /// original read it again. Seqs the journal no longer has are skipped.
+    fn replay(&mut self, seqs: &[u64], at_ms: u64) -> Result<Vec<Replayed>, JournalError> {
+        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let mut replayed = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            let Some(bytes) = self.trees.events.get(seq_key(seq)).map_err(unwritable)? else {
+                continue;
+            };
+            let mut record =
+                record::decode(&bytes).map_err(|e| JournalError::Unwritable(e.to_string()))?;
+            let before = record.summary.status;
+            record.replays = record.replays.saturating_add(1);
+            if self.settings.embedded {
+                let copy_seq = self.last_seq + 1;
+                record.summary.replay_of = Some(record.summary.replay_of.unwrap_or(seq));
+                record.summary.seq = copy_seq;
+                record.summary.status = Status::Queued;
+                record.summary.received_at_ms = at_ms;
+                record.summary.attempts = 0;
+                record.attempts_log.clear();
+                self.trees
+                    .events
+                    .insert(seq_key(copy_seq), record::encode(&record))
+                    .map_err(unwritable)?;
+                self.trees
+                    .queued
+                    .insert(seq_key(copy_seq), &[])
+                    .map_err(unwritable)?;
+                self.shared.backlog.fetch_add(1, Ordering::AcqRel);
+                self.shared
+                    .count(&record.summary.source, |c| c.add(Status::Queued, at_ms));
+                self.last_seq = copy_seq;
+                replayed.push(Replayed {
+                    seq,
+                    queued_as: copy_seq,
+                });
+                continue;
+            }
+            if before != Status::Queued {
+                record.summary.status = Status::Queued;
+                self.trees
+                    .queued
+                    .insert(seq_key(seq), &[])
+                    .map_err(unwritable)?;
+                self.shared.backlog.fetch_add(1, Ordering::AcqRel);
+                self.shared
+                    .count(&record.summary.source, |c| c.moved(before, Status::Queued));
+            }
+            record.attempts_log.push(record::Attempt {
+                at_ms,
+                outcome: "replay requested".into(),
+            });
+            if record.attempts_log.len() > MAX_ATTEMPTS_LOGGED {
+                record.attempts_log.remove(1);
+            }
+            self.trees
+                .events
+                .insert(seq_key(seq), record::encode(&record))
+                .map_err(unwritable)?;
+            // The forwarder's cursor is past this seq: send it back.
+            self.shared.rewind.fetch_min(seq, Ordering::AcqRel);
+            replayed.push(Replayed {
+                seq,
+                queued_as: seq,
+            });
+        }
+        Ok(replayed)
     }
 
     /// Whether an event at `ts` is older than the newest accepted for its order key.
@@ -321,6 +421,8 @@ impl Committer {
             let keep = summary.status == Status::Queued && !self.settings.embedded;
             if !keep {
                 self.trees.events.remove(&key).map_err(unwritable)?;
+                self.shared
+                    .count(&summary.source, |c| c.removed(summary.status));
                 if self
                     .trees
                     .queued

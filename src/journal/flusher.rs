@@ -15,10 +15,9 @@ pub(super) type AppendReply = (
     oneshot::Sender<Result<Outcome, JournalError>>,
     Result<Outcome, JournalError>,
 );
-pub(super) type UpdateReply = (
-    oneshot::Sender<Result<bool, JournalError>>,
-    Result<bool, JournalError>,
-);
+/// Answers a command other than an append once its writes are flushed; it is given the
+/// flush's error, if any.
+pub(super) type UpdateReply = Box<dyn FnOnce(Option<&JournalError>) + Send>;
 
 #[derive(Default)]
 struct Waiting {
@@ -92,9 +91,10 @@ pub(super) fn run(
         } else {
             db.flush()
         };
-        match flushed {
+        let failed = match flushed {
             Ok(_) => {
                 published.send_replace(group.last_seq);
+                None
             }
             Err(e) => {
                 failed_before = true;
@@ -104,13 +104,14 @@ pub(super) fn run(
                 for (_, result) in group.appends.iter_mut() {
                     *result = Err(failed.clone());
                 }
+                Some(failed)
             }
-        }
+        };
         for (reply, result) in group.appends {
             let _ = reply.send(result);
         }
-        for (reply, result) in group.updates {
-            let _ = reply.send(result);
+        for answer in group.updates {
+            answer(failed.as_ref());
         }
         if let Some(close) = group.close {
             let _ = close.send(());

@@ -14,6 +14,7 @@ mod committer;
 mod flusher;
 pub mod record;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,14 +88,20 @@ enum Command {
     Delivered {
         seqs: Vec<u64>,
         at_ms: u64,
-        reply: oneshot::Sender<Result<bool, JournalError>>,
+        reply: oneshot::Sender<Result<(), JournalError>>,
     },
     /// A delivery attempt failed; the event stays queued.
     Attempted {
         seq: u64,
         at_ms: u64,
         outcome: String,
-        reply: oneshot::Sender<Result<bool, JournalError>>,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// An operator asked for these events to be forwarded again.
+    Replay {
+        seqs: Vec<u64>,
+        at_ms: u64,
+        reply: oneshot::Sender<Result<Vec<Replayed>, JournalError>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -113,6 +120,71 @@ struct Trees {
 struct Shared {
     backlog: AtomicU64,
     healthy: AtomicBool,
+    /// The lowest seq put back into the queue by a replay since the forwarder last
+    /// looked; `u64::MAX` when none.
+    rewind: AtomicU64,
+    counts: Mutex<BTreeMap<String, SourceCounts>>,
+}
+
+impl Shared {
+    fn count(&self, source: &str, change: impl FnOnce(&mut SourceCounts)) {
+        let mut counts = self.counts.lock().expect("counts lock");
+        match counts.get_mut(source) {
+            Some(c) => change(c),
+            None => change(counts.entry(source.to_string()).or_default()),
+        }
+    }
+}
+
+/// What the journal holds for one source, by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SourceCounts {
+    pub queued: u64,
+    pub delivered: u64,
+    pub stale: u64,
+    pub failed: u64,
+    /// When the newest event of this source was received.
+    #[serde(skip)]
+    pub last_received_ms: Option<u64>,
+}
+
+impl SourceCounts {
+    fn slot(&mut self, status: Status) -> &mut u64 {
+        match status {
+            Status::Queued => &mut self.queued,
+            Status::Delivered => &mut self.delivered,
+            Status::Stale => &mut self.stale,
+            Status::Failed => &mut self.failed,
+        }
+    }
+
+    fn add(&mut self, status: Status, received_at_ms: u64) {
+        *self.slot(status) += 1;
+        self.last_received_ms = self.last_received_ms.max(Some(received_at_ms));
+    }
+
+    fn moved(&mut self, from: Status, to: Status) {
+        let from = self.slot(from);
+        *from = from.saturating_sub(1);
+        *self.slot(to) += 1;
+    }
+
+    fn removed(&mut self, status: Status) {
+        let slot = self.slot(status);
+        *slot = slot.saturating_sub(1);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.queued + self.delivered + self.stale + self.failed
+    }
+}
+
+/// One event a replay queued again: its seq, and the seq under which it is queued (the
+/// same with a broker; a new copy's in embedded mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replayed {
+    pub seq: u64,
+    pub queued_as: u64,
 }
 
 /// A handle on the journal; cheap to clone.
@@ -132,6 +204,10 @@ pub struct ListFilter {
     pub status: Option<Status>,
     pub event_type: Option<String>,
     pub after: u64,
+    /// The newest seq to look at (inclusive); 0 means no bound.
+    pub until: u64,
+    /// Only events received at or after this time (ms since the epoch).
+    pub received_from_ms: u64,
     pub limit: usize,
 }
 
@@ -173,6 +249,8 @@ impl Journal {
         let shared = Arc::new(Shared {
             backlog: AtomicU64::new(trees.queued.len() as u64),
             healthy: AtomicBool::new(true),
+            rewind: AtomicU64::new(u64::MAX),
+            counts: Mutex::new(count_events(&trees.events)?),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (seq_tx, seq_rx) = watch::channel(last);
@@ -234,7 +312,32 @@ impl Journal {
             .send(Command::Delivered { seqs, at_ms, reply })
             .await
             .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?.map(drop)
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Queues events to be forwarded again (see the README's "Replay"); answers once that
+    /// is durable. Seqs the journal no longer has are left out of the answer.
+    pub async fn replay(&self, seqs: Vec<u64>, at_ms: u64) -> Result<Vec<Replayed>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Replay { seqs, at_ms, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// The lowest seq a replay has put back into the queue since the last call, if any:
+    /// the forwarder reads the queue again from there.
+    pub fn take_rewind(&self) -> Option<u64> {
+        match self.shared.rewind.swap(u64::MAX, Ordering::AcqRel) {
+            u64::MAX => None,
+            seq => Some(seq),
+        }
+    }
+
+    /// What the journal holds, per source that has events.
+    pub fn counts(&self) -> BTreeMap<String, SourceCounts> {
+        self.shared.counts.lock().expect("counts lock").clone()
     }
 
     /// Notes a failed delivery attempt; the event stays `queued`.
@@ -254,7 +357,7 @@ impl Journal {
             })
             .await
             .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?.map(drop)
+        answer.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Undelivered events from `from` on, oldest first, at most `limit`.
@@ -316,12 +419,25 @@ impl Journal {
         let mut found = Vec::new();
         let mut cursor = filter.after;
         let start = filter.after.saturating_add(1);
-        for item in self.trees.events.range(seq_key(start)..).take(MAX_SCAN) {
+        let end = match filter.until {
+            0 => u64::MAX,
+            until => until,
+        };
+        if start > end {
+            return Ok((Vec::new(), filter.after));
+        }
+        for item in self
+            .trees
+            .events
+            .range(seq_key(start)..=seq_key(end))
+            .take(MAX_SCAN)
+        {
             let (key, bytes) = item.map_err(|e| e.to_string())?;
             cursor = seq_of(&key);
             let summary =
                 record::decode_summary(&bytes).map_err(|e| format!("event {cursor}: {e}"))?;
-            let wanted = filter.source.as_deref().is_none_or(|s| s == summary.source)
+            let wanted = summary.received_at_ms >= filter.received_from_ms
+                && filter.source.as_deref().is_none_or(|s| s == summary.source)
                 && filter.status.is_none_or(|s| s == summary.status)
                 && filter
                     .event_type
@@ -344,6 +460,27 @@ impl Journal {
             .contains_key(committer::dedup_key(source, id))
             .unwrap_or(false)
     }
+}
+
+/// Counts the events of each source by status, reading only the summaries.
+fn count_events(events: &sled::Tree) -> Result<BTreeMap<String, SourceCounts>, JournalError> {
+    let mut counts: BTreeMap<String, SourceCounts> = BTreeMap::new();
+    for item in events.iter() {
+        let (key, bytes) = item.map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        match record::decode_summary(&bytes) {
+            Ok(s) => match counts.get_mut(&s.source) {
+                Some(c) => c.add(s.status, s.received_at_ms),
+                None => counts
+                    .entry(s.source)
+                    .or_default()
+                    .add(s.status, s.received_at_ms),
+            },
+            Err(e) => {
+                tracing::warn!(seq = seq_of(&key), error = %e, "unreadable record not counted")
+            }
+        }
+    }
+    Ok(counts)
 }
 
 fn db_path(dir: &Path) -> PathBuf {

@@ -2,12 +2,13 @@
 //! with postcard. The summary fields come first so that listings can decode just them
 //! (postcard ignores what follows a struct it has read).
 //!
-//! Version 1 is the only one so far; a later version adds a variant to [`decode`] and
-//! keeps reading version 1.
+//! Version 2 added `replay_of` to the summary and `replays` to the record; version 1
+//! records are still read (as never replayed). A later version adds a variant to
+//! [`decode`] the same way.
 
 use serde::{Deserialize, Serialize};
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -50,6 +51,8 @@ pub struct Summary {
     pub received_at_ms: u64,
     pub attempts: u32,
     pub size: u64,
+    /// Embedded mode: this event is a replayed copy of that (original) event.
+    pub replay_of: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +78,8 @@ pub struct Record {
     #[serde(with = "serde_bytes")]
     pub normalised: Option<Vec<u8>>,
     pub attempts_log: Vec<Attempt>,
+    /// How many times an operator asked for this event to be forwarded again.
+    pub replays: u32,
 }
 
 impl Record {
@@ -100,20 +105,93 @@ pub fn encode(record: &Record) -> Vec<u8> {
     out
 }
 
-fn body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+/// Version 1, as it was written: no `replay_of`, no `replays`.
+mod v1 {
+    use serde::Deserialize;
+
+    use super::{Attempt, Status};
+
+    #[derive(Deserialize)]
+    pub struct Summary {
+        pub seq: u64,
+        pub id: String,
+        pub source: String,
+        pub event_type: Option<String>,
+        pub status: Status,
+        pub received_at_ms: u64,
+        pub attempts: u32,
+        pub size: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Record {
+        pub summary: Summary,
+        pub event_ts: Option<i64>,
+        pub order_key: Option<String>,
+        pub content_type: String,
+        pub headers: Vec<(String, String)>,
+        pub client_identity: Option<String>,
+        #[serde(with = "serde_bytes")]
+        pub body: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        pub normalised: Option<Vec<u8>>,
+        pub attempts_log: Vec<Attempt>,
+    }
+}
+
+impl From<v1::Summary> for Summary {
+    fn from(s: v1::Summary) -> Self {
+        Summary {
+            seq: s.seq,
+            id: s.id,
+            source: s.source,
+            event_type: s.event_type,
+            status: s.status,
+            received_at_ms: s.received_at_ms,
+            attempts: s.attempts,
+            size: s.size,
+            replay_of: None,
+        }
+    }
+}
+
+impl From<v1::Record> for Record {
+    fn from(r: v1::Record) -> Self {
+        Record {
+            summary: r.summary.into(),
+            event_ts: r.event_ts,
+            order_key: r.order_key,
+            content_type: r.content_type,
+            headers: r.headers,
+            client_identity: r.client_identity,
+            body: r.body,
+            normalised: r.normalised,
+            attempts_log: r.attempts_log,
+            replays: 0,
+        }
+    }
+}
+
+/// Decodes the record format of `bytes` as `Current`, or as `V1` and converts it.
+fn decode_as<'a, Current, V1>(bytes: &'a [u8]) -> Result<Current, DecodeError>
+where
+    Current: Deserialize<'a>,
+    V1: Deserialize<'a> + Into<Current>,
+{
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
-        Some((&VERSION, rest)) => Ok(rest),
+        Some((&VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((1, rest)) => Ok(postcard::from_bytes::<V1>(rest)?.into()),
         Some((&other, _)) => Err(DecodeError::UnknownVersion(other)),
     }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-    Ok(postcard::from_bytes(body(bytes)?)?)
+    decode_as::<Record, v1::Record>(bytes)
 }
 
 pub fn decode_summary(bytes: &[u8]) -> Result<Summary, DecodeError> {
-    Ok(postcard::from_bytes(body(bytes)?)?)
+    decode_as::<Summary, v1::Summary>(bytes)
 }
 
 #[cfg(test)]
@@ -131,6 +209,7 @@ mod tests {
                 received_at_ms: 1_700_000_000_123,
                 attempts: 0,
                 size: 2,
+                replay_of: None,
             },
             event_ts: Some(1_700_000_000),
             order_key: None,
@@ -140,6 +219,7 @@ mod tests {
             body: b"{}".to_vec(),
             normalised: None,
             attempts_log: vec![],
+            replays: 0,
         }
     }
 
@@ -150,6 +230,37 @@ mod tests {
         assert_eq!(bytes[0], VERSION);
         assert_eq!(decode(&bytes).unwrap(), record);
         assert_eq!(decode_summary(&bytes).unwrap(), record.summary);
+    }
+
+    #[test]
+    fn version_1_records_are_read_as_never_replayed() {
+        // A version 1 record is the version 2 layout without the two new fields.
+        let record = sample();
+        let mut v1 = vec![1u8];
+        let s = &record.summary;
+        let fields = (
+            (
+                s.seq,
+                &s.id,
+                &s.source,
+                &s.event_type,
+                s.status,
+                s.received_at_ms,
+                s.attempts,
+                s.size,
+            ),
+            record.event_ts,
+            &record.order_key,
+            &record.content_type,
+            &record.headers,
+            &record.client_identity,
+            serde_bytes::Bytes::new(&record.body),
+            record.normalised.as_deref().map(serde_bytes::Bytes::new),
+            &record.attempts_log,
+        );
+        postcard::to_io(&fields, &mut v1).unwrap();
+        assert_eq!(decode(&v1).unwrap(), record);
+        assert_eq!(decode_summary(&v1).unwrap(), record.summary);
     }
 
     #[test]

@@ -18,8 +18,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use crate::answer::Body;
+use crate::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -66,6 +68,7 @@ pub async fn serve<H, Fut>(
     tls: Option<Arc<tls::Tls>>,
     handler: H,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) where
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -100,7 +103,9 @@ pub async fn serve<H, Fut>(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
-        tokio::spawn(async move {
+        let open = metrics.connection(name);
+        let span = tracing::info_span!("conn", listener = name, %peer);
+        let connection = async move {
             let ended = match acceptor {
                 None => {
                     let service = service(handler, None);
@@ -115,11 +120,11 @@ pub async fn serve<H, Fut>(
                     let stream = match handshake {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
-                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            tracing::debug!("TLS handshake timed out");
                             return;
                         }
                     };
@@ -142,10 +147,12 @@ pub async fn serve<H, Fut>(
                 }
             };
             if let Err(e) = ended {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(open);
             drop(permit);
-        });
+        };
+        tokio::spawn(connection.instrument(span));
     }
     drop(listener);
     let open = graceful.count();

@@ -1,0 +1,233 @@
+//! Prometheus metrics (SPEC §7), served by the admin listener at `/metrics` in the
+//! OpenMetrics text format. Counters are kept in memory from the start of the process;
+//! the backlog and the broker's state are read when scraped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::journal::Journal;
+
+/// The `source` label of requests to a path that names no configured source, so that
+/// random paths cannot create new series. Source names cannot contain parentheses.
+pub const UNKNOWN_SOURCE: &str = "(unknown)";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub source: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub source: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub source: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    verify_failures: Family<ReasonLabels, Counter>,
+    ack_seconds: Histogram,
+    backlog: Gauge,
+    forward_published: Counter,
+    forward_errors: Family<ErrorLabels, Counter>,
+    broker_connected: Gauge,
+    replayed: Counter,
+    connections: Family<ListenerLabels, Gauge>,
+    /// With a broker: whether the forwarder is connected (read when scraped).
+    broker: Option<Arc<AtomicBool>>,
+}
+
+impl Metrics {
+    pub fn new(broker: Option<Arc<AtomicBool>>) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let events = Family::<EventLabels, Counter>::default();
+        let verify_failures = Family::<ReasonLabels, Counter>::default();
+        // 250 µs to 16 s, doubling.
+        let ack_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 17),
+        );
+        let backlog = Gauge::default();
+        let forward_published = Counter::default();
+        let forward_errors = Family::<ErrorLabels, Counter>::default();
+        let broker_connected = Gauge::default();
+        let replayed = Counter::default();
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        // The library adds `_total` to counter names.
+        registry.register(
+            "hookgate_requests",
+            "Requests on the ingest listener by source and HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "hookgate_events",
+            "Verified events by source and journal outcome (accepted, duplicate, stale)",
+            events.clone(),
+        );
+        registry.register(
+            "hookgate_verify_failures",
+            "Requests that failed verification, by source and error code",
+            verify_failures.clone(),
+        );
+        registry.register(
+            "hookgate_ack_seconds",
+            "Time from the start of an ingest request to its answer",
+            ack_seconds.clone(),
+        );
+        registry.register(
+            "hookgate_journal_backlog",
+            "Events in the journal not yet delivered (queued)",
+            backlog.clone(),
+        );
+        registry.register(
+            "hookgate_forward_published",
+            "Events the broker confirmed",
+            forward_published.clone(),
+        );
+        registry.register(
+            "hookgate_forward_errors",
+            "Failed deliveries to the broker: returned, nacked, or the link lost",
+            forward_errors.clone(),
+        );
+        registry.register(
+            "hookgate_broker_connected",
+            "1 while the forwarder is connected to the broker (always 0 without a broker)",
+            broker_connected.clone(),
+        );
+        registry.register(
+            "hookgate_replayed",
+            "Events queued again by a replay",
+            replayed.clone(),
+        );
+        registry.register(
+            "hookgate_connections_open",
+            "Open connections by listener",
+            connections.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            events,
+            verify_failures,
+            ack_seconds,
+            backlog,
+            forward_published,
+            forward_errors,
+            broker_connected,
+            replayed,
+            connections,
+            broker,
+        }
+    }
+
+    /// One answered ingest request. `source` is a configured source's name or
+    /// [`UNKNOWN_SOURCE`].
+    pub fn request(&self, source: &str, code: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                source: source.to_string(),
+                code,
+            })
+            .inc();
+        self.ack_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn event(&self, source: &str, status: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                source: source.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn verify_failure(&self, source: &str, reason: &'static str) {
+        self.verify_failures
+            .get_or_create(&ReasonLabels {
+                source: source.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn published(&self, n: u64) {
+        self.forward_published.inc_by(n);
+    }
+
+    pub fn forward_error(&self, reason: &'static str) {
+        self.forward_errors
+            .get_or_create(&ErrorLabels { reason })
+            .inc();
+    }
+
+    pub fn replayed(&self, n: u64) {
+        self.replayed.inc_by(n);
+    }
+
+    /// Counts an open connection until the guard is dropped.
+    pub fn connection(self: &Arc<Self>, listener: &'static str) -> ConnectionGuard {
+        self.connections
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+        ConnectionGuard {
+            metrics: self.clone(),
+            listener,
+        }
+    }
+
+    /// The OpenMetrics text of every metric, with the gauges read now.
+    pub fn render(&self, journal: &Journal) -> String {
+        self.backlog.set(journal.backlog() as i64);
+        let connected = self
+            .broker
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Acquire));
+        self.broker_connected.set(i64::from(connected));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+    listener: &'static str,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .connections
+            .get_or_create(&ListenerLabels {
+                listener: self.listener,
+            })
+            .dec();
+    }
+}

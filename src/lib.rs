@@ -127,6 +127,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
 
     let broker_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics = Arc::new(metrics::Metrics::new(
+        config.sources.iter().map(|s| s.name.as_str()),
         config.broker.as_ref().map(|_| broker_connected.clone()),
     ));
     let log_bodies = matches!(

@@ -60,6 +60,31 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Find, read, replay and follow events through the admin API.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+        /// The config that names the admin address and token.
+        #[arg(
+            short,
+            long,
+            env = "HOOKGATE_CONFIG",
+            default_value = "hookgate.toml",
+            global = true
+        )]
+        config: PathBuf,
+        /// The admin API's base URL (default: from the config's admin.listen).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// The admin token (default: the config's admin.token).
+        #[arg(
+            long,
+            env = "HOOKGATE_ADMIN_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
+        token: Option<String>,
+    },
     /// Write a development CA, a server certificate for localhost/127.0.0.1/::1 and a
     /// client certificate, for trying HTTPS and mTLS.
     GenCerts {
@@ -71,6 +96,114 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum EventsAction {
+    /// List events, oldest first.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        /// queued, delivered, stale or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Start after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one event: headers, payload and delivery attempts.
+    Show { seq: u64 },
+    /// Forward one event again, or every event the filters match.
+    Replay {
+        seq: Option<u64>,
+        #[arg(long, conflicts_with = "seq")]
+        source: Option<String>,
+        #[arg(long, conflicts_with = "seq")]
+        status: Option<String>,
+        /// An RFC 3339 time, or a duration back from now such as 2h.
+        #[arg(long, conflicts_with = "seq")]
+        since: Option<String>,
+    },
+    /// Print new events as they arrive, until interrupted.
+    Tail {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Start after this seq instead of at the newest event.
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn events(
+    action: EventsAction,
+    config: &std::path::Path,
+    admin: Option<&str>,
+    token: Option<&str>,
+) -> anyhow::Result<bool> {
+    use hookgate::cli::events::{self, Filters, Target};
+    let target = Target::resolve(config, admin, token)?;
+    match action {
+        EventsAction::List {
+            source,
+            status,
+            event_type,
+            after,
+            limit,
+            json,
+        } => {
+            let filters = Filters {
+                source: source.as_deref(),
+                status: status.as_deref(),
+                event_type: event_type.as_deref(),
+                since: None,
+            };
+            events::list(&target, &filters, after, limit, json).await?
+        }
+        EventsAction::Show { seq } => events::show(&target, seq).await?,
+        EventsAction::Replay {
+            seq,
+            source,
+            status,
+            since,
+        } => {
+            let filters = Filters {
+                source: source.as_deref(),
+                status: status.as_deref(),
+                event_type: None,
+                since: since.as_deref(),
+            };
+            events::replay(&target, seq, &filters).await?
+        }
+        EventsAction::Tail {
+            source,
+            status,
+            event_type,
+            after,
+            json,
+        } => {
+            let filters = Filters {
+                source: source.as_deref(),
+                status: status.as_deref(),
+                event_type: event_type.as_deref(),
+                since: None,
+            };
+            events::tail(&target, &filters, after, json).await?
+        }
+    }
+    Ok(true)
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("HOOKGATE_LOG")
@@ -78,7 +211,8 @@ fn init_logging() {
         .unwrap_or_else(|_| "info".to_string());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var("HOOKGATE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().flatten_event(false).init();
     } else {
@@ -102,6 +236,12 @@ fn main() -> ExitCode {
         }),
         Command::CheckConfig { config } => hookgate::cli::check_config(&config),
         Command::Init { out, force } => hookgate::cli::init(&out, force).map(|()| true),
+        Command::Events {
+            action,
+            config,
+            admin,
+            token,
+        } => runtime().block_on(events(action, &config, admin.as_deref(), token.as_deref())),
         Command::GenCerts { out, client_name } => {
             hookgate::cli::certs::gen_certs(&out, &client_name).map(|written| {
                 for path in written {

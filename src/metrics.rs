@@ -19,6 +19,10 @@ use crate::journal::Journal;
 /// random paths cannot create new series. Source names cannot contain parentheses.
 pub const UNKNOWN_SOURCE: &str = "(unknown)";
 
+/// The `reason` of `hookgate_forward_errors_total`: the broker returned the message (no
+/// queue bound), nacked it, the connection was lost, or could not be made.
+pub const FORWARD_ERRORS: [&str; 4] = ["returned", "nacked", "link", "connect"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub source: String,
@@ -64,7 +68,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(broker: Option<Arc<AtomicBool>>) -> Metrics {
+    /// Metrics for these sources. Every series whose labels are known in advance starts
+    /// at zero, so that each metric is there from the first scrape and rates and alerts
+    /// work without waiting for the first failure.
+    pub fn new<'a>(
+        sources: impl IntoIterator<Item = &'a str>,
+        broker: Option<Arc<AtomicBool>>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let events = Family::<EventLabels, Counter>::default();
@@ -130,6 +140,30 @@ impl Metrics {
             "Open connections by listener",
             connections.clone(),
         );
+        for source in sources {
+            let _ = requests.get_or_create(&RequestLabels {
+                source: source.to_string(),
+                code: 200,
+            });
+            for status in ["accepted", "duplicate", "stale"] {
+                let _ = events.get_or_create(&EventLabels {
+                    source: source.to_string(),
+                    status,
+                });
+            }
+            for reason in crate::verify::VerifyError::CODES {
+                let _ = verify_failures.get_or_create(&ReasonLabels {
+                    source: source.to_string(),
+                    reason,
+                });
+            }
+        }
+        for reason in FORWARD_ERRORS {
+            let _ = forward_errors.get_or_create(&ErrorLabels { reason });
+        }
+        for listener in ["ingest", "admin"] {
+            let _ = connections.get_or_create(&ListenerLabels { listener });
+        }
         Metrics {
             registry,
             requests,

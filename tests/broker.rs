@@ -346,6 +346,126 @@ async fn an_unroutable_event_is_delivered_once_a_queue_is_bound() {
     running.stop().await;
 }
 
+/// Replay with a broker: the same event is published again with the same message id,
+/// marked with `hookgate_replays`, and ends `delivered` again; bulk replay by status and
+/// source counts what it queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_publishes_again_with_the_same_message_id() {
+    let rabbit = Rabbit::connect("replay").await;
+    let queue = rabbit.queue("all");
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        "{}{GITHUB_SOURCE}{STRIPE_SOURCE}",
+        broker(
+            &common::rabbit::amqp_url(common::rabbit::BROKER),
+            &rabbit,
+            &quorum_queue(&queue, "#")
+        )
+    );
+    let running = start(dir.path(), "", &sources).await;
+    wait_for_ready(running.admin_addr, 200).await;
+    let got = rabbit.collect(&queue).await;
+    for id in ["rp-1", "rp-2", "rp-3"] {
+        let reply = post_github(running.ingest_addr, id, "{}").await;
+        assert_eq!(reply.json()["status"], "accepted");
+    }
+    let charge = br#"{"id":"evt_rp","type":"charge.succeeded"}"#;
+    let reply = post(
+        running.ingest_addr,
+        "/hooks/stripe",
+        stripe(charge, SystemTime::now()),
+    )
+    .await;
+    assert_eq!(reply.json()["status"], "accepted");
+    got.wait_for(WAIT, "the first deliveries", |d| d.len() >= 4)
+        .await;
+    wait_for_status(running.admin_addr, "delivered", 4).await;
+    assert!(got
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|d| header(d, "hookgate_replays").is_none()));
+
+    let admin = running.admin_addr;
+    let replay = |path: String| async move {
+        hookgate::cli::client::request(
+            http::Method::POST,
+            &format!("http://{admin}{path}"),
+            http::HeaderMap::new(),
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap()
+    };
+    let one = replay("/v1/events/2/replay".into()).await;
+    assert_eq!(one.status, http::StatusCode::ACCEPTED);
+    assert_eq!(
+        one.json()["queued_as"],
+        2,
+        "with a broker the event keeps its seq"
+    );
+    got.wait_for(WAIT, "the replayed event", |d| d.len() >= 5)
+        .await;
+    {
+        let deliveries = got.0.lock().unwrap();
+        let again = &deliveries[4];
+        assert_eq!(
+            again.properties.message_id().as_ref().map(|m| m.as_str()),
+            Some("rp-2")
+        );
+        assert_eq!(again.data, b"{}");
+        assert!(matches!(
+            header(again, "hookgate_replays"),
+            Some(AMQPValue::LongUInt(1))
+        ));
+    }
+    let shown = loop {
+        let shown = admin_json(admin, "/v1/events/2").await;
+        if shown["status"] == "delivered" && shown["attempts"] == 2 {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let outcomes: Vec<&str> = shown["attempts_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["delivered", "replay requested", "delivered"]);
+
+    assert_eq!(
+        replay("/v1/events/99/replay".into()).await.status,
+        http::StatusCode::NOT_FOUND
+    );
+    let bulk = replay("/v1/replay?source=github&status=delivered".into()).await;
+    assert_eq!(bulk.json()["replayed"], 3, "{:?}", bulk.json());
+    got.wait_for(WAIT, "the bulk replay", |d| d.len() >= 8)
+        .await;
+    wait_for_status(admin, "delivered", 4).await;
+    let counts = got.counts();
+    assert_eq!(counts.get("rp-1"), Some(&2));
+    assert_eq!(counts.get("rp-2"), Some(&3));
+    assert_eq!(counts.get("rp-3"), Some(&2));
+    assert_eq!(
+        counts.get("evt_rp"),
+        Some(&1),
+        "the other source is left alone"
+    );
+    let metrics = hookgate::cli::client::get(&format!("http://{admin}/metrics"))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("hookgate_replayed_total 4"), "{text}");
+    assert!(
+        text.contains("hookgate_forward_published_total 8"),
+        "{text}"
+    );
+    assert!(text.contains("hookgate_broker_connected 1"), "{text}");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_during_ingest_loses_nothing() {
     let Proxied {

@@ -1,7 +1,9 @@
-//! The subcommands other than `serve`: `check-config`, `init` and `send`.
+//! The subcommands other than `serve`: `check-config`, `init`, `send`, `events` and
+//! `gen-certs`.
 
 pub mod certs;
 pub mod client;
+pub mod events;
 
 use std::path::Path;
 use std::time::SystemTime;

@@ -120,7 +120,7 @@ mod tests {
         );
         assert_eq!(
             header(&m, "cloudEvents_time"),
-            Some(&text("2023-11-14T22:13:20.25Z"))
+            Some(&text("2023-11-14T22:13:20.250Z"))
         );
         assert_eq!(header(&m, "hookgate_seq"), Some(&AMQPValue::LongLongInt(7)));
         assert_eq!(

@@ -92,6 +92,13 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// Every value [`VerifyError::code`] can give.
+    pub const CODES: [&'static str; 3] = [
+        "missing_signature",
+        "invalid_signature",
+        "timestamp_out_of_tolerance",
+    ];
+
     /// The short reason used in answers and metrics.
     pub fn code(&self) -> &'static str {
         match self {

@@ -11,7 +11,7 @@ bin=target/release
 rm -rf /tmp/hookgate-bench
 "$bin/hookgate-loadtest" baseline --listen 127.0.0.1:8081 2>/dev/null &
 base_pid=$!
-HOOKGATE_LOG=warn "$bin/hookgate" serve -c loadtest/wrk/bench.toml 2>/tmp/hookgate-bench.log &
+HOOKGATE_LOG=${HOOKGATE_LOG:-warn} "$bin/hookgate" serve -c loadtest/wrk/bench.toml 2>/tmp/hookgate-bench.log &
 gate_pid=$!
 trap 'kill $base_pid $gate_pid 2>/dev/null || true' EXIT
 sleep 1

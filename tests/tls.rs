@@ -67,6 +67,17 @@ fn tls_table(dir: &Path, pki: &Pki, client_auth: &str) -> String {
     )
 }
 
+/// `common::start` with more time for headers: these tests make several requests on one
+/// connection, and a busy CI machine must not turn a pause into a closed connection.
+async fn start(dir: &std::path::Path, journal: &str, sources: &str) -> hookgate::Running {
+    let text = config_text(dir, journal, sources).replace(
+        "header_read_timeout = \"1s\"",
+        "header_read_timeout = \"10s\"",
+    );
+    let config = hookgate::config::Config::parse(&text).expect("test config is valid");
+    hookgate::start(&config).await.expect("gateway starts")
+}
+
 /// A gateway whose ingest listener is HTTPS in `client_auth` mode, serving `sources`.
 async fn start_tls(
     client_auth: &str,
@@ -85,6 +96,8 @@ struct Conn {
     alpn: Option<Vec<u8>>,
     server_cert: Vec<u8>,
     send: Sender,
+    /// How the connection ended, once it has: shown when a request fails.
+    ended: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 enum Sender {
@@ -129,24 +142,37 @@ async fn connect(
     let (_, session) = tls.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let server_cert = session.peer_certificates().unwrap()[0].to_vec();
+    let ended = Arc::new(std::sync::Mutex::new(None));
+    let note = |ended: &Arc<std::sync::Mutex<Option<String>>>| {
+        let ended = ended.clone();
+        move |result: Result<(), hyper::Error>| {
+            *ended.lock().unwrap() = Some(match result {
+                Ok(()) => "closed".to_string(),
+                Err(e) => format!("{e:?}"),
+            });
+        }
+    };
     let send = if alpn.as_deref() == Some(b"h2") {
         let (send, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
                 .map_err(|e| format!("h2: {e}"))?;
-        tokio::spawn(connection);
+        let note = note(&ended);
+        tokio::spawn(async move { note(connection.await) });
         Sender::H2(send)
     } else {
         let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("http/1.1: {e}"))?;
-        tokio::spawn(connection);
+        let note = note(&ended);
+        tokio::spawn(async move { note(connection.await) });
         Sender::H1(send)
     };
     Ok(Conn {
         alpn,
         server_cert,
         send,
+        ended,
     })
 }
 
@@ -185,7 +211,10 @@ impl Conn {
             }
             Sender::H2(send) => send.send_request(request).await,
         }
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| {
+            let ended = self.ended.lock().unwrap().clone();
+            format!("request: {e} (connection: {ended:?})")
+        })?;
         let status = response.status();
         let body = response
             .into_body()

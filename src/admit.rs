@@ -41,13 +41,24 @@ pub fn content_hash_id(body: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(body)))
 }
 
-/// Headers kept with the event: everything but transport headers and those that carry
-/// a secret.
+/// Whether a header value carries one of the source's secrets: equal to it, or, for a
+/// secret of 8 bytes or more, containing it (`Bearer <secret>` and the like).
+fn carries_secret(source: &Source, value: &[u8]) -> bool {
+    source.secrets.iter().any(|secret| {
+        let secret = secret.expose();
+        value == secret || (secret.len() >= 8 && value.windows(secret.len()).any(|w| w == secret))
+    })
+}
+
+/// Headers kept with the event: everything but transport headers, the headers a scheme
+/// sends its secret in, and any header whose value carries a secret.
 pub fn kept_headers(source: &Source, headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            !TRANSPORT.contains(&name.as_str()) && !source.secret_headers.contains(name)
+        .filter(|(name, value)| {
+            !TRANSPORT.contains(&name.as_str())
+                && !source.secret_headers.contains(name)
+                && !carries_secret(source, value.as_bytes())
         })
         .map(|(name, value)| {
             (

@@ -202,6 +202,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             named
         },
         stop: stopped.clone(),
+        clock: clock.clone(),
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(listen::serve(

@@ -155,8 +155,12 @@ impl Source {
             http::header::PROXY_AUTHORIZATION,
             http::header::COOKIE,
         ];
-        if let Scheme::Token(token) = &scheme {
-            secret_headers.push(token.header.clone());
+        match &scheme {
+            Scheme::Token(token) => secret_headers.push(token.header.clone()),
+            Scheme::Gitlab => {
+                secret_headers.push(HeaderName::from_static(crate::verify::gitlab::TOKEN))
+            }
+            _ => {}
         }
         let id = cfg.id.clone().unwrap_or(defaults.id);
         let event_type = cfg.event_type.clone().unwrap_or(defaults.event_type);

@@ -504,7 +504,7 @@ async fn the_events_subcommand_lists_shows_replays_and_tails() {
     let copy: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(copy["replay_of"], 1);
 
-    // tail prints events that arrive after it starts, one JSON object a line.
+    // tail prints events as they arrive after its cursor, one JSON object a line.
     let mut tail = Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args([
             "events",
@@ -699,6 +699,8 @@ async fn no_secret_reaches_a_log_line_or_an_admin_answer() {
     const TOKEN: &str = "tok-SECRET-cccc3333";
     const BROKER_PASSWORD: &str = "pw-SECRET-dddd4444";
     const BODY_MARKER: &str = "BODY-MARKER-eeee5555";
+    // GitLab sends its secret itself, in X-Gitlab-Token.
+    const GITLAB_TOKEN: &str = "glt-SECRET-ffff6666";
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(
         dir.path(),
@@ -714,6 +716,11 @@ secrets = ["{GH_SECRET}"]
 name = "stripe"
 scheme = "stripe"
 secrets = ["env:TEST_STRIPE_SECRET"]
+
+[[sources]]
+name = "gitlab"
+scheme = "gitlab"
+secrets = ["{GITLAB_TOKEN}"]
 "#
         ),
     )
@@ -793,8 +800,32 @@ secrets = ["env:TEST_STRIPE_SECRET"]
         )
         .await;
         assert_eq!(reply.json()["status"], "accepted");
+        let gitlab = headers(&[
+            ("content-type", "application/json"),
+            ("x-gitlab-token", GITLAB_TOKEN),
+            ("x-gitlab-event", "Push Hook"),
+            ("x-gitlab-event-uuid", &format!("gl-{log_bodies}")),
+            // A sender may repeat its secret anywhere; it is not kept there either.
+            ("x-debug-echo", &format!("token={GITLAB_TOKEN}")),
+        ]);
+        let reply = post(ingest, "/hooks/gitlab", (gitlab, Bytes::from_static(b"{}"))).await;
+        assert_eq!(reply.json()["status"], "accepted");
+        let gitlab_seq = reply.json()["seq"].as_u64().unwrap();
 
         let auth = headers(&[("authorization", &format!("Bearer {TOKEN}"))]);
+        let shown = format!("/v1/events/{gitlab_seq}");
+        let kept = client::request(
+            Method::GET,
+            &format!("http://{admin}{shown}"),
+            auth.clone(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .json();
+        assert_eq!(kept["headers"]["x-gitlab-event"], "Push Hook");
+        assert!(kept["headers"].get("x-gitlab-token").is_none(), "{kept}");
+        assert!(kept["headers"].get("x-debug-echo").is_none(), "{kept}");
         for (method, path) in [
             (Method::GET, "/healthz"),
             (Method::GET, "/readyz"),
@@ -802,6 +833,7 @@ secrets = ["env:TEST_STRIPE_SECRET"]
             (Method::GET, "/v1/events"),
             (Method::GET, "/v1/events/1"),
             (Method::GET, "/v1/events/2"),
+            (Method::GET, shown.as_str()),
             (Method::GET, "/v1/sources"),
             (Method::POST, "/v1/events/1/replay"),
             (Method::POST, "/v1/replay?source=stripe"),
@@ -842,7 +874,7 @@ secrets = ["env:TEST_STRIPE_SECRET"]
             logged.lines().count() > 20,
             "trace logging is on:\n{logged}"
         );
-        for secret in [GH_SECRET, STRIPE, TOKEN, BROKER_PASSWORD] {
+        for secret in [GH_SECRET, STRIPE, TOKEN, BROKER_PASSWORD, GITLAB_TOKEN] {
             assert!(!logged.contains(secret), "{secret} is in the log");
             assert!(!answers.contains(secret), "{secret} is in an admin answer");
         }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
+use crate::gateway::Clock;
 use crate::journal::{Journal, ListFilter, Record, Status, Summary};
 use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
@@ -20,8 +21,9 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// The longest `wait` a listing may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(300);
-/// How many events one journal command of a bulk replay queues again.
-const REPLAY_CHUNK: usize = 1000;
+/// How many events one journal command of a bulk replay queues again (each embedded copy
+/// rewrites its body, so ingest waits behind no more than this).
+const REPLAY_CHUNK: usize = 256;
 
 pub struct Admin {
     pub journal: Journal,
@@ -34,6 +36,8 @@ pub struct Admin {
     pub sources: Vec<(String, String)>,
     /// Long polls end early when this turns true, so that a stop is not held up.
     pub stop: watch::Receiver<bool>,
+    /// The time of replays and of `since`.
+    pub clock: Arc<dyn Clock>,
 }
 
 #[derive(Serialize)]
@@ -122,10 +126,6 @@ fn bad_status(value: &str) -> String {
     format!("status `{value}` is not one of queued, delivered, stale, failed")
 }
 
-fn now_ms() -> u64 {
-    crate::unix_ms(SystemTime::now())
-}
-
 /// `since` is an RFC 3339 time or a duration back from `now` (`90m`, `2h`, `7d`);
 /// answers milliseconds since the epoch.
 fn parse_since(value: &str, now: SystemTime) -> Result<u64, String> {
@@ -205,6 +205,10 @@ impl Admin {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        crate::unix_ms(self.clock.now())
+    }
+
     fn metrics(&self) -> Response<Body> {
         let mut response = json(
             StatusCode::OK,
@@ -265,7 +269,7 @@ impl Admin {
         let Ok(seq) = seq.parse::<u64>() else {
             return bad_request(format!("`{seq}` is not a sequence number"));
         };
-        match self.journal.replay(vec![seq], now_ms()).await {
+        match self.journal.replay(vec![seq], self.now_ms()).await {
             Ok(replayed) => match replayed.first() {
                 Some(r) => {
                     self.metrics.replayed(1);
@@ -286,7 +290,7 @@ impl Admin {
     async fn replay_matching(&self, query: &str) -> Response<Body> {
         let mut filter = ListFilter {
             limit: REPLAY_CHUNK,
-            until: *self.journal.last_seq().borrow(),
+            until: Some(*self.journal.last_seq().borrow()),
             ..ListFilter::default()
         };
         let mut named = false;
@@ -297,7 +301,7 @@ impl Admin {
                     Some(s) => filter.status = Some(s),
                     None => return bad_request(bad_status(&value)),
                 },
-                "since" => match parse_since(&value, SystemTime::now()) {
+                "since" => match parse_since(&value, self.clock.now()) {
                     Ok(ms) => filter.received_from_ms = ms,
                     Err(e) => return bad_request(e),
                 },
@@ -310,7 +314,10 @@ impl Admin {
                 "name what to replay with at least one of source, status and since".into(),
             );
         }
-        let mut replayed = 0u64;
+        // Every match first (a seq is 8 bytes), so that an embedded replay that would
+        // fill the backlog can be refused before it starts.
+        let until = filter.until.unwrap_or(0);
+        let mut matched = Vec::new();
         loop {
             let journal = self.journal.clone();
             let page = filter.clone();
@@ -320,19 +327,29 @@ impl Admin {
                 Err(e) => return internal(format!("listing failed: {e}")),
             };
             let (found, cursor) = listed;
-            let seqs: Vec<u64> = found.iter().map(|s| s.seq).collect();
-            if !seqs.is_empty() {
-                match self.journal.replay(seqs, now_ms()).await {
-                    Ok(done) => replayed += done.len() as u64,
-                    Err(e) => {
-                        return unavailable(format!("replay stopped after {replayed} events: {e}"))
-                    }
-                }
-            }
-            if cursor >= filter.until || cursor == filter.after {
+            matched.extend(found.iter().map(|s| s.seq));
+            if cursor >= until || cursor == filter.after {
                 break;
             }
             filter.after = cursor;
+        }
+        let settings = self.journal.settings();
+        if settings.embedded && self.journal.backlog() + matched.len() as u64 > settings.max_backlog
+        {
+            return unavailable(format!(
+                "replaying {} events would take the backlog past max_backlog ({}), and providers would get 503; replay fewer",
+                matched.len(),
+                settings.max_backlog
+            ));
+        }
+        let mut replayed = 0u64;
+        for chunk in matched.chunks(REPLAY_CHUNK) {
+            match self.journal.replay(chunk.to_vec(), self.now_ms()).await {
+                Ok(done) => replayed += done.len() as u64,
+                Err(e) => {
+                    return unavailable(format!("replay stopped after {replayed} events: {e}"))
+                }
+            }
         }
         self.metrics.replayed(replayed);
         tracing::info!(replayed, query, "bulk replay");
@@ -377,7 +394,7 @@ impl Admin {
         let mut durable = self.journal.last_seq();
         let mut filter = ListFilter {
             limit: DEFAULT_LIMIT,
-            until: *durable.borrow_and_update(),
+            until: Some(*durable.borrow_and_update()),
             ..ListFilter::default()
         };
         let mut wait = Duration::ZERO;
@@ -389,7 +406,7 @@ impl Admin {
                     Some(s) => filter.status = Some(s),
                     None => return bad_request(bad_status(&value)),
                 },
-                "after" if value == "latest" => filter.after = filter.until,
+                "after" if value == "latest" => filter.after = filter.until.unwrap_or(0),
                 "after" => match value.parse() {
                     Ok(n) => filter.after = n,
                     Err(_) => {
@@ -430,9 +447,9 @@ impl Admin {
             tokio::select! {
                 changed = durable.changed() => if changed.is_err() { break listed },
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = crate::listen::stopped(&mut stop) => {}
+                _ = crate::listen::stopped(&mut stop) => break listed,
             }
-            filter.until = *durable.borrow_and_update();
+            filter.until = Some(*durable.borrow_and_update());
         };
         match listed {
             Ok(Ok((summaries, next_after))) => {

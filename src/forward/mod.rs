@@ -68,7 +68,9 @@ enum Ended {
     Lost(LinkError),
 }
 
-type Confirmed = (u64, String, Result<Confirmation, LinkError>);
+/// A publish's outcome: its seq, source, the event's replay count when it was
+/// published, and what the broker said.
+type Confirmed = (u64, String, u32, Result<Confirmation, LinkError>);
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Confirmed> + Send>>;
 
 impl Forwarder {
@@ -171,6 +173,7 @@ impl Forwarder {
                     _ = stopped(stop) => return Ended::Stopped,
                     e = link.broken() => return Ended::Lost(e),
                     _ = durable.changed() => {}
+                    _ = self.journal.rewound() => {}
                     _ = tokio::time::sleep_until(wake) => {}
                 }
                 continue;
@@ -222,14 +225,19 @@ impl Forwarder {
                     return Ok(());
                 }
                 pipe.cursor = seq + 1;
-                if pipe.in_flight_seqs.contains(&seq)
-                    || pipe.held.contains_key(&record.summary.source)
-                {
+                if pipe.in_flight_seqs.contains(&seq) {
+                    continue;
+                }
+                if let Some((_, first_seq)) = pipe.held.get_mut(&record.summary.source) {
+                    // Read again from here when the hold ends (a replay may have put
+                    // an older event back behind the one that failed).
+                    *first_seq = (*first_seq).min(seq);
                     continue;
                 }
                 let message = message::build(&record, self.template(&record.summary.source));
                 let confirm = link.publish(&message).await?;
                 let source = record.summary.source;
+                let replays = record.replays;
                 pipe.in_flight_seqs.insert(seq);
                 pipe.in_flight.push(Box::pin(async move {
                     let result = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
@@ -243,7 +251,7 @@ impl Forwarder {
                             secs: CONFIRM_TIMEOUT.as_secs(),
                         }),
                     };
-                    (seq, source, result)
+                    (seq, source, replays, result)
                 }));
             }
         }
@@ -262,12 +270,12 @@ impl Forwarder {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         let mut lost = None;
-        for (seq, source, result) in done {
+        for (seq, source, replays, result) in done {
             pipe.in_flight_seqs.remove(&seq);
             let failure = match result {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
                     backoffs.remove(&source);
-                    delivered.push(seq);
+                    delivered.push((seq, replays));
                     continue;
                 }
                 Ok(Confirmation::Ack(Some(returned))) | Ok(Confirmation::Nack(Some(returned))) => {

@@ -1,17 +1,39 @@
 //! The one thread that writes the journal. It takes every command queued, applies them
-//! in order, flushes sled once for the group, and only then answers. Deciding dedup and
-//! ordering here, on one thread, is what makes "check then write" atomic.
+//! in order (appends go to the commit log and the index), writes the group's log entries
+//! at once, and hands the answers to the flusher, which answers after the fsync. Deciding
+//! dedup and ordering here, on one thread, is what makes "check then write" atomic.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
-use super::record::{self, Record, Status, Summary};
+use super::index::{self, Mark};
+use super::log::{Reader, Writer};
+use super::record::{self, Content, Created, Status, Stored, Summary};
 use super::{
-    seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Replayed, Settings, Shared, Trees,
+    content, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Replayed, Settings, Shared,
+    Trees,
 };
+
+/// What became of one publish.
+enum Delivery {
+    /// The broker confirmed it; `replays` is the event's replay count when it was sent.
+    Confirmed {
+        replays: u32,
+    },
+    Failed(String),
+}
+
+/// The committer's side of the commit log.
+pub(super) struct Log {
+    pub writer: Writer,
+    pub reader: Arc<Reader>,
+    /// How many events refer to each segment; a segment at 0 can go.
+    pub live: BTreeMap<u64, u64>,
+}
 
 /// The most commands applied before one flush; bounds the latency of a group.
 const MAX_GROUP: usize = 4096;
@@ -25,6 +47,7 @@ pub(super) struct Committer {
     trees: Trees,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
+    log: Log,
     last_seq: u64,
     published: watch::Sender<u64>,
     order_cursor: Vec<u8>,
@@ -38,7 +61,7 @@ pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
     key
 }
 
-fn dedup_value(seq: u64, first_seen_ms: u64) -> [u8; 16] {
+pub(super) fn dedup_value(seq: u64, first_seen_ms: u64) -> [u8; 16] {
     let mut v = [0; 16];
     v[..8].copy_from_slice(&seq.to_be_bytes());
     v[8..].copy_from_slice(&first_seen_ms.to_be_bytes());
@@ -50,7 +73,7 @@ fn split_dedup_value(v: &[u8]) -> (u64, u64) {
 }
 
 /// An order entry: the newest timestamp accepted for the key, and when it was set.
-fn order_value(ts: i64, updated_ms: u64) -> [u8; 16] {
+pub(super) fn order_value(ts: i64, updated_ms: u64) -> [u8; 16] {
     let mut v = [0; 16];
     v[..8].copy_from_slice(&ts.to_be_bytes());
     v[8..].copy_from_slice(&updated_ms.to_be_bytes());
@@ -60,6 +83,14 @@ fn order_value(ts: i64, updated_ms: u64) -> [u8; 16] {
 fn split_order_value(v: &[u8]) -> (i64, u64) {
     let ts = i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
     (ts, seq_of(&v[8..16]))
+}
+
+/// Adds an attempt to an event's log, which keeps the first attempt and the latest ones.
+fn log_attempt(log: &mut Vec<record::Attempt>, at_ms: u64, outcome: String) {
+    log.push(record::Attempt { at_ms, outcome });
+    if log.len() > MAX_ATTEMPTS_LOGGED {
+        log.remove(1);
+    }
 }
 
 /// Answers `reply` with `result` once the flush that covers it is done, or with the
@@ -82,6 +113,7 @@ impl Committer {
         trees: Trees,
         shared: Arc<Shared>,
         settings: Arc<Settings>,
+        log: Log,
         last_seq: u64,
         published: watch::Sender<u64>,
     ) -> Self {
@@ -90,6 +122,7 @@ impl Committer {
             trees,
             shared,
             settings,
+            log,
             last_seq,
             published,
             order_cursor: Vec::new(),
@@ -111,6 +144,7 @@ impl Committer {
         let mut appends: Vec<AppendReply> = Vec::with_capacity(MAX_GROUP);
         let mut updates: Vec<UpdateReply> = Vec::new();
         let mut closing = false;
+        let mut index_flush = false;
         while !closing {
             let Some(first) = commands.blocking_recv() else {
                 break;
@@ -134,9 +168,9 @@ impl Committer {
                         updates.push(answer_after_flush(reply, result));
                     }
                     Command::Delivered { seqs, at_ms, reply } => {
-                        let result = seqs
-                            .iter()
-                            .try_for_each(|&seq| self.update(seq, at_ms, None));
+                        let result = seqs.iter().try_for_each(|&(seq, replays)| {
+                            self.update(seq, at_ms, Delivery::Confirmed { replays })
+                        });
                         // The forwarder needs to know these have left the queue, not that
                         // the mark is on disk: a mark lost in a crash only means the event
                         // is published again. So answer now; the next flush covers it.
@@ -149,27 +183,112 @@ impl Committer {
                         outcome,
                         reply,
                     } => {
-                        let result = self.update(seq, at_ms, Some(outcome));
+                        let result = self.update(seq, at_ms, Delivery::Failed(outcome));
                         updates.push(answer_after_flush(reply, result));
                     }
                     Command::Replay { seqs, at_ms, reply } => {
                         let result = self.replay(&seqs, at_ms);
                         updates.push(answer_after_flush(reply, result));
+                        // A replay that re-queues events lives only in the index.
+                        index_flush = true;
                     }
                     Command::Close { reply } => close = Some(reply),
                 }
             }
             closing = close.is_some();
-            // Every write above is complete, so the flusher's next flush covers them.
-            queue.hand_over(&mut appends, &mut updates, self.last_seq, close);
+            self.hand_over(&queue, &mut appends, &mut updates, index_flush, close);
+            index_flush = false;
         }
         if !closing {
-            // Every handle is gone without a close: still end with a flush.
+            // Every handle is gone without a close: still end with a sync.
             let (last, _) = oneshot::channel();
-            queue.hand_over(&mut appends, &mut updates, self.last_seq, Some(last));
+            self.hand_over(&queue, &mut appends, &mut updates, true, Some(last));
         }
         let _ = flusher.join();
         tracing::debug!("journal committer stopped");
+    }
+
+    /// Writes the group's log entries and hands its answers to the flusher, which syncs
+    /// what was written before answering.
+    fn hand_over(
+        &mut self,
+        queue: &FlushQueue,
+        appends: &mut Vec<AppendReply>,
+        updates: &mut Vec<UpdateReply>,
+        index_flush: bool,
+        close: Option<oneshot::Sender<()>>,
+    ) {
+        if let Err(e) = self.log.writer.write() {
+            // The index already holds this group's events; refusing everything from now
+            // on (and dropping them from the index at the next open) keeps a retry from
+            // being taken for a duplicate.
+            self.shared.healthy.store(false, Ordering::Release);
+            tracing::error!(error = %e, "commit log write failed; refusing new events");
+            let failed = JournalError::Unwritable(format!("commit log write failed: {e}"));
+            for (_, result) in appends.iter_mut() {
+                if matches!(result, Ok(Outcome::Accepted(_)) | Ok(Outcome::Stale(_))) {
+                    *result = Err(failed.clone());
+                }
+            }
+        }
+        let (segment, offset) = self.log.writer.position();
+        let mark = Mark {
+            segment,
+            offset,
+            last_seq: self.last_seq,
+        };
+        queue.hand_over(
+            appends,
+            updates,
+            flusher::Sync {
+                files: self.log.writer.take_unsynced(),
+                mark,
+                index: index_flush || close.is_some(),
+            },
+            close,
+        );
+    }
+
+    /// Puts a new event in the log and the index under the next seq.
+    fn log_and_index(&mut self, created: &Created) -> Result<(), JournalError> {
+        let entry = record::encode_created(created);
+        let loc = self
+            .log
+            .writer
+            .append(&entry)
+            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        index::apply(&self.trees, created, loc)
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        *self.log.live.entry(loc.segment).or_default() += 1;
+        let summary = &created.summary;
+        if summary.status == Status::Queued {
+            self.shared.backlog.fetch_add(1, Ordering::AcqRel);
+        }
+        let copy = summary.replay_of.is_some();
+        self.shared.count(&summary.source, |c| {
+            // A replayed copy is not something the provider sent.
+            let last = c.last_received_ms;
+            c.add(summary.status, summary.received_at_ms);
+            if copy {
+                c.last_received_ms = last;
+            }
+        });
+        self.last_seq = summary.seq;
+        Ok(())
+    }
+
+    /// An event as stored in the index.
+    fn stored(&self, seq: u64) -> Result<Option<Stored>, JournalError> {
+        let found = self
+            .trees
+            .events
+            .get(seq_key(seq))
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        found
+            .map(|bytes| {
+                record::decode_stored(&bytes).map_err(|e| JournalError::Unwritable(e.to_string()))
+            })
+            .transpose()
     }
 
     fn append(&mut self, event: NewEvent) -> Result<Outcome, JournalError> {
@@ -196,7 +315,11 @@ impl Committer {
         }
         let seq = self.last_seq + 1;
         let status = if stale { Status::Stale } else { Status::Queued };
-        let record = Record {
+        let (order_key, order_ts) = match event.order {
+            Some((key, ts)) => (Some(key), Some(ts)),
+            None => (None, None),
+        };
+        let created = Created {
             summary: Summary {
                 seq,
                 id: event.id,
@@ -208,54 +331,20 @@ impl Committer {
                 size: event.body.len() as u64,
                 replay_of: None,
             },
-            event_ts: event.event_ts,
-            order_key: event.order.as_ref().map(|(k, _)| k.clone()),
-            content_type: event.content_type,
-            headers: event.headers,
-            client_identity: event.client_identity,
-            body: event.body.to_vec(),
-            normalised: event.normalised.map(|b| b.to_vec()),
-            attempts_log: Vec::new(),
+            content: Content {
+                event_ts: event.event_ts,
+                order_key,
+                content_type: event.content_type,
+                headers: event.headers,
+                client_identity: event.client_identity,
+                body: event.body.to_vec(),
+                normalised: event.normalised.map(|b| b.to_vec()),
+            },
             replays: 0,
+            order_ts,
+            remembered: true,
         };
-        // The record goes in before the dedup entry that points at it, so that whatever
-        // prefix of these writes survives a crash, a dedup entry never points nowhere.
-        self.trees
-            .events
-            .insert(seq_key(seq), record::encode(&record))
-            .map_err(unwritable)?;
-        if !stale {
-            self.trees
-                .queued
-                .insert(seq_key(seq), &[])
-                .map_err(unwritable)?;
-            self.shared.backlog.fetch_add(1, Ordering::AcqRel);
-        }
-        if let Some((order_key, ts)) = &event.order {
-            if !stale {
-                self.trees
-                    .order
-                    .insert(
-                        dedup_key(&record.summary.source, order_key),
-                        &order_value(*ts, event.received_at_ms),
-                    )
-                    .map_err(unwritable)?;
-            }
-        }
-        self.trees
-            .dedup
-            .insert(&key, &dedup_value(seq, event.received_at_ms))
-            .map_err(unwritable)?;
-        let mut expiry = event.received_at_ms.to_be_bytes().to_vec();
-        expiry.extend_from_slice(&key);
-        self.trees
-            .dedup_expiry
-            .insert(expiry, &[])
-            .map_err(unwritable)?;
-        self.last_seq = seq;
-        self.shared.count(&record.summary.source, |c| {
-            c.add(status, record.summary.received_at_ms)
-        });
+        self.log_and_index(&created)?;
         Ok(if stale {
             Outcome::Stale(seq)
         } else {
@@ -263,42 +352,59 @@ impl Committer {
         })
     }
 
-    /// Records a delivery attempt on a queued event: `None` means the broker confirmed
-    /// it (now `delivered`, out of the queue), `Some(outcome)` a failure (still queued).
-    fn update(
-        &mut self,
-        seq: u64,
-        at_ms: u64,
-        failure: Option<String>,
-    ) -> Result<(), JournalError> {
+    /// Records a delivery attempt on a queued event. A confirmed one is `delivered` and
+    /// leaves the queue, unless the event was replayed after it was published: then it
+    /// stays queued and goes out again.
+    fn update(&mut self, seq: u64, at_ms: u64, delivery: Delivery) -> Result<(), JournalError> {
         let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-        let Some(bytes) = self.trees.events.get(seq_key(seq)).map_err(unwritable)? else {
+        let Some(mut stored) = self.stored(seq)? else {
             return Ok(());
         };
-        let mut record =
-            record::decode(&bytes).map_err(|e| JournalError::Unwritable(e.to_string()))?;
-        if record.summary.status != Status::Queued {
+        if stored.summary().status != Status::Queued {
+            // A queue entry left by a crash between the record and the queue writes.
+            if self
+                .trees
+                .queued
+                .remove(seq_key(seq))
+                .map_err(unwritable)?
+                .is_some()
+            {
+                self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
+            }
             return Ok(());
         }
-        record.summary.attempts = record.summary.attempts.saturating_add(1);
-        let delivered = failure.is_none();
-        record.attempts_log.push(record::Attempt {
-            at_ms,
-            outcome: failure.unwrap_or_else(|| "delivered".into()),
-        });
-        // The log keeps the first attempt and the latest ones.
-        if record.attempts_log.len() > MAX_ATTEMPTS_LOGGED {
-            record.attempts_log.remove(1);
+        let (delivered, outcome) = match delivery {
+            Delivery::Confirmed { replays } if replays == *stored.replays_mut() => {
+                (true, "delivered".to_string())
+            }
+            Delivery::Confirmed { .. } => {
+                self.shared.rewind.fetch_min(seq, Ordering::AcqRel);
+                self.shared.rewound.notify_one();
+                (
+                    false,
+                    "delivered; replayed since, so sent again".to_string(),
+                )
+            }
+            Delivery::Failed(outcome) => (false, outcome),
+        };
+        {
+            let summary = stored.summary_mut();
+            summary.attempts = summary.attempts.saturating_add(1);
+            if delivered {
+                summary.status = Status::Delivered;
+            }
         }
+        log_attempt(stored.attempts_log_mut(), at_ms, outcome);
         if delivered {
-            record.summary.status = Status::Delivered;
-            self.shared.count(&record.summary.source, |c| {
+            self.shared.count(&stored.summary().source, |c| {
                 c.moved(Status::Queued, Status::Delivered)
             });
         }
+        // The record first, then the queue: a crash in between leaves a queue entry that
+        // the next delivery of it removes (above).
         self.trees
             .events
-            .insert(seq_key(seq), record::encode(&record))
+            .insert(seq_key(seq), stored.encode())
             .map_err(unwritable)?;
         if delivered
             && self
@@ -319,64 +425,75 @@ impl Committer {
     /// original read it again. Seqs the journal no longer has are skipped.
     fn replay(&mut self, seqs: &[u64], at_ms: u64) -> Result<Vec<Replayed>, JournalError> {
         let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        if self.settings.embedded {
+            // Copies read their originals from the log, which may still hold some of
+            // them only in this group's buffer.
+            self.log
+                .writer
+                .write()
+                .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        }
         let mut replayed = Vec::with_capacity(seqs.len());
         for &seq in seqs {
-            let Some(bytes) = self.trees.events.get(seq_key(seq)).map_err(unwritable)? else {
+            let Some(mut stored) = self.stored(seq)? else {
                 continue;
             };
-            let mut record =
-                record::decode(&bytes).map_err(|e| JournalError::Unwritable(e.to_string()))?;
-            let before = record.summary.status;
-            record.replays = record.replays.saturating_add(1);
             if self.settings.embedded {
+                let copy_content = match &stored {
+                    Stored::Inline(record) => record.content(),
+                    Stored::Indexed(index) => {
+                        match content(&self.log.reader, index).map_err(JournalError::Unwritable)? {
+                            Some(content) => content,
+                            None => continue,
+                        }
+                    }
+                };
+                let replays = stored.replays_mut().saturating_add(1);
+                let original = stored.summary();
                 let copy_seq = self.last_seq + 1;
-                record.summary.replay_of = Some(record.summary.replay_of.unwrap_or(seq));
-                record.summary.seq = copy_seq;
-                record.summary.status = Status::Queued;
-                record.summary.received_at_ms = at_ms;
-                record.summary.attempts = 0;
-                record.attempts_log.clear();
-                self.trees
-                    .events
-                    .insert(seq_key(copy_seq), record::encode(&record))
-                    .map_err(unwritable)?;
-                self.trees
-                    .queued
-                    .insert(seq_key(copy_seq), &[])
-                    .map_err(unwritable)?;
-                self.shared.backlog.fetch_add(1, Ordering::AcqRel);
-                self.shared
-                    .count(&record.summary.source, |c| c.add(Status::Queued, at_ms));
-                self.last_seq = copy_seq;
+                let created = Created {
+                    summary: Summary {
+                        seq: copy_seq,
+                        status: Status::Queued,
+                        received_at_ms: at_ms,
+                        attempts: 0,
+                        replay_of: Some(original.replay_of.unwrap_or(seq)),
+                        ..original.clone()
+                    },
+                    content: copy_content,
+                    replays,
+                    order_ts: None,
+                    remembered: false,
+                };
+                self.log_and_index(&created)?;
                 replayed.push(Replayed {
                     seq,
                     queued_as: copy_seq,
                 });
                 continue;
             }
+            let before = stored.summary().status;
+            *stored.replays_mut() = stored.replays_mut().saturating_add(1);
+            stored.summary_mut().status = Status::Queued;
+            log_attempt(stored.attempts_log_mut(), at_ms, "replay requested".into());
+            // The record first, then the queue, as in `update`.
+            self.trees
+                .events
+                .insert(seq_key(seq), stored.encode())
+                .map_err(unwritable)?;
             if before != Status::Queued {
-                record.summary.status = Status::Queued;
                 self.trees
                     .queued
                     .insert(seq_key(seq), &[])
                     .map_err(unwritable)?;
                 self.shared.backlog.fetch_add(1, Ordering::AcqRel);
-                self.shared
-                    .count(&record.summary.source, |c| c.moved(before, Status::Queued));
+                self.shared.count(&stored.summary().source, |c| {
+                    c.moved(before, Status::Queued)
+                });
             }
-            record.attempts_log.push(record::Attempt {
-                at_ms,
-                outcome: "replay requested".into(),
-            });
-            if record.attempts_log.len() > MAX_ATTEMPTS_LOGGED {
-                record.attempts_log.remove(1);
-            }
-            self.trees
-                .events
-                .insert(seq_key(seq), record::encode(&record))
-                .map_err(unwritable)?;
             // The forwarder's cursor is past this seq: send it back.
             self.shared.rewind.fetch_min(seq, Ordering::AcqRel);
+            self.shared.rewound.notify_one();
             replayed.push(Replayed {
                 seq,
                 queued_as: seq,
@@ -396,6 +513,23 @@ impl Committer {
         Ok(newest.is_some_and(|newest| ts < newest))
     }
 
+    /// One event less refers to `segment`; a closed segment nothing refers to goes once
+    /// the index flusher has made that durable.
+    fn release(&mut self, segment: u64) {
+        let Some(count) = self.log.live.get_mut(&segment) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 && segment < self.log.writer.position().0 {
+            self.log.live.remove(&segment);
+            self.shared
+                .unreferenced
+                .lock()
+                .expect("unreferenced lock")
+                .push(segment);
+        }
+    }
+
     fn compact(&mut self, now_ms: u64) -> Result<bool, JournalError> {
         let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
         let retention_cutoff = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
@@ -406,10 +540,10 @@ impl Committer {
         let mut looked = 0;
         for item in self.trees.events.iter() {
             let (key, bytes) = item.map_err(unwritable)?;
-            let summary = match record::decode_summary(&bytes) {
-                Ok(s) => s,
-                Err(_) => continue,
+            let Ok(stored) = record::decode_stored(&bytes) else {
+                continue;
             };
+            let summary = stored.summary();
             if summary.received_at_ms >= retention_cutoff {
                 break;
             }
@@ -423,6 +557,9 @@ impl Committer {
                 self.trees.events.remove(&key).map_err(unwritable)?;
                 self.shared
                     .count(&summary.source, |c| c.removed(summary.status));
+                if let Stored::Indexed(index) = &stored {
+                    self.release(index.content.segment);
+                }
                 if self
                     .trees
                     .queued

@@ -1,14 +1,16 @@
-//! The flusher: the second half of group commit. The committer applies writes and hands
-//! over the answers waiting on them; the flusher takes everything handed over so far,
-//! calls one `flush` (sled: every write completed before the call is made durable), and
-//! only then answers. While one flush runs, the committer goes on applying the next
-//! group, so applying and syncing overlap instead of taking turns.
+//! The flusher: the second half of group commit. The committer writes each group's log
+//! entries and hands over the answers waiting on them; the flusher takes everything
+//! handed over so far, runs one `fdatasync` per log segment written, and only then
+//! answers. While one sync runs, the committer goes on with the next group, so applying
+//! and syncing overlap instead of taking turns.
 
+use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::{oneshot, watch};
 
+use super::index::Mark;
 use super::{JournalError, Outcome, Shared};
 
 pub(super) type AppendReply = (
@@ -19,11 +21,23 @@ pub(super) type AppendReply = (
 /// flush's error, if any.
 pub(super) type UpdateReply = Box<dyn FnOnce(Option<&JournalError>) + Send>;
 
+/// What a group needs made durable.
+pub(super) struct Sync {
+    /// The log segments it wrote.
+    pub files: Vec<Arc<File>>,
+    /// Where the log ends after it.
+    pub mark: Mark,
+    /// Whether the index must be flushed too (a replay, a close).
+    pub index: bool,
+}
+
 #[derive(Default)]
 struct Waiting {
     appends: Vec<AppendReply>,
     updates: Vec<UpdateReply>,
-    last_seq: u64,
+    files: Vec<Arc<File>>,
+    mark: Option<Mark>,
+    index: bool,
     close: Option<oneshot::Sender<()>>,
 }
 
@@ -45,13 +59,19 @@ impl FlushQueue {
         &self,
         appends: &mut Vec<AppendReply>,
         updates: &mut Vec<UpdateReply>,
-        last_seq: u64,
+        sync: Sync,
         close: Option<oneshot::Sender<()>>,
     ) {
         let mut waiting = self.waiting.lock().expect("flush queue lock");
         waiting.appends.append(appends);
         waiting.updates.append(updates);
-        waiting.last_seq = last_seq;
+        for file in sync.files {
+            if !waiting.files.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                waiting.files.push(file);
+            }
+        }
+        waiting.mark = Some(sync.mark);
+        waiting.index |= sync.index;
         if close.is_some() {
             waiting.close = close;
         }
@@ -63,15 +83,18 @@ impl FlushQueue {
         while waiting.is_empty() {
             waiting = self.wake.wait(waiting).expect("flush queue lock");
         }
-        let last_seq = waiting.last_seq;
-        std::mem::replace(
-            &mut *waiting,
-            Waiting {
-                last_seq,
-                ..Waiting::default()
-            },
-        )
+        std::mem::take(&mut *waiting)
     }
+}
+
+fn sync(group: &Waiting, db: &sled::Db) -> Result<(), String> {
+    for file in &group.files {
+        file.sync_data().map_err(|e| e.to_string())?;
+    }
+    if group.index {
+        db.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 pub(super) fn run(
@@ -83,17 +106,27 @@ pub(super) fn run(
     let mut failed_before = false;
     loop {
         let mut group = queue.take();
-        // One fsync for everything handed over; nobody is answered before it. After one
-        // failure no later flush is trusted: the kernel may have dropped the dirty pages
-        // that failed, so a later "success" would not cover them.
-        let flushed = if failed_before {
-            Err(sled::Error::ReportableBug("an earlier flush failed".into()))
+        // One fdatasync per segment for everything handed over; nobody is answered before
+        // it. After one failure no later sync is trusted: the kernel may have dropped the
+        // dirty pages that failed, so a later "success" would not cover them.
+        let synced = if failed_before {
+            Err("an earlier flush failed".to_string())
         } else {
-            db.flush()
+            sync(&group, &db)
         };
-        let failed = match flushed {
-            Ok(_) => {
-                published.send_replace(group.last_seq);
+        let failed = match synced {
+            Ok(()) => {
+                if let Some(mark) = group.mark {
+                    *shared.durable.lock().expect("durable lock") = Some(mark);
+                    // Wakes readers only when there is a new event to read.
+                    published.send_if_modified(|last| {
+                        let newer = mark.last_seq > *last;
+                        if newer {
+                            *last = mark.last_seq;
+                        }
+                        newer
+                    });
+                }
                 None
             }
             Err(e) => {

@@ -3,12 +3,18 @@
 //! (postcard ignores what follows a struct it has read).
 //!
 //! Version 2 added `replay_of` to the summary and `replays` to the record; version 1
-//! records are still read (as never replayed). A later version adds a variant to
-//! [`decode`] the same way.
+//! records are still read (as never replayed). Version 3 keeps only the [`Index`] in
+//! sled: the summary, the delivery attempts, and where the [`Content`] is in the commit
+//! log. Journals written by earlier versions keep their records whole ([`Stored::Inline`]).
+//! A later version adds a variant to [`decode_stored`] the same way.
 
 use serde::{Deserialize, Serialize};
 
+/// The version of a whole record kept in sled (written only to update an old journal's
+/// records).
 pub const VERSION: u8 = 2;
+/// The version of an [`Index`].
+pub const INDEX_VERSION: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -82,7 +88,126 @@ pub struct Record {
     pub replays: u32,
 }
 
+/// Where an entry is in the commit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loc {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// What never changes once an event is journaled; kept in the commit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    pub event_ts: Option<i64>,
+    pub order_key: Option<String>,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub client_identity: Option<String>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub normalised: Option<Vec<u8>>,
+}
+
+/// A commit log entry: everything an append wrote, so that the index can be written
+/// again from it after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub summary: Summary,
+    pub content: Content,
+    pub replays: u32,
+    /// The order timestamp recorded for `content.order_key`, when the event was accepted
+    /// with one.
+    pub order_ts: Option<i64>,
+    /// Whether the event's id went into dedup (not for replayed copies).
+    pub remembered: bool,
+}
+
+/// The events tree's value from version 3 on: what changes, and where the rest is.
+/// `summary` must stay the first field (see the module comment).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub summary: Summary,
+    pub content: Loc,
+    pub attempts_log: Vec<Attempt>,
+    pub replays: u32,
+}
+
+/// An events tree value as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Written by a version before the commit log: the whole record.
+    Inline(Record),
+    Indexed(Index),
+}
+
+impl Stored {
+    pub fn summary(&self) -> &Summary {
+        match self {
+            Stored::Inline(r) => &r.summary,
+            Stored::Indexed(i) => &i.summary,
+        }
+    }
+
+    pub fn summary_mut(&mut self) -> &mut Summary {
+        match self {
+            Stored::Inline(r) => &mut r.summary,
+            Stored::Indexed(i) => &mut i.summary,
+        }
+    }
+
+    pub fn attempts_log_mut(&mut self) -> &mut Vec<Attempt> {
+        match self {
+            Stored::Inline(r) => &mut r.attempts_log,
+            Stored::Indexed(i) => &mut i.attempts_log,
+        }
+    }
+
+    pub fn replays_mut(&mut self) -> &mut u32 {
+        match self {
+            Stored::Inline(r) => &mut r.replays,
+            Stored::Indexed(i) => &mut i.replays,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Stored::Inline(r) => encode(r),
+            Stored::Indexed(i) => encode_index(i),
+        }
+    }
+}
+
 impl Record {
+    pub fn from_parts(index: Index, content: Content) -> Record {
+        Record {
+            summary: index.summary,
+            event_ts: content.event_ts,
+            order_key: content.order_key,
+            content_type: content.content_type,
+            headers: content.headers,
+            client_identity: content.client_identity,
+            body: content.body,
+            normalised: content.normalised,
+            attempts_log: index.attempts_log,
+            replays: index.replays,
+        }
+    }
+
+    /// The record's content, for a replayed copy.
+    pub fn content(&self) -> Content {
+        Content {
+            event_ts: self.event_ts,
+            order_key: self.order_key.clone(),
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+            client_identity: self.client_identity.clone(),
+            body: self.body.clone(),
+            normalised: self.normalised.clone(),
+        }
+    }
+
     /// The JSON payload that is served and forwarded.
     pub fn payload(&self) -> &[u8] {
         self.normalised.as_deref().unwrap_or(&self.body)
@@ -100,9 +225,41 @@ pub enum DecodeError {
 }
 
 pub fn encode(record: &Record) -> Vec<u8> {
-    let mut out = vec![VERSION];
+    let mut out = Vec::with_capacity(
+        256 + record.body.len() + record.normalised.as_ref().map_or(0, Vec::len),
+    );
+    out.push(VERSION);
     postcard::to_io(record, &mut out).expect("writing to a Vec cannot fail");
     out
+}
+
+pub fn encode_index(index: &Index) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.push(INDEX_VERSION);
+    postcard::to_io(index, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// A commit log entry's bytes (no version byte: the log's format is the log's).
+pub fn encode_created(created: &Created) -> Vec<u8> {
+    let content = &created.content;
+    let mut out = Vec::with_capacity(
+        512 + content.body.len() + content.normalised.as_ref().map_or(0, Vec::len),
+    );
+    postcard::to_io(created, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+pub fn decode_created(bytes: &[u8]) -> Result<Created, DecodeError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// Reads an events tree value of any version.
+pub fn decode_stored(bytes: &[u8]) -> Result<Stored, DecodeError> {
+    match bytes.split_first() {
+        Some((&INDEX_VERSION, rest)) => Ok(Stored::Indexed(postcard::from_bytes(rest)?)),
+        _ => decode(bytes).map(Stored::Inline),
+    }
 }
 
 /// Version 1, as it was written: no `replay_of`, no `replays`.
@@ -191,7 +348,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 }
 
 pub fn decode_summary(bytes: &[u8]) -> Result<Summary, DecodeError> {
-    decode_as::<Summary, v1::Summary>(bytes)
+    match bytes.split_first() {
+        // An index starts with the same summary as a version 2 record.
+        Some((&INDEX_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+        _ => decode_as::<Summary, v1::Summary>(bytes),
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +422,41 @@ mod tests {
         postcard::to_io(&fields, &mut v1).unwrap();
         assert_eq!(decode(&v1).unwrap(), record);
         assert_eq!(decode_summary(&v1).unwrap(), record.summary);
+    }
+
+    #[test]
+    fn an_index_and_its_content_make_the_record() {
+        let record = sample();
+        let index = Index {
+            summary: record.summary.clone(),
+            content: Loc {
+                segment: 1,
+                offset: 8,
+                len: 99,
+            },
+            attempts_log: vec![],
+            replays: 0,
+        };
+        let bytes = encode_index(&index);
+        assert_eq!(decode_summary(&bytes).unwrap(), record.summary);
+        assert_eq!(
+            decode_stored(&bytes).unwrap(),
+            Stored::Indexed(index.clone())
+        );
+        assert_eq!(
+            decode_stored(&encode(&record)).unwrap(),
+            Stored::Inline(record.clone())
+        );
+        let created = Created {
+            summary: record.summary.clone(),
+            content: record.content(),
+            replays: 0,
+            order_ts: None,
+            remembered: true,
+        };
+        let back = decode_created(&encode_created(&created)).unwrap();
+        assert_eq!(back, created);
+        assert_eq!(Record::from_parts(index, back.content), record);
     }
 
     #[test]

@@ -180,7 +180,10 @@ async fn with_a_broker_queued_events_outlive_retention() {
     let journal = Journal::open(short).unwrap();
     journal.append(event("old", HOUR_MS)).await.unwrap();
     journal.append(event("sent", HOUR_MS)).await.unwrap();
-    journal.mark_delivered(vec![2], 2 * HOUR_MS).await.unwrap();
+    journal
+        .mark_delivered(vec![(2, 0)], 2 * HOUR_MS)
+        .await
+        .unwrap();
     journal.compact(30 * HOUR_MS).await.unwrap();
     assert!(
         journal.get(1).unwrap().is_some(),
@@ -224,14 +227,17 @@ async fn delivery_attempts_are_logged_and_delivery_leaves_the_queue() {
         "and the latest"
     );
 
-    journal.mark_delivered(vec![1, 2], 100).await.unwrap();
+    journal
+        .mark_delivered(vec![(1, 0), (2, 0)], 100)
+        .await
+        .unwrap();
     assert_eq!(journal.backlog(), 0);
     assert!(journal.queued_from(0, 10).unwrap().is_empty());
     let done = journal.get(1).unwrap().unwrap();
     assert_eq!(done.summary.status, Status::Delivered);
     assert_eq!(done.summary.attempts, 26);
     // Delivering twice (a redelivery confirmed again) changes nothing.
-    journal.mark_delivered(vec![1], 200).await.unwrap();
+    journal.mark_delivered(vec![(1, 0)], 200).await.unwrap();
     assert_eq!(journal.get(1).unwrap().unwrap().summary.attempts, 26);
     assert_eq!(journal.backlog(), 0);
     journal.close().await;
@@ -278,4 +284,202 @@ async fn appends_after_close_are_refused() {
         journal.append(event("a", 1)).await,
         Err(JournalError::Closed)
     );
+}
+
+/// The sled trees of a closed journal, for tests that change the index behind its back.
+fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
+    let db = sled::open(db_path(&dir.join("journal"))).unwrap();
+    let trees = Trees {
+        events: db.open_tree("events").unwrap(),
+        queued: db.open_tree("queued").unwrap(),
+        dedup: db.open_tree("dedup").unwrap(),
+        dedup_expiry: db.open_tree("dedup_expiry").unwrap(),
+        order: db.open_tree("order").unwrap(),
+    };
+    let meta = db.open_tree("meta").unwrap();
+    (db, trees, meta)
+}
+
+#[tokio::test]
+async fn the_index_is_rebuilt_from_the_commit_log_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for id in ["a", "b", "c"] {
+        journal.append(event(id, HOUR_MS)).await.unwrap();
+    }
+    journal.close().await;
+    drop(journal);
+
+    // As if the index had lost everything after event 1 (its flush lagging the log's),
+    // and had written an event whose log entry never reached the disk.
+    {
+        let (db, trees, meta) = raw_index(dir.path());
+        let one = record::decode_stored(&trees.events.get(seq_key(1)).unwrap().unwrap()).unwrap();
+        let record::Stored::Indexed(one) = one else {
+            panic!("new events are indexed, not inline")
+        };
+        for seq in [2u64, 3] {
+            trees.events.remove(seq_key(seq)).unwrap();
+            trees.queued.remove(seq_key(seq)).unwrap();
+        }
+        trees.dedup.remove(committer::dedup_key("s", "b")).unwrap();
+        trees.dedup.remove(committer::dedup_key("s", "c")).unwrap();
+        let after_one = index::Mark {
+            segment: one.content.segment,
+            offset: one.content.offset + 8 + u64::from(one.content.len),
+            last_seq: 1,
+        };
+        index::cover(&meta, after_one).unwrap();
+        let ghost = record::Created {
+            summary: Summary {
+                seq: 9,
+                id: "ghost".into(),
+                ..one.summary.clone()
+            },
+            content: record::Content {
+                event_ts: None,
+                order_key: None,
+                content_type: "application/json".into(),
+                headers: vec![],
+                client_identity: None,
+                body: b"{}".to_vec(),
+                normalised: None,
+            },
+            replays: 0,
+            order_ts: None,
+            remembered: true,
+        };
+        let nowhere = record::Loc {
+            offset: 1 << 30,
+            ..one.content
+        };
+        index::apply(&trees, &ghost, nowhere).unwrap();
+        db.flush().unwrap();
+    }
+
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    let ids: Vec<String> = (1..=3)
+        .map(|seq| journal.get(seq).unwrap().unwrap().summary.id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["a", "b", "c"],
+        "events 2 and 3 came back from the log"
+    );
+    assert_eq!(journal.get(2).unwrap().unwrap().body, b"{}");
+    assert_eq!(
+        journal.append(event("b", HOUR_MS + 1)).await,
+        Ok(Outcome::Duplicate(2)),
+        "and their ids are remembered again"
+    );
+    assert!(journal.get(9).unwrap().is_none(), "the ghost is gone");
+    assert_eq!(
+        journal.append(event("ghost", HOUR_MS + 1)).await,
+        Ok(Outcome::Accepted(4)),
+        "an event whose append was never answered is accepted when retried"
+    );
+    assert_eq!(journal.backlog(), 4);
+    assert_eq!(journal.counts()["s"].queued, 4);
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_replay_overtaking_a_publish_keeps_the_event_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    journal.append(event("a", 1)).await.unwrap();
+    // Published with replay count 0; replayed before the broker's confirm arrives.
+    let replayed = journal.replay(vec![1], 5).await.unwrap();
+    assert_eq!(
+        replayed,
+        vec![Replayed {
+            seq: 1,
+            queued_as: 1
+        }]
+    );
+    assert_eq!(journal.take_rewind(), Some(1));
+    journal.mark_delivered(vec![(1, 0)], 10).await.unwrap();
+    let record = journal.get(1).unwrap().unwrap();
+    assert_eq!(record.summary.status, Status::Queued, "sent again");
+    assert_eq!(journal.take_rewind(), Some(1));
+    assert_eq!(journal.backlog(), 1);
+    // The publish with the new count is the one that delivers it.
+    journal.mark_delivered(vec![(1, 1)], 20).await.unwrap();
+    let record = journal.get(1).unwrap().unwrap();
+    assert_eq!(record.summary.status, Status::Delivered);
+    let outcomes: Vec<&str> = record
+        .attempts_log
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "replay requested",
+            "delivered; replayed since, so sent again",
+            "delivered"
+        ]
+    );
+    assert_eq!(journal.backlog(), 0);
+    let counts = journal.counts()["s"];
+    assert_eq!((counts.queued, counts.delivered), (0, 1));
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn embedded_replay_copies_count_and_compact_like_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(Settings {
+        embedded: true,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    journal.append(event("a", HOUR_MS)).await.unwrap();
+    journal.append(event("b", HOUR_MS)).await.unwrap();
+    let copies = journal.replay(vec![1, 7], 2 * HOUR_MS).await.unwrap();
+    assert_eq!(
+        copies,
+        vec![Replayed {
+            seq: 1,
+            queued_as: 3
+        }],
+        "7 does not exist"
+    );
+    let copy = journal.get(3).unwrap().unwrap();
+    assert_eq!(copy.summary.id, "a");
+    assert_eq!(copy.summary.replay_of, Some(1));
+    assert_eq!(copy.summary.received_at_ms, 2 * HOUR_MS);
+    assert_eq!(copy.replays, 1);
+    let counts = journal.counts()["s"];
+    assert_eq!(counts.queued, 3);
+    assert_eq!(
+        counts.last_received_ms,
+        Some(HOUR_MS),
+        "a copy is not something the provider sent"
+    );
+    // Listing stops at `until`, and `received_from_ms` leaves older events out.
+    let (listed, next) = journal
+        .list(&ListFilter {
+            limit: 10,
+            until: Some(2),
+            ..ListFilter::default()
+        })
+        .unwrap();
+    assert_eq!((listed.len(), next), (2, 2));
+    let (listed, _) = journal
+        .list(&ListFilter {
+            limit: 10,
+            received_from_ms: 2 * HOUR_MS,
+            ..ListFilter::default()
+        })
+        .unwrap();
+    assert_eq!(listed.iter().map(|s| s.seq).collect::<Vec<_>>(), [3]);
+    // Past retention the originals go and the copy stays.
+    let week = 7 * 24 * HOUR_MS;
+    assert!(!journal.compact(HOUR_MS + week + 1).await.unwrap());
+    assert!(journal.get(1).unwrap().is_none());
+    assert_eq!(journal.get(3).unwrap().unwrap().body, b"{}");
+    assert_eq!(journal.counts()["s"].queued, 1);
+    assert_eq!(journal.backlog(), 1);
+    journal.close().await;
 }

@@ -8,7 +8,8 @@ use super::{header, Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const TOKEN: &str = "x-gitlab-token";
+/// The header whose value is the secret itself.
+pub const TOKEN: &str = "x-gitlab-token";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 pub fn defaults() -> Defaults {

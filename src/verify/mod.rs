@@ -7,7 +7,7 @@
 //! file of their own, with a `sign` twin that `hookgate send` and the tests use.
 
 mod github;
-mod gitlab;
+pub mod gitlab;
 mod hmac;
 mod linear;
 pub mod mac;

@@ -266,6 +266,7 @@ fn main() -> ExitCode {
             event_type: event_type.as_deref(),
             id: id.as_deref(),
             url: url.as_deref(),
+            pad_to: None,
         })),
     };
     match result {

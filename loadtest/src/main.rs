@@ -1,11 +1,21 @@
-//! `hookgate-loadtest baseline`: a bare hyper server that reads each body and answers
-//! 200, the ceiling hookgate is measured against. `hookgate-loadtest queue-watch`: times
-//! how long a RabbitMQ queue takes to reach a depth, which measures forwarding.
+//! `hookgate-loadtest`: load, measurement and loss checks for hookgate.
+//!
+//! - `run`: signed requests for any source of a gateway config ([`run`]).
+//! - `verify`: every acknowledged event is in the journal and the queue ([`verify`]).
+//! - `crash`: SIGKILL at random moments under load, restart, verify ([`crash`]).
+//! - `baseline`: a bare hyper server that reads each body and answers 200, the ceiling
+//!   hookgate is measured against.
+//! - `post`: GitHub pushes over plain HTTP or mTLS ([`https`]).
+//! - `queue-watch`: how long a RabbitMQ queue takes to reach a depth.
 
+mod crash;
 mod https;
+mod run;
+mod verify;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -25,6 +35,84 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Send signed requests to a running gateway and print rates, answers and latency.
+    Run {
+        /// The gateway's config: where it listens, and each source's scheme and secret.
+        #[arg(short, long, default_value = "loadtest/load.toml")]
+        config: PathBuf,
+        /// Sources to send for, in turn (default: every source in the config).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Closed loop: this many connections, each sending as soon as it is answered.
+        /// Open loop: at most this many connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Open loop at this many requests per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// How long to run (default 10s unless --count is given).
+        #[arg(long)]
+        duration: Option<String>,
+        /// How many requests to send.
+        #[arg(long)]
+        count: Option<u64>,
+        /// The fraction of requests that repeat an id already accepted (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Pad generated bodies to this many bytes.
+        #[arg(long, default_value_t = 1600)]
+        size: usize,
+        /// Write every id sent, with its fate, here (for `verify`).
+        #[arg(long)]
+        ids: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every acknowledged id of a run is in the journal and, with --amqp and
+    /// --queue, in that queue (which it drains). Exits 1 on anything lost or unexpected.
+    Verify {
+        #[arg(short, long, default_value = "loadtest/load.toml")]
+        config: PathBuf,
+        /// The ids file `run --ids` wrote.
+        #[arg(long)]
+        ids: PathBuf,
+        /// The admin token, if the gateway has one.
+        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, requires = "queue")]
+        amqp: Option<String>,
+        #[arg(long, requires = "amqp")]
+        queue: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cycles of load, SIGKILL at a random moment, and restart; then verify.
+    Crash {
+        /// The hookgate binary to run.
+        #[arg(long, default_value = "target/release/hookgate")]
+        hookgate: PathBuf,
+        #[arg(short, long, default_value = "loadtest/load.toml")]
+        config: PathBuf,
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        cycles: u32,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// The earliest and latest moment of each kill, in ms after the load starts.
+        #[arg(long, num_args = 2, default_values_t = [200, 1500])]
+        kill_after_ms: Vec<u64>,
+        #[arg(long, default_value_t = 1600)]
+        size: usize,
+        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, requires = "queue")]
+        amqp: Option<String>,
+        #[arg(long, requires = "amqp")]
+        queue: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// A bare hyper server: reads the body, answers 200 with a small JSON body.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -133,9 +221,175 @@ async fn answer(
     ))))
 }
 
+fn base(addr: SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr.to_string()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
     match Cli::parse().command {
+        Command::Run {
+            config,
+            sources,
+            connections,
+            rate,
+            duration,
+            count,
+            duplicates,
+            size,
+            ids,
+            json,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&duplicates),
+                "--duplicates is a fraction from 0 to 1"
+            );
+            anyhow::ensure!(connections > 0, "--connections must be at least 1");
+            let (loaded, sources) = run::sources(&config, &sources)?;
+            let duration = match (duration, count) {
+                (Some(text), _) => Some(
+                    hookgate::config::units::parse_duration(&text)
+                        .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+                ),
+                (None, Some(_)) => None,
+                (None, None) => Some(std::time::Duration::from_secs(10)),
+            };
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let plan = run::Plan {
+                addr: base(loaded.server.listen),
+                sources,
+                connections,
+                rate,
+                duration,
+                count,
+                duplicates,
+                size,
+                prefix: format!("load{stamp}"),
+            };
+            let report = run::run(plan, Default::default()).await;
+            if let Some(path) = ids {
+                report.write_ids(&path)?;
+            }
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                report.print();
+            }
+            Ok(if report.tally.unexpected == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Verify {
+            config,
+            ids,
+            token,
+            amqp,
+            queue,
+            json,
+        } => {
+            let loaded = hookgate::config::Config::load(&config)?;
+            let admin = format!("http://{}", base(loaded.admin.listen));
+            let sent = verify::read_ids(&ids)?;
+            let mut sources: Vec<String> = sent.keys().map(|(s, _)| s.clone()).collect();
+            sources.sort();
+            sources.dedup();
+            let journal = verify::check(
+                &sent,
+                &verify::journal(&admin, token.as_deref(), &sources).await?,
+            );
+            let queue = match (amqp, queue) {
+                (Some(url), Some(queue)) => Some(verify::check(
+                    &sent,
+                    &verify::queue(&url, &queue, std::time::Duration::from_secs(3)).await?,
+                )),
+                _ => None,
+            };
+            let ok = journal.ok() && queue.is_none_or(|q| q.ok());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"journal": journal.to_json(), "queue": queue.map(|q| q.to_json()), "ok": ok})
+                );
+            } else {
+                println!("journal: {journal}");
+                if let Some(queue) = queue {
+                    println!("queue:   {queue}");
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Crash {
+            hookgate,
+            config,
+            sources,
+            cycles,
+            connections,
+            kill_after_ms,
+            size,
+            token,
+            amqp,
+            queue,
+            json,
+        } => {
+            let outcome = crash::run(crash::Options {
+                hookgate,
+                config,
+                sources,
+                cycles,
+                connections,
+                kill_after_ms: (kill_after_ms[0], kill_after_ms[1].max(kill_after_ms[0])),
+                size,
+                amqp: amqp.zip(queue),
+                token,
+            })
+            .await?;
+            let ms: Vec<f64> = outcome
+                .recoveries
+                .iter()
+                .map(|d| (d.as_secs_f64() * 1000.0).round())
+                .collect();
+            let ok = outcome.journal.ok() && outcome.queue.is_none_or(|q| q.ok());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "cycles": cycles, "acked": outcome.acked,
+                        "journal": outcome.journal.to_json(),
+                        "queue": outcome.queue.map(|q| q.to_json()),
+                        "recovery_ms": ms, "ok": ok,
+                    })
+                );
+            } else {
+                println!(
+                    "{cycles} crash cycles, {} events acknowledged",
+                    outcome.acked
+                );
+                println!("journal: {}", outcome.journal);
+                if let Some(queue) = outcome.queue {
+                    println!("queue:   {queue}");
+                }
+                println!("restart until answering, ms: {ms:?}");
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Post {
             addr,
             secret,
@@ -152,7 +406,8 @@ async fn main() -> anyhow::Result<()> {
                 seconds,
                 new_connection_each,
             })
-            .await
+            .await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::QueueWatch {
             url,
@@ -160,7 +415,10 @@ async fn main() -> anyhow::Result<()> {
             until,
             timeout,
             delete,
-        } => queue_watch(&url, &queue, until, timeout, delete).await,
+        } => {
+            queue_watch(&url, &queue, until, timeout, delete).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Baseline { listen } => {
             let listener = TcpListener::bind(listen).await?;
             eprintln!("baseline listening on {}", listener.local_addr()?);

@@ -99,6 +99,8 @@ pub struct SendArgs<'a> {
     pub event_type: Option<&'a str>,
     pub id: Option<&'a str>,
     pub url: Option<&'a str>,
+    /// Pad a generated body to about this many bytes (for load tests).
+    pub pad_to: Option<usize>,
 }
 
 /// Builds a request for a source exactly as its provider would sign it.
@@ -130,7 +132,8 @@ pub fn build_request(
             )
         }
         None => {
-            let (body, generated) = generated_body(source, &id, event_type, now);
+            let (body, generated) =
+                generated_body(source, &id, event_type, now, args.pad_to.unwrap_or(0));
             (
                 body,
                 args.content_type.map(str::to_string).unwrap_or(generated),
@@ -169,6 +172,7 @@ fn generated_body(
     id: &str,
     event_type: &str,
     now: SystemTime,
+    pad_to: usize,
 ) -> (Vec<u8>, String) {
     let placed = [(&source.id, id), (&source.event_type, event_type)];
     let form_fields: Vec<(&str, &str)> = placed
@@ -179,11 +183,24 @@ fn generated_body(
         })
         .collect();
     if !form_fields.is_empty() {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.extend_pairs(form_fields);
-        form.append_pair("Message", "a test event from hookgate send");
+        let form = |padding: &str| {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.extend_pairs(&form_fields);
+            form.append_pair("Message", "a test event from hookgate send");
+            if !padding.is_empty() {
+                form.append_pair("padding", padding);
+            }
+            form.finish()
+        };
+        let plain = form("");
+        let short = pad_to.saturating_sub(plain.len() + "&padding=".len());
+        let form = if short > 0 {
+            form(&"x".repeat(short))
+        } else {
+            plain
+        };
         return (
-            form.finish().into_bytes(),
+            form.into_bytes(),
             "application/x-www-form-urlencoded".into(),
         );
     }
@@ -198,10 +215,13 @@ fn generated_body(
         // Linear's timestamp travels in the signed body, in milliseconds.
         set_pointer(&mut doc, "/webhookTimestamp", json!(crate::unix_ms(now)));
     }
-    (
-        serde_json::to_vec(&doc).expect("plain JSON"),
-        "application/json".into(),
-    )
+    let mut body = serde_json::to_vec(&doc).expect("plain JSON");
+    let short = pad_to.saturating_sub(body.len() + r#","padding":""#.len());
+    if short > 0 {
+        set_pointer(&mut doc, "/padding", json!("x".repeat(short)));
+        body = serde_json::to_vec(&doc).expect("plain JSON");
+    }
+    (body, "application/json".into())
 }
 
 fn guess_content_type(path: &Path) -> String {

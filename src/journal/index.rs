@@ -63,6 +63,30 @@ pub fn apply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Err
     if summary.status == Status::Queued {
         trees.queued.insert(key, &[])?;
     }
+    apply_rest(trees, created)
+}
+
+/// [`apply`] for recovery: an event the index already holds keeps its entry, which may
+/// be newer than the log's (delivered, attempts); only what is missing is written.
+fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error> {
+    let key = seq_key(created.summary.seq);
+    match trees.events.get(key)? {
+        None => apply(trees, created, loc),
+        Some(existing) => {
+            let queued = record::decode_summary(&existing)
+                .map(|s| s.status == Status::Queued)
+                .unwrap_or(false);
+            if queued {
+                trees.queued.insert(key, &[])?;
+            }
+            apply_rest(trees, created)
+        }
+    }
+}
+
+/// The ordering and dedup entries of an event.
+fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
+    let summary = &created.summary;
     if let (Some(order_key), Some(ts), Status::Queued) =
         (&created.content.order_key, created.order_ts, summary.status)
     {
@@ -121,7 +145,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
                     loc.offset
                 ))
             })?;
-            apply(trees, &created, *loc).map_err(unwritable)?;
+            reapply(trees, &created, *loc).map_err(unwritable)?;
             last_seq = last_seq.max(created.summary.seq);
             replayed += 1;
         }

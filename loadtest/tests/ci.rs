@@ -1,0 +1,286 @@
+//! The load tool as CI runs it: a short load through the real binary to the real
+//! RabbitMQ, then `verify` against the journal and the queue; and five crash cycles
+//! (SIGKILL at random moments under load). Both fail on any loss or unexpected answer,
+//! never on speed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn loadtest() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hookgate-loadtest"))
+}
+
+/// The gateway binary, built beside the load tool by `cargo test --workspace`.
+fn hookgate() -> PathBuf {
+    let path = loadtest().with_file_name("hookgate");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p hookgate`) first",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A test's own exchange and quorum queue, deleted when dropped.
+struct Names {
+    exchange: String,
+    queue: String,
+}
+
+impl Names {
+    fn new(test: &str) -> Names {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let prefix = format!("hookgate-load.{test}.{}.{nanos}", std::process::id());
+        Names {
+            exchange: format!("{prefix}.x"),
+            queue: format!("{prefix}.q"),
+        }
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let Ok(connection) =
+                    lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
+                        .await;
+                    let _ = channel
+                        .exchange_delete(
+                            &exchange,
+                            lapin::options::ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                let _ = connection.close(200, "done").await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A gateway config on free ports with a journal in `dir`, forwarding every event to the
+/// test's quorum queue, and the load tool's sources.
+fn config(dir: &Path, names: &Names) -> PathBuf {
+    let sources =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/load.toml")).unwrap();
+    let sources = &sources[sources.find("[[sources]]").unwrap()..];
+    let text = format!(
+        r##"
+[server]
+listen = "127.0.0.1:{}"
+
+[admin]
+listen = "127.0.0.1:{}"
+
+[journal]
+path = "{}"
+
+[broker]
+url = "{AMQP}"
+exchange = "{}"
+retry = {{ initial = "100ms", max = "1s" }}
+
+[[broker.queues]]
+name = "{}"
+bindings = ["#"]
+kind = "quorum"
+
+{sources}"##,
+        free_port(),
+        free_port(),
+        dir.join("journal").display(),
+        names.exchange,
+        names.queue,
+    );
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn json_of(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Waits until the gateway's journal has nothing queued (the broker confirmed it all).
+fn wait_until_forwarded(admin: &str) {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    loop {
+        let url = format!("{admin}/v1/events?status=queued&limit=1");
+        let queued = runtime
+            .block_on(hookgate::cli::client::get(&url))
+            .ok()
+            .map(|reply| reply.json()["events"].as_array().map_or(1, Vec::len));
+        if queued == Some(0) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "events still queued after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_short_load_is_all_in_the_journal_and_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names::new("short");
+    let config = config(dir.path(), &names);
+    let loaded = hookgate::config::Config::load(&config).unwrap();
+    let admin = format!("http://{}", loaded.admin.listen);
+    let mut gateway = Command::new(hookgate())
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("HOOKGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while hookgate_answers(&admin).is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "hookgate did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let ids = dir.path().join("ids.tsv");
+    let run = Command::new(loadtest())
+        .args(["run", "--duration", "10s", "--connections", "32"])
+        .args(["--duplicates", "0.05", "--json", "-c"])
+        .arg(&config)
+        .arg("--ids")
+        .arg(&ids)
+        .output()
+        .unwrap();
+    let report = json_of(&run);
+    eprintln!("run: {report}");
+    assert!(run.status.success(), "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["unexpected"], 0, "{report}");
+    let answers = report["answers"].as_object().unwrap();
+    assert!(
+        answers.keys().all(|k| k == "accepted" || k == "duplicate"),
+        "only accepted and duplicate: {report}"
+    );
+    assert!(answers["accepted"].as_u64().unwrap() > 500, "{report}");
+    assert!(answers["duplicate"].as_u64().unwrap() > 0, "{report}");
+
+    wait_until_forwarded(&admin);
+    let verify = Command::new(loadtest())
+        .args([
+            "verify",
+            "--json",
+            "--amqp",
+            AMQP,
+            "--queue",
+            &names.queue,
+            "-c",
+        ])
+        .arg(&config)
+        .arg("--ids")
+        .arg(&ids)
+        .output()
+        .unwrap();
+    let checked = json_of(&verify);
+    eprintln!("verify: {checked}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status();
+    let status = gateway.wait().unwrap();
+    assert!(verify.status.success(), "{checked}");
+    assert_eq!(checked["journal"]["lost"], 0);
+    assert_eq!(checked["queue"]["lost"], 0);
+    assert_eq!(checked["journal"]["unexpected"], 0);
+    assert_eq!(checked["queue"]["unexpected"], 0);
+    assert_eq!(
+        checked["journal"]["found"], checked["journal"]["acked"],
+        "every event answered is in the journal, and nothing else"
+    );
+    assert!(
+        status.success(),
+        "hookgate exited with {status} after SIGTERM"
+    );
+}
+
+fn hookgate_answers(admin: &str) -> Option<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let reply = runtime
+        .block_on(hookgate::cli::client::get(&format!("{admin}/healthz")))
+        .ok()?;
+    reply.status.is_success().then_some(())
+}
+
+#[test]
+fn five_crash_cycles_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names::new("crash");
+    let config = config(dir.path(), &names);
+    let crash = Command::new(loadtest())
+        .arg("crash")
+        .arg("--hookgate")
+        .arg(hookgate())
+        .args([
+            "--cycles",
+            "5",
+            "--json",
+            "--amqp",
+            AMQP,
+            "--queue",
+            &names.queue,
+        ])
+        .args(["--source", "github", "--source", "stripe", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = json_of(&crash);
+    eprintln!(
+        "crash: {report}\n{}",
+        String::from_utf8_lossy(&crash.stderr)
+    );
+    assert!(crash.status.success(), "{report}");
+    assert_eq!(report["journal"]["lost"], 0, "{report}");
+    assert_eq!(report["queue"]["lost"], 0, "{report}");
+    assert_eq!(report["journal"]["unexpected"], 0, "{report}");
+    assert!(report["acked"].as_u64().unwrap() > 100, "{report}");
+    assert_eq!(report["recovery_ms"].as_array().unwrap().len(), 6);
+}

@@ -96,17 +96,35 @@ enum Command {
     },
 }
 
+/// Which events `events list` and `events tail` show.
+#[derive(clap::Args)]
+struct EventFilters {
+    #[arg(long)]
+    source: Option<String>,
+    /// queued, delivered, stale or failed.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long = "type")]
+    event_type: Option<String>,
+}
+
+impl EventFilters {
+    fn filters(&self) -> hookgate::cli::events::Filters<'_> {
+        hookgate::cli::events::Filters {
+            source: self.source.as_deref(),
+            status: self.status.as_deref(),
+            event_type: self.event_type.as_deref(),
+            since: None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum EventsAction {
     /// List events, oldest first.
     List {
-        #[arg(long)]
-        source: Option<String>,
-        /// queued, delivered, stale or failed.
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long = "type")]
-        event_type: Option<String>,
+        #[command(flatten)]
+        filters: EventFilters,
         /// Start after this seq.
         #[arg(long, default_value_t = 0)]
         after: u64,
@@ -131,12 +149,8 @@ enum EventsAction {
     },
     /// Print new events as they arrive, until interrupted.
     Tail {
-        #[arg(long)]
-        source: Option<String>,
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long = "type")]
-        event_type: Option<String>,
+        #[command(flatten)]
+        filters: EventFilters,
         /// Start after this seq instead of at the newest event.
         #[arg(long)]
         after: Option<u64>,
@@ -155,21 +169,11 @@ async fn events(
     let target = Target::resolve(config, admin, token)?;
     match action {
         EventsAction::List {
-            source,
-            status,
-            event_type,
+            filters,
             after,
             limit,
             json,
-        } => {
-            let filters = Filters {
-                source: source.as_deref(),
-                status: status.as_deref(),
-                event_type: event_type.as_deref(),
-                since: None,
-            };
-            events::list(&target, &filters, after, limit, json).await?
-        }
+        } => events::list(&target, &filters.filters(), after, limit, json).await?,
         EventsAction::Show { seq } => events::show(&target, seq).await?,
         EventsAction::Replay {
             seq,
@@ -186,20 +190,10 @@ async fn events(
             events::replay(&target, seq, &filters).await?
         }
         EventsAction::Tail {
-            source,
-            status,
-            event_type,
+            filters,
             after,
             json,
-        } => {
-            let filters = Filters {
-                source: source.as_deref(),
-                status: status.as_deref(),
-                event_type: event_type.as_deref(),
-                since: None,
-            };
-            events::tail(&target, &filters, after, json).await?
-        }
+        } => events::tail(&target, &filters.filters(), after, json).await?,
     }
     Ok(true)
 }

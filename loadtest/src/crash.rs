@@ -70,18 +70,10 @@ async fn answering(admin: &str, child: &mut Child) -> anyhow::Result<Duration> {
     }
 }
 
-fn base(addr: std::net::SocketAddr) -> String {
-    let mut addr = addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    addr.to_string()
-}
-
 pub async fn run(options: Options) -> anyhow::Result<Outcome> {
     let (config, sources) = run::sources(&options.config, &options.sources)?;
-    let ingest = base(config.server.listen);
-    let admin = format!("http://{}", base(config.admin.listen));
+    let ingest = hookgate::cli::reachable(config.server.listen).to_string();
+    let admin = format!("http://{}", hookgate::cli::reachable(config.admin.listen));
     let log = std::env::temp_dir().join(format!("hookgate-crash-{}.log", std::process::id()));
     let mut rng = Rng::seeded();
     let mut sent = Sent::new();

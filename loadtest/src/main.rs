@@ -33,6 +33,21 @@ struct Cli {
     command: Command,
 }
 
+/// Where `verify` and `crash` look, and how they report.
+#[derive(clap::Args)]
+struct Check {
+    /// The admin token, if the gateway has one.
+    #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Also drain this broker's --queue and check it.
+    #[arg(long, requires = "queue")]
+    amqp: Option<String>,
+    #[arg(long, requires = "amqp")]
+    queue: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Send signed requests to a running gateway and print rates, answers and latency.
@@ -76,15 +91,8 @@ enum Command {
         /// The ids file `run --ids` wrote.
         #[arg(long)]
         ids: PathBuf,
-        /// The admin token, if the gateway has one.
-        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        #[arg(long, requires = "queue")]
-        amqp: Option<String>,
-        #[arg(long, requires = "amqp")]
-        queue: Option<String>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        check: Check,
     },
     /// Cycles of load, SIGKILL at a random moment, and restart; then verify.
     Crash {
@@ -104,14 +112,8 @@ enum Command {
         kill_after_ms: Vec<u64>,
         #[arg(long, default_value_t = 1600)]
         size: usize,
-        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        #[arg(long, requires = "queue")]
-        amqp: Option<String>,
-        #[arg(long, requires = "amqp")]
-        queue: Option<String>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        check: Check,
     },
     /// A bare hyper server: reads the body, answers 200 with a small JSON body.
     Baseline {
@@ -221,14 +223,6 @@ async fn answer(
     ))))
 }
 
-fn base(addr: SocketAddr) -> String {
-    let mut addr = addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    addr.to_string()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     use std::process::ExitCode;
@@ -264,7 +258,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 .map(|d| d.as_millis())
                 .unwrap_or(0);
             let plan = run::Plan {
-                addr: base(loaded.server.listen),
+                addr: hookgate::cli::reachable(loaded.server.listen).to_string(),
                 sources,
                 connections,
                 rate,
@@ -292,13 +286,16 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Verify {
             config,
             ids,
-            token,
-            amqp,
-            queue,
-            json,
+            check:
+                Check {
+                    token,
+                    amqp,
+                    queue,
+                    json,
+                },
         } => {
             let loaded = hookgate::config::Config::load(&config)?;
-            let admin = format!("http://{}", base(loaded.admin.listen));
+            let admin = format!("http://{}", hookgate::cli::reachable(loaded.admin.listen));
             let sent = verify::read_ids(&ids)?;
             let mut sources: Vec<String> = sent.keys().map(|(s, _)| s.clone()).collect();
             sources.sort();
@@ -340,10 +337,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             connections,
             kill_after_ms,
             size,
-            token,
-            amqp,
-            queue,
-            json,
+            check:
+                Check {
+                    token,
+                    amqp,
+                    queue,
+                    json,
+                },
         } => {
             let outcome = crash::run(crash::Options {
                 hookgate,

@@ -1,7 +1,6 @@
 //! `hookgate events list | show | replay | tail`: the admin API from a terminal. The
 //! admin address and token come from the config file, or from `--admin` and `--token`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -52,17 +51,7 @@ impl Target {
                 if config.admin.tls.is_some() {
                     bail!("[admin.tls] is set and this command speaks plain HTTP only; use curl with your client certificate");
                 }
-                let mut addr = config.admin.listen;
-                match addr.ip() {
-                    IpAddr::V4(ip) if ip.is_unspecified() => {
-                        addr.set_ip(Ipv4Addr::LOCALHOST.into())
-                    }
-                    IpAddr::V6(ip) if ip.is_unspecified() => {
-                        addr.set_ip(Ipv6Addr::LOCALHOST.into())
-                    }
-                    _ => {}
-                }
-                format!("http://{addr}")
+                format!("http://{}", super::reachable(config.admin.listen))
             }
             (None, None) => unreachable!("the config is read when --admin is missing"),
         };

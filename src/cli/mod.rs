@@ -83,12 +83,23 @@ pub fn init(out: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn base_url(config: &Config) -> String {
-    let mut addr = config.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+/// The address a client on this machine reaches a listener at: a wildcard address
+/// (`0.0.0.0`, `::`) becomes the loopback address of its family.
+pub fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into())
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into())
+        }
+        _ => {}
     }
-    format!("http://{addr}")
+    addr
+}
+
+fn base_url(config: &Config) -> String {
+    format!("http://{}", reachable(config.server.listen))
 }
 
 pub struct SendArgs<'a> {

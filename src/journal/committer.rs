@@ -362,16 +362,7 @@ impl Committer {
         };
         if stored.summary().status != Status::Queued {
             // A queue entry left by a crash between the record and the queue writes.
-            if self
-                .trees
-                .queued
-                .remove(seq_key(seq))
-                .map_err(unwritable)?
-                .is_some()
-            {
-                self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
-            }
-            return Ok(());
+            return self.dequeue(seq);
         }
         let (delivered, outcome) = match delivery {
             Delivery::Confirmed { replays } if replays == *stored.replays_mut() => {
@@ -406,14 +397,20 @@ impl Committer {
             .events
             .insert(seq_key(seq), stored.encode())
             .map_err(unwritable)?;
-        if delivered
-            && self
-                .trees
-                .queued
-                .remove(seq_key(seq))
-                .map_err(unwritable)?
-                .is_some()
-        {
+        if delivered {
+            self.dequeue(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Takes `seq` out of the queue, if it is there.
+    fn dequeue(&self, seq: u64) -> Result<(), JournalError> {
+        let removed = self
+            .trees
+            .queued
+            .remove(seq_key(seq))
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        if removed.is_some() {
             self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
@@ -560,15 +557,7 @@ impl Committer {
                 if let Stored::Indexed(index) = &stored {
                     self.release(index.content.segment);
                 }
-                if self
-                    .trees
-                    .queued
-                    .remove(&key)
-                    .map_err(unwritable)?
-                    .is_some()
-                {
-                    self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
-                }
+                self.dequeue(seq_of(&key))?;
                 removed += 1;
             }
         }

@@ -41,6 +41,8 @@ const MAX_GROUP: usize = 4096;
 const MAX_ATTEMPTS_LOGGED: usize = 20;
 /// The most records one compaction step removes, so that appends are not held up.
 const COMPACT_CHUNK: usize = 5_000;
+/// The `meta` key holding the last seq whose id the dedup expiry walk has handled.
+const DEDUP_WALKED: &[u8] = b"dedup_walked";
 
 pub(super) struct Committer {
     db: sled::Db,
@@ -251,11 +253,10 @@ impl Committer {
 
     /// Puts a new event in the log and the index under the next seq.
     fn log_and_index(&mut self, created: &Created) -> Result<(), JournalError> {
-        let entry = record::encode_created(created);
         let loc = self
             .log
             .writer
-            .append(&entry)
+            .append_with(|buf| record::encode_created(created, buf))
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
         index::apply(&self.trees, created, loc)
             .map_err(|e| JournalError::Unwritable(e.to_string()))?;
@@ -527,11 +528,56 @@ impl Committer {
         }
     }
 
+    /// Forgets the event's id, unless the id's entry belongs to a later copy of it.
+    fn forget(&self, summary: &Summary) -> Result<(), JournalError> {
+        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let key = dedup_key(&summary.source, &summary.id);
+        if let Some(v) = self.trees.dedup.get(&key).map_err(unwritable)? {
+            if split_dedup_value(&v).0 == summary.seq {
+                self.trees.dedup.remove(&key).map_err(unwritable)?;
+            }
+        }
+        Ok(())
+    }
+
     fn compact(&mut self, now_ms: u64) -> Result<bool, JournalError> {
         let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
         let retention_cutoff = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
         let dedup_cutoff = now_ms.saturating_sub(self.settings.dedup_window.as_millis() as u64);
         let mut more = false;
+
+        // Ids past the dedup window, found by walking the events in seq order (which is
+        // receive order) from where the last walk stopped.
+        let walked_from = self
+            .trees
+            .meta
+            .get(DEDUP_WALKED)
+            .map_err(unwritable)?
+            .map_or(0, |v| seq_of(&v));
+        let mut walked = walked_from;
+        let mut forgotten = 0;
+        for item in self.trees.events.range(seq_key(walked_from + 1)..) {
+            let (key, bytes) = item.map_err(unwritable)?;
+            let seq = seq_of(&key);
+            if let Ok(summary) = record::decode_summary(&bytes) {
+                if summary.received_at_ms >= dedup_cutoff {
+                    break;
+                }
+                if forgotten >= COMPACT_CHUNK {
+                    more = true;
+                    break;
+                }
+                self.forget(&summary)?;
+                forgotten += 1;
+            }
+            walked = seq;
+        }
+        if walked != walked_from {
+            self.trees
+                .meta
+                .insert(DEDUP_WALKED, &seq_key(walked))
+                .map_err(unwritable)?;
+        }
 
         let mut removed = 0;
         let mut looked = 0;
@@ -557,12 +603,27 @@ impl Committer {
                 if let Stored::Indexed(index) = &stored {
                     self.release(index.content.segment);
                 }
-                self.dequeue(seq_of(&key))?;
+                self.dequeue(summary.seq)?;
+                // The walk above can no longer find this event: an id still inside its
+                // window gets an expiry entry of its own.
+                if summary.seq > walked {
+                    if summary.received_at_ms < dedup_cutoff {
+                        self.forget(summary)?;
+                    } else {
+                        let mut expiry = summary.received_at_ms.to_be_bytes().to_vec();
+                        expiry.extend_from_slice(&dedup_key(&summary.source, &summary.id));
+                        self.trees
+                            .dedup_expiry
+                            .insert(expiry, &[])
+                            .map_err(unwritable)?;
+                    }
+                }
                 removed += 1;
             }
         }
 
-        let mut forgotten = 0;
+        // Ids whose events were compacted inside their window (and every id of a
+        // journal written before the commit log), by first-seen time.
         for item in self
             .trees
             .dedup_expiry

@@ -95,14 +95,12 @@ fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
             &order_value(ts, summary.received_at_ms),
         )?;
     }
+    // Its expiry needs no entry of its own: compaction finds it by walking the events.
     if created.remembered {
         let dedup = dedup_key(&summary.source, &summary.id);
         trees
             .dedup
             .insert(&dedup, &dedup_value(summary.seq, summary.received_at_ms))?;
-        let mut expiry = summary.received_at_ms.to_be_bytes().to_vec();
-        expiry.extend_from_slice(&dedup);
-        trees.dedup_expiry.insert(expiry, &[])?;
     }
     Ok(())
 }

@@ -138,21 +138,30 @@ impl Writer {
     }
 
     /// Adds an entry to what the next [`Writer::write`] writes; answers where it will be.
+    #[cfg(test)]
     pub fn append(&mut self, entry: &[u8]) -> io::Result<Loc> {
+        self.append_with(|buf| buf.extend_from_slice(entry))
+    }
+
+    /// Like `append`, with `encode` writing the entry's bytes straight into the pending
+    /// buffer (no copy of its own).
+    pub fn append_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<Loc> {
         if self.len >= SEGMENT_BYTES {
             self.rotate()?;
         }
+        let start = self.pending.len();
+        self.pending.extend_from_slice(&[0; HEADER]);
+        encode(&mut self.pending);
+        let size = self.pending.len() - start - HEADER;
+        let crc = crc32fast::hash(&self.pending[start + HEADER..]);
+        self.pending[start..start + 4].copy_from_slice(&(size as u32).to_le_bytes());
+        self.pending[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
         let loc = Loc {
             segment: self.segment,
             offset: self.len,
-            len: entry.len() as u32,
+            len: size as u32,
         };
-        self.pending
-            .extend_from_slice(&(entry.len() as u32).to_le_bytes());
-        self.pending
-            .extend_from_slice(&crc32fast::hash(entry).to_le_bytes());
-        self.pending.extend_from_slice(entry);
-        self.len += (HEADER + entry.len()) as u64;
+        self.len += (HEADER + size) as u64;
         Ok(loc)
     }
 

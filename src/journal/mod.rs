@@ -4,8 +4,10 @@
 //!   accepted. This is what an `accepted` waits for.
 //! - the index, in sled ([`index`]): `events` (seq -> summary, status, attempts and where
 //!   the content is in the log), `queued` (seq -> ()), `dedup` (source\0id -> seq and
-//!   first-seen time), `dedup_expiry` (first-seen time ++ key -> ()), `order`
-//!   (source\0key -> newest timestamp) and `meta` (how far the log is covered).
+//!   first-seen time), `order` (source\0key -> newest timestamp), `meta` (how far the
+//!   log is covered, how far dedup expiry has walked the events) and `dedup_expiry`
+//!   (first-seen time ++ key -> (), only for ids whose event was compacted before its
+//!   dedup window ended, and in journals written before the commit log).
 //!
 //! Writes go through one committer thread ([`committer`]) that decides and applies
 //! everything queued, writes the group's log entries with one `write`, and hands the
@@ -125,6 +127,7 @@ struct Trees {
     dedup: sled::Tree,
     dedup_expiry: sled::Tree,
     order: sled::Tree,
+    meta: sled::Tree,
 }
 
 struct Shared {
@@ -258,8 +261,9 @@ impl Journal {
             dedup: db.open_tree("dedup").map_err(unwritable)?,
             dedup_expiry: db.open_tree("dedup_expiry").map_err(unwritable)?,
             order: db.open_tree("order").map_err(unwritable)?,
+            meta: db.open_tree("meta").map_err(unwritable)?,
         };
-        let meta = db.open_tree("meta").map_err(unwritable)?;
+        let meta = trees.meta.clone();
         let recovered = index::recover(&trees, &meta, &log_dir)?;
         if recovered.replayed > 0 || recovered.dropped > 0 {
             tracing::info!(

@@ -240,14 +240,12 @@ pub fn encode_index(index: &Index) -> Vec<u8> {
     out
 }
 
-/// A commit log entry's bytes (no version byte: the log's format is the log's).
-pub fn encode_created(created: &Created) -> Vec<u8> {
+/// Appends a commit log entry's bytes to `out` (no version byte: the log's format is
+/// the log's).
+pub fn encode_created(created: &Created, out: &mut Vec<u8>) {
     let content = &created.content;
-    let mut out = Vec::with_capacity(
-        512 + content.body.len() + content.normalised.as_ref().map_or(0, Vec::len),
-    );
-    postcard::to_io(created, &mut out).expect("writing to a Vec cannot fail");
-    out
+    out.reserve(512 + content.body.len() + content.normalised.as_ref().map_or(0, Vec::len));
+    postcard::to_io(created, out).expect("writing to a Vec cannot fail");
 }
 
 pub fn decode_created(bytes: &[u8]) -> Result<Created, DecodeError> {
@@ -454,7 +452,9 @@ mod tests {
             order_ts: None,
             remembered: true,
         };
-        let back = decode_created(&encode_created(&created)).unwrap();
+        let mut bytes = Vec::new();
+        encode_created(&created, &mut bytes);
+        let back = decode_created(&bytes).unwrap();
         assert_eq!(back, created);
         assert_eq!(Record::from_parts(index, back.content), record);
     }

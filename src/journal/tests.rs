@@ -295,8 +295,9 @@ fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
         dedup: db.open_tree("dedup").unwrap(),
         dedup_expiry: db.open_tree("dedup_expiry").unwrap(),
         order: db.open_tree("order").unwrap(),
+        meta: db.open_tree("meta").unwrap(),
     };
-    let meta = db.open_tree("meta").unwrap();
+    let meta = trees.meta.clone();
     (db, trees, meta)
 }
 
@@ -481,5 +482,45 @@ async fn embedded_replay_copies_count_and_compact_like_events() {
     assert_eq!(journal.get(3).unwrap().unwrap().body, b"{}");
     assert_eq!(journal.counts()["s"].queued, 1);
     assert_eq!(journal.backlog(), 1);
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn ids_are_forgotten_after_the_window_whether_or_not_their_event_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Retention (1 h) shorter than the dedup window (72 h): event 1 is compacted while
+    // its id must still be remembered.
+    let journal = Journal::open(Settings {
+        retention: Duration::from_secs(3600),
+        ..settings(dir.path())
+    })
+    .unwrap();
+    journal.append(event("gone", HOUR_MS)).await.unwrap();
+    journal.mark_delivered(vec![(1, 0)], HOUR_MS).await.unwrap();
+    journal.append(event("kept", 10 * HOUR_MS)).await.unwrap();
+    journal.compact(3 * HOUR_MS).await.unwrap();
+    assert!(journal.get(1).unwrap().is_none());
+    assert!(journal.remembers("s", "gone"), "inside its window");
+    // Past both windows: the compacted event's id by its own expiry entry, the kept
+    // event's id by the walk over the events.
+    journal.compact(83 * HOUR_MS).await.unwrap();
+    assert!(!journal.remembers("s", "gone"));
+    assert!(!journal.remembers("s", "kept"));
+    assert!(
+        journal.get(2).unwrap().is_some(),
+        "queued events stay (broker mode)"
+    );
+    assert_eq!(
+        journal.append(event("kept", 84 * HOUR_MS)).await,
+        Ok(Outcome::Accepted(3)),
+        "a new delivery with an expired id is a new event"
+    );
+    // The walk goes on from where it stopped, and does not forget the new one.
+    journal.compact(85 * HOUR_MS).await.unwrap();
+    assert!(journal.remembers("s", "kept"));
+    assert_eq!(
+        journal.append(event("kept", 86 * HOUR_MS)).await,
+        Ok(Outcome::Duplicate(3))
+    );
     journal.close().await;
 }

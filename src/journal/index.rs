@@ -125,7 +125,17 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         .get(COVERED)
         .map_err(unwritable)?
         .and_then(|v| Mark::decode(&v));
-    let segments = log::segments(dir).map_err(io)?;
+    let mut segments = log::segments(dir).map_err(io)?;
+    // A segment created ahead of need and never written: not part of the log.
+    while let Some(&last) = segments.last() {
+        let path = log::segment_path(dir, last);
+        if segments.len() > 1 && std::fs::metadata(&path).map_err(io)?.len() == 0 {
+            std::fs::remove_file(&path).map_err(io)?;
+            segments.pop();
+        } else {
+            break;
+        }
+    }
     let mut last_seq = covered.map_or(0, |m| m.last_seq);
     let mut tail = None;
     let mut replayed = 0;

@@ -19,7 +19,10 @@ use std::sync::{Arc, Mutex};
 use super::record::Loc;
 
 /// A segment is closed and a new one started once it holds this much.
+#[cfg(not(test))]
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+#[cfg(test)]
+const SEGMENT_BYTES: u64 = 4096;
 const HEADER: usize = 8;
 /// No entry is larger than this; a length beyond it is damage.
 const MAX_ENTRY: u32 = 256 * 1024 * 1024;
@@ -108,6 +111,20 @@ pub struct Writer {
     pending_at: u64,
     /// Segments written since the last [`Writer::take_unsynced`].
     unsynced: Vec<Arc<File>>,
+    /// The next segment, being created (and its directory entry synced) on a thread of
+    /// its own once this one is half full, so that a rotation does not stall a group.
+    next: Option<std::thread::JoinHandle<io::Result<File>>>,
+}
+
+/// Creates segment `n` and makes its directory entry durable.
+fn create(dir: &Path, n: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(segment_path(dir, n))?;
+    sync_dir(dir)?;
+    Ok(file)
 }
 
 impl Writer {
@@ -134,6 +151,7 @@ impl Writer {
             pending: Vec::with_capacity(1 << 20),
             pending_at: len,
             unsynced: Vec::new(),
+            next: None,
         })
     }
 
@@ -148,6 +166,12 @@ impl Writer {
     pub fn append_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<Loc> {
         if self.len >= SEGMENT_BYTES {
             self.rotate()?;
+        } else if self.len >= SEGMENT_BYTES / 2 && self.next.is_none() {
+            let (dir, n) = (self.dir.clone(), self.segment + 1);
+            self.next = std::thread::Builder::new()
+                .name("journal-segment".into())
+                .spawn(move || create(&dir, n))
+                .ok();
         }
         let start = self.pending.len();
         self.pending.extend_from_slice(&[0; HEADER]);
@@ -197,12 +221,12 @@ impl Writer {
     fn rotate(&mut self) -> io::Result<()> {
         self.write()?;
         let next = self.segment + 1;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(segment_path(&self.dir, next))?;
-        sync_dir(&self.dir)?;
+        let file = match self.next.take().map(|prepared| prepared.join()) {
+            Some(Ok(Ok(file))) => file,
+            Some(Ok(Err(e))) => return Err(e),
+            // No thread could be started, or it panicked: create it here.
+            Some(Err(_)) | None => create(&self.dir, next)?,
+        };
         self.segment = next;
         self.file = Arc::new(file);
         self.len = 0;
@@ -328,6 +352,32 @@ mod tests {
         assert!(scan(dir.path(), a.segment, 0).unwrap().entries.is_empty());
         let beyond = Loc { offset: 1000, ..a };
         assert_eq!(Reader::new(dir.path()).read(beyond).unwrap(), None);
+    }
+
+    #[test]
+    fn full_segments_rotate_to_a_prepared_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Writer::open(dir.path(), None).unwrap();
+        let entry = [7u8; 1000];
+        let mut locs = Vec::new();
+        // 5 entries fill a 4 KiB segment; the next is prepared once one is half full.
+        for _ in 0..12 {
+            locs.push(writer.append(&entry).unwrap());
+            writer.write().unwrap();
+        }
+        assert_eq!(segments(dir.path()).unwrap(), vec![1, 2, 3]);
+        assert_eq!(locs[0].segment, 1);
+        assert_eq!(locs[5].segment, 2);
+        assert_eq!(locs[11].segment, 3);
+        assert_eq!(
+            writer.take_unsynced().len(),
+            3,
+            "every segment written is synced"
+        );
+        let reader = Reader::new(dir.path());
+        for loc in locs {
+            assert_eq!(reader.read(loc).unwrap().unwrap(), entry);
+        }
     }
 
     #[test]

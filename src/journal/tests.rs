@@ -524,3 +524,33 @@ async fn ids_are_forgotten_after_the_window_whether_or_not_their_event_is_kept()
     );
     journal.close().await;
 }
+
+#[tokio::test]
+async fn a_torn_entry_before_a_prepared_empty_segment_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    journal.append(event("a", 1)).await.unwrap();
+    journal.close().await;
+    drop(journal);
+    // A crash in the middle of a write, after the next segment was created ahead.
+    let log_dir = dir.path().join("journal").join("log");
+    let last = *log::segments(&log_dir).unwrap().last().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log::segment_path(&log_dir, last))
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    std::fs::File::create(log::segment_path(&log_dir, last + 1)).unwrap();
+
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(journal.get(1).unwrap().unwrap().summary.id, "a");
+    assert_eq!(
+        journal.append(event("b", 2)).await,
+        Ok(Outcome::Accepted(2))
+    );
+    journal.close().await;
+    drop(journal);
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(journal.get(2).unwrap().unwrap().summary.id, "b");
+    journal.close().await;
+}

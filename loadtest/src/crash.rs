@@ -96,6 +96,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
             duplicates: 0.0,
             size: options.size,
             prefix: format!("crash{stamp}c{cycle}"),
+            tls: None,
         };
         let load = tokio::spawn(run::run(plan, stop.clone()));
         let (low, high) = options.kill_after_ms;

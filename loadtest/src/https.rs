@@ -31,7 +31,7 @@ pub struct Options {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-fn connector(ca: &PathBuf, cert: &PathBuf, key: &PathBuf) -> anyhow::Result<TlsConnector> {
+pub fn connector(ca: &PathBuf, cert: &PathBuf, key: &PathBuf) -> anyhow::Result<TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut std::fs::read(ca)?.as_slice()) {
         roots.add(c?)?;

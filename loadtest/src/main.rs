@@ -3,11 +3,13 @@
 //! - `run`: signed requests for any source of a gateway config ([`run`]).
 //! - `verify`: every acknowledged event is in the journal and the queue ([`verify`]).
 //! - `crash`: SIGKILL at random moments under load, restart, verify ([`crash`]).
+//! - `bench`: the baseline and hookgate under the same load, plain and mTLS ([`bench`]).
 //! - `baseline`: a bare hyper server that reads each body and answers 200, the ceiling
 //!   hookgate is measured against.
 //! - `post`: GitHub pushes over plain HTTP or mTLS ([`https`]).
 //! - `queue-watch`: how long a RabbitMQ queue takes to reach a depth.
 
+mod bench;
 mod crash;
 mod https;
 mod run;
@@ -20,10 +22,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -114,6 +113,28 @@ enum Command {
         size: usize,
         #[command(flatten)]
         check: Check,
+    },
+    /// The baseline, then hookgate (a fresh journal, fsync before every 200), under the
+    /// same closed-loop load, in plain HTTP and in mutual TLS; prints req/s, p99 and
+    /// the ratio.
+    Bench {
+        /// The hookgate binary to run.
+        #[arg(long, default_value = "target/release/hookgate")]
+        hookgate: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value_t = 1600)]
+        size: usize,
+        /// Only plain HTTP.
+        #[arg(long, conflicts_with = "mtls_only")]
+        plain_only: bool,
+        /// Only mutual TLS.
+        #[arg(long)]
+        mtls_only: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// A bare hyper server: reads the body, answers 200 with a small JSON body.
     Baseline {
@@ -267,6 +288,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 duplicates,
                 size,
                 prefix: format!("load{stamp}"),
+                tls: None,
             };
             let report = run::run(plan, Default::default()).await;
             if let Some(path) = ids {
@@ -419,18 +441,34 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             queue_watch(&url, &queue, until, timeout, delete).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            hookgate,
+            connections,
+            duration,
+            size,
+            plain_only,
+            mtls_only,
+            json,
+        } => {
+            let duration = hookgate::config::units::parse_duration(&duration)
+                .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+            let rows = bench::run(bench::Options {
+                hookgate,
+                connections,
+                duration,
+                size,
+                plain: !mtls_only,
+                mtls: !plain_only,
+            })
+            .await?;
+            bench::print(&rows, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Baseline { listen } => {
             let listener = TcpListener::bind(listen).await?;
             eprintln!("baseline listening on {}", listener.local_addr()?);
-            loop {
-                let (stream, _) = listener.accept().await?;
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(answer))
-                        .await;
-                });
-            }
+            bench::serve_baseline(listener, None).await;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Plan {
     pub size: usize,
     /// Every id starts with it, so that verify can tell this run's events from others.
     pub prefix: String,
+    /// TLS (with a client certificate) when set.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// The sources named `names` in `config` (all of them when `names` is empty).
@@ -222,23 +224,35 @@ fn signed(source: &Source, id: &str, size: usize) -> anyhow::Result<(String, Hea
     Ok((path, out.headers, Bytes::from(out.body)))
 }
 
-async fn connect(addr: &str) -> anyhow::Result<Sender> {
+async fn connect(addr: &str, tls: Option<&tokio_rustls::TlsConnector>) -> anyhow::Result<Sender> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    Ok(send)
+    Ok(match tls {
+        None => {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            send
+        }
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+            let stream = tls.connect(name, tcp).await?;
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            send
+        }
+    })
 }
 
 /// Sends one request; the answer's kind (`accepted`, `HTTP 401 invalid_signature`, …)
 /// or `None` when no answer came.
 async fn send(
     sender: &mut Option<Sender>,
-    addr: &str,
+    plan: &Plan,
     (path, headers, body): (String, HeaderMap, Bytes),
 ) -> Option<String> {
+    let addr = plan.addr.as_str();
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
-        *sender = connect(addr).await.ok();
+        *sender = connect(addr, plan.tls.as_ref()).await.ok();
     }
     let conn = sender.as_mut()?;
     if conn.ready().await.is_err() {
@@ -339,7 +353,7 @@ impl Shared {
             }
         };
         tally.sent += 1;
-        let answer = send(sender, &self.plan.addr, request).await;
+        let answer = send(sender, &self.plan, request).await;
         let fate = match answer.as_deref() {
             None => {
                 tally.errors += 1;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
-use super::index::{self, Mark};
+use super::index::{self, Mark, DEDUP_WALKED};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Status, Stored, Summary};
 use super::{
@@ -41,8 +41,6 @@ const MAX_GROUP: usize = 4096;
 const MAX_ATTEMPTS_LOGGED: usize = 20;
 /// The most records one compaction step removes, so that appends are not held up.
 const COMPACT_CHUNK: usize = 5_000;
-/// The `meta` key holding the last seq whose id the dedup expiry walk has handled.
-const DEDUP_WALKED: &[u8] = b"dedup_walked";
 
 pub(super) struct Committer {
     db: sled::Db,
@@ -226,11 +224,12 @@ impl Committer {
             // being taken for a duplicate.
             self.shared.healthy.store(false, Ordering::Release);
             tracing::error!(error = %e, "commit log write failed; refusing new events");
+            // Duplicates too: the copy they point at may be in this unwritten group. The
+            // flusher, seeing the journal unhealthy, fails the group and never moves the
+            // durable mark again.
             let failed = JournalError::Unwritable(format!("commit log write failed: {e}"));
             for (_, result) in appends.iter_mut() {
-                if matches!(result, Ok(Outcome::Accepted(_)) | Ok(Outcome::Stale(_))) {
-                    *result = Err(failed.clone());
-                }
+                *result = Err(failed.clone());
             }
         }
         let (segment, offset) = self.log.writer.position();
@@ -258,8 +257,13 @@ impl Committer {
             .writer
             .append_with(|buf| record::encode_created(created, buf))
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
-        index::apply(&self.trees, created, loc)
-            .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        if let Err(e) = index::apply(&self.trees, created, loc) {
+            // The entry is in the log under a seq the next event would take again:
+            // refuse everything from now on (the next open sorts it out from the log).
+            self.shared.healthy.store(false, Ordering::Release);
+            tracing::error!(error = %e, "index write failed; refusing new events");
+            return Err(JournalError::Unwritable(e.to_string()));
+        }
         *self.log.live.entry(loc.segment).or_default() += 1;
         let summary = &created.summary;
         if summary.status == Status::Queued {

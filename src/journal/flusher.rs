@@ -111,6 +111,9 @@ pub(super) fn run(
         // dirty pages that failed, so a later "success" would not cover them.
         let synced = if failed_before {
             Err("an earlier flush failed".to_string())
+        } else if !shared.healthy.load(Ordering::Acquire) {
+            // A write failed in the committer: this group may not all be on disk.
+            Err("an earlier write failed".to_string())
         } else {
             sync(&group, &db)
         };

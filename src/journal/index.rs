@@ -4,6 +4,7 @@
 //! second and records how far the log is covered; [`recover`] runs at open.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -17,6 +18,8 @@ use super::{seq_key, seq_of, JournalError, Shared, Trees};
 /// `segment, offset, last seq` (big endian u64s): every log entry before it is in the
 /// index, durably.
 const COVERED: &[u8] = b"log_covered";
+/// The `meta` key holding the last seq whose id the dedup expiry walk has handled.
+pub const DEDUP_WALKED: &[u8] = b"dedup_walked";
 /// How often the index is flushed.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
@@ -137,41 +140,65 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         }
     }
     let mut last_seq = covered.map_or(0, |m| m.last_seq);
+    // Seqs in the log are consecutive; the first one missing ends the log.
+    let mut expected = covered.map(|m| m.last_seq + 1);
     let mut tail = None;
     let mut replayed = 0;
-    for (i, &segment) in segments.iter().enumerate() {
+    // Where the log's whole, consecutive entries end, when something else follows.
+    let mut cut = None;
+    'segments: for &segment in &segments {
         let from = match covered {
             Some(m) if segment < m.segment => continue,
             Some(m) if segment == m.segment => m.offset,
             _ => 0,
         };
-        let scanned = log::scan(dir, segment, from).map_err(io)?;
+        let mut scanned = log::scan(dir, segment, from).map_err(io)?;
+        if from > scanned.len {
+            // The mark claims more than the segment holds: read all of it again.
+            scanned = log::scan(dir, segment, 0).map_err(io)?;
+        }
         for (loc, bytes) in &scanned.entries {
-            let created = record::decode_created(bytes).map_err(|e| {
-                JournalError::Unwritable(format!(
-                    "commit log segment {segment} offset {}: {e}",
-                    loc.offset
-                ))
-            })?;
+            let created = match record::decode_created(bytes) {
+                Ok(created) => created,
+                Err(_) => {
+                    cut = Some((segment, loc.offset));
+                    break 'segments;
+                }
+            };
+            let seq = created.summary.seq;
+            if expected.is_some_and(|e| seq > e) {
+                cut = Some((segment, loc.offset));
+                break 'segments;
+            }
             reapply(trees, &created, *loc).map_err(unwritable)?;
-            last_seq = last_seq.max(created.summary.seq);
+            last_seq = last_seq.max(seq);
+            expected = Some(expected.map_or(seq + 1, |e| e.max(seq + 1)));
             replayed += 1;
         }
+        // What was read is made durable before the index may claim it.
+        File::open(log::segment_path(dir, segment))
+            .and_then(|f| f.sync_data())
+            .map_err(io)?;
         if scanned.end < scanned.len {
-            if i + 1 < segments.len() {
-                return Err(JournalError::Unwritable(format!(
-                    "commit log segment {segment} is damaged at offset {} and later segments follow it",
-                    scanned.end
-                )));
-            }
-            tracing::warn!(
-                segment,
-                offset = scanned.end,
-                bytes = scanned.len - scanned.end,
-                "cutting off an incomplete commit log entry (a write interrupted by a crash)"
-            );
+            cut = Some((segment, scanned.end));
+            break;
         }
         tail = Some((segment, scanned.end));
+    }
+    if let Some((segment, offset)) = cut {
+        // Nothing after the first torn, damaged or missing entry was ever answered:
+        // each group is answered only after every segment it wrote was synced.
+        let later: Vec<u64> = segments.iter().copied().filter(|s| *s > segment).collect();
+        tracing::warn!(
+            segment,
+            offset,
+            later_segments = later.len(),
+            "cutting the commit log after its last whole entry (a write interrupted by a crash)"
+        );
+        for later in later {
+            std::fs::remove_file(log::segment_path(dir, later)).map_err(io)?;
+        }
+        tail = Some((segment, offset));
     }
     // Index entries past the last durable log entry: their appends were never answered,
     // so nothing may remember them (a provider's retry must be accepted).
@@ -197,6 +224,17 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             trees.dedup_expiry.remove(expiry).map_err(unwritable)?;
         }
         dropped += 1;
+    }
+    if dropped > 0 {
+        // Their seqs will be used again: the dedup walk must see them.
+        let walked = meta
+            .get(DEDUP_WALKED)
+            .map_err(unwritable)?
+            .map_or(0, |v| seq_of(&v));
+        if walked > last_seq {
+            meta.insert(DEDUP_WALKED, &seq_key(last_seq))
+                .map_err(unwritable)?;
+        }
     }
     let next_segment = covered.map_or(1, |m| m.segment + 1);
     Ok(Recovered {

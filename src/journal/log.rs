@@ -75,7 +75,9 @@ pub fn scan(dir: &Path, segment: u64, offset: u64) -> io::Result<Scanned> {
         let size = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
         let start = at + HEADER;
-        if size > MAX_ENTRY || bytes.len() - start < size as usize {
+        // No entry is empty: a zero length is what a file extended before its data
+        // landed reads as.
+        if size == 0 || size > MAX_ENTRY || bytes.len() - start < size as usize {
             break;
         }
         let body = &bytes[start..start + size as usize];

@@ -272,7 +272,7 @@ impl Journal {
                 "index brought up to the commit log"
             );
         }
-        let (counts, mut live) = count_events(&trees.events)?;
+        let (counts, mut live, unreadable) = count_events(&trees.events)?;
         let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
         let writer = log::Writer::open(&log_dir, Some(tail))
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
@@ -281,7 +281,8 @@ impl Journal {
         for segment in log::segments(&log_dir)
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?
         {
-            if segment < tail.0 && !live.contains_key(&segment) {
+            // A record this build cannot read may refer to any segment: delete none.
+            if unreadable == 0 && segment < tail.0 && !live.contains_key(&segment) {
                 reader
                     .remove(segment)
                     .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
@@ -581,12 +582,14 @@ fn content(reader: &log::Reader, index: &record::Index) -> Result<Option<record:
 /// Events by log segment.
 type Live = BTreeMap<u64, u64>;
 
-/// Counts the events of each source by status, and of each log segment.
+/// Counts the events of each source by status, and of each log segment; and the
+/// records it could not read.
 fn count_events(
     events: &sled::Tree,
-) -> Result<(BTreeMap<String, SourceCounts>, Live), JournalError> {
+) -> Result<(BTreeMap<String, SourceCounts>, Live, usize), JournalError> {
     let mut counts: BTreeMap<String, SourceCounts> = BTreeMap::new();
     let mut live = Live::new();
+    let mut unreadable = 0;
     for item in events.iter() {
         let (key, bytes) = item.map_err(|e| JournalError::Unwritable(e.to_string()))?;
         match record::decode_stored(&bytes) {
@@ -604,11 +607,12 @@ fn count_events(
                 }
             }
             Err(e) => {
+                unreadable += 1;
                 tracing::warn!(seq = seq_of(&key), error = %e, "unreadable record not counted")
             }
         }
     }
-    Ok((counts, live))
+    Ok((counts, live, unreadable))
 }
 
 fn db_path(dir: &Path) -> PathBuf {

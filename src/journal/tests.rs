@@ -554,3 +554,82 @@ async fn a_torn_entry_before_a_prepared_empty_segment_is_cut_off() {
     assert_eq!(journal.get(2).unwrap().unwrap().summary.id, "b");
     journal.close().await;
 }
+
+/// A log entry for seq `seq`, as an append would write it.
+fn created(seq: u64, id: &str) -> record::Created {
+    record::Created {
+        summary: Summary {
+            seq,
+            id: id.into(),
+            source: "s".into(),
+            event_type: None,
+            status: Status::Queued,
+            received_at_ms: 1,
+            attempts: 0,
+            size: 2,
+            replay_of: None,
+        },
+        content: record::Content {
+            event_ts: None,
+            order_key: None,
+            content_type: "application/json".into(),
+            headers: vec![],
+            client_identity: None,
+            body: b"{}".to_vec(),
+            normalised: None,
+        },
+        replays: 0,
+        order_ts: None,
+        remembered: true,
+    }
+}
+
+#[tokio::test]
+async fn the_log_ends_at_its_first_missing_seq_and_a_zero_filled_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for id in ["a", "b", "c"] {
+        journal.append(event(id, 1)).await.unwrap();
+    }
+    journal.close().await;
+    drop(journal);
+    // A power loss that kept a later segment but not the entry (seq 4) before it, and an
+    // index that had already taken seq 5.
+    let log_dir = dir.path().join("journal").join("log");
+    let last = *log::segments(&log_dir).unwrap().last().unwrap();
+    {
+        let mut later = log::Writer::open(&log_dir, Some((last + 1, 0))).unwrap();
+        let five = created(5, "five");
+        let loc = later
+            .append_with(|buf| record::encode_created(&five, buf))
+            .unwrap();
+        later.write().unwrap();
+        let (db, trees, _) = raw_index(dir.path());
+        index::apply(&trees, &five, loc).unwrap();
+        db.flush().unwrap();
+    }
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert!(journal.get(5).unwrap().is_none(), "nothing past the gap");
+    assert!(!journal.remembers("s", "five"));
+    assert_eq!(
+        journal.append(event("five", 2)).await,
+        Ok(Outcome::Accepted(4))
+    );
+    journal.close().await;
+    drop(journal);
+
+    // Zeros where a write should have landed.
+    let last = *log::segments(&log_dir).unwrap().last().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log::segment_path(&log_dir, last))
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[0; 64]).unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(journal.get(4).unwrap().unwrap().summary.id, "five");
+    assert_eq!(
+        journal.append(event("six", 3)).await,
+        Ok(Outcome::Accepted(5))
+    );
+    journal.close().await;
+}

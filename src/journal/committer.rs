@@ -607,7 +607,16 @@ impl Committer {
                 if let Stored::Indexed(index) = &stored {
                     self.release(index.content.segment);
                 }
-                self.dequeue(summary.seq)?;
+                if self.trees.keep_queue {
+                    self.dequeue(summary.seq)?;
+                } else {
+                    // Embedded, the backlog is the events still `queued` (a journal
+                    // written before may still have queue entries: they go too).
+                    self.trees.queued.remove(&key).map_err(unwritable)?;
+                    if summary.status == Status::Queued {
+                        self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
                 // The walk above can no longer find this event: an id still inside its
                 // window gets an expiry entry of its own.
                 if summary.seq > walked {

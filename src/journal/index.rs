@@ -63,7 +63,7 @@ pub fn apply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Err
     // The event goes in before the dedup entry that points at it, so that whatever
     // prefix of these writes survives a crash, a dedup entry never points nowhere.
     trees.events.insert(key, record::encode_index(&index))?;
-    if summary.status == Status::Queued {
+    if summary.status == Status::Queued && trees.keep_queue {
         trees.queued.insert(key, &[])?;
     }
     apply_rest(trees, created)
@@ -79,7 +79,7 @@ fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error
             let queued = record::decode_summary(&existing)
                 .map(|s| s.status == Status::Queued)
                 .unwrap_or(false);
-            if queued {
+            if queued && trees.keep_queue {
                 trees.queued.insert(key, &[])?;
             }
             apply_rest(trees, created)

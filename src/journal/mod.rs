@@ -128,6 +128,9 @@ struct Trees {
     dedup_expiry: sled::Tree,
     order: sled::Tree,
     meta: sled::Tree,
+    /// Whether the `queued` tree is kept: only a forwarder reads it. In embedded mode
+    /// the backlog is counted from the events' status instead.
+    keep_queue: bool,
 }
 
 struct Shared {
@@ -262,6 +265,7 @@ impl Journal {
             dedup_expiry: db.open_tree("dedup_expiry").map_err(unwritable)?,
             order: db.open_tree("order").map_err(unwritable)?,
             meta: db.open_tree("meta").map_err(unwritable)?,
+            keep_queue: !settings.embedded,
         };
         let meta = trees.meta.clone();
         let recovered = index::recover(&trees, &meta, &log_dir)?;
@@ -273,6 +277,7 @@ impl Journal {
             );
         }
         let (counts, mut live, unreadable) = count_events(&trees.events)?;
+        complete_the_queue(&trees)?;
         let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
         let writer = log::Writer::open(&log_dir, Some(tail))
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
@@ -307,7 +312,11 @@ impl Journal {
         .map_err(unwritable)?;
         db.flush().map_err(unwritable)?;
         let shared = Arc::new(Shared {
-            backlog: AtomicU64::new(trees.queued.len() as u64),
+            backlog: AtomicU64::new(if trees.keep_queue {
+                trees.queued.len() as u64
+            } else {
+                counts.values().map(|c| c.queued).sum()
+            }),
             healthy: AtomicBool::new(true),
             durable: Mutex::new(None),
             unreferenced: Mutex::new(Vec::new()),
@@ -564,6 +573,41 @@ impl Journal {
             .contains_key(committer::dedup_key(source, id))
             .unwrap_or(false)
     }
+}
+
+/// The `meta` key present while the `queued` tree holds every queued event.
+const QUEUE_COMPLETE: &[u8] = b"queue_complete";
+
+/// With a broker, makes sure the `queued` tree holds every queued event: after embedded
+/// mode (which does not keep it), every event still `queued` goes in. Embedded, notes
+/// that the tree is no longer kept.
+fn complete_the_queue(trees: &Trees) -> Result<(), JournalError> {
+    let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+    if !trees.keep_queue {
+        trees.meta.remove(QUEUE_COMPLETE).map_err(unwritable)?;
+        return Ok(());
+    }
+    if trees
+        .meta
+        .contains_key(QUEUE_COMPLETE)
+        .map_err(unwritable)?
+    {
+        return Ok(());
+    }
+    let mut added = 0u64;
+    for item in trees.events.iter() {
+        let (key, bytes) = item.map_err(unwritable)?;
+        if record::decode_summary(&bytes).is_ok_and(|s| s.status == Status::Queued)
+            && trees.queued.insert(key, &[]).map_err(unwritable)?.is_none()
+        {
+            added += 1;
+        }
+    }
+    trees.meta.insert(QUEUE_COMPLETE, &[]).map_err(unwritable)?;
+    if added > 0 {
+        tracing::info!(added, "queue rebuilt for the forwarder after embedded mode");
+    }
+    Ok(())
 }
 
 /// An indexed event's content from the log; `None` while its group is still being

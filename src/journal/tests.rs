@@ -296,6 +296,7 @@ fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
         dedup_expiry: db.open_tree("dedup_expiry").unwrap(),
         order: db.open_tree("order").unwrap(),
         meta: db.open_tree("meta").unwrap(),
+        keep_queue: true,
     };
     let meta = trees.meta.clone();
     (db, trees, meta)
@@ -631,5 +632,50 @@ async fn the_log_ends_at_its_first_missing_seq_and_a_zero_filled_tail() {
         journal.append(event("six", 3)).await,
         Ok(Outcome::Accepted(5))
     );
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_journal_used_embedded_then_with_a_broker_forwards_what_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Settings {
+        embedded: true,
+        ..settings(dir.path())
+    };
+    let journal = Journal::open(embedded.clone()).unwrap();
+    journal.append(event("a", HOUR_MS)).await.unwrap();
+    journal.append(event("b", HOUR_MS)).await.unwrap();
+    assert_eq!(journal.backlog(), 2);
+    assert!(
+        journal.queued_from(0, 10).unwrap().is_empty(),
+        "embedded, no queue is kept"
+    );
+    journal.close().await;
+    drop(journal);
+
+    // A broker is configured: both events are queued for it.
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(journal.backlog(), 2);
+    let queued: Vec<u64> = journal
+        .queued_from(0, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.summary.seq)
+        .collect();
+    assert_eq!(queued, [1, 2]);
+    journal.mark_delivered(vec![(1, 0)], HOUR_MS).await.unwrap();
+    assert_eq!(journal.backlog(), 1);
+    journal.close().await;
+    drop(journal);
+
+    // Embedded again: the backlog counts the events still queued, and compaction takes
+    // it down.
+    let journal = Journal::open(embedded).unwrap();
+    assert_eq!(journal.backlog(), 1);
+    journal.append(event("c", 2 * HOUR_MS)).await.unwrap();
+    assert_eq!(journal.backlog(), 2);
+    let week = 7 * 24 * HOUR_MS;
+    journal.compact(HOUR_MS + week + 1).await.unwrap();
+    assert_eq!(journal.backlog(), 1, "b went with retention; c stays");
     journal.close().await;
 }

@@ -526,6 +526,18 @@ async fn ids_are_forgotten_after_the_window_whether_or_not_their_event_is_kept()
     journal.close().await;
 }
 
+/// Appends raw bytes to the newest log segment, as a crash mid-write leaves them;
+/// answers the segment.
+fn append_to_last_segment(log_dir: &Path, bytes: &[u8]) -> u64 {
+    let last = *log::segments(log_dir).unwrap().last().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log::segment_path(log_dir, last))
+        .unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    last
+}
+
 #[tokio::test]
 async fn a_torn_entry_before_a_prepared_empty_segment_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
@@ -535,12 +547,7 @@ async fn a_torn_entry_before_a_prepared_empty_segment_is_cut_off() {
     drop(journal);
     // A crash in the middle of a write, after the next segment was created ahead.
     let log_dir = dir.path().join("journal").join("log");
-    let last = *log::segments(&log_dir).unwrap().last().unwrap();
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(log::segment_path(&log_dir, last))
-        .unwrap();
-    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    let last = append_to_last_segment(&log_dir, &[200, 0, 0, 0, 1, 2, 3]);
     std::fs::File::create(log::segment_path(&log_dir, last + 1)).unwrap();
 
     let journal = Journal::open(settings(dir.path())).unwrap();
@@ -620,12 +627,7 @@ async fn the_log_ends_at_its_first_missing_seq_and_a_zero_filled_tail() {
     drop(journal);
 
     // Zeros where a write should have landed.
-    let last = *log::segments(&log_dir).unwrap().last().unwrap();
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(log::segment_path(&log_dir, last))
-        .unwrap();
-    std::io::Write::write_all(&mut file, &[0; 64]).unwrap();
+    append_to_last_segment(&log_dir, &[0; 64]);
     let journal = Journal::open(settings(dir.path())).unwrap();
     assert_eq!(journal.get(4).unwrap().unwrap().summary.id, "five");
     assert_eq!(

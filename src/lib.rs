@@ -96,12 +96,18 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     let tls = load_tls("server.tls", &config.server.tls)?;
     let admin_tls = load_tls("admin.tls", &config.admin.tls)?;
     let sources = build_sources(config)?;
+    let broker_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = Arc::new(metrics::Metrics::new(
+        config.sources.iter().map(|s| s.name.as_str()),
+        config.broker.as_ref().map(|_| broker_connected.clone()),
+    ));
     let journal = Journal::open(journal::Settings {
         path: config.journal.path.clone(),
         dedup_window: config.journal.dedup_window.0,
         retention: config.journal.retention.0,
         max_backlog: config.journal.max_backlog,
         embedded: config.broker.is_none(),
+        stages: Some(metrics.journal_stages()),
     })
     .with_context(|| {
         format!(
@@ -125,11 +131,6 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     };
     let (stop, stopped) = watch::channel(false);
 
-    let broker_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let metrics = Arc::new(metrics::Metrics::new(
-        config.sources.iter().map(|s| s.name.as_str()),
-        config.broker.as_ref().map(|_| broker_connected.clone()),
-    ));
     let log_bodies = matches!(
         std::env::var("HOOKGATE_LOG_BODIES").as_deref(),
         Ok("1" | "true")

@@ -65,6 +65,8 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Gauge>,
     /// With a broker: whether the forwarder is connected (read when scraped).
     broker: Option<Arc<AtomicBool>>,
+    /// Group commit timings, filled by the journal.
+    stages: crate::journal::Stages,
 }
 
 impl Metrics {
@@ -140,6 +142,22 @@ impl Metrics {
             "Open connections by listener",
             connections.clone(),
         );
+        let stages = crate::journal::Stages::default();
+        registry.register(
+            "hookgate_journal_group_seconds",
+            "Time the committer spent on one group of journal commands",
+            stages.group_seconds.clone(),
+        );
+        registry.register(
+            "hookgate_journal_group_commands",
+            "Journal commands (appends, deliveries, ...) in one group",
+            stages.group_commands.clone(),
+        );
+        registry.register(
+            "hookgate_journal_sync_seconds",
+            "One fdatasync of the commit log (everything a group wrote)",
+            stages.sync_seconds.clone(),
+        );
         for source in sources {
             let _ = requests.get_or_create(&RequestLabels {
                 source: source.to_string(),
@@ -177,7 +195,13 @@ impl Metrics {
             replayed,
             connections,
             broker,
+            stages,
         }
+    }
+
+    /// For the journal to record group commit timings into.
+    pub fn journal_stages(&self) -> crate::journal::Stages {
+        self.stages.clone()
     }
 
     /// One answered ingest request. `source` is a configured source's name or

@@ -671,6 +671,7 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
         retention: Duration::from_secs(7 * 24 * 3600),
         max_backlog: u64::MAX,
         embedded: true,
+        stages: None,
     })
     .unwrap();
     let lost: Vec<&String> = acknowledged

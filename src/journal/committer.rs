@@ -135,9 +135,10 @@ impl Committer {
         let flusher = {
             let (queue, db, shared) = (queue.clone(), self.db.clone(), self.shared.clone());
             let published = self.published.clone();
+            let stages = self.settings.stages.clone();
             std::thread::Builder::new()
                 .name("journal-flusher".into())
-                .spawn(move || flusher::run(queue, db, shared, published))
+                .spawn(move || flusher::run(queue, db, shared, published, stages))
                 .expect("the flusher thread starts")
         };
         let mut group = Vec::with_capacity(MAX_GROUP);
@@ -149,6 +150,7 @@ impl Committer {
             let Some(first) = commands.blocking_recv() else {
                 break;
             };
+            let began = std::time::Instant::now();
             group.push(first);
             while group.len() < MAX_GROUP {
                 match commands.try_recv() {
@@ -157,6 +159,7 @@ impl Committer {
                 }
             }
             let mut close = None;
+            let commands_in_group = group.len();
             for command in group.drain(..) {
                 match command {
                     Command::Append { event, reply } => {
@@ -198,6 +201,10 @@ impl Committer {
             closing = close.is_some();
             self.hand_over(&queue, &mut appends, &mut updates, index_flush, close);
             index_flush = false;
+            if let Some(stages) = &self.settings.stages {
+                stages.group_seconds.observe(began.elapsed().as_secs_f64());
+                stages.group_commands.observe(commands_in_group as f64);
+            }
         }
         if !closing {
             // Every handle is gone without a close: still end with a sync.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{oneshot, watch};
 
 use super::index::Mark;
-use super::{JournalError, Outcome, Shared};
+use super::{JournalError, Outcome, Shared, Stages};
 
 pub(super) type AppendReply = (
     oneshot::Sender<Result<Outcome, JournalError>>,
@@ -102,6 +102,7 @@ pub(super) fn run(
     db: sled::Db,
     shared: Arc<Shared>,
     published: watch::Sender<u64>,
+    stages: Option<Stages>,
 ) {
     let mut failed_before = false;
     loop {
@@ -115,7 +116,12 @@ pub(super) fn run(
             // A write failed in the committer: this group may not all be on disk.
             Err("an earlier write failed".to_string())
         } else {
-            sync(&group, &db)
+            let began = std::time::Instant::now();
+            let synced = sync(&group, &db);
+            if let Some(stages) = &stages {
+                stages.sync_seconds.observe(began.elapsed().as_secs_f64());
+            }
+            synced
         };
         let failed = match synced {
             Ok(()) => {

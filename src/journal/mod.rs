@@ -50,6 +50,29 @@ pub struct Settings {
     /// Without a broker the journal is the queue: retention drops old events whatever
     /// their status.
     pub embedded: bool,
+    /// Where the journal's stage timings go (the metrics), if anywhere.
+    pub stages: Option<Stages>,
+}
+
+/// Timings of group commit, for `/metrics`: what one group cost the committer, how many
+/// commands it held, and how long its sync took.
+#[derive(Clone, Debug)]
+pub struct Stages {
+    pub group_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub group_commands: prometheus_client::metrics::histogram::Histogram,
+    pub sync_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        Stages {
+            // 50 µs to about 1.6 s, doubling.
+            group_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            group_commands: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
+    }
 }
 
 /// An event that passed verification and identification, ready to be journaled.

@@ -14,6 +14,7 @@ fn settings(dir: &Path) -> Settings {
         retention: Duration::from_secs(7 * 24 * 3600),
         max_backlog: 1_000,
         embedded: false,
+        stages: None,
     }
 }
 

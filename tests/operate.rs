@@ -144,6 +144,13 @@ async fn metrics_are_served_and_move() {
     assert_eq!(value("hookgate_ack_seconds_count"), 5.0);
     assert_eq!(value(r#"hookgate_ack_seconds_bucket{le="+Inf"}"#), 5.0);
     assert_eq!(value("hookgate_journal_backlog"), 2.0);
+    // Group commit ran: at least one group and one sync, each timed.
+    assert!(value("hookgate_journal_group_seconds_count") >= 1.0);
+    assert!(
+        value("hookgate_journal_group_commands_sum") >= 3.0,
+        "three appends"
+    );
+    assert!(value("hookgate_journal_sync_seconds_count") >= 1.0);
     assert!(
         !after.contains("no-such-source-xyz"),
         "an unknown path never becomes a label"

@@ -150,6 +150,11 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         None => None,
     };
     let acked = journal.acked;
+    if journal.ok() && queue.is_none_or(|q| q.ok()) {
+        let _ = std::fs::remove_file(&log);
+    } else {
+        eprintln!("hookgate's log: {}", log.display());
+    }
     Ok(Outcome {
         journal,
         queue,

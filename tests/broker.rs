@@ -130,6 +130,25 @@ async fn wait_for_ready(admin: std::net::SocketAddr, want: u16) {
     }
 }
 
+/// A gateway forwarding to the local RabbitMQ under the test's exchange, with `queues`
+/// declared and `sources` configured, once `/readyz` says it is connected.
+async fn start_forwarding(
+    dir: &Path,
+    rabbit: &Rabbit,
+    queues: &str,
+    sources: &str,
+) -> hookgate::Running {
+    let url = common::rabbit::amqp_url(common::rabbit::BROKER);
+    let running = start(
+        dir,
+        "",
+        &format!("{}{sources}", broker(&url, rabbit, queues)),
+    )
+    .await;
+    wait_for_ready(running.admin_addr, 200).await;
+    running
+}
+
 async fn post_github(
     addr: std::net::SocketAddr,
     id: &str,
@@ -182,16 +201,9 @@ async fn messages_carry_the_spec_contract() {
     let rabbit = Rabbit::connect("contract").await;
     let queue = rabbit.queue("all");
     let dir = tempfile::tempdir().unwrap();
-    let sources = format!(
-        "{}{GITHUB_SOURCE}{STRIPE_SOURCE}routing_key = \"payments.{{source}}.{{type}}\"\n",
-        broker(
-            &common::rabbit::amqp_url(common::rabbit::BROKER),
-            &rabbit,
-            &quorum_queue(&queue, "#")
-        )
-    );
-    let running = start(dir.path(), "", &sources).await;
-    wait_for_ready(running.admin_addr, 200).await;
+    let sources =
+        format!("{GITHUB_SOURCE}{STRIPE_SOURCE}routing_key = \"payments.{{source}}.{{type}}\"\n");
+    let running = start_forwarding(dir.path(), &rabbit, &quorum_queue(&queue, "#"), &sources).await;
     assert!(
         rabbit.is_of_kind(&queue, "quorum").await,
         "{queue} is a quorum queue"
@@ -303,16 +315,7 @@ async fn messages_carry_the_spec_contract() {
 async fn an_unroutable_event_is_delivered_once_a_queue_is_bound() {
     let rabbit = Rabbit::connect("unroutable").await;
     let dir = tempfile::tempdir().unwrap();
-    let sources = format!(
-        "{}{GITHUB_SOURCE}",
-        broker(
-            &common::rabbit::amqp_url(common::rabbit::BROKER),
-            &rabbit,
-            ""
-        )
-    );
-    let running = start(dir.path(), "", &sources).await;
-    wait_for_ready(running.admin_addr, 200).await;
+    let running = start_forwarding(dir.path(), &rabbit, "", GITHUB_SOURCE).await;
 
     let reply = post_github(running.ingest_addr, "lost-1", "{}").await;
     assert_eq!(reply.json()["status"], "accepted");
@@ -354,16 +357,13 @@ async fn replay_publishes_again_with_the_same_message_id() {
     let rabbit = Rabbit::connect("replay").await;
     let queue = rabbit.queue("all");
     let dir = tempfile::tempdir().unwrap();
-    let sources = format!(
-        "{}{GITHUB_SOURCE}{STRIPE_SOURCE}",
-        broker(
-            &common::rabbit::amqp_url(common::rabbit::BROKER),
-            &rabbit,
-            &quorum_queue(&queue, "#")
-        )
-    );
-    let running = start(dir.path(), "", &sources).await;
-    wait_for_ready(running.admin_addr, 200).await;
+    let running = start_forwarding(
+        dir.path(),
+        &rabbit,
+        &quorum_queue(&queue, "#"),
+        &format!("{GITHUB_SOURCE}{STRIPE_SOURCE}"),
+    )
+    .await;
     let got = rabbit.collect(&queue).await;
     for id in ["rp-1", "rp-2", "rp-3"] {
         let reply = post_github(running.ingest_addr, id, "{}").await;
@@ -630,13 +630,7 @@ async fn the_example_worker_does_each_event_once() {
     let queue = rabbit.queue("worker");
     let dir = tempfile::tempdir().unwrap();
     let url = common::rabbit::amqp_url(common::rabbit::BROKER);
-    let running = start(
-        dir.path(),
-        "",
-        &format!("{}{GITHUB_SOURCE}", broker(&url, &rabbit, "")),
-    )
-    .await;
-    wait_for_ready(running.admin_addr, 200).await;
+    let running = start_forwarding(dir.path(), &rabbit, "", GITHUB_SOURCE).await;
 
     let mut worker = Command::new(example_worker())
         .args([

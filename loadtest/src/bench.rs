@@ -6,10 +6,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::run::{self, Plan, Report};
@@ -115,36 +113,6 @@ async fn load(
     Ok(run::run(plan, Default::default()).await)
 }
 
-fn start(hookgate: &Path, config: &Path) -> anyhow::Result<Child> {
-    Command::new(hookgate)
-        .args(["serve", "-c"])
-        .arg(config)
-        .env("HOOKGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", hookgate.display()))
-}
-
-async fn wait_for(admin: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
-    let began = Instant::now();
-    loop {
-        if let Ok(reply) = hookgate::cli::client::get(&format!("http://{admin}/healthz")).await {
-            if reply.status.is_success() {
-                return Ok(());
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("hookgate exited: {status}");
-        }
-        anyhow::ensure!(
-            began.elapsed() < Duration::from_secs(30),
-            "hookgate did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 pub async fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     let dir = std::env::temp_dir().join(format!("hookgate-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -178,9 +146,9 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Row>> {
         let baseline = load(&config, base_addr, &options, connector.clone(), "b").await?;
         server.abort();
 
-        let mut child = start(&options.hookgate, &config)?;
+        let mut child = crate::crash::start(&options.hookgate, &config, None)?;
         let measured = async {
-            wait_for(admin, &mut child).await?;
+            crate::crash::answering(&format!("http://{admin}"), &mut child).await?;
             load(&config, ingest, &options, connector, "h").await
         }
         .await;

@@ -28,30 +28,34 @@ pub struct Options {
 }
 
 pub struct Outcome {
-    pub journal: verify::Counts,
-    pub queue: Option<verify::Counts>,
+    pub checked: verify::Checked,
     /// From each start to the first answer of `/healthz`.
     pub recoveries: Vec<Duration>,
-    pub acked: u64,
 }
 
-fn start(hookgate: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
+/// Starts `hookgate serve`, its log (at warn) appended to `log`, or dropped.
+pub fn start(hookgate: &Path, config: &Path, log: Option<&Path>) -> anyhow::Result<Child> {
+    let stderr = match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        None => Stdio::null(),
+    };
     Command::new(hookgate)
         .args(["serve", "-c"])
         .arg(config)
         .env("HOOKGATE_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("cannot start {}", hookgate.display()))
 }
 
 /// Waits until `/healthz` answers; how long that took.
-async fn answering(admin: &str, child: &mut Child) -> anyhow::Result<Duration> {
+pub async fn answering(admin: &str, child: &mut Child) -> anyhow::Result<Duration> {
     let began = Instant::now();
     loop {
         if let Ok(reply) = hookgate::cli::client::get(&format!("{admin}/healthz")).await {
@@ -83,7 +87,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     for cycle in 0..options.cycles {
-        let mut child = start(&options.hookgate, &options.config, &log)?;
+        let mut child = start(&options.hookgate, &options.config, Some(&log))?;
         recoveries.push(answering(&admin, &mut child).await?);
         let stop = Arc::new(AtomicBool::new(false));
         let plan = Plan {
@@ -124,7 +128,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
             sent.insert((source, id), fate);
         }
     }
-    let mut child = start(&options.hookgate, &options.config, &log)?;
+    let mut child = start(&options.hookgate, &options.config, Some(&log))?;
     recoveries.push(answering(&admin, &mut child).await?);
     let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let found = verify::journal(&admin, options.token.as_deref(), &names).await;
@@ -149,17 +153,15 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         Some(found) => Some(verify::check(&sent, &found?)),
         None => None,
     };
-    let acked = journal.acked;
-    if journal.ok() && queue.is_none_or(|q| q.ok()) {
+    let checked = verify::Checked { journal, queue };
+    if checked.ok() {
         let _ = std::fs::remove_file(&log);
     } else {
         eprintln!("hookgate's log: {}", log.display());
     }
     Ok(Outcome {
-        journal,
-        queue,
+        checked,
         recoveries,
-        acked,
     })
 }
 

@@ -244,6 +244,14 @@ async fn answer(
     ))))
 }
 
+fn exit(ok: bool) -> std::process::ExitCode {
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     use std::process::ExitCode;
@@ -299,11 +307,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             } else {
                 report.print();
             }
-            Ok(if report.tally.unexpected == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(report.tally.unexpected == 0))
         }
         Command::Verify {
             config,
@@ -333,23 +337,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 )),
                 _ => None,
             };
-            let ok = journal.ok() && queue.is_none_or(|q| q.ok());
+            let checked = verify::Checked { journal, queue };
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"journal": journal.to_json(), "queue": queue.map(|q| q.to_json()), "ok": ok})
-                );
+                println!("{}", serde_json::Value::Object(checked.to_json()));
             } else {
-                println!("journal: {journal}");
-                if let Some(queue) = queue {
-                    println!("queue:   {queue}");
-                }
+                checked.print();
             }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(checked.ok()))
         }
         Command::Crash {
             hookgate,
@@ -384,33 +378,22 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 .iter()
                 .map(|d| (d.as_secs_f64() * 1000.0).round())
                 .collect();
-            let ok = outcome.journal.ok() && outcome.queue.is_none_or(|q| q.ok());
+            let checked = outcome.checked;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "cycles": cycles, "acked": outcome.acked,
-                        "journal": outcome.journal.to_json(),
-                        "queue": outcome.queue.map(|q| q.to_json()),
-                        "recovery_ms": ms, "ok": ok,
-                    })
-                );
+                let mut fields = checked.to_json();
+                fields.insert("cycles".into(), cycles.into());
+                fields.insert("acked".into(), checked.journal.acked.into());
+                fields.insert("recovery_ms".into(), ms.into());
+                println!("{}", serde_json::Value::Object(fields));
             } else {
                 println!(
                     "{cycles} crash cycles, {} events acknowledged",
-                    outcome.acked
+                    checked.journal.acked
                 );
-                println!("journal: {}", outcome.journal);
-                if let Some(queue) = outcome.queue {
-                    println!("queue:   {queue}");
-                }
+                checked.print();
                 println!("restart until answering, ms: {ms:?}");
             }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(checked.ok()))
         }
         Command::Post {
             addr,

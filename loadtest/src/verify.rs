@@ -80,6 +80,39 @@ impl std::fmt::Display for Counts {
     }
 }
 
+/// What a check found in the journal and, with a broker, in the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub journal: Counts,
+    pub queue: Option<Counts>,
+}
+
+impl Checked {
+    /// Nothing lost and nothing unexpected, anywhere that was checked.
+    pub fn ok(&self) -> bool {
+        self.journal.ok() && self.queue.is_none_or(|q| q.ok())
+    }
+
+    /// `journal`, `queue` and `ok`, for a JSON report to add its own fields to.
+    pub fn to_json(self) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields = serde_json::Map::new();
+        fields.insert("journal".into(), self.journal.to_json());
+        fields.insert(
+            "queue".into(),
+            self.queue.map_or(serde_json::Value::Null, |q| q.to_json()),
+        );
+        fields.insert("ok".into(), self.ok().into());
+        fields
+    }
+
+    pub fn print(&self) {
+        println!("journal: {}", self.journal);
+        if let Some(queue) = self.queue {
+            println!("queue:   {queue}");
+        }
+    }
+}
+
 /// The prefix of a run's id (`{prefix}-{n}`).
 fn prefix(id: &str) -> &str {
     id.rsplit_once('-').map_or(id, |(prefix, _)| prefix)

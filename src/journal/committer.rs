@@ -61,6 +61,14 @@ pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
     key
 }
 
+/// A `dedup_expiry` key: first-seen time, then the dedup key, so that a range read
+/// finds the oldest first.
+pub(super) fn expiry_key(first_seen_ms: u64, dedup: &[u8]) -> Vec<u8> {
+    let mut key = first_seen_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(dedup);
+    key
+}
+
 pub(super) fn dedup_value(seq: u64, first_seen_ms: u64) -> [u8; 16] {
     let mut v = [0; 16];
     v[..8].copy_from_slice(&seq.to_be_bytes());
@@ -539,16 +547,11 @@ impl Committer {
         }
     }
 
-    /// Forgets the event's id, unless the id's entry belongs to a later copy of it.
+    /// Forgets the event's id (see [`index::forget`]).
     fn forget(&self, summary: &Summary) -> Result<(), JournalError> {
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-        let key = dedup_key(&summary.source, &summary.id);
-        if let Some(v) = self.trees.dedup.get(&key).map_err(unwritable)? {
-            if split_dedup_value(&v).0 == summary.seq {
-                self.trees.dedup.remove(&key).map_err(unwritable)?;
-            }
-        }
-        Ok(())
+        index::forget(&self.trees, summary)
+            .map(drop)
+            .map_err(|e| JournalError::Unwritable(e.to_string()))
     }
 
     fn compact(&mut self, now_ms: u64) -> Result<bool, JournalError> {
@@ -630,11 +633,10 @@ impl Committer {
                     if summary.received_at_ms < dedup_cutoff {
                         self.forget(summary)?;
                     } else {
-                        let mut expiry = summary.received_at_ms.to_be_bytes().to_vec();
-                        expiry.extend_from_slice(&dedup_key(&summary.source, &summary.id));
+                        let dedup = dedup_key(&summary.source, &summary.id);
                         self.trees
                             .dedup_expiry
-                            .insert(expiry, &[])
+                            .insert(expiry_key(summary.received_at_ms, &dedup), &[])
                             .map_err(unwritable)?;
                     }
                 }

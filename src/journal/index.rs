@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::committer::{dedup_key, dedup_value, order_value};
+use super::committer::{dedup_key, dedup_value, expiry_key, order_value};
 use super::log::{self, Reader};
-use super::record::{self, Created, Index, Loc, Status, Stored};
+use super::record::{self, Created, Index, Loc, Status, Stored, Summary};
 use super::{seq_key, seq_of, JournalError, Shared, Trees};
 
 /// The `meta` key under which the index records the log position it covers, as
@@ -106,6 +106,20 @@ fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
             .insert(&dedup, &dedup_value(summary.seq, summary.received_at_ms))?;
     }
     Ok(())
+}
+
+/// Forgets an event's id, unless the id's entry belongs to another event (a later
+/// delivery with the same id); answers whether it did.
+pub fn forget(trees: &Trees, summary: &Summary) -> Result<bool, sled::Error> {
+    let key = dedup_key(&summary.source, &summary.id);
+    let points_here = trees
+        .dedup
+        .get(&key)?
+        .is_some_and(|v| seq_of(&v[..8]) == summary.seq);
+    if points_here {
+        trees.dedup.remove(&key)?;
+    }
+    Ok(points_here)
 }
 
 /// What recovery found: where the log continues, and what it did.
@@ -211,17 +225,12 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         let summary = &index.summary;
         trees.events.remove(&key).map_err(unwritable)?;
         trees.queued.remove(&key).map_err(unwritable)?;
-        let dedup = dedup_key(&summary.source, &summary.id);
-        let points_here = trees
-            .dedup
-            .get(&dedup)
-            .map_err(unwritable)?
-            .is_some_and(|v| seq_of(&v[..8]) == summary.seq);
-        if points_here {
-            trees.dedup.remove(&dedup).map_err(unwritable)?;
-            let mut expiry = summary.received_at_ms.to_be_bytes().to_vec();
-            expiry.extend_from_slice(&dedup);
-            trees.dedup_expiry.remove(expiry).map_err(unwritable)?;
+        if forget(trees, summary).map_err(unwritable)? {
+            let dedup = dedup_key(&summary.source, &summary.id);
+            trees
+                .dedup_expiry
+                .remove(expiry_key(summary.received_at_ms, &dedup))
+                .map_err(unwritable)?;
         }
         dropped += 1;
     }

@@ -319,14 +319,10 @@ impl Admin {
         let until = filter.until.unwrap_or(0);
         let mut matched = Vec::new();
         loop {
-            let journal = self.journal.clone();
-            let page = filter.clone();
-            let listed = match tokio::task::spawn_blocking(move || journal.list(&page)).await {
-                Ok(Ok(listed)) => listed,
-                Ok(Err(e)) => return internal(format!("cannot read the journal: {e}")),
-                Err(e) => return internal(format!("listing failed: {e}")),
+            let (found, cursor) = match self.page(&filter).await {
+                Ok(page) => page,
+                Err(answer) => return answer,
             };
-            let (found, cursor) = listed;
             matched.extend(found.iter().map(|s| s.seq));
             if cursor >= until || cursor == filter.after {
                 break;
@@ -431,37 +427,41 @@ impl Admin {
         }
         let deadline = tokio::time::Instant::now() + wait;
         let mut stop = self.stop.clone();
-        let listed = loop {
-            let journal = self.journal.clone();
-            let page = filter.clone();
-            let listed = tokio::task::spawn_blocking(move || journal.list(&page)).await;
-            let empty = matches!(&listed, Ok(Ok((found, _))) if found.is_empty());
-            if !empty || tokio::time::Instant::now() >= deadline || *stop.borrow() {
-                break listed;
+        let (summaries, next_after) = loop {
+            let (found, cursor) = match self.page(&filter).await {
+                Ok(page) => page,
+                Err(answer) => return answer,
+            };
+            if !found.is_empty() || tokio::time::Instant::now() >= deadline || *stop.borrow() {
+                break (found, cursor);
             }
             // Nothing yet: wait for the next durable event, then look from where this
             // look ended.
-            if let Ok(Ok((_, cursor))) = &listed {
-                filter.after = *cursor;
-            }
+            filter.after = cursor;
             tokio::select! {
-                changed = durable.changed() => if changed.is_err() { break listed },
+                changed = durable.changed() => if changed.is_err() { break (found, cursor) },
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = crate::listen::stopped(&mut stop) => break listed,
+                _ = crate::listen::stopped(&mut stop) => break (found, cursor),
             }
             filter.until = Some(*durable.borrow_and_update());
         };
-        match listed {
-            Ok(Ok((summaries, next_after))) => {
-                let events: Vec<SummaryView> = summaries.iter().map(SummaryView::from).collect();
-                let body = serde_json::json!({ "events": events, "next_after": next_after });
-                json(
-                    StatusCode::OK,
-                    serde_json::to_vec(&body).expect("plain JSON"),
-                )
-            }
-            Ok(Err(e)) => internal(format!("cannot read the journal: {e}")),
-            Err(e) => internal(format!("listing failed: {e}")),
+        let events: Vec<SummaryView> = summaries.iter().map(SummaryView::from).collect();
+        let body = serde_json::json!({ "events": events, "next_after": next_after });
+        json(
+            StatusCode::OK,
+            serde_json::to_vec(&body).expect("plain JSON"),
+        )
+    }
+
+    /// One page of the journal's listing, read off the async threads; on failure, the
+    /// answer to give.
+    async fn page(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), Response<Body>> {
+        let journal = self.journal.clone();
+        let page = filter.clone();
+        match tokio::task::spawn_blocking(move || journal.list(&page)).await {
+            Ok(Ok(listed)) => Ok(listed),
+            Ok(Err(e)) => Err(internal(format!("cannot read the journal: {e}"))),
+            Err(e) => Err(internal(format!("listing failed: {e}"))),
         }
     }
 

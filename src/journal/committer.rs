@@ -284,15 +284,7 @@ impl Committer {
         if summary.status == Status::Queued {
             self.shared.backlog.fetch_add(1, Ordering::AcqRel);
         }
-        let copy = summary.replay_of.is_some();
-        self.shared.count(&summary.source, |c| {
-            // A replayed copy is not something the provider sent.
-            let last = c.last_received_ms;
-            c.add(summary.status, summary.received_at_ms);
-            if copy {
-                c.last_received_ms = last;
-            }
-        });
+        self.shared.count(&summary.source, |c| c.add(summary));
         self.last_seq = summary.seq;
         Ok(())
     }

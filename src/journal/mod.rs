@@ -203,9 +203,13 @@ impl SourceCounts {
         }
     }
 
-    fn add(&mut self, status: Status, received_at_ms: u64) {
-        *self.slot(status) += 1;
-        self.last_received_ms = self.last_received_ms.max(Some(received_at_ms));
+    /// Counts an event; a replayed copy is not something the provider sent, so it does
+    /// not move `last_received_ms`.
+    fn add(&mut self, event: &Summary) {
+        *self.slot(event.status) += 1;
+        if event.replay_of.is_none() {
+            self.last_received_ms = self.last_received_ms.max(Some(event.received_at_ms));
+        }
     }
 
     fn moved(&mut self, from: Status, to: Status) {
@@ -666,11 +670,8 @@ fn count_events(
                 }
                 let s = stored.summary();
                 match counts.get_mut(&s.source) {
-                    Some(c) => c.add(s.status, s.received_at_ms),
-                    None => counts
-                        .entry(s.source.clone())
-                        .or_default()
-                        .add(s.status, s.received_at_ms),
+                    Some(c) => c.add(s),
+                    None => counts.entry(s.source.clone()).or_default().add(s),
                 }
             }
             Err(e) => {

@@ -682,3 +682,23 @@ async fn a_journal_used_embedded_then_with_a_broker_forwards_what_is_queued() {
     assert_eq!(journal.backlog(), 1, "b went with retention; c stays");
     journal.close().await;
 }
+
+#[tokio::test]
+async fn a_replayed_copy_does_not_count_as_received_after_a_restart_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Settings {
+        embedded: true,
+        ..settings(dir.path())
+    };
+    let journal = Journal::open(embedded.clone()).unwrap();
+    journal.append(event("a", HOUR_MS)).await.unwrap();
+    journal.replay(vec![1], 5 * HOUR_MS).await.unwrap();
+    assert_eq!(journal.counts()["s"].last_received_ms, Some(HOUR_MS));
+    journal.close().await;
+    drop(journal);
+    let journal = Journal::open(embedded).unwrap();
+    let counts = journal.counts()["s"];
+    assert_eq!(counts.queued, 2);
+    assert_eq!(counts.last_received_ms, Some(HOUR_MS));
+    journal.close().await;
+}

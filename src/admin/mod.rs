@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
 use crate::gateway::Clock;
-use crate::journal::{Journal, ListFilter, Record, Status, Summary};
+use crate::journal::{Journal, ListFilter, Record, SourceCounts, Status, Summary};
 use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
 
@@ -143,9 +143,6 @@ fn parse_since(value: &str, now: SystemTime) -> Result<u64, String> {
     }
 }
 
-#[derive(Default)]
-struct SourceCountsView(crate::journal::SourceCounts);
-
 fn internal(message: String) -> Response<Body> {
     tracing::error!(%message, "admin request failed");
     error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -227,36 +224,28 @@ impl Admin {
     /// longer configured but still have events are listed too. Never a secret.
     fn sources(&self) -> Response<Body> {
         let mut counts = self.journal.counts();
-        let view = |name: &str, scheme: Option<&str>, c: Option<SourceCountsView>| {
-            let c = c.unwrap_or_default();
+        let view = |name: &str, scheme: Option<&str>, c: SourceCounts| {
             serde_json::json!({
                 "name": name,
                 "configured": scheme.is_some(),
                 "scheme": scheme,
                 "path": scheme.map(|_| format!("/hooks/{name}")),
                 "events": {
-                    "queued": c.0.queued,
-                    "delivered": c.0.delivered,
-                    "stale": c.0.stale,
-                    "failed": c.0.failed,
-                    "total": c.0.total(),
+                    "queued": c.queued,
+                    "delivered": c.delivered,
+                    "stale": c.stale,
+                    "failed": c.failed,
+                    "total": c.total(),
                 },
-                "last_received_at": c.0.last_received_ms.map(rfc3339),
+                "last_received_at": c.last_received_ms.map(rfc3339),
             })
         };
         let mut listed: Vec<serde_json::Value> = self
             .sources
             .iter()
-            .map(|(name, scheme)| {
-                let c = counts.remove(name).map(SourceCountsView);
-                view(name, Some(scheme), c)
-            })
+            .map(|(name, scheme)| view(name, Some(scheme), counts.remove(name).unwrap_or_default()))
             .collect();
-        listed.extend(
-            counts
-                .into_iter()
-                .map(|(name, c)| view(&name, None, Some(SourceCountsView(c)))),
-        );
+        listed.extend(counts.into_iter().map(|(name, c)| view(&name, None, c)));
         let body = serde_json::json!({ "sources": listed });
         json(
             StatusCode::OK,

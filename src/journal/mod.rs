@@ -182,14 +182,13 @@ impl Shared {
 }
 
 /// What the journal holds for one source, by status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceCounts {
     pub queued: u64,
     pub delivered: u64,
     pub stale: u64,
     pub failed: u64,
     /// When the newest event of this source was received.
-    #[serde(skip)]
     pub last_received_ms: Option<u64>,
 }
 

@@ -377,7 +377,7 @@ impl Committer {
             return self.dequeue(seq);
         }
         let (delivered, outcome) = match delivery {
-            Delivery::Confirmed { replays } if replays == *stored.replays_mut() => {
+            Delivery::Confirmed { replays } if replays == stored.replays() => {
                 (true, "delivered".to_string())
             }
             Delivery::Confirmed { .. } => {
@@ -457,7 +457,7 @@ impl Committer {
                         }
                     }
                 };
-                let replays = stored.replays_mut().saturating_add(1);
+                let replays = stored.replays().saturating_add(1);
                 let original = stored.summary();
                 let copy_seq = self.last_seq + 1;
                 let created = Created {
@@ -482,7 +482,7 @@ impl Committer {
                 continue;
             }
             let before = stored.summary().status;
-            *stored.replays_mut() = stored.replays_mut().saturating_add(1);
+            *stored.replays_mut() = stored.replays().saturating_add(1);
             stored.summary_mut().status = Status::Queued;
             log_attempt(stored.attempts_log_mut(), at_ms, "replay requested".into());
             // The record first, then the queue, as in `update`.

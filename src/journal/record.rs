@@ -164,6 +164,13 @@ impl Stored {
         }
     }
 
+    pub fn replays(&self) -> u32 {
+        match self {
+            Stored::Inline(r) => r.replays,
+            Stored::Indexed(i) => i.replays,
+        }
+    }
+
     pub fn replays_mut(&mut self) -> &mut u32 {
         match self {
             Stored::Inline(r) => &mut r.replays,

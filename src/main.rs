@@ -90,6 +90,15 @@ enum Command {
         )]
         token: Option<String>,
     },
+    /// Ask the running gateway's admin listener whether it is alive (or, with --ready,
+    /// ready); exit 0 if it is, 1 if not. For container health checks.
+    Health {
+        #[arg(short, long, env = "HOOKGATE_CONFIG", default_value = "hookgate.toml")]
+        config: PathBuf,
+        /// Ask /readyz (journal open and, with a broker, connected) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Write a development CA, a server certificate for localhost/127.0.0.1/::1 and a
     /// client certificate, for trying HTTPS and mTLS.
     GenCerts {
@@ -241,6 +250,9 @@ fn main() -> ExitCode {
             admin,
             token,
         } => runtime().block_on(events(action, &config, admin.as_deref(), token.as_deref())),
+        Command::Health { config, ready } => {
+            runtime().block_on(hookgate::cli::health(&config, ready))
+        }
         Command::GenCerts { out, client_name } => {
             hookgate::cli::certs::gen_certs(&out, &client_name).map(|written| {
                 for path in written {

@@ -1,4 +1,4 @@
-//! The CLI as a user runs it: `init`, `check-config`, and `send` against a running gateway.
+//! The CLI as a user runs it: `init`, `check-config`, `health`, and `send` against a running gateway.
 
 mod common;
 
@@ -114,4 +114,47 @@ async fn send_signs_for_each_starter_source() {
         .collect();
     assert_eq!(types, vec!["test.ping"; 4]);
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_whether_the_gateway_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let starter = hookgate::cli::STARTER
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{port}"))
+        .replace("data/journal", &dir.path().join("j").display().to_string());
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, &starter).unwrap();
+    let health = move |extra: &'static [&'static str]| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            hookgate()
+                .args(["health", "-c"])
+                .arg(&path)
+                .args(extra)
+                .output()
+                .unwrap()
+        })
+    };
+
+    let down = health(&[]).await.unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert!(said.contains("cannot reach"), "{said}");
+
+    let config = hookgate::config::Config::parse(&starter).unwrap();
+    let gw = hookgate::start(&config).await.unwrap();
+    for extra in [&[][..], &["--ready"][..]] {
+        let up = health(extra).await.unwrap();
+        let said = String::from_utf8_lossy(&up.stdout);
+        assert!(up.status.success(), "{extra:?}: {said}");
+        assert!(said.contains(": 200"), "{said}");
+    }
+    gw.stop().await;
+    assert_eq!(health(&[]).await.unwrap().status.code(), Some(1));
 }

@@ -8,7 +8,9 @@
 //!   hookgate is measured against.
 //! - `post`: GitHub pushes over plain HTTP or mTLS ([`https`]).
 //! - `queue-watch`: how long a RabbitMQ queue takes to reach a depth.
+//! - `balance`: a round-robin TCP load balancer for several replicas ([`balance`]).
 
+mod balance;
 mod bench;
 mod crash;
 mod https;
@@ -79,6 +81,10 @@ enum Command {
         /// Write every id sent, with its fate, here (for `verify`).
         #[arg(long)]
         ids: Option<PathBuf>,
+        /// Send to this `host:port` (a load balancer, say) instead of the config's
+        /// server.listen.
+        #[arg(long)]
+        target: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -90,6 +96,10 @@ enum Command {
         /// The ids file `run --ids` wrote.
         #[arg(long)]
         ids: PathBuf,
+        /// Read the journals of these admin APIs (`http://host:port`, one per replica)
+        /// instead of the config's admin.listen; an event may be in any of them.
+        #[arg(long = "admin")]
+        admins: Vec<String>,
         #[command(flatten)]
         check: Check,
     },
@@ -140,6 +150,14 @@ enum Command {
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+    },
+    /// A round-robin TCP load balancer: each connection goes to the next --backend that
+    /// accepts it (for trying several replicas on one machine).
+    Balance {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
     },
     /// Posts signed GitHub pushes over HTTP/1.1, plain or mTLS, and prints requests/s.
     Post {
@@ -266,6 +284,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             duplicates,
             size,
             ids,
+            target,
             json,
         } => {
             anyhow::ensure!(
@@ -287,7 +306,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 .map(|d| d.as_millis())
                 .unwrap_or(0);
             let plan = run::Plan {
-                addr: hookgate::cli::reachable(loaded.server.listen).to_string(),
+                addr: target
+                    .unwrap_or_else(|| hookgate::cli::reachable(loaded.server.listen).to_string()),
                 sources,
                 connections,
                 rate,
@@ -312,6 +332,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Verify {
             config,
             ids,
+            admins,
             check:
                 Check {
                     token,
@@ -320,16 +341,26 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                     json,
                 },
         } => {
-            let loaded = hookgate::config::Config::load(&config)?;
-            let admin = format!("http://{}", hookgate::cli::reachable(loaded.admin.listen));
+            let admins = if admins.is_empty() {
+                let loaded = hookgate::config::Config::load(&config)?;
+                vec![format!(
+                    "http://{}",
+                    hookgate::cli::reachable(loaded.admin.listen)
+                )]
+            } else {
+                admins
+            };
             let sent = verify::read_ids(&ids)?;
             let mut sources: Vec<String> = sent.keys().map(|(s, _)| s.clone()).collect();
             sources.sort();
             sources.dedup();
-            let journal = verify::check(
-                &sent,
-                &verify::journal(&admin, token.as_deref(), &sources).await?,
-            );
+            let mut found = verify::Found::new();
+            for admin in &admins {
+                for (key, n) in verify::journal(admin, token.as_deref(), &sources).await? {
+                    *found.entry(key).or_default() += n;
+                }
+            }
+            let journal = verify::check(&sent, &found);
             let queue = match (amqp, queue) {
                 (Some(url), Some(queue)) => Some(verify::check(
                     &sent,
@@ -445,6 +476,16 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             })
             .await?;
             bench::print(&rows, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Balance { listen, backends } => {
+            let listener = TcpListener::bind(listen).await?;
+            eprintln!(
+                "balancing {} over {}",
+                listener.local_addr()?,
+                backends.join(", ")
+            );
+            balance::serve(listener, backends).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Baseline { listen } => {

@@ -1,7 +1,8 @@
 //! The load tool as CI runs it: a short load through the real binary to the real
-//! RabbitMQ, then `verify` against the journal and the queue; and five crash cycles
-//! (SIGKILL at random moments under load). Both fail on any loss or unexpected answer,
-//! never on speed.
+//! RabbitMQ, then `verify` against the journal and the queue; five crash cycles (SIGKILL
+//! at random moments under load); and scale-out: three replicas behind a load balancer,
+//! one killed and restarted under load. All fail on any loss or unexpected answer, never
+//! on speed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -283,4 +284,158 @@ fn five_crash_cycles_lose_nothing() {
     assert_eq!(report["journal"]["unexpected"], 0, "{report}");
     assert!(report["acked"].as_u64().unwrap() > 100, "{report}");
     assert_eq!(report["recovery_ms"].as_array().unwrap().len(), 6);
+}
+
+/// A child process that is killed when dropped, so that a failing test leaves none.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `hookgate serve -c config` and waits until its admin listener answers.
+fn start_gateway(config: &Path) -> (Running, String) {
+    let loaded = hookgate::config::Config::load(config).unwrap();
+    let admin = format!("http://{}", loaded.admin.listen);
+    let gateway = Command::new(hookgate())
+        .args(["serve", "-c"])
+        .arg(config)
+        .env("HOOKGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while hookgate_answers(&admin).is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "hookgate did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Running(gateway), admin)
+}
+
+/// How many events `admin`'s journal holds, by the admin API.
+fn journaled(admin: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = runtime
+        .block_on(hookgate::cli::client::get(&format!("{admin}/v1/sources")))
+        .unwrap();
+    reply.json()["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["events"]["total"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn three_replicas_behind_a_balancer_lose_nothing_when_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names::new("scale");
+    // Three replicas, each with a journal of its own, forwarding to one quorum queue.
+    let configs: Vec<PathBuf> = (0..3)
+        .map(|n| {
+            let home = dir.path().join(format!("replica{n}"));
+            std::fs::create_dir(&home).unwrap();
+            config(&home, &names)
+        })
+        .collect();
+    let mut replicas: Vec<(Running, String)> = configs.iter().map(|c| start_gateway(c)).collect();
+    let ingest: Vec<String> = configs
+        .iter()
+        .map(|c| {
+            hookgate::config::Config::load(c)
+                .unwrap()
+                .server
+                .listen
+                .to_string()
+        })
+        .collect();
+    let balancer_addr = format!("127.0.0.1:{}", free_port());
+    let _balancer = Running(
+        Command::new(loadtest())
+            .args(["balance", "--listen", &balancer_addr])
+            .args(ingest.iter().flat_map(|a| ["--backend", a.as_str()]))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&balancer_addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no balancer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let ids = dir.path().join("ids.tsv");
+    let load = Command::new(loadtest())
+        .args(["run", "--duration", "9s", "--connections", "24", "--json"])
+        .args(["--target", &balancer_addr, "-c"])
+        .arg(&configs[0])
+        .arg("--ids")
+        .arg(&ids)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Replica 1 dies under load, and comes back on its own journal.
+    std::thread::sleep(Duration::from_secs(3));
+    replicas[1].0 .0.kill().unwrap();
+    replicas[1].0 .0.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    replicas[1] = start_gateway(&configs[1]);
+    let run = load.wait_with_output().unwrap();
+    let report = json_of(&run);
+    eprintln!("run: {report}");
+    assert_eq!(report["unexpected"], 0, "{report}");
+    assert!(
+        report["answers"]["accepted"].as_u64().unwrap() > 500,
+        "{report}"
+    );
+
+    let admins: Vec<String> = replicas.iter().map(|(_, admin)| admin.clone()).collect();
+    for admin in &admins {
+        wait_until_forwarded(admin);
+        assert!(journaled(admin) > 0, "{admin} took no events");
+    }
+    let verify = Command::new(loadtest())
+        .args(["verify", "--json", "--amqp", AMQP, "--queue", &names.queue])
+        .args(admins.iter().flat_map(|a| ["--admin", a.as_str()]))
+        .arg("-c")
+        .arg(&configs[0])
+        .arg("--ids")
+        .arg(&ids)
+        .output()
+        .unwrap();
+    let checked = json_of(&verify);
+    eprintln!("verify: {checked}");
+    for (mut gateway, _) in replicas {
+        let _ = Command::new("kill")
+            .args(["-TERM", &gateway.0.id().to_string()])
+            .status();
+        let _ = gateway.0.wait();
+    }
+    assert!(verify.status.success(), "{checked}");
+    for place in ["journal", "queue"] {
+        assert_eq!(checked[place]["lost"], 0, "{place}: {checked}");
+        assert_eq!(checked[place]["unexpected"], 0, "{place}: {checked}");
+    }
+    // An event journaled by the replica just before it was killed has no answer: it is
+    // `recovered`, found without being acknowledged.
+    let journal = &checked["journal"];
+    assert_eq!(
+        journal["found"].as_u64().unwrap(),
+        journal["acked"].as_u64().unwrap() + journal["recovered"].as_u64().unwrap(),
+        "every answered event is in a journal, and nothing else is: {checked}"
+    );
+    assert_eq!(
+        journal["duplicated"], 0,
+        "each event is in one journal: {checked}"
+    );
 }

@@ -1,5 +1,5 @@
-//! The subcommands other than `serve`: `check-config`, `init`, `send`, `events` and
-//! `gen-certs`.
+//! The subcommands other than `serve`: `check-config`, `init`, `send`, `events`,
+//! `health` and `gen-certs`.
 
 pub mod certs;
 pub mod client;
@@ -81,6 +81,25 @@ pub fn init(out: &Path, force: bool) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Asks the admin listener of the gateway that `path` configures for `/healthz` (or
+/// `/readyz` when `ready`); answers whether it said yes. Made for health checks in images
+/// that have no HTTP client of their own.
+pub async fn health(path: &Path, ready: bool) -> anyhow::Result<bool> {
+    let config = Config::load(path)?;
+    if config.admin.tls.is_some() {
+        bail!("admin.tls is set; `hookgate health` speaks plain HTTP: ask /healthz with curl");
+    }
+    let which = if ready { "readyz" } else { "healthz" };
+    let url = format!("http://{}/{which}", reachable(config.admin.listen));
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), client::get(&url))
+        .await
+        .map_err(|_| anyhow::anyhow!("{url} did not answer within 5 s"))?
+        .with_context(|| format!("cannot reach {url}"))?;
+    let said = String::from_utf8_lossy(&reply.body);
+    println!("{url}: {} {}", reply.status.as_u16(), said.trim());
+    Ok(reply.status.is_success())
 }
 
 /// The address a client on this machine reaches a listener at: a wildcard address

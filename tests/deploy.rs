@@ -1,0 +1,142 @@
+//! The deploy kit (`deploy/`) checked with what this machine has: the config every
+//! deployment shares loads and agrees with the Kubernetes ConfigMap, and the systemd
+//! unit, the compose file and the Kubernetes manifests pass their own validators
+//! (`systemd-analyze`, `docker-compose config`, `kubernetes-validate`). `.ci/run`
+//! installs the validators; elsewhere a missing one is reported and its check skipped.
+//! The Docker image itself cannot be built here (no Docker engine).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+/// Whether `tool` runs; in CI a missing validator is a failure, not a skip.
+fn have(tool: &str) -> bool {
+    let found = Command::new(tool).arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing; .ci/run installs it"
+        );
+        eprintln!("{tool} is not installed: its check is skipped");
+    }
+    found
+}
+
+fn said(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
+    let output = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check-config", "-c"])
+        .arg(deploy("hookgate.toml"))
+        .env("HOOKGATE_ADMIN_TOKEN", "t")
+        .env("HOOKGATE_AMQP_URL", "amqp://u:p@rabbitmq:5672/%2f")
+        .env("GITHUB_WEBHOOK_SECRET", "g")
+        .env("STRIPE_WEBHOOK_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", said(&output));
+
+    let toml = std::fs::read_to_string(deploy("hookgate.toml")).unwrap();
+    let configmap = std::fs::read_to_string(deploy("k8s/configmap.yaml")).unwrap();
+    let block = &configmap[configmap.find("hookgate.toml: |\n").unwrap() + 17..];
+    let embedded: String = block
+        .lines()
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    assert_eq!(
+        embedded, toml,
+        "k8s/configmap.yaml differs from hookgate.toml"
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    if !have("systemd-analyze") {
+        return;
+    }
+    // verify wants ExecStart's binary to exist: point it at the one just built.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(deploy("systemd/hookgate.service"))
+        .unwrap()
+        .replace("/usr/local/bin/hookgate", env!("CARGO_BIN_EXE_hookgate"));
+    let path = dir.path().join("hookgate.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    // It exits 0 on unknown keys and bad values too, and says so: silence is the pass.
+    assert!(
+        verify.status.success() && said(&verify).trim().is_empty(),
+        "{}",
+        said(&verify)
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = said(&security);
+    let level: f64 = text
+        .split("Overall exposure level for hookgate.service: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {text}"));
+    assert!(level <= 2.0, "exposure {level}: {text}");
+}
+
+#[test]
+fn the_compose_file_is_valid() {
+    if !have("docker-compose") {
+        return;
+    }
+    let output = Command::new("docker-compose")
+        .arg("-f")
+        .arg(deploy("compose.yaml"))
+        .args(["config", "-q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", said(&output));
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_strictly() {
+    if !have("kubernetes-validate") {
+        return;
+    }
+    // rabbitmq.yaml (a RabbitmqCluster) and kustomization.yaml have no schema here.
+    let files = [
+        "configmap.yaml",
+        "secret.yaml",
+        "statefulset.yaml",
+        "service.yaml",
+        "pdb.yaml",
+    ];
+    let output = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .args(files.iter().map(|f| deploy(&format!("k8s/{f}"))))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", said(&output));
+    let kustomization = std::fs::read_to_string(deploy("k8s/kustomization.yaml")).unwrap();
+    for file in files.iter().chain(&["rabbitmq.yaml"]) {
+        assert!(
+            kustomization.contains(&format!("  - {file}\n")),
+            "kustomization.yaml leaves out {file}"
+        );
+    }
+}

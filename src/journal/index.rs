@@ -143,10 +143,11 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         .map_err(unwritable)?
         .and_then(|v| Mark::decode(&v));
     let mut segments = log::segments(dir).map_err(io)?;
-    // A segment prepared ahead of need and never written: not part of the log.
+    // A segment created ahead of need and never written: not part of the log.
     while let Some(&last) = segments.last() {
-        if segments.len() > 1 && log::holds_nothing(dir, last).map_err(io)? {
-            std::fs::remove_file(log::segment_path(dir, last)).map_err(io)?;
+        let path = log::segment_path(dir, last);
+        if segments.len() > 1 && std::fs::metadata(&path).map_err(io)?.len() == 0 {
+            std::fs::remove_file(&path).map_err(io)?;
             segments.pop();
         } else {
             break;
@@ -192,10 +193,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         File::open(log::segment_path(dir, segment))
             .and_then(|f| f.sync_data())
             .map_err(io)?;
-        // Zeros after the last entry are the unwritten rest of a prepared segment; only
-        // the last segment may have them.
-        let last = segments.last() == Some(&segment);
-        if scanned.end < scanned.len && !(scanned.clean && last) {
+        if scanned.end < scanned.len {
             cut = Some((segment, scanned.end));
             break;
         }

@@ -8,14 +8,6 @@
 //! CRC-32 of its bytes (u32, little endian), then the bytes (a postcard
 //! [`super::record::Created`]). A torn or damaged entry at the end of the last segment is
 //! what a crash in the middle of a write leaves; it is cut off when the journal opens.
-//!
-//! Segments are written full of zeros (and synced) on a thread of their own before the
-//! writer moves to them, so that an append overwrites blocks the file system has already
-//! allocated. Its `fdatasync` then writes data only: it does not wait for a file system
-//! journal commit, which on ext4 also waits for other files' dirty data and for discards
-//! of deleted blocks (measured in BENCHMARKS.md: the cause of the slow syncs behind the
-//! tail latency). The zeros after the last entry read as "no entry"; an entry is never
-//! empty, so a zero length cannot be mistaken for one.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -31,15 +23,6 @@ use super::record::Loc;
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 #[cfg(test)]
 const SEGMENT_BYTES: u64 = 4096;
-/// A segment the writer did not prepare itself (the first one, or the one it continues
-/// at open) grows as it is written; once it holds this much, a prepared segment is made
-/// ready and the writer moves to it as soon as it is.
-#[cfg(not(test))]
-const PREPARE_EARLY: u64 = 1024 * 1024;
-#[cfg(test)]
-const PREPARE_EARLY: u64 = 1024;
-/// Zeros are written in pieces of this size.
-const ZEROS: usize = 1024 * 1024;
 const HEADER: usize = 8;
 /// No entry is larger than this; a length beyond it is damage.
 const MAX_ENTRY: u32 = 256 * 1024 * 1024;
@@ -78,20 +61,6 @@ pub struct Scanned {
     pub end: u64,
     /// The segment's length on disk.
     pub len: u64,
-    /// Whether everything after `end` is zeros: the unwritten part of a prepared segment,
-    /// not damage.
-    pub clean: bool,
-}
-
-/// Whether `segment` holds no entry at all: empty, or prepared and not yet written.
-pub fn holds_nothing(dir: &Path, segment: u64) -> io::Result<bool> {
-    let mut header = [0u8; HEADER];
-    let file = File::open(segment_path(dir, segment))?;
-    match file.read_exact_at(&mut header, 0) {
-        Ok(()) => Ok(header == [0; HEADER]),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(true),
-        Err(e) => Err(e),
-    }
 }
 
 /// Reads the entries of `segment` from `offset` on, stopping at the first torn or
@@ -129,7 +98,6 @@ pub fn scan(dir: &Path, segment: u64, offset: u64) -> io::Result<Scanned> {
         entries,
         end: at as u64,
         len,
-        clean: bytes[at..].iter().all(|b| *b == 0),
     })
 }
 
@@ -140,60 +108,29 @@ pub struct Writer {
     file: Arc<File>,
     /// Bytes in the segment, including what is still pending.
     len: u64,
-    /// Whether the segment was prepared (written full of zeros) before use.
-    prepared: bool,
-    /// After a failed preparation, the length at which to try again.
-    retry_at: u64,
     /// Entries appended since the last [`Writer::write`], and where they start.
     pending: Vec<u8>,
     pending_at: u64,
     /// Segments written since the last [`Writer::take_unsynced`].
     unsynced: Vec<Arc<File>>,
-    /// The next segment, being prepared on a thread of its own once this one is half
-    /// full (or [`PREPARE_EARLY`] into one that was not prepared), so that a rotation
-    /// does not stall a group.
+    /// The next segment, being created (and its directory entry synced) on a thread of
+    /// its own once this one is half full, so that a rotation does not stall a group.
     next: Option<std::thread::JoinHandle<io::Result<File>>>,
 }
 
-/// Creates segment `n` full of zeros, and makes it and its directory entry durable.
-fn prepare(dir: &Path, n: u64) -> io::Result<File> {
-    let path = segment_path(dir, n);
+/// Creates segment `n` and makes its directory entry durable.
+fn create(dir: &Path, n: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)?;
-    let zeros = vec![0u8; ZEROS];
-    let mut at = 0;
-    while at < SEGMENT_BYTES {
-        let piece = ZEROS.min((SEGMENT_BYTES - at) as usize);
-        file.write_all_at(&zeros[..piece], at)?;
-        // Synced piece by piece: one large sync would hold up the log's own syncs.
-        file.sync_data()?;
-        at += piece as u64;
-    }
-    file.sync_all()?;
+        .open(segment_path(dir, n))?;
     sync_dir(dir)?;
     Ok(file)
 }
 
-/// Overwrites with zeros whatever follows `end` in `file` up to its last non-zero byte:
-/// a torn entry, or entries written after it that were never synced. Nothing of them
-/// may be read as an entry once new ones are written over the start of it.
-fn zero_after(file: &File, end: u64) -> io::Result<()> {
-    let mut tail = Vec::new();
-    let mut reader = file;
-    io::Seek::seek(&mut reader, io::SeekFrom::Start(end))?;
-    reader.read_to_end(&mut tail)?;
-    if let Some(last) = tail.iter().rposition(|b| *b != 0) {
-        file.write_all_at(&vec![0; last + 1], end)?;
-        file.sync_data()?;
-    }
-    Ok(())
-}
-
 impl Writer {
-    /// Continues `segment` at `len` (zeroing anything after it), or starts segment 1
+    /// Continues `segment` at `len` (cutting off anything after it), or starts segment 1
     /// when there is none.
     pub fn open(dir: &Path, last: Option<(u64, u64)>) -> io::Result<Writer> {
         let (segment, len) = last.unwrap_or((1, 0));
@@ -203,14 +140,9 @@ impl Writer {
             .create(true)
             .truncate(false)
             .open(segment_path(dir, segment))?;
-        let on_disk = file.metadata()?.len();
-        if on_disk > len {
-            zero_after(&file, len)?;
-        } else if on_disk < len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("commit log segment {segment} is shorter than its entries"),
-            ));
+        if file.metadata()?.len() != len {
+            file.set_len(len)?;
+            file.sync_all()?;
         }
         sync_dir(dir)?;
         Ok(Writer {
@@ -218,8 +150,6 @@ impl Writer {
             segment,
             file: Arc::new(file),
             len,
-            prepared: on_disk >= SEGMENT_BYTES,
-            retry_at: 0,
             pending: Vec::with_capacity(1 << 20),
             pending_at: len,
             unsynced: Vec::new(),
@@ -236,25 +166,13 @@ impl Writer {
     /// Like `append`, with `encode` writing the entry's bytes straight into the pending
     /// buffer (no copy of its own).
     pub fn append_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<Loc> {
-        let prepare_at = if self.prepared {
-            SEGMENT_BYTES / 2
-        } else {
-            PREPARE_EARLY
-        };
         if self.len >= SEGMENT_BYTES {
             self.rotate()?;
-        } else if !self.prepared && self.next.as_ref().is_some_and(|n| n.is_finished()) {
-            // Leave a growing segment as soon as a prepared one is ready; if it could
-            // not be made, keep growing this one.
-            if let Err(e) = self.rotate() {
-                tracing::warn!(error = %e, "cannot prepare a commit log segment; appending to the current one");
-                self.retry_at = self.len + PREPARE_EARLY;
-            }
-        } else if self.len >= prepare_at.max(self.retry_at) && self.next.is_none() {
+        } else if self.len >= SEGMENT_BYTES / 2 && self.next.is_none() {
             let (dir, n) = (self.dir.clone(), self.segment + 1);
             self.next = std::thread::Builder::new()
                 .name("journal-segment".into())
-                .spawn(move || prepare(&dir, n))
+                .spawn(move || create(&dir, n))
                 .ok();
         }
         let start = self.pending.len();
@@ -307,20 +225,12 @@ impl Writer {
         let next = self.segment + 1;
         let file = match self.next.take().map(|prepared| prepared.join()) {
             Some(Ok(Ok(file))) => file,
-            Some(Ok(Err(e))) => {
-                // A half-made segment would be in the way of the next try.
-                let _ = std::fs::remove_file(segment_path(&self.dir, next));
-                return Err(e);
-            }
-            // No thread could be started, or it panicked: prepare it here.
-            Some(Err(_)) | None => {
-                let _ = std::fs::remove_file(segment_path(&self.dir, next));
-                prepare(&self.dir, next)?
-            }
+            Some(Ok(Err(e))) => return Err(e),
+            // No thread could be started, or it panicked: create it here.
+            Some(Err(_)) | None => create(&self.dir, next)?,
         };
         self.segment = next;
         self.file = Arc::new(file);
-        self.prepared = true;
         self.len = 0;
         self.pending_at = 0;
         Ok(())
@@ -366,10 +276,6 @@ impl Reader {
         }
         let size = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        if size == 0 && crc == 0 {
-            // The zeros of a prepared segment: not written yet.
-            return Ok(None);
-        }
         let body = bytes.split_off(HEADER);
         if size != loc.len || crc32fast::hash(&body) != crc {
             return Err(io::Error::new(
@@ -450,96 +356,30 @@ mod tests {
         assert_eq!(Reader::new(dir.path()).read(beyond).unwrap(), None);
     }
 
-    /// Appends `entry` and writes it, `n` times; answers where each went.
-    fn write_entries(writer: &mut Writer, entry: &[u8], n: usize) -> Vec<Loc> {
-        (0..n)
-            .map(|_| {
-                let loc = writer.append(entry).unwrap();
-                writer.write().unwrap();
-                loc
-            })
-            .collect()
-    }
-
-    /// Waits until the writer's next segment is prepared.
-    fn wait_prepared(writer: &Writer) {
-        while !writer.next.as_ref().is_some_and(|n| n.is_finished()) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
     #[test]
-    fn the_writer_moves_to_prepared_segments_that_do_not_grow() {
+    fn full_segments_rotate_to_a_prepared_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = Writer::open(dir.path(), None).unwrap();
         let entry = [7u8; 1000];
-        // Segment 1 grows; past PREPARE_EARLY the next is prepared, and the writer moves
-        // to it at the first append after it is ready.
-        let mut locs = write_entries(&mut writer, &entry, 3);
-        wait_prepared(&writer);
-        locs.extend(write_entries(&mut writer, &entry, 9));
-        assert_eq!(locs[2].segment, 1);
-        assert_eq!(locs[3].segment, 2, "moved to the prepared segment");
-        // 4 entries of 1008 bytes fill a 4 KiB segment: the 5th goes past its end.
-        assert_eq!(locs[7].segment, 2);
-        assert_eq!(locs[8].segment, 3);
-        let path = segment_path(dir.path(), 2);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 5 * 1008);
-        assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 3))
-                .unwrap()
-                .len(),
-            SEGMENT_BYTES,
-            "appends overwrite a prepared segment's zeros; its length does not change"
-        );
-        let scanned = scan(dir.path(), 3, 0).unwrap();
-        assert_eq!(scanned.entries.len(), 4);
-        assert!(scanned.clean && scanned.end < scanned.len);
+        let mut locs = Vec::new();
+        // 5 entries fill a 4 KiB segment; the next is prepared once one is half full.
+        for _ in 0..12 {
+            locs.push(writer.append(&entry).unwrap());
+            writer.write().unwrap();
+        }
+        assert_eq!(segments(dir.path()).unwrap(), vec![1, 2, 3]);
+        assert_eq!(locs[0].segment, 1);
+        assert_eq!(locs[5].segment, 2);
+        assert_eq!(locs[11].segment, 3);
         assert_eq!(
             writer.take_unsynced().len(),
             3,
             "every segment written is synced"
         );
         let reader = Reader::new(dir.path());
-        for loc in &locs {
-            assert_eq!(reader.read(*loc).unwrap().unwrap(), entry);
+        for loc in locs {
+            assert_eq!(reader.read(loc).unwrap().unwrap(), entry);
         }
-        let unwritten = Loc {
-            offset: scanned.end,
-            ..locs[11]
-        };
-        assert_eq!(reader.read(unwritten).unwrap(), None);
-    }
-
-    #[test]
-    fn entries_never_synced_in_a_prepared_segment_do_not_come_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut writer = Writer::open(dir.path(), None).unwrap();
-        write_entries(&mut writer, &[1u8; 600], 3);
-        wait_prepared(&writer);
-        let kept = write_entries(&mut writer, b"kept", 1)[0];
-        assert!(writer.prepared);
-        // Two entries written after it and lost in a crash but for the second one's
-        // bytes: the first is torn.
-        let lost = write_entries(&mut writer, b"lost one", 2);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(segment_path(dir.path(), kept.segment))
-            .unwrap();
-        file.write_all_at(&[0; 4], lost[0].offset).unwrap();
-        let scanned = scan(dir.path(), kept.segment, 0).unwrap();
-        assert_eq!(scanned.entries.len(), 1);
-        assert!(!scanned.clean, "the second entry is still there");
-
-        // Reopened at the end of the whole entries, an entry as long as the torn one
-        // ends where the never-synced second one starts; that one must not follow it.
-        let mut writer = Writer::open(dir.path(), Some((kept.segment, scanned.end))).unwrap();
-        assert!(writer.prepared);
-        write_entries(&mut writer, b"new  one", 1);
-        let scanned = scan(dir.path(), kept.segment, 0).unwrap();
-        let bodies: Vec<&[u8]> = scanned.entries.iter().map(|(_, b)| b.as_slice()).collect();
-        assert_eq!(bodies, [b"kept".as_slice(), b"new  one"]);
-        assert!(scanned.clean);
     }
 
     #[test]

@@ -231,10 +231,9 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));
     }
+    // Always: without a handler, SIGHUP (`systemctl reload`) would end the process.
     let reloadable: Vec<_> = tls.into_iter().chain(admin_tls).collect();
-    if !reloadable.is_empty() {
-        tasks.push(tokio::spawn(reload_on_sighup(reloadable, stopped.clone())));
-    }
+    tasks.push(tokio::spawn(reload_on_sighup(reloadable, stopped.clone())));
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
         clock,
@@ -293,7 +292,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Reads the TLS certificate and key again on every SIGHUP; open connections keep theirs,
-/// and a bad new file leaves the old ones in use.
+/// and a bad new file leaves the old ones in use. Without TLS a SIGHUP only says so.
 async fn reload_on_sighup(listeners: Vec<Arc<listen::tls::Tls>>, mut stop: watch::Receiver<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -307,6 +306,9 @@ async fn reload_on_sighup(listeners: Vec<Arc<listen::tls::Tls>>, mut stop: watch
         tokio::select! {
             _ = listen::stopped(&mut stop) => return,
             _ = hangups.recv() => {
+                if listeners.is_empty() {
+                    tracing::info!("SIGHUP: no TLS is configured, so there is nothing to reload");
+                }
                 for tls in &listeners {
                     match tls.reload() {
                         Ok(()) => tracing::info!("TLS certificate and key reloaded"),

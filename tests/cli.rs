@@ -158,3 +158,28 @@ async fn health_says_whether_the_gateway_answers() {
     gw.stop().await;
     assert_eq!(health(&[]).await.unwrap().status.code(), Some(1));
 }
+
+#[test]
+fn sighup_without_tls_leaves_the_gateway_running() {
+    // `systemctl reload` sends SIGHUP whatever the config; it must not stop hookgate.
+    let dir = tempfile::tempdir().unwrap();
+    let starter = hookgate::cli::STARTER
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+        .replace("data/journal", &dir.path().join("j").display().to_string());
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, &starter).unwrap();
+    let mut gw = common::spawn(&path);
+    let pid = gw.child.id().to_string();
+    let signal = |name: &str| Command::new("kill").args([name, &pid]).status().unwrap();
+    assert!(signal("-HUP").success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended hookgate"
+    );
+    let url = format!("http://{}/hooks/github", gw.ingest);
+    common::send_accepted(&path, "github", &url, &[]);
+    assert!(signal("-TERM").success());
+    assert!(gw.child.wait().unwrap().success());
+}

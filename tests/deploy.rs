@@ -50,7 +50,8 @@ fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
 
     let toml = std::fs::read_to_string(deploy("hookgate.toml")).unwrap();
     let configmap = std::fs::read_to_string(deploy("k8s/configmap.yaml")).unwrap();
-    let block = &configmap[configmap.find("hookgate.toml: |\n").unwrap() + 17..];
+    let key = "hookgate.toml: |\n";
+    let block = &configmap[configmap.find(key).unwrap() + key.len()..];
     let embedded: String = block
         .lines()
         .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))

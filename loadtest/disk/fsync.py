@@ -2,8 +2,8 @@
 """How long fdatasync takes on this disk, with nothing of hookgate running.
 
 For 10 s, writes 40 KB (about one group of hookgate's commit log) and calls fdatasync,
-either appending to a new file or overwriting a file written and synced beforehand (as
-hookgate's prepared segments are). With --beside, a second process meanwhile writes
+either appending to a new file or overwriting, round and round, a 256 MiB file written
+and synced beforehand (so that no sync has to record a new size or new blocks). With --beside, a second process meanwhile writes
 4 MiB and calls fdatasync every 200 ms, as sled's background flush does.
 
     python3 loadtest/disk/fsync.py append|overwrite [--beside] [--dir DIR]
@@ -15,6 +15,7 @@ import time
 
 SECONDS = 10
 GROUP = 40_000
+PREFILLED = 256 << 20
 
 
 def beside(path, stop_at):
@@ -40,7 +41,7 @@ def main():
     path = os.path.join(args.dir, "fsync-probe.dat")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     if args.mode == "overwrite":
-        os.write(fd, b"\0" * (256 << 20))
+        os.write(fd, b"\0" * PREFILLED)
         os.fsync(fd)
     writer = None
     if args.beside:
@@ -57,6 +58,8 @@ def main():
     while time.time() < stop_at:
         os.pwrite(fd, group, offset)
         offset += GROUP
+        if args.mode == "overwrite" and offset + GROUP > PREFILLED:
+            offset = 0
         began = time.perf_counter()
         os.fdatasync(fd)
         took.append(time.perf_counter() - began)

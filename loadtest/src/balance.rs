@@ -5,8 +5,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that does not accept within this long is skipped.
+const CONNECT: Duration = Duration::from_secs(2);
 
 /// Serves `listener` until the process ends.
 pub async fn serve(listener: TcpListener, backends: Vec<String>) -> anyhow::Result<()> {
@@ -14,13 +18,22 @@ pub async fn serve(listener: TcpListener, backends: Vec<String>) -> anyhow::Resu
     let backends: Arc<[String]> = backends.into();
     let turn = Arc::new(AtomicUsize::new(0));
     loop {
-        let (client, _) = listener.accept().await?;
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(e) => {
+                // Out of file descriptors, say: wait, and go on balancing.
+                eprintln!("balance: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let (backends, turn) = (backends.clone(), turn.clone());
         tokio::spawn(async move {
             let first = turn.fetch_add(1, Ordering::Relaxed);
             for i in 0..backends.len() {
                 let backend = &backends[(first + i) % backends.len()];
-                if let Ok(server) = TcpStream::connect(backend).await {
+                let connect = tokio::time::timeout(CONNECT, TcpStream::connect(backend));
+                if let Ok(Ok(server)) = connect.await {
                     relay(client, server).await;
                     return;
                 }

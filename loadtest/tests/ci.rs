@@ -163,23 +163,7 @@ fn a_short_load_is_all_in_the_journal_and_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let names = Names::new("short");
     let config = config(dir.path(), &names);
-    let loaded = hookgate::config::Config::load(&config).unwrap();
-    let admin = format!("http://{}", loaded.admin.listen);
-    let mut gateway = Command::new(hookgate())
-        .args(["serve", "-c"])
-        .arg(&config)
-        .env("HOOKGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while hookgate_answers(&admin).is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "hookgate did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut gateway, admin) = start_gateway(&config);
 
     let ids = dir.path().join("ids.tsv");
     let run = Command::new(loadtest())
@@ -222,9 +206,9 @@ fn a_short_load_is_all_in_the_journal_and_the_queue() {
     let checked = json_of(&verify);
     eprintln!("verify: {checked}");
     let _ = Command::new("kill")
-        .args(["-TERM", &gateway.id().to_string()])
+        .args(["-TERM", &gateway.0.id().to_string()])
         .status();
-    let status = gateway.wait().unwrap();
+    let status = gateway.0.wait().unwrap();
     assert!(verify.status.success(), "{checked}");
     assert_eq!(checked["journal"]["lost"], 0);
     assert_eq!(checked["queue"]["lost"], 0);

@@ -8,6 +8,18 @@ fn hookgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hookgate"))
 }
 
+/// The starter config with the ingest listener on any free port, the admin listener at
+/// `admin`, and the journal in `dir`, written to `dir/hookgate.toml`; its text and path.
+fn write_starter(dir: &std::path::Path, admin: &str) -> (String, std::path::PathBuf) {
+    let starter = hookgate::cli::STARTER
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", admin)
+        .replace("data/journal", &dir.join("j").display().to_string());
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, &starter).unwrap();
+    (starter, path)
+}
+
 #[test]
 fn init_writes_a_config_that_checks_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,14 +100,9 @@ fn check_config_names_what_is_wrong_and_exits_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_signs_for_each_starter_source() {
     let dir = tempfile::tempdir().unwrap();
-    let starter = hookgate::cli::STARTER
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0")
-        .replace("data/journal", &dir.path().join("j").display().to_string());
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
     let config = hookgate::config::Config::parse(&starter).unwrap();
     let gw = hookgate::start(&config).await.unwrap();
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(&path, &starter).unwrap();
     for source in ["github", "stripe", "orders", "billing"] {
         let url = format!("http://{}/hooks/{source}", gw.ingest_addr);
         let path = path.clone();
@@ -124,12 +131,7 @@ async fn health_says_whether_the_gateway_answers() {
         .local_addr()
         .unwrap()
         .port();
-    let starter = hookgate::cli::STARTER
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", &format!("127.0.0.1:{port}"))
-        .replace("data/journal", &dir.path().join("j").display().to_string());
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(&path, &starter).unwrap();
+    let (starter, path) = write_starter(dir.path(), &format!("127.0.0.1:{port}"));
     let health = move |extra: &'static [&'static str]| {
         let path = path.clone();
         tokio::task::spawn_blocking(move || {
@@ -163,12 +165,7 @@ async fn health_says_whether_the_gateway_answers() {
 fn sighup_without_tls_leaves_the_gateway_running() {
     // `systemctl reload` sends SIGHUP whatever the config; it must not stop hookgate.
     let dir = tempfile::tempdir().unwrap();
-    let starter = hookgate::cli::STARTER
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0")
-        .replace("data/journal", &dir.path().join("j").display().to_string());
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(&path, &starter).unwrap();
+    let (_, path) = write_starter(dir.path(), "127.0.0.1:0");
     let mut gw = common::spawn(&path);
     let pid = gw.child.id().to_string();
     let signal = |name: &str| Command::new("kill").args([name, &pid]).status().unwrap();

@@ -134,6 +134,23 @@ fn json_of(output: &Output) -> serde_json::Value {
     })
 }
 
+/// Runs `verify` of the ids file against the journal (of `config`'s admin API, or of each
+/// of `admins`) and `queue`; whether it passed, and its report.
+fn verify(config: &Path, ids: &Path, queue: &str, admins: &[String]) -> (bool, serde_json::Value) {
+    let output = Command::new(loadtest())
+        .args(["verify", "--json", "--amqp", AMQP, "--queue", queue])
+        .args(admins.iter().flat_map(|a| ["--admin", a.as_str()]))
+        .arg("-c")
+        .arg(config)
+        .arg("--ids")
+        .arg(ids)
+        .output()
+        .unwrap();
+    let checked = json_of(&output);
+    eprintln!("verify: {checked}");
+    (output.status.success(), checked)
+}
+
 /// Waits until the gateway's journal has nothing queued (the broker confirmed it all).
 fn wait_until_forwarded(admin: &str) {
     let started = Instant::now();
@@ -188,28 +205,12 @@ fn a_short_load_is_all_in_the_journal_and_the_queue() {
     assert!(answers["duplicate"].as_u64().unwrap() > 0, "{report}");
 
     wait_until_forwarded(&admin);
-    let verify = Command::new(loadtest())
-        .args([
-            "verify",
-            "--json",
-            "--amqp",
-            AMQP,
-            "--queue",
-            &names.queue,
-            "-c",
-        ])
-        .arg(&config)
-        .arg("--ids")
-        .arg(&ids)
-        .output()
-        .unwrap();
-    let checked = json_of(&verify);
-    eprintln!("verify: {checked}");
+    let (verified, checked) = verify(&config, &ids, &names.queue, &[]);
     let _ = Command::new("kill")
         .args(["-TERM", &gateway.0.id().to_string()])
         .status();
     let status = gateway.0.wait().unwrap();
-    assert!(verify.status.success(), "{checked}");
+    assert!(verified, "{checked}");
     assert_eq!(checked["journal"]["lost"], 0);
     assert_eq!(checked["queue"]["lost"], 0);
     assert_eq!(checked["journal"]["unexpected"], 0);
@@ -388,24 +389,14 @@ fn three_replicas_behind_a_balancer_lose_nothing_when_one_is_killed() {
         wait_until_forwarded(admin);
         assert!(journaled(admin) > 0, "{admin} took no events");
     }
-    let verify = Command::new(loadtest())
-        .args(["verify", "--json", "--amqp", AMQP, "--queue", &names.queue])
-        .args(admins.iter().flat_map(|a| ["--admin", a.as_str()]))
-        .arg("-c")
-        .arg(&configs[0])
-        .arg("--ids")
-        .arg(&ids)
-        .output()
-        .unwrap();
-    let checked = json_of(&verify);
-    eprintln!("verify: {checked}");
+    let (verified, checked) = verify(&configs[0], &ids, &names.queue, &admins);
     for (mut gateway, _) in replicas {
         let _ = Command::new("kill")
             .args(["-TERM", &gateway.0.id().to_string()])
             .status();
         let _ = gateway.0.wait();
     }
-    assert!(verify.status.success(), "{checked}");
+    assert!(verified, "{checked}");
     for place in ["journal", "queue"] {
         assert_eq!(checked[place]["lost"], 0, "{place}: {checked}");
         assert_eq!(checked[place]["unexpected"], 0, "{place}: {checked}");

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
 use crate::gateway::Clock;
-use crate::journal::{Journal, ListFilter, Record, SourceCounts, Status, Summary};
+use crate::journal::{Journal, ListFilter, ReadError, Record, SourceCounts, Status, Summary};
 use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
 
@@ -235,6 +235,7 @@ impl Admin {
                     "delivered": c.delivered,
                     "stale": c.stale,
                     "failed": c.failed,
+                    "damaged": c.damaged,
                     "total": c.total(),
                 },
                 "last_received_at": c.last_received_ms.map(rfc3339),
@@ -458,6 +459,11 @@ impl Admin {
         let Ok(seq) = seq.parse::<u64>() else {
             return bad_request(format!("`{seq}` is not a sequence number"));
         };
+        // Like the listing, only what is durable: an event whose flush is still running
+        // may yet be refused.
+        if seq > *self.journal.last_seq().borrow() {
+            return not_found(format!("there is no event {seq}"));
+        }
         let journal = self.journal.clone();
         match tokio::task::spawn_blocking(move || journal.get(seq)).await {
             Ok(Ok(Some(record))) => match event_view(&record) {
@@ -465,6 +471,10 @@ impl Admin {
                 Err(e) => internal(format!("event {seq} cannot be shown: {e}")),
             },
             Ok(Ok(None)) => not_found(format!("there is no event {seq}")),
+            // It costs this event only: the listing and every other event still answer.
+            Ok(Err(e @ ReadError::Damaged { .. })) => {
+                error_response(StatusCode::GONE, "event_damaged", e.to_string())
+            }
             Ok(Err(e)) => internal(format!("cannot read event {seq}: {e}")),
             Err(e) => internal(format!("reading event {seq} failed: {e}")),
         }

@@ -14,8 +14,8 @@ use super::index::{self, Mark, DEDUP_WALKED};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Status, Stored, Summary};
 use super::{
-    content, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Replayed, Settings, Shared,
-    Trees,
+    content, seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, ReadError,
+    Replayed, Settings, Shared, Trees,
 };
 
 /// What became of one publish.
@@ -76,21 +76,31 @@ pub(super) fn dedup_value(seq: u64, first_seen_ms: u64) -> [u8; 16] {
     v
 }
 
-fn split_dedup_value(v: &[u8]) -> (u64, u64) {
-    (seq_of(&v[..8]), seq_of(&v[8..16]))
+/// A dedup entry's seq and first-seen time; `None` for a value too short to be one
+/// (damage is an error, never a panic).
+fn split_dedup_value(v: &[u8]) -> Option<(u64, u64)> {
+    Some((seq_from(v.get(..8)?)?, seq_from(v.get(8..16)?)?))
 }
 
-/// An order entry: the newest timestamp accepted for the key, and when it was set.
-pub(super) fn order_value(ts: i64, updated_ms: u64) -> [u8; 16] {
-    let mut v = [0; 16];
+/// An order entry: the newest timestamp accepted for the key, when it was set, and the
+/// seq of the event that set it (entries written before 0.2 have no seq).
+pub(super) fn order_value(ts: i64, updated_ms: u64, seq: u64) -> [u8; 24] {
+    let mut v = [0; 24];
     v[..8].copy_from_slice(&ts.to_be_bytes());
-    v[8..].copy_from_slice(&updated_ms.to_be_bytes());
+    v[8..16].copy_from_slice(&updated_ms.to_be_bytes());
+    v[16..].copy_from_slice(&seq.to_be_bytes());
     v
 }
 
-fn split_order_value(v: &[u8]) -> (i64, u64) {
-    let ts = i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
-    (ts, seq_of(&v[8..16]))
+/// An order entry's timestamp and update time.
+fn split_order_value(v: &[u8]) -> Option<(i64, u64)> {
+    let ts = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    Some((ts, seq_from(v.get(8..16)?)?))
+}
+
+/// The seq of the event that set an order entry, when the entry says.
+pub(super) fn order_setter(v: &[u8]) -> Option<u64> {
+    seq_from(v.get(16..24)?)
 }
 
 /// Adds an attempt to an event's log, which keeps the first attempt and the latest ones.
@@ -203,6 +213,12 @@ impl Committer {
                         // A replay that re-queues events lives only in the index.
                         index_flush = true;
                     }
+                    Command::Damaged { seq, why, at_ms } => {
+                        if let Err(e) = self.mark_damaged(seq, &why, at_ms) {
+                            tracing::error!(seq, error = %e, "cannot mark a damaged event");
+                        }
+                        updates.push(Box::new(|_| {}));
+                    }
                     Command::Close { reply } => close = Some(reply),
                 }
             }
@@ -270,7 +286,9 @@ impl Committer {
         let loc = self
             .log
             .writer
-            .append_with(|buf| record::encode_created(created, buf))
+            .append_with(created.summary.seq, |buf| {
+                record::encode_created(created, buf)
+            })
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
         if let Err(e) = index::apply(&self.trees, created, loc) {
             // The entry is in the log under a seq the next event would take again:
@@ -311,7 +329,9 @@ impl Committer {
         let key = dedup_key(&event.source, &event.id);
         let window_ms = self.settings.dedup_window.as_millis() as u64;
         if let Some(found) = self.trees.dedup.get(&key).map_err(unwritable)? {
-            let (seq, first_seen) = split_dedup_value(&found);
+            let (seq, first_seen) = split_dedup_value(&found).ok_or_else(|| {
+                JournalError::Unwritable("a dedup entry in the index is damaged".into())
+            })?;
             if first_seen.saturating_add(window_ms) > event.received_at_ms {
                 return Ok(Outcome::Duplicate(seq));
             }
@@ -415,6 +435,34 @@ impl Committer {
         Ok(())
     }
 
+    /// Marks an event whose log entry a read found damaged: it leaves the queue and is
+    /// never forwarded; every other event goes on.
+    fn mark_damaged(&mut self, seq: u64, why: &str, at_ms: u64) -> Result<(), JournalError> {
+        let Some(mut stored) = self.stored(seq)? else {
+            return Ok(());
+        };
+        let before = stored.summary().status;
+        if before == Status::Damaged {
+            return Ok(());
+        }
+        tracing::error!(seq, source = %stored.summary().source, damage = %why, "event marked damaged; it will not be forwarded");
+        stored.summary_mut().status = Status::Damaged;
+        log_attempt(stored.attempts_log_mut(), at_ms, format!("damaged: {why}"));
+        self.trees
+            .events
+            .insert(seq_key(seq), stored.encode())
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        self.shared.count(&stored.summary().source, |c| {
+            c.moved(before, Status::Damaged)
+        });
+        if self.trees.keep_queue {
+            self.dequeue(seq)?;
+        } else if before == Status::Queued {
+            self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
     /// Takes `seq` out of the queue, if it is there.
     fn dequeue(&self, seq: u64) -> Result<(), JournalError> {
         let removed = self
@@ -451,9 +499,11 @@ impl Committer {
                 let copy_content = match &stored {
                     Stored::Inline(record) => record.content(),
                     Stored::Indexed(index) => {
-                        match content(&self.log.reader, index).map_err(JournalError::Unwritable)? {
-                            Some(content) => content,
-                            None => continue,
+                        match content(&self.log.reader, index) {
+                            Ok(Some(content)) => content,
+                            // Damaged: nothing to send again.
+                            Ok(None) | Err(ReadError::Damaged { .. }) => continue,
+                            Err(e) => return Err(JournalError::Unwritable(e.to_string())),
                         }
                     }
                 };
@@ -518,7 +568,8 @@ impl Committer {
             .order
             .get(dedup_key(source, order_key))
             .map_err(|e| JournalError::Unwritable(e.to_string()))?
-            .map(|v| split_order_value(&v).0);
+            .and_then(|v| split_order_value(&v))
+            .map(|(ts, _)| ts);
         Ok(newest.is_some_and(|newest| ts < newest))
     }
 
@@ -651,7 +702,7 @@ impl Committer {
             let (first_seen, key) = expiry_key.split_at(8);
             if let Some(v) = self.trees.dedup.get(key).map_err(unwritable)? {
                 // A key seen again after it expired has a newer entry: leave that one.
-                if split_dedup_value(&v).1 == seq_of(first_seen) {
+                if split_dedup_value(&v).map(|(_, seen)| seen) == seq_from(first_seen) {
                     self.trees.dedup.remove(key).map_err(unwritable)?;
                 }
             }
@@ -672,7 +723,8 @@ impl Committer {
                 more = true;
                 break;
             }
-            if split_order_value(&value).1 < dedup_cutoff {
+            // A value too short to read is dropped like an expired one.
+            if split_order_value(&value).is_none_or(|(_, updated)| updated < dedup_cutoff) {
                 self.trees.order.remove(&key).map_err(unwritable)?;
             }
         }

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::committer::{dedup_key, dedup_value, expiry_key, order_value};
-use super::log::{self, Reader};
+use super::committer::{dedup_key, dedup_value, expiry_key, order_setter, order_value};
+use super::log::{self, Found, Reader};
 use super::record::{self, Created, Index, Loc, Status, Stored, Summary};
-use super::{seq_key, seq_of, JournalError, Shared, Trees};
+use super::{seq_from, seq_key, seq_of, JournalError, Shared, Trees};
 
 /// The `meta` key under which the index records the log position it covers, as
 /// `segment, offset, last seq` (big endian u64s): every log entry before it is in the
@@ -95,7 +95,7 @@ fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
     {
         trees.order.insert(
             dedup_key(&summary.source, order_key),
-            &order_value(ts, summary.received_at_ms),
+            &order_value(ts, summary.received_at_ms, summary.seq),
         )?;
     }
     // Its expiry needs no entry of its own: compaction finds it by walking the events.
@@ -115,7 +115,7 @@ pub fn forget(trees: &Trees, summary: &Summary) -> Result<bool, sled::Error> {
     let points_here = trees
         .dedup
         .get(&key)?
-        .is_some_and(|v| seq_of(&v[..8]) == summary.seq);
+        .is_some_and(|v| v.get(..8).map(seq_of) == Some(summary.seq));
     if points_here {
         trees.dedup.remove(&key)?;
     }
@@ -126,15 +126,28 @@ pub fn forget(trees: &Trees, summary: &Summary) -> Result<bool, sled::Error> {
 pub struct Recovered {
     /// The last segment and where its whole entries end; `None` when there is no log.
     pub tail: Option<(u64, u64)>,
+    /// Whether to continue in a new segment after `tail` rather than in it: its end is
+    /// damaged, and the damaged bytes are kept for whoever looks into it.
+    pub fresh_segment: bool,
     /// The first segment to write when there is no log yet.
     pub next_segment: u64,
     pub replayed: usize,
     pub dropped: usize,
+    /// Events whose log entries were found damaged.
+    pub damaged: u64,
+}
+
+/// Where recovery found damaged bytes, while the seqs they held are not yet known.
+#[derive(Clone, Copy)]
+struct Spot {
+    segment: u64,
+    offset: u64,
 }
 
 /// Brings the index up to the log: writes again every entry after the covered mark,
-/// cuts off a torn entry at the end of the last segment, and removes index entries whose
-/// log entry never became durable (their appends were never answered).
+/// cuts off a torn tail of the newest segment, marks the events of damaged entries
+/// `damaged` (each costs its own event only), and removes index entries whose log entry
+/// never became durable (their appends were never answered).
 pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered, JournalError> {
     let io = |e: std::io::Error| JournalError::Unwritable(format!("commit log: {e}"));
     let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
@@ -153,14 +166,17 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             break;
         }
     }
-    let mut last_seq = covered.map_or(0, |m| m.last_seq);
-    // Seqs in the log are consecutive; the first one missing ends the log.
+    let covered_seq = covered.map_or(0, |m| m.last_seq);
+    let mut last_seq = covered_seq;
+    // Seqs in the log are consecutive: a seq skipped is an entry that is damaged.
     let mut expected = covered.map(|m| m.last_seq + 1);
     let mut tail = None;
+    let mut fresh_segment = false;
     let mut replayed = 0;
-    // Where the log's whole, consecutive entries end, when something else follows.
-    let mut cut = None;
-    'segments: for &segment in &segments {
+    let mut damage = Damage::default();
+    // Damaged bytes seen since the last whole entry.
+    let mut spot: Option<Spot> = None;
+    for (i, &segment) in segments.iter().enumerate() {
         let from = match covered {
             Some(m) if segment < m.segment => continue,
             Some(m) if segment == m.segment => m.offset,
@@ -168,23 +184,42 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         };
         let mut scanned = log::scan(dir, segment, from).map_err(io)?;
         if from > scanned.len {
-            // The mark claims more than the segment holds: read all of it again.
+            // The mark claims more than the segment holds: read all of it again, and
+            // learn from it which seqs the log really holds.
             scanned = log::scan(dir, segment, 0).map_err(io)?;
+            expected = None;
         }
-        for (loc, bytes) in &scanned.entries {
-            let created = match record::decode_created(bytes) {
-                Ok(created) => created,
-                Err(_) => {
-                    cut = Some((segment, loc.offset));
-                    break 'segments;
+        for found in scanned.found {
+            let entry = match found {
+                Found::Damaged { offset, len } => {
+                    tracing::error!(
+                        segment,
+                        offset,
+                        bytes = len,
+                        "damaged bytes in the commit log; reading on from the next whole entry"
+                    );
+                    spot.get_or_insert(Spot { segment, offset });
+                    continue;
+                }
+                Found::Entry(entry) => entry,
+            };
+            let created = match record::decode_created(&entry.bytes) {
+                Ok(created) if entry.seq.is_none_or(|seq| seq == created.summary.seq) => created,
+                // Whole, yet not readable as what it says it is: damaged too.
+                _ => {
+                    spot.get_or_insert(Spot {
+                        segment,
+                        offset: entry.loc.offset,
+                    });
+                    continue;
                 }
             };
             let seq = created.summary.seq;
-            if expected.is_some_and(|e| seq > e) {
-                cut = Some((segment, loc.offset));
-                break 'segments;
+            if let Some(first_missing) = expected.filter(|e| seq > *e) {
+                damage.between(first_missing..seq, spot, created.summary.received_at_ms);
             }
-            reapply(trees, &created, *loc).map_err(unwritable)?;
+            spot = None;
+            reapply(trees, &created, entry.loc).map_err(unwritable)?;
             last_seq = last_seq.max(seq);
             expected = Some(expected.map_or(seq + 1, |e| e.max(seq + 1)));
             replayed += 1;
@@ -193,38 +228,51 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         File::open(log::segment_path(dir, segment))
             .and_then(|f| f.sync_data())
             .map_err(io)?;
-        if scanned.end < scanned.len {
-            cut = Some((segment, scanned.end));
-            break;
-        }
         tail = Some((segment, scanned.end));
-    }
-    if let Some((segment, offset)) = cut {
-        // Nothing after the first torn, damaged or missing entry was ever answered:
-        // each group is answered only after every segment it wrote was synced.
-        let later: Vec<u64> = segments.iter().copied().filter(|s| *s > segment).collect();
-        tracing::warn!(
-            segment,
-            offset,
-            later_segments = later.len(),
-            "cutting the commit log after its last whole entry (a write interrupted by a crash)"
-        );
-        for later in later {
-            std::fs::remove_file(log::segment_path(dir, later)).map_err(io)?;
+        if scanned.end < scanned.len {
+            let newest = i + 1 == segments.len();
+            // The index covered entries past this point: they were answered, so this is
+            // damage, not a write a crash interrupted.
+            let covered_past = covered.is_some_and(|m| {
+                m.segment > segment || (m.segment == segment && m.offset > scanned.end)
+            });
+            if newest && !covered_past {
+                // Nothing after the last whole entry of the newest segment was ever
+                // answered: each group is answered only after its writes were synced.
+                tracing::warn!(
+                    segment,
+                    offset = scanned.end,
+                    bytes = scanned.len - scanned.end,
+                    "cutting a torn write off the end of the commit log (a crash in the middle of a write)"
+                );
+            } else {
+                spot.get_or_insert(Spot {
+                    segment,
+                    offset: scanned.end,
+                });
+                if newest {
+                    tail = Some((segment, scanned.len));
+                    fresh_segment = true;
+                }
+            }
         }
-        tail = Some((segment, offset));
     }
+    // Damage at the very end: the events the index knew of past the last whole entry.
+    if let Some(first_missing) = expected.filter(|e| *e <= covered_seq) {
+        damage.at_end(first_missing..covered_seq + 1, spot);
+    }
+    let damaged = damage.mark(trees).map_err(unwritable)?;
     // Index entries past the last durable log entry: their appends were never answered,
     // so nothing may remember them (a provider's retry must be accepted).
-    let mut dropped = 0;
+    let mut dropped = BTreeMap::new();
     for item in trees.events.range(seq_key(last_seq + 1)..) {
         let (key, bytes) = item.map_err(unwritable)?;
-        let Ok(Stored::Indexed(index)) = record::decode_stored(&bytes) else {
-            continue;
-        };
-        let summary = &index.summary;
         trees.events.remove(&key).map_err(unwritable)?;
         trees.queued.remove(&key).map_err(unwritable)?;
+        let Ok(stored) = record::decode_stored(&bytes) else {
+            continue;
+        };
+        let summary = stored.summary();
         if forget(trees, summary).map_err(unwritable)? {
             let dedup = dedup_key(&summary.source, &summary.id);
             trees
@@ -232,15 +280,22 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
                 .remove(expiry_key(summary.received_at_ms, &dedup))
                 .map_err(unwritable)?;
         }
-        dropped += 1;
+        dropped.insert(summary.seq, ());
     }
-    if dropped > 0 {
+    if !dropped.is_empty() {
+        // Ordering entries those events set are not theirs to keep either.
+        for item in trees.order.iter() {
+            let (key, value) = item.map_err(unwritable)?;
+            if order_setter(&value).is_some_and(|seq| dropped.contains_key(&seq)) {
+                trees.order.remove(&key).map_err(unwritable)?;
+            }
+        }
         // Their seqs will be used again: the dedup walk must see them.
         let walked = meta
             .get(DEDUP_WALKED)
             .map_err(unwritable)?
-            .map_or(0, |v| seq_of(&v));
-        if walked > last_seq {
+            .and_then(|v| seq_from(&v));
+        if walked.is_some_and(|walked| walked > last_seq) {
             meta.insert(DEDUP_WALKED, &seq_key(last_seq))
                 .map_err(unwritable)?;
         }
@@ -248,10 +303,87 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
     let next_segment = covered.map_or(1, |m| m.segment + 1);
     Ok(Recovered {
         tail,
+        fresh_segment,
         next_segment,
         replayed,
-        dropped,
+        dropped: dropped.len(),
+        damaged,
     })
+}
+
+/// The seqs recovery found damaged, and where.
+#[derive(Default)]
+struct Damage {
+    /// Each run of seqs, where its damaged bytes start (if any were seen: a missing
+    /// segment shows none), and the receive time of the entry after it.
+    runs: Vec<(std::ops::Range<u64>, Option<Spot>, Option<u64>)>,
+}
+
+impl Damage {
+    /// A run of damaged seqs between two whole entries: each gets a record, whether the
+    /// index held it or not.
+    fn between(&mut self, seqs: std::ops::Range<u64>, spot: Option<Spot>, received_after_ms: u64) {
+        self.runs.push((seqs, spot, Some(received_after_ms)));
+    }
+
+    /// A run at the end of the log: only events the index holds are marked (others were
+    /// compacted).
+    fn at_end(&mut self, seqs: std::ops::Range<u64>, spot: Option<Spot>) {
+        self.runs.push((seqs, spot, None));
+    }
+
+    /// Marks each damaged event `damaged` in the index: an event the index holds keeps
+    /// its summary (and so its dedup entry); one it never held gets a record with its
+    /// seq alone, so that the gap is visible. Answers how many.
+    fn mark(self, trees: &Trees) -> Result<u64, sled::Error> {
+        let mut marked = 0;
+        for (seqs, spot, received_after_ms) in self.runs {
+            let (segment, offset) = spot.map_or((0, 0), |s| (s.segment, s.offset));
+            tracing::error!(
+                first_seq = seqs.start,
+                last_seq = seqs.end - 1,
+                segment,
+                offset,
+                "commit log entries are damaged; those events are marked damaged and every other event is kept"
+            );
+            for seq in seqs {
+                let key = seq_key(seq);
+                let index = match trees.events.get(key)?.map(|b| record::decode_stored(&b)) {
+                    Some(Ok(Stored::Indexed(mut index))) => {
+                        index.summary.status = Status::Damaged;
+                        index
+                    }
+                    // Whole records in sled do not depend on the log.
+                    Some(Ok(Stored::Inline(_))) => continue,
+                    Some(Err(_)) | None if received_after_ms.is_none() => continue,
+                    Some(Err(_)) | None => Index {
+                        summary: Summary {
+                            seq,
+                            id: String::new(),
+                            source: String::new(),
+                            event_type: None,
+                            status: Status::Damaged,
+                            received_at_ms: received_after_ms.unwrap_or(0),
+                            attempts: 0,
+                            size: 0,
+                            replay_of: None,
+                        },
+                        content: Loc {
+                            segment,
+                            offset,
+                            len: 0,
+                        },
+                        attempts_log: Vec::new(),
+                        replays: 0,
+                    },
+                };
+                trees.events.insert(key, record::encode_index(&index))?;
+                trees.queued.remove(key)?;
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
 }
 
 /// Records `mark` as covered; it is durable with the next flush.

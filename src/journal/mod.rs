@@ -138,6 +138,12 @@ enum Command {
         at_ms: u64,
         reply: oneshot::Sender<Result<Vec<Replayed>, JournalError>>,
     },
+    /// A read found this event's log entry damaged.
+    Damaged {
+        seq: u64,
+        why: String,
+        at_ms: u64,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -188,6 +194,7 @@ pub struct SourceCounts {
     pub delivered: u64,
     pub stale: u64,
     pub failed: u64,
+    pub damaged: u64,
     /// When the newest event of this source was received.
     pub last_received_ms: Option<u64>,
 }
@@ -199,6 +206,7 @@ impl SourceCounts {
             Status::Delivered => &mut self.delivered,
             Status::Stale => &mut self.stale,
             Status::Failed => &mut self.failed,
+            Status::Damaged => &mut self.damaged,
         }
     }
 
@@ -223,7 +231,7 @@ impl SourceCounts {
     }
 
     pub fn total(&self) -> u64 {
-        self.queued + self.delivered + self.stale + self.failed
+        self.queued + self.delivered + self.stale + self.failed + self.damaged
     }
 }
 
@@ -270,6 +278,12 @@ fn seq_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(key.try_into().unwrap_or([0; 8]))
 }
 
+/// A big-endian u64 stored in the index; `None` when the value is not 8 bytes (damage
+/// is an error, never a panic).
+fn seq_from(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
 impl Journal {
     pub fn open(settings: Settings) -> Result<Journal, JournalError> {
         let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
@@ -295,18 +309,25 @@ impl Journal {
         };
         let meta = trees.meta.clone();
         let recovered = index::recover(&trees, &meta, &log_dir)?;
-        if recovered.replayed > 0 || recovered.dropped > 0 {
+        if recovered.replayed > 0 || recovered.dropped > 0 || recovered.damaged > 0 {
             tracing::info!(
                 replayed = recovered.replayed,
                 dropped = recovered.dropped,
+                damaged = recovered.damaged,
                 "index brought up to the commit log"
             );
         }
         let (counts, mut live, unreadable) = count_events(&trees.events)?;
         complete_the_queue(&trees)?;
         let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
-        let writer = log::Writer::open(&log_dir, Some(tail))
+        let mut writer = log::Writer::open(&log_dir, Some(tail))
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        if recovered.fresh_segment {
+            writer
+                .start_next()
+                .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        }
+        let tail = writer.position();
         let reader = Arc::new(log::Reader::new(&log_dir));
         // Segments before the one being written that no event refers to.
         for segment in log::segments(&log_dir)
@@ -488,13 +509,16 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Undelivered events from `from` on, oldest first, at most `limit`.
+    /// Undelivered events from `from` on, oldest first, at most `limit`. A damaged one
+    /// is left out (and marked `damaged`): it costs that event only.
     pub fn queued_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, String> {
         let mut found = Vec::new();
         for item in self.trees.queued.range(seq_key(from)..).take(limit) {
             let (key, _) = item.map_err(|e| e.to_string())?;
-            if let Some(record) = self.get(seq_of(&key))? {
-                found.push(record);
+            match self.get(seq_of(&key)) {
+                Ok(Some(record)) => found.push(record),
+                Ok(None) | Err(ReadError::Damaged { .. }) => {}
+                Err(e) => return Err(e.to_string()),
             }
         }
         Ok(found)
@@ -540,19 +564,41 @@ impl Journal {
         self.last_seq.clone()
     }
 
-    pub fn get(&self, seq: u64) -> Result<Option<Record>, String> {
+    /// The whole event. Finding its log entry damaged marks it `damaged` (see
+    /// [`ReadError::Damaged`]).
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, ReadError> {
+        let other = |e: String| ReadError::Other { seq, why: e };
         let Some(bytes) = self
             .trees
             .events
             .get(seq_key(seq))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| other(e.to_string()))?
         else {
             return Ok(None);
         };
-        match record::decode_stored(&bytes).map_err(|e| e.to_string())? {
+        let stored = record::decode_stored(&bytes).map_err(|e| ReadError::Damaged {
+            seq,
+            why: format!("its index record: {e}"),
+        })?;
+        match stored {
             record::Stored::Inline(record) => Ok(Some(record)),
-            record::Stored::Indexed(index) => content(&self.reader, &index)
-                .map(|content| content.map(|content| Record::from_parts(index, content))),
+            record::Stored::Indexed(index) => match content(&self.reader, &index) {
+                Ok(content) => Ok(content.map(|content| Record::from_parts(index, content))),
+                Err(e) => {
+                    if let ReadError::Damaged { why, .. } = &e {
+                        if index.summary.status != Status::Damaged {
+                            // The committer marks it; if its queue is full, the next
+                            // read reports it again.
+                            let _ = self.commands.try_send(Command::Damaged {
+                                seq,
+                                why: why.clone(),
+                                at_ms: unix_ms_now(),
+                            });
+                        }
+                    }
+                    Err(e)
+                }
+            },
         }
     }
 
@@ -636,17 +682,55 @@ fn complete_the_queue(trees: &Trees) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// An indexed event's content from the log; `None` while its group is still being
-/// written.
-fn content(reader: &log::Reader, index: &record::Index) -> Result<Option<record::Content>, String> {
+/// Why an event could not be read.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    /// Its commit log entry (or index record) is damaged: its content is lost. It costs
+    /// this event only; the event is marked `damaged`.
+    #[error("event {seq} is damaged: {why}")]
+    Damaged { seq: u64, why: String },
+    /// Anything else (an I/O error): reading it again may work.
+    #[error("event {seq} cannot be read: {why}")]
+    Other { seq: u64, why: String },
+}
+
+/// An indexed event's content from the log, checked to be the event's own; `None` while
+/// its group is still being written.
+fn content(
+    reader: &log::Reader,
+    index: &record::Index,
+) -> Result<Option<record::Content>, ReadError> {
     let seq = index.summary.seq;
-    match reader.read(index.content) {
-        Ok(Some(bytes)) => record::decode_created(&bytes)
-            .map(|created| Some(created.content))
-            .map_err(|e| format!("event {seq}: {e}")),
-        Ok(None) => Ok(None),
-        Err(e) => Err(format!("event {seq}: {e}")),
+    let damaged = |why: String| ReadError::Damaged { seq, why };
+    if index.summary.status == Status::Damaged {
+        return Err(damaged(format!(
+            "its commit log entry (segment {} offset {}) was found damaged",
+            index.content.segment, index.content.offset
+        )));
     }
+    match reader.read(index.content, seq) {
+        Ok(Some(bytes)) => match record::decode_created(&bytes) {
+            Ok(created) if created.summary.seq == seq => Ok(Some(created.content)),
+            Ok(created) => Err(damaged(format!(
+                "the commit log entry at segment {} offset {} holds seq {}",
+                index.content.segment, index.content.offset, created.summary.seq
+            ))),
+            Err(e) => Err(damaged(format!(
+                "the commit log entry at segment {} offset {}: {e}",
+                index.content.segment, index.content.offset
+            ))),
+        },
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(damaged(e.to_string())),
+        Err(e) => Err(ReadError::Other {
+            seq,
+            why: e.to_string(),
+        }),
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    crate::unix_ms(std::time::SystemTime::now())
 }
 
 /// Events by log segment.

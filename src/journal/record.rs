@@ -22,6 +22,10 @@ pub enum Status {
     Delivered,
     Stale,
     Failed,
+    /// Its commit log entry is damaged (a flipped bit, a bad sector): its content is
+    /// lost, and it is never forwarded. Always the last variant: postcard stores the
+    /// index.
+    Damaged,
 }
 
 impl Status {
@@ -31,6 +35,7 @@ impl Status {
             Status::Delivered => "delivered",
             Status::Stale => "stale",
             Status::Failed => "failed",
+            Status::Damaged => "damaged",
         }
     }
 
@@ -40,6 +45,7 @@ impl Status {
             Status::Delivered,
             Status::Stale,
             Status::Failed,
+            Status::Damaged,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)

@@ -329,7 +329,7 @@ async fn the_index_is_rebuilt_from_the_commit_log_after_a_crash() {
         trees.dedup.remove(committer::dedup_key("s", "c")).unwrap();
         let after_one = index::Mark {
             segment: one.content.segment,
-            offset: one.content.offset + 8 + u64::from(one.content.len),
+            offset: one.content.offset + 24 + u64::from(one.content.len),
             last_seq: 1,
         };
         index::cover(&meta, after_one).unwrap();
@@ -548,7 +548,10 @@ async fn a_torn_entry_before_a_prepared_empty_segment_is_cut_off() {
     drop(journal);
     // A crash in the middle of a write, after the next segment was created ahead.
     let log_dir = dir.path().join("journal").join("log");
-    let last = append_to_last_segment(&log_dir, &[200, 0, 0, 0, 1, 2, 3]);
+    let last = append_to_last_segment(
+        &log_dir,
+        b"HGLE\x02\0\0\0\x02\0\0\0\0\0\0\0\xc8\0\0\0\x01\x02\x03",
+    );
     std::fs::File::create(log::segment_path(&log_dir, last + 1)).unwrap();
 
     let journal = Journal::open(settings(dir.path())).unwrap();
@@ -594,7 +597,7 @@ fn created(seq: u64, id: &str) -> record::Created {
 }
 
 #[tokio::test]
-async fn the_log_ends_at_its_first_missing_seq_and_a_zero_filled_tail() {
+async fn a_missing_entry_costs_its_own_seq_and_a_zero_filled_tail_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(settings(dir.path())).unwrap();
     for id in ["a", "b", "c"] {
@@ -602,15 +605,15 @@ async fn the_log_ends_at_its_first_missing_seq_and_a_zero_filled_tail() {
     }
     journal.close().await;
     drop(journal);
-    // A power loss that kept a later segment but not the entry (seq 4) before it, and an
-    // index that had already taken seq 5.
+    // A later segment holds seq 5, but seq 4 is nowhere (a lost write, a bad sector),
+    // and the index had already taken seq 5.
     let log_dir = dir.path().join("journal").join("log");
     let last = *log::segments(&log_dir).unwrap().last().unwrap();
     {
         let mut later = log::Writer::open(&log_dir, Some((last + 1, 0))).unwrap();
         let five = created(5, "five");
         let loc = later
-            .append_with(|buf| record::encode_created(&five, buf))
+            .append_with(5, |buf| record::encode_created(&five, buf))
             .unwrap();
         later.write().unwrap();
         let (db, trees, _) = raw_index(dir.path());
@@ -618,23 +621,232 @@ async fn the_log_ends_at_its_first_missing_seq_and_a_zero_filled_tail() {
         db.flush().unwrap();
     }
     let journal = Journal::open(settings(dir.path())).unwrap();
-    assert!(journal.get(5).unwrap().is_none(), "nothing past the gap");
-    assert!(!journal.remembers("s", "five"));
+    assert_eq!(journal.get(5).unwrap().unwrap().summary.id, "five");
+    assert!(journal.remembers("s", "five"));
+    assert!(matches!(
+        journal.get(4),
+        Err(ReadError::Damaged { seq: 4, .. })
+    ));
+    let (listed, _) = journal
+        .list(&ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .unwrap();
+    let statuses: Vec<(u64, Status)> = listed.iter().map(|s| (s.seq, s.status)).collect();
     assert_eq!(
-        journal.append(event("five", 2)).await,
-        Ok(Outcome::Accepted(4))
+        statuses,
+        [
+            (1, Status::Queued),
+            (2, Status::Queued),
+            (3, Status::Queued),
+            (4, Status::Damaged),
+            (5, Status::Queued)
+        ]
+    );
+    assert_eq!(
+        journal.counts()[""].damaged,
+        1,
+        "a damaged entry's source is unknown"
+    );
+    assert_eq!(journal.backlog(), 4);
+    assert_eq!(
+        journal.append(event("six", 2)).await,
+        Ok(Outcome::Accepted(6))
     );
     journal.close().await;
     drop(journal);
 
-    // Zeros where a write should have landed.
+    // Zeros where a write should have landed: a torn tail, cut off.
     append_to_last_segment(&log_dir, &[0; 64]);
     let journal = Journal::open(settings(dir.path())).unwrap();
-    assert_eq!(journal.get(4).unwrap().unwrap().summary.id, "five");
+    assert_eq!(journal.get(6).unwrap().unwrap().summary.id, "six");
     assert_eq!(
-        journal.append(event("six", 3)).await,
-        Ok(Outcome::Accepted(5))
+        journal.append(event("seven", 3)).await,
+        Ok(Outcome::Accepted(7))
     );
+    journal.close().await;
+}
+
+/// Overwrites one byte of the log entry of `seq`, inside its payload.
+fn flip_a_byte_of(dir: &Path, journal: &Journal, seq: u64) {
+    let record::Stored::Indexed(index) =
+        record::decode_stored(&journal.trees.events.get(seq_key(seq)).unwrap().unwrap()).unwrap()
+    else {
+        panic!("new events are indexed")
+    };
+    let path = log::segment_path(&dir.join("journal").join("log"), index.content.segment);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // Past the 24-byte header, in the middle of the entry.
+    let at = index.content.offset + 24 + u64::from(index.content.len) / 2;
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0x20], at).unwrap();
+}
+
+/// Forgets that the index covered any of the log, and everything after `seq`, as a
+/// crash before the index's flush leaves it.
+fn unflush_index_after(dir: &Path, seq: u64) {
+    let (db, trees, meta) = raw_index(dir);
+    meta.remove(b"log_covered").unwrap();
+    for item in trees.events.range(seq_key(seq + 1)..) {
+        let (key, bytes) = item.unwrap();
+        let summary = record::decode_summary(&bytes).unwrap();
+        trees.events.remove(&key).unwrap();
+        trees.queued.remove(&key).unwrap();
+        trees
+            .dedup
+            .remove(committer::dedup_key(&summary.source, &summary.id))
+            .unwrap();
+    }
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn a_flipped_byte_costs_one_event_when_the_index_had_not_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for n in 1..=100 {
+        journal.append(event(&format!("e{n}"), 1)).await.unwrap();
+    }
+    flip_a_byte_of(dir.path(), &journal, 30);
+    journal.close().await;
+    drop(journal);
+    unflush_index_after(dir.path(), 10);
+
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for n in (1..=100).filter(|n| *n != 30) {
+        let record = journal.get(n).unwrap().unwrap();
+        assert_eq!(record.summary.id, format!("e{n}"));
+        assert_eq!(record.summary.status, Status::Queued);
+        assert_eq!(
+            journal.append(event(&format!("e{n}"), 2)).await,
+            Ok(Outcome::Duplicate(n)),
+            "event {n} is still recognised"
+        );
+    }
+    assert!(matches!(
+        journal.get(30),
+        Err(ReadError::Damaged { seq: 30, .. })
+    ));
+    assert_eq!(journal.backlog(), 99);
+    // Its id was in the damaged bytes: a provider's retry of it is accepted.
+    assert_eq!(
+        journal.append(event("e30", 2)).await,
+        Ok(Outcome::Accepted(101))
+    );
+    let queued: Vec<u64> = journal
+        .queued_from(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|r| r.summary.seq)
+        .collect();
+    assert_eq!(queued.len(), 100);
+    assert!(!queued.contains(&30));
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_damaged_entry_the_index_covers_is_marked_when_read_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(Settings {
+        embedded: false,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    for n in 1..=5 {
+        journal.append(event(&format!("e{n}"), 1)).await.unwrap();
+    }
+    flip_a_byte_of(dir.path(), &journal, 3);
+    let err = journal.get(3).unwrap_err();
+    assert!(
+        matches!(&err, ReadError::Damaged { seq: 3, why } if why.contains("segment 1 offset")),
+        "{err}"
+    );
+    // The forwarder's read goes past it.
+    let seqs: Vec<u64> = journal
+        .queued_from(0, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.summary.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 4, 5]);
+    // Marked by the committer: out of the queue, counted, its id still remembered.
+    let started = std::time::Instant::now();
+    while journal.backlog() != 4 {
+        assert!(started.elapsed() < Duration::from_secs(5), "never marked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (listed, _) = journal
+        .list(&ListFilter {
+            status: Some(Status::Damaged),
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, "e3");
+    assert_eq!(journal.counts()["s"].damaged, 1);
+    assert_eq!(
+        journal.append(event("e3", 2)).await,
+        Ok(Outcome::Duplicate(3))
+    );
+    journal.close().await;
+    drop(journal);
+    // After a restart too.
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert!(matches!(journal.get(3), Err(ReadError::Damaged { .. })));
+    assert_eq!(journal.get(4).unwrap().unwrap().summary.id, "e4");
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_damaged_end_that_the_index_covered_is_kept_and_the_log_goes_on_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for n in 1..=3 {
+        journal.append(event(&format!("e{n}"), 1)).await.unwrap();
+    }
+    journal.close().await;
+    drop(journal);
+    // The disk lost the second half of the last entry after the index covered it.
+    let log_dir = dir.path().join("journal").join("log");
+    let before = log::segments(&log_dir).unwrap();
+    let path = log::segment_path(&log_dir, *before.last().unwrap());
+    let len = std::fs::metadata(&path).unwrap().len() - 10;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(journal.get(2).unwrap().unwrap().summary.id, "e2");
+    let after = log::segments(&log_dir).unwrap();
+    assert_eq!(
+        std::fs::metadata(log::segment_path(&log_dir, *before.last().unwrap()))
+            .unwrap()
+            .len(),
+        len,
+        "the damaged bytes are not cut off"
+    );
+    assert_eq!(
+        journal.append(event("e4", 2)).await,
+        Ok(Outcome::Accepted(4))
+    );
+    assert!(matches!(journal.get(3), Err(ReadError::Damaged { .. })));
+    journal.close().await;
+    drop(journal);
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(log::segments(&log_dir).unwrap(), after);
+    assert_eq!(after.len(), before.len() + 1, "a new segment");
+    assert_eq!(journal.get(4).unwrap().unwrap().summary.id, "e4");
+    assert_eq!(journal.counts()["s"].damaged, 1);
     journal.close().await;
 }
 

@@ -84,7 +84,11 @@ impl Rejection {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Rejection::RateLimited { retry_after } => Some(*retry_after),
-            Rejection::Journal(JournalError::BacklogFull { .. }) => Some(30),
+            Rejection::Journal(
+                JournalError::BacklogFull { .. }
+                | JournalError::BacklogBytesFull { .. }
+                | JournalError::DiskLow(_),
+            ) => Some(30),
             Rejection::Journal(_) | Rejection::JournalTimeout => Some(5),
             _ => None,
         }

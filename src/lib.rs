@@ -106,6 +106,12 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         dedup_window: config.journal.dedup_window.0,
         retention: config.journal.retention.0,
         max_backlog: config.journal.max_backlog,
+        max_backlog_bytes: config.journal.max_backlog_bytes.map(|s| s.0),
+        min_free: match config.journal.min_free {
+            None => journal::MinFree::Default,
+            Some(config::Floor::Bytes(bytes)) => journal::MinFree::Bytes(bytes),
+            Some(config::Floor::Percent(percent)) => journal::MinFree::Percent(percent),
+        },
         embedded: config.broker.is_none(),
         stages: Some(metrics.journal_stages()),
     })
@@ -234,6 +240,10 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     // Always: without a handler, SIGHUP (`systemctl reload`) would end the process.
     let reloadable: Vec<_> = tls.into_iter().chain(admin_tls).collect();
     tasks.push(tokio::spawn(reload_on_sighup(reloadable, stopped.clone())));
+    tasks.push(tokio::spawn(heal_periodically(
+        journal.clone(),
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
         clock,
@@ -264,13 +274,30 @@ async fn compact_periodically(
         }
         loop {
             match journal.compact(unix_ms(clock.now())).await {
-                Ok(true) => tokio::task::yield_now().await,
+                // A pause between steps: compaction shares the committer with appends.
+                Ok(true) => tokio::time::sleep(Duration::from_millis(5)).await,
                 Ok(false) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "journal compaction failed");
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Once a second, opens the journal again if a write failed and writes work again (see
+/// [`Journal::heal`]): a full disk that is freed costs no restart.
+async fn heal_periodically(journal: Journal, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = listen::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        if !journal.is_healthy() {
+            journal.heal().await;
         }
     }
 }

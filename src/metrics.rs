@@ -58,6 +58,8 @@ pub struct Metrics {
     verify_failures: Family<ReasonLabels, Counter>,
     ack_seconds: Histogram,
     backlog: Gauge,
+    /// The journal's state, read when scraped.
+    journal: JournalGauges,
     forward_published: Counter,
     forward_errors: Family<ErrorLabels, Counter>,
     broker_connected: Gauge,
@@ -86,6 +88,7 @@ impl Metrics {
             prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 17),
         );
         let backlog = Gauge::default();
+        let journal = JournalGauges::default();
         let forward_published = Counter::default();
         let forward_errors = Family::<ErrorLabels, Counter>::default();
         let broker_connected = Gauge::default();
@@ -117,6 +120,7 @@ impl Metrics {
             "Events in the journal not yet delivered (queued)",
             backlog.clone(),
         );
+        journal.register(&mut registry);
         registry.register(
             "hookgate_forward_published",
             "Events the broker confirmed",
@@ -189,6 +193,7 @@ impl Metrics {
             verify_failures,
             ack_seconds,
             backlog,
+            journal,
             forward_published,
             forward_errors,
             broker_connected,
@@ -262,6 +267,7 @@ impl Metrics {
     /// The OpenMetrics text of every metric, with the gauges read now.
     pub fn render(&self, journal: &Journal) -> String {
         self.backlog.set(journal.backlog() as i64);
+        self.journal.read(journal);
         let connected = self
             .broker
             .as_ref()
@@ -287,5 +293,49 @@ impl Drop for ConnectionGuard {
                 listener: self.listener,
             })
             .dec();
+    }
+}
+
+/// Gauges of the journal's state beside the backlog, read when scraped.
+#[derive(Default)]
+struct JournalGauges {
+    backlog_bytes: Gauge,
+    damaged: Gauge,
+    writable: Gauge,
+    disk_free: Gauge,
+}
+
+impl JournalGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "hookgate_journal_backlog_bytes",
+            "Bytes of the events in the journal not yet delivered",
+            self.backlog_bytes.clone(),
+        );
+        registry.register(
+            "hookgate_journal_damaged",
+            "Events whose commit log entry was found damaged (their content is lost)",
+            self.damaged.clone(),
+        );
+        registry.register(
+            "hookgate_journal_writable",
+            "1 while the journal takes new events, 0 while a write failure, low disk space or a full backlog refuses them",
+            self.writable.clone(),
+        );
+        registry.register(
+            "hookgate_journal_disk_free_bytes",
+            "Free space on the journal's disk",
+            self.disk_free.clone(),
+        );
+    }
+
+    fn read(&self, journal: &Journal) {
+        self.backlog_bytes.set(journal.backlog_bytes() as i64);
+        let damaged: u64 = journal.counts().values().map(|c| c.damaged).sum();
+        self.damaged.set(damaged as i64);
+        self.writable.set(i64::from(journal.unready().is_none()));
+        if let Some(free) = journal.disk_free() {
+            self.disk_free.set(free as i64);
+        }
     }
 }

@@ -677,6 +677,8 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
         dedup_window: Duration::from_secs(72 * 3600),
         retention: Duration::from_secs(7 * 24 * 3600),
         max_backlog: u64::MAX,
+        max_backlog_bytes: None,
+        min_free: hookgate::journal::MinFree::Bytes(0),
         embedded: true,
         stages: None,
     })

@@ -169,9 +169,17 @@ impl Admin {
             .strip_prefix("/v1/events/")
             .and_then(|rest| rest.strip_suffix("/replay"));
         match (&method, path.as_str(), replay_of) {
-            (&Method::GET, "/healthz", _) => {
+            // Fails only when the process cannot recover by itself: what a liveness
+            // probe should answer with a restart. A full disk or a broker outage is
+            // `/readyz`'s business.
+            (&Method::GET, "/healthz", _) if self.journal.alive() => {
                 json(StatusCode::OK, br#"{"status":"alive"}"#.to_vec())
             }
+            (&Method::GET, "/healthz", _) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dead",
+                "the journal's committer thread has stopped; restart hookgate".into(),
+            ),
             (&Method::GET, "/readyz", _) => self.ready(),
             (&Method::GET, "/metrics", _) => self.metrics(),
             (&Method::GET, "/v1/events", _) => self.list(&query).await,
@@ -360,18 +368,14 @@ impl Admin {
             .broker_connected
             .as_ref()
             .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire));
-        let reason = if !self.journal.is_healthy() {
-            "the journal cannot be written"
+        let reason = if let Some(why) = self.journal.unready() {
+            why
         } else if broker_down {
-            "the broker is unreachable; events are kept in the journal until it returns"
+            "the broker is unreachable; events are kept in the journal until it returns".into()
         } else {
             return json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec());
         };
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            reason.into(),
-        )
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
     }
 
     async fn list(&self, query: &str) -> Response<Body> {

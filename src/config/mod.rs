@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 pub use secret::{Secret, SecretRef};
-pub use units::{parse_duration, parse_size, show_duration, Dur, Size};
+pub use units::{parse_duration, parse_size, show_duration, Dur, Floor, Size};
 
 use crate::locator::Locator;
 
@@ -87,6 +87,13 @@ pub struct JournalConfig {
     pub dedup_window: Dur,
     #[serde(default = "default_max_backlog")]
     pub max_backlog: u64,
+    /// Undelivered events' bytes beyond which new events get 503; absent: no limit.
+    #[serde(default)]
+    pub max_backlog_bytes: Option<Size>,
+    /// Free disk space below which new events get 503; absent: the smaller of 1 GiB and
+    /// 5% of the disk.
+    #[serde(default)]
+    pub min_free: Option<Floor>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +258,8 @@ impl Default for JournalConfig {
             retention: default_retention(),
             dedup_window: default_dedup_window(),
             max_backlog: default_max_backlog(),
+            max_backlog_bytes: None,
+            min_free: None,
         }
     }
 }

@@ -99,6 +99,50 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A floor of free disk space: a size such as `1GiB`, or a share of the disk such as
+/// `5%`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Floor {
+    Bytes(u64),
+    Percent(f64),
+}
+
+pub fn parse_floor(text: &str) -> Result<Floor, String> {
+    match text.trim().strip_suffix('%') {
+        Some(number) => match number.trim().parse::<f64>() {
+            Ok(p) if (0.0..=100.0).contains(&p) => Ok(Floor::Percent(p)),
+            _ => Err(format!(
+                "`{text}` is not a share of the disk from 0% to 100%"
+            )),
+        },
+        None => parse_size(text).map(Floor::Bytes),
+    }
+}
+
+impl<'de> Deserialize<'de> for Floor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FloorVisitor;
+        impl Visitor<'_> for FloorVisitor {
+            type Value = Floor;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"1GiB\" or a share of the disk such as \"5%\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Floor, E> {
+                Ok(Floor::Bytes(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Floor, E> {
+                u64::try_from(v)
+                    .map(Floor::Bytes)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Floor, E> {
+                parse_floor(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(FloorVisitor)
+    }
+}
+
 /// Formats a duration the way the config writes it, for messages and `check-config`.
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -138,6 +182,15 @@ mod tests {
         assert_eq!(parse_size("1000"), Ok(1000));
         assert!(parse_size("1 parsec").is_err());
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn floors_are_sizes_or_shares() {
+        assert_eq!(parse_floor("1GiB"), Ok(Floor::Bytes(1 << 30)));
+        assert_eq!(parse_floor("5%"), Ok(Floor::Percent(5.0)));
+        assert_eq!(parse_floor("0"), Ok(Floor::Bytes(0)));
+        assert!(parse_floor("150%").is_err());
+        assert!(parse_floor("lots").is_err());
     }
 
     #[test]

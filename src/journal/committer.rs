@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::core::content;
+use super::disk::Floor;
 use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
 use super::index::{self, Mark, DEDUP_WALKED};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Status, Stored, Summary};
 use super::{
-    content, seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, ReadError,
-    Replayed, Settings, Shared, Trees,
+    seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, ReadError, Replayed,
+    Settings, Shared, Trees,
 };
 
 /// What became of one publish.
@@ -40,7 +42,7 @@ const MAX_GROUP: usize = 4096;
 /// How many delivery attempts an event's log keeps.
 const MAX_ATTEMPTS_LOGGED: usize = 20;
 /// The most records one compaction step removes, so that appends are not held up.
-const COMPACT_CHUNK: usize = 5_000;
+const COMPACT_CHUNK: usize = 2_000;
 
 pub(super) struct Committer {
     db: sled::Db,
@@ -51,6 +53,11 @@ pub(super) struct Committer {
     last_seq: u64,
     published: watch::Sender<u64>,
     order_cursor: Vec<u8>,
+    /// Where the next compaction step goes on walking the events.
+    compact_cursor: u64,
+    floor: Floor,
+    /// Whether the last check found the disk below the floor.
+    disk_low: bool,
 }
 
 pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
@@ -136,6 +143,7 @@ impl Committer {
         published: watch::Sender<u64>,
     ) -> Self {
         Committer {
+            floor: Floor::new(&settings.path, settings.min_free),
             db,
             trees,
             shared,
@@ -144,6 +152,8 @@ impl Committer {
             last_seq,
             published,
             order_cursor: Vec::new(),
+            compact_cursor: 0,
+            disk_low: false,
         }
     }
 
@@ -253,8 +263,8 @@ impl Committer {
             // The index already holds this group's events; refusing everything from now
             // on (and dropping them from the index at the next open) keeps a retry from
             // being taken for a duplicate.
-            self.shared.healthy.store(false, Ordering::Release);
-            tracing::error!(error = %e, "commit log write failed; refusing new events");
+            self.shared.fail(format!("a commit log write failed: {e}"));
+            tracing::error!(error = %e, "commit log write failed; refusing new events until writes work again");
             // Duplicates too: the copy they point at may be in this unwritten group. The
             // flusher, seeing the journal unhealthy, fails the group and never moves the
             // durable mark again.
@@ -293,14 +303,14 @@ impl Committer {
         if let Err(e) = index::apply(&self.trees, created, loc) {
             // The entry is in the log under a seq the next event would take again:
             // refuse everything from now on (the next open sorts it out from the log).
-            self.shared.healthy.store(false, Ordering::Release);
-            tracing::error!(error = %e, "index write failed; refusing new events");
+            self.shared.fail(format!("an index write failed: {e}"));
+            tracing::error!(error = %e, "index write failed; refusing new events until writes work again");
             return Err(JournalError::Unwritable(e.to_string()));
         }
         *self.log.live.entry(loc.segment).or_default() += 1;
         let summary = &created.summary;
         if summary.status == Status::Queued {
-            self.shared.backlog.fetch_add(1, Ordering::AcqRel);
+            self.shared.queued(summary.size);
         }
         self.shared.count(&summary.source, |c| c.add(summary));
         self.last_seq = summary.seq;
@@ -336,14 +346,23 @@ impl Committer {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
+        let size = (event.body.len() + event.normalised.as_ref().map_or(0, |n| n.len())) as u64;
+        self.check_floor(size)?;
         let stale = match &event.order {
             Some((order_key, ts)) => self.is_stale(&event.source, order_key, *ts)?,
             None => false,
         };
-        if !stale && self.shared.backlog.load(Ordering::Acquire) >= self.settings.max_backlog {
-            return Err(JournalError::BacklogFull {
-                max: self.settings.max_backlog,
-            });
+        if !stale {
+            if self.shared.backlog.load(Ordering::Acquire) >= self.settings.max_backlog {
+                return Err(JournalError::BacklogFull {
+                    max: self.settings.max_backlog,
+                });
+            }
+            if let Some(max) = self.settings.max_backlog_bytes {
+                if self.shared.backlog_bytes.load(Ordering::Acquire) + size > max {
+                    return Err(JournalError::BacklogBytesFull { max });
+                }
+            }
         }
         let seq = self.last_seq + 1;
         let status = if stale { Status::Stale } else { Status::Queued };
@@ -384,6 +403,25 @@ impl Committer {
         })
     }
 
+    /// Refuses a new event of `size` bytes while free disk space is below the floor.
+    fn check_floor(&mut self, size: u64) -> Result<(), JournalError> {
+        let low = self.floor.check(size).map(str::to_string);
+        if low.is_some() != self.disk_low {
+            self.disk_low = low.is_some();
+            match &low {
+                Some(why) => tracing::warn!(reason = %why, "refusing new events: disk space low"),
+                None => {
+                    tracing::info!("disk space is back above journal.min_free; taking new events")
+                }
+            }
+            *self.shared.disk_low.lock().expect("disk lock") = low.clone();
+        }
+        match low {
+            Some(why) => Err(JournalError::DiskLow(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Records a delivery attempt on a queued event. A confirmed one is `delivered` and
     /// leaves the queue, unless the event was replayed after it was published: then it
     /// stays queued and goes out again.
@@ -393,8 +431,9 @@ impl Committer {
             return Ok(());
         };
         if stored.summary().status != Status::Queued {
-            // A queue entry left by a crash between the record and the queue writes.
-            return self.dequeue(seq);
+            // A queue entry left by a crash between the record and the queue writes (not
+            // counted in the backlog's bytes).
+            return self.dequeue(seq, 0);
         }
         let (delivered, outcome) = match delivery {
             Delivery::Confirmed { replays } if replays == stored.replays() => {
@@ -430,7 +469,7 @@ impl Committer {
             .insert(seq_key(seq), stored.encode())
             .map_err(unwritable)?;
         if delivered {
-            self.dequeue(seq)?;
+            self.dequeue(seq, stored.summary().size)?;
         }
         Ok(())
     }
@@ -455,23 +494,30 @@ impl Committer {
         self.shared.count(&stored.summary().source, |c| {
             c.moved(before, Status::Damaged)
         });
-        if self.trees.keep_queue {
-            self.dequeue(seq)?;
-        } else if before == Status::Queued {
-            self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
-        }
-        Ok(())
+        self.leave_queue(stored.summary(), before)
     }
 
-    /// Takes `seq` out of the queue, if it is there.
-    fn dequeue(&self, seq: u64) -> Result<(), JournalError> {
+    /// An event whose status was `before` left the queue for good.
+    fn leave_queue(&self, summary: &Summary, before: Status) -> Result<(), JournalError> {
+        if self.trees.keep_queue {
+            self.dequeue(summary.seq, summary.size)
+        } else {
+            if before == Status::Queued {
+                self.shared.unqueued(summary.size);
+            }
+            Ok(())
+        }
+    }
+
+    /// Takes `seq` (of `size` bytes) out of the queue, if it is there.
+    fn dequeue(&self, seq: u64, size: u64) -> Result<(), JournalError> {
         let removed = self
             .trees
             .queued
             .remove(seq_key(seq))
             .map_err(|e| JournalError::Unwritable(e.to_string()))?;
         if removed.is_some() {
-            self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
+            self.shared.unqueued(size);
         }
         Ok(())
     }
@@ -545,7 +591,7 @@ impl Committer {
                     .queued
                     .insert(seq_key(seq), &[])
                     .map_err(unwritable)?;
-                self.shared.backlog.fetch_add(1, Ordering::AcqRel);
+                self.shared.queued(stored.summary().size);
                 self.shared.count(&stored.summary().source, |c| {
                     c.moved(before, Status::Queued)
                 });
@@ -636,9 +682,13 @@ impl Committer {
                 .map_err(unwritable)?;
         }
 
+        // Events past retention, walked a chunk at a time from where the last step
+        // stopped: events kept past retention (queued, waiting for a broker) are passed
+        // over once a walk, never again and again.
         let mut removed = 0;
         let mut looked = 0;
-        for item in self.trees.events.iter() {
+        let from = std::mem::take(&mut self.compact_cursor);
+        for item in self.trees.events.range(seq_key(from)..) {
             let (key, bytes) = item.map_err(unwritable)?;
             let Ok(stored) = record::decode_stored(&bytes) else {
                 continue;
@@ -649,6 +699,7 @@ impl Committer {
             }
             looked += 1;
             if looked > COMPACT_CHUNK * 4 || removed >= COMPACT_CHUNK {
+                self.compact_cursor = summary.seq;
                 more = true;
                 break;
             }
@@ -661,13 +712,14 @@ impl Committer {
                     self.release(index.content.segment);
                 }
                 if self.trees.keep_queue {
-                    self.dequeue(summary.seq)?;
+                    // Queued events are kept: this is an entry a crash left behind.
+                    self.dequeue(summary.seq, 0)?;
                 } else {
                     // Embedded, the backlog is the events still `queued` (a journal
                     // written before may still have queue entries: they go too).
                     self.trees.queued.remove(&key).map_err(unwritable)?;
                     if summary.status == Status::Queued {
-                        self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
+                        self.shared.unqueued(summary.size);
                     }
                 }
                 // The walk above can no longer find this event: an id still inside its

@@ -140,8 +140,8 @@ pub(super) fn run(
             }
             Err(e) => {
                 failed_before = true;
-                shared.healthy.store(false, Ordering::Release);
-                tracing::error!(error = %e, "journal flush failed; refusing new events");
+                shared.fail(format!("a commit log sync failed: {e}"));
+                tracing::error!(error = %e, "journal flush failed; refusing new events until writes work again");
                 let failed = JournalError::Unwritable(format!("flush failed: {e}"));
                 for (_, result) in group.appends.iter_mut() {
                     *result = Err(failed.clone());

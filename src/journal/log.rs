@@ -406,32 +406,28 @@ impl Writer {
         self.pending_at = 0;
         Ok(())
     }
+}
 
-    /// After a failed write or sync: forgets everything written after `durable` (the
-    /// log position the last successful sync covered), which no answer covered and the
-    /// kernel may have dropped, and continues in a new segment. The segment that holds
-    /// `durable` is cut back to it and synced; later segments are emptied. Nothing of the
-    /// failed writes can then be read back after a restart, so their seqs can be used
-    /// again.
-    #[allow(dead_code)] // used by the committer from the next commit on
-    pub fn abandon(&mut self, durable: (u64, u64)) -> io::Result<()> {
-        self.pending.clear();
-        self.unsynced.clear();
-        for segment in durable.0..=self.segment {
-            let path = segment_path(&self.dir, segment);
-            let file = match OpenOptions::new().write(true).open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let keep = if segment == durable.0 { durable.1 } else { 0 };
-            if file.metadata()?.len() > keep {
-                file.set_len(keep)?;
-                file.sync_all()?;
-            }
+/// After a failed write or sync: forgets everything written after `durable` (the log
+/// position the last successful sync covered), which no answer covered and the kernel
+/// may have dropped. The segment that holds `durable` is cut back to it and synced;
+/// later segments are emptied. Nothing of the failed writes can then be read back
+/// after the journal is opened again, so their seqs can be used again.
+pub fn cut_back(dir: &Path, durable: (u64, u64)) -> io::Result<()> {
+    for segment in segments(dir)? {
+        if segment < durable.0 {
+            continue;
         }
-        self.start_next()
+        let file = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir, segment))?;
+        let keep = if segment == durable.0 { durable.1 } else { 0 };
+        if file.metadata()?.len() > keep {
+            file.set_len(keep)?;
+            file.sync_all()?;
+        }
     }
+    Ok(())
 }
 
 /// Reads entries for any thread; keeps the segments it has opened.
@@ -725,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn abandoning_cuts_back_to_what_was_synced_and_starts_a_new_segment() {
+    fn cutting_back_forgets_what_was_written_after_the_last_sync() {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = Writer::open(dir.path(), None).unwrap();
         let entry = [1u8; 1000];
@@ -737,21 +733,14 @@ mod tests {
             writer.append(seq, &entry).unwrap();
             writer.write().unwrap();
         }
-        assert!(writer.position().0 > durable.0);
         let abandoned = writer.position().0;
-        writer.abandon(durable).unwrap();
-        assert_eq!(writer.position(), (abandoned + 1, 0));
+        assert!(abandoned > durable.0);
+        drop(writer);
+        cut_back(dir.path(), durable).unwrap();
         let first = scan(dir.path(), 1, 0).unwrap();
         assert_eq!(first.len, durable.1);
         assert_eq!(entries(&first).len(), 1);
         assert_eq!(scan(dir.path(), abandoned, 0).unwrap().len, 0);
-        let loc = writer.append(2, b"again").unwrap();
-        writer.write().unwrap();
-        assert_eq!(loc.segment, abandoned + 1);
-        assert_eq!(
-            Reader::new(dir.path()).read(loc, 2).unwrap().unwrap(),
-            b"again"
-        );
     }
 
     #[test]

@@ -20,22 +20,26 @@
 //! log.
 
 mod committer;
+mod core;
+mod disk;
 mod flusher;
 mod index;
 mod log;
 pub mod record;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
+pub use disk::MinFree;
 pub use record::{Attempt, Record, Status, Summary};
+
+use self::core::Core;
 
 const QUEUE_DEPTH: usize = 16_384;
 /// How many records one listing call may look at before it answers.
@@ -47,6 +51,11 @@ pub struct Settings {
     pub dedup_window: Duration,
     pub retention: Duration,
     pub max_backlog: u64,
+    /// Undelivered events' bytes beyond which new events are refused; `None`: no limit.
+    pub max_backlog_bytes: Option<u64>,
+    /// Free disk space below which new events are refused, so that deliveries,
+    /// compaction and the index flush still have room (RabbitMQ's `disk_free_limit`).
+    pub min_free: MinFree,
     /// Without a broker the journal is the queue: retention drops old events whatever
     /// their status.
     pub embedded: bool,
@@ -103,6 +112,10 @@ pub enum Outcome {
 pub enum JournalError {
     #[error("the backlog of undelivered events has reached its limit of {max}")]
     BacklogFull { max: u64 },
+    #[error("the backlog of undelivered events has reached its limit of {max} bytes")]
+    BacklogBytesFull { max: u64 },
+    #[error("{0}")]
+    DiskLow(String),
     #[error("the journal cannot be written: {0}")]
     Unwritable(String),
     #[error("the journal is shutting down")]
@@ -164,7 +177,13 @@ struct Trees {
 
 struct Shared {
     backlog: AtomicU64,
+    /// The bytes of the events counted in `backlog`.
+    backlog_bytes: AtomicU64,
     healthy: AtomicBool,
+    /// Why `healthy` turned false.
+    fault: Mutex<Option<String>>,
+    /// Why new events are refused for want of disk space, while they are.
+    disk_low: Mutex<Option<String>>,
     /// The log position the flusher has synced, for the index's background flush.
     durable: Mutex<Option<index::Mark>>,
     /// Log segments no event refers to any more, to delete once that is durable.
@@ -178,6 +197,29 @@ struct Shared {
 }
 
 impl Shared {
+    /// Refuses every new event from now on (this opening of the journal is replaced by
+    /// a new one once writes work again).
+    fn fail(&self, why: String) {
+        self.fault.lock().expect("fault lock").get_or_insert(why);
+        self.healthy.store(false, Ordering::Release);
+    }
+
+    /// An event of `size` bytes joined the backlog.
+    fn queued(&self, size: u64) {
+        self.backlog.fetch_add(1, Ordering::AcqRel);
+        self.backlog_bytes.fetch_add(size, Ordering::AcqRel);
+    }
+
+    /// An event of `size` bytes left the backlog.
+    fn unqueued(&self, size: u64) {
+        self.backlog.fetch_sub(1, Ordering::AcqRel);
+        let _ = self
+            .backlog_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(size))
+            });
+    }
+
     fn count(&self, source: &str, change: impl FnOnce(&mut SourceCounts)) {
         let mut counts = self.counts.lock().expect("counts lock");
         match counts.get_mut(source) {
@@ -243,18 +285,321 @@ pub struct Replayed {
     pub queued_as: u64,
 }
 
-/// A handle on the journal; cheap to clone.
+/// A handle on the journal; cheap to clone. It reaches the journal's current opening
+/// ([`core::Core`]). After a write or sync failed, that opening refuses new events for
+/// good (a failed sync is never trusted again, and sled refuses every write after one
+/// of its own failed), so [`Journal::heal`] replaces it, once writes work again, with a
+/// new opening of the same files: no restart is needed.
 #[derive(Clone)]
 pub struct Journal {
-    trees: Trees,
-    shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
-    last_seq: watch::Receiver<u64>,
-    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
-    index_flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
-    stop_index: Arc<index::Stop>,
-    reader: Arc<log::Reader>,
+    slot: Arc<RwLock<Option<Arc<Core>>>>,
     settings: Arc<Settings>,
+    published: watch::Sender<u64>,
+    last_seq: watch::Receiver<u64>,
+    closed: Arc<AtomicBool>,
+    healing: Arc<tokio::sync::Mutex<Healing>>,
+}
+
+/// What healing remembers between tries.
+#[derive(Default)]
+struct Healing {
+    /// The log position to cut back to before the next opening: the last one a sync
+    /// covered before the failure.
+    cut: Option<(u64, u64)>,
+    /// Why the last try failed.
+    error: Option<String>,
+}
+
+const REOPENING: &str = "the journal is being opened again after a write failure";
+
+impl Journal {
+    pub fn open(settings: Settings) -> Result<Journal, JournalError> {
+        let settings = Arc::new(settings);
+        let (published, last_seq) = watch::channel(0);
+        let core = Core::open(settings.clone(), published.clone(), false)?;
+        Ok(Journal {
+            slot: Arc::new(RwLock::new(Some(Arc::new(core)))),
+            settings,
+            published,
+            last_seq,
+            closed: Arc::new(AtomicBool::new(false)),
+            healing: Arc::new(tokio::sync::Mutex::new(Healing::default())),
+        })
+    }
+
+    fn core(&self) -> Result<Arc<Core>, JournalError> {
+        self.slot
+            .read()
+            .expect("journal slot lock")
+            .clone()
+            .ok_or_else(|| JournalError::Unwritable(REOPENING.into()))
+    }
+
+    /// Journals an event; answers once the record (or the one it duplicates) is flushed.
+    pub async fn append(&self, event: NewEvent) -> Result<Outcome, JournalError> {
+        self.core()?.append(event).await
+    }
+
+    /// Drops delivered events past retention and dedup entries past the window, a chunk
+    /// at a time; returns whether more remains.
+    pub async fn compact(&self, now_ms: u64) -> Result<bool, JournalError> {
+        self.core()?.compact(now_ms).await
+    }
+
+    /// Marks events `delivered` once the broker has confirmed them. Answers once they
+    /// have left the queue, without waiting for the flush that makes the mark durable.
+    /// Each seq comes with the event's replay count when it was published: an event
+    /// replayed since stays queued, to be published again.
+    pub async fn mark_delivered(
+        &self,
+        seqs: Vec<(u64, u32)>,
+        at_ms: u64,
+    ) -> Result<(), JournalError> {
+        self.core()?.mark_delivered(seqs, at_ms).await
+    }
+
+    /// Queues events to be forwarded again (see the README's "Replay"); answers once that
+    /// is durable. Seqs the journal no longer has are left out of the answer.
+    pub async fn replay(&self, seqs: Vec<u64>, at_ms: u64) -> Result<Vec<Replayed>, JournalError> {
+        self.core()?.replay(seqs, at_ms).await
+    }
+
+    /// Resolves when a replay (or a delivery overtaken by one) puts an event back into
+    /// the queue behind the forwarder's cursor.
+    pub async fn rewound(&self) {
+        match self.core() {
+            Ok(core) => core.rewound().await,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+
+    /// The lowest seq a replay has put back into the queue since the last call, if any:
+    /// the forwarder reads the queue again from there.
+    pub fn take_rewind(&self) -> Option<u64> {
+        self.core().ok().and_then(|core| core.take_rewind())
+    }
+
+    /// What the journal holds, per source that has events.
+    pub fn counts(&self) -> BTreeMap<String, SourceCounts> {
+        self.core().map(|core| core.counts()).unwrap_or_default()
+    }
+
+    /// Notes a failed delivery attempt; the event stays `queued`.
+    pub async fn record_attempt(
+        &self,
+        seq: u64,
+        at_ms: u64,
+        outcome: String,
+    ) -> Result<(), JournalError> {
+        self.core()?.record_attempt(seq, at_ms, outcome).await
+    }
+
+    /// Undelivered events from `from` on, oldest first, at most `limit`. A damaged one
+    /// is left out (and marked `damaged`): it costs that event only.
+    pub fn queued_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, String> {
+        self.core()
+            .map_err(|e| e.to_string())?
+            .queued_from(from, limit)
+    }
+
+    /// Flushes what is left and stops the committer. Later appends answer `Closed`.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // A heal under way finishes first, so that what it opens is closed too.
+        let _healing = self.healing.lock().await;
+        if let Ok(core) = self.core() {
+            core.close().await;
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.core().is_ok_and(|core| core.is_healthy())
+    }
+
+    /// Whether the journal can recover by itself from whatever state it is in: false
+    /// only when its committer thread has died (a bug), which a liveness probe should
+    /// answer with a restart.
+    pub fn alive(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        // No opening: one is being made.
+        self.core().map_or(true, |core| core.committer_alive())
+    }
+
+    /// Why new events are refused now, if they are: for `/readyz`.
+    pub fn unready(&self) -> Option<String> {
+        let core = match self.core() {
+            Ok(core) => core,
+            Err(_) => return Some(REOPENING.into()),
+        };
+        if let Some(fault) = core.fault() {
+            let last_try = self
+                .healing
+                .try_lock()
+                .ok()
+                .and_then(|h| h.error.clone())
+                .map(|e| format!("; the last try to open it again failed: {e}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "the journal cannot be written ({fault}); it is opened again as soon as writes work{last_try}"
+            ));
+        }
+        if let Some(low) = core.disk_low() {
+            return Some(low);
+        }
+        if core.backlog() >= self.settings.max_backlog {
+            return Some(format!(
+                "the backlog of undelivered events is at max_backlog ({})",
+                self.settings.max_backlog
+            ));
+        }
+        match self.settings.max_backlog_bytes {
+            Some(max) if core.backlog_bytes() >= max => Some(format!(
+                "the backlog of undelivered events is at max_backlog_bytes ({})",
+                disk::human(max)
+            )),
+            _ => None,
+        }
+    }
+
+    /// After a write or sync failed: once a small write and its sync work again, cuts the
+    /// log back to what the last successful sync covered and opens the journal again
+    /// (recovery brings the index up to the log, dropping what was never answered).
+    /// Answers whether the journal is healthy afterwards. Meant to be called every second
+    /// or so; cheap when there is nothing to do.
+    pub async fn heal(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let current = self.core().ok();
+        if current.as_ref().is_some_and(|core| core.is_healthy()) {
+            return true;
+        }
+        let Ok(mut healing) = self.healing.try_lock() else {
+            return false;
+        };
+        if let Err(e) = disk::probe(&self.settings.path) {
+            let why = format!(
+                "a test write in {} failed: {e}",
+                self.settings.path.display()
+            );
+            if healing.error.as_deref() != Some(why.as_str()) {
+                tracing::warn!(reason = %why, "the journal still cannot be written");
+            }
+            healing.error = Some(why);
+            return false;
+        }
+        if let Some(core) = current {
+            // Take the failed opening out of use and stop its threads.
+            let durable = core.durable();
+            *self.slot.write().expect("journal slot lock") = None;
+            core.close().await;
+            healing.cut = durable.map(|m| (m.segment, m.offset)).or(healing.cut);
+            // In-flight calls hold it a moment longer; sled's lock goes with the last.
+            let mut core = core;
+            for _ in 0..50 {
+                match Arc::try_unwrap(core) {
+                    Ok(core) => {
+                        drop(core);
+                        break;
+                    }
+                    Err(still_shared) => core = still_shared,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let settings = self.settings.clone();
+        let published = self.published.clone();
+        let cut = healing.cut;
+        let opened = tokio::task::spawn_blocking(move || {
+            if let Some(cut) = cut {
+                log::cut_back(&settings.path.join("log"), cut)
+                    .map_err(|e| JournalError::Unwritable(format!("cutting the log back: {e}")))?;
+            }
+            Core::open(settings, published, true)
+        })
+        .await;
+        match opened {
+            Ok(Ok(core)) => {
+                *self.slot.write().expect("journal slot lock") = Some(Arc::new(core));
+                *healing = Healing::default();
+                tracing::info!("journal opened again after a write failure; taking new events");
+                true
+            }
+            Ok(Err(e)) => {
+                let why = e.to_string();
+                if healing.error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(reason = %why, "the journal could not be opened again; trying again soon");
+                }
+                healing.error = Some(why);
+                false
+            }
+            Err(e) => {
+                healing.error = Some(format!("the reopening task failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Undelivered (`queued`) events.
+    pub fn backlog(&self) -> u64 {
+        self.core().map(|core| core.backlog()).unwrap_or(0)
+    }
+
+    /// Free space on the journal's disk, when it can be read.
+    pub fn disk_free(&self) -> Option<u64> {
+        disk::space(&self.settings.path)
+            .ok()
+            .map(|space| space.free)
+    }
+
+    /// The bytes of the undelivered events.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.core().map(|core| core.backlog_bytes()).unwrap_or(0)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The newest sequence number that is durable; changes wake watchers.
+    pub fn last_seq(&self) -> watch::Receiver<u64> {
+        self.last_seq.clone()
+    }
+
+    /// The whole event. Finding its log entry damaged marks it `damaged` (see
+    /// [`ReadError::Damaged`]).
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, ReadError> {
+        self.core()
+            .map_err(|e| ReadError::Other {
+                seq,
+                why: e.to_string(),
+            })?
+            .get(seq)
+    }
+
+    /// Summaries after `filter.after`, oldest first, and the cursor to continue from.
+    pub fn list(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), String> {
+        self.core().map_err(|e| e.to_string())?.list(filter)
+    }
+
+    /// Where the journal keeps an event id for `source`, for tests and tools.
+    pub fn remembers(&self, source: &str, id: &str) -> bool {
+        self.core().is_ok_and(|core| core.remembers(source, id))
+    }
+}
+
+/// Why an event could not be read.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    /// Its commit log entry (or index record) is damaged: its content is lost. It costs
+    /// this event only; the event is marked `damaged`.
+    #[error("event {seq} is damaged: {why}")]
+    Damaged { seq: u64, why: String },
+    /// Anything else (an I/O error): reading it again may work.
+    #[error("event {seq} cannot be read: {why}")]
+    Other { seq: u64, why: String },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -282,492 +627,6 @@ fn seq_of(key: &[u8]) -> u64 {
 /// is an error, never a panic).
 fn seq_from(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
-}
-
-impl Journal {
-    pub fn open(settings: Settings) -> Result<Journal, JournalError> {
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-        let log_dir = settings.path.join("log");
-        std::fs::create_dir_all(&log_dir).map_err(|e| {
-            JournalError::Unwritable(format!("cannot create {}: {e}", log_dir.display()))
-        })?;
-        let db = sled::Config::new()
-            .path(db_path(&settings.path))
-            // The index is flushed by our own background thread; sled's periodic flush
-            // on top of it only competes for the disk.
-            .flush_every_ms(None)
-            .open()
-            .map_err(unwritable)?;
-        let trees = Trees {
-            events: db.open_tree("events").map_err(unwritable)?,
-            queued: db.open_tree("queued").map_err(unwritable)?,
-            dedup: db.open_tree("dedup").map_err(unwritable)?,
-            dedup_expiry: db.open_tree("dedup_expiry").map_err(unwritable)?,
-            order: db.open_tree("order").map_err(unwritable)?,
-            meta: db.open_tree("meta").map_err(unwritable)?,
-            keep_queue: !settings.embedded,
-        };
-        let meta = trees.meta.clone();
-        let recovered = index::recover(&trees, &meta, &log_dir)?;
-        if recovered.replayed > 0 || recovered.dropped > 0 || recovered.damaged > 0 {
-            tracing::info!(
-                replayed = recovered.replayed,
-                dropped = recovered.dropped,
-                damaged = recovered.damaged,
-                "index brought up to the commit log"
-            );
-        }
-        let (counts, mut live, unreadable) = count_events(&trees.events)?;
-        complete_the_queue(&trees)?;
-        let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
-        let mut writer = log::Writer::open(&log_dir, Some(tail))
-            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
-        if recovered.fresh_segment {
-            writer
-                .start_next()
-                .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
-        }
-        let tail = writer.position();
-        let reader = Arc::new(log::Reader::new(&log_dir));
-        // Segments before the one being written that no event refers to.
-        for segment in log::segments(&log_dir)
-            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?
-        {
-            // A record this build cannot read may refer to any segment: delete none.
-            if unreadable == 0 && segment < tail.0 && !live.contains_key(&segment) {
-                reader
-                    .remove(segment)
-                    .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
-            }
-        }
-        live.entry(tail.0).or_insert(0);
-        let last = trees
-            .events
-            .last()
-            .map_err(unwritable)?
-            .map(|(k, _)| seq_of(&k))
-            .unwrap_or(0);
-        // What recovery wrote is durable before anything new is accepted.
-        index::cover(
-            &meta,
-            index::Mark {
-                segment: tail.0,
-                offset: tail.1,
-                last_seq: last,
-            },
-        )
-        .map_err(unwritable)?;
-        db.flush().map_err(unwritable)?;
-        let shared = Arc::new(Shared {
-            backlog: AtomicU64::new(if trees.keep_queue {
-                trees.queued.len() as u64
-            } else {
-                counts.values().map(|c| c.queued).sum()
-            }),
-            healthy: AtomicBool::new(true),
-            durable: Mutex::new(None),
-            unreferenced: Mutex::new(Vec::new()),
-            rewind: AtomicU64::new(u64::MAX),
-            rewound: tokio::sync::Notify::new(),
-            counts: Mutex::new(counts),
-        });
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (seq_tx, seq_rx) = watch::channel(last);
-        let settings = Arc::new(settings);
-        let committer = committer::Committer::new(
-            db.clone(),
-            trees.clone(),
-            shared.clone(),
-            settings.clone(),
-            committer::Log {
-                writer,
-                reader: reader.clone(),
-                live,
-            },
-            last,
-            seq_tx,
-        );
-        let handle = std::thread::Builder::new()
-            .name("journal-committer".into())
-            .spawn(move || committer.run(rx))
-            .map_err(|e| JournalError::Unwritable(format!("cannot start the committer: {e}")))?;
-        let stop_index = Arc::new(index::Stop::default());
-        let index_flusher = {
-            let (shared, reader, stop) = (shared.clone(), reader.clone(), stop_index.clone());
-            std::thread::Builder::new()
-                .name("journal-index".into())
-                .spawn(move || index::flush_in_background(db, meta, shared, reader, stop))
-                .map_err(|e| {
-                    JournalError::Unwritable(format!("cannot start the index flusher: {e}"))
-                })?
-        };
-        Ok(Journal {
-            trees,
-            shared,
-            commands: tx,
-            last_seq: seq_rx,
-            committer: Arc::new(Mutex::new(Some(handle))),
-            index_flusher: Arc::new(Mutex::new(Some(index_flusher))),
-            stop_index,
-            reader,
-            settings,
-        })
-    }
-
-    /// Journals an event; answers once the record (or the one it duplicates) is flushed.
-    pub async fn append(&self, event: NewEvent) -> Result<Outcome, JournalError> {
-        if !self.is_healthy() {
-            return Err(JournalError::Unwritable("an earlier flush failed".into()));
-        }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Append {
-                event: Box::new(event),
-                reply,
-            })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Drops delivered events past retention and dedup entries past the window, a chunk
-    /// at a time; returns whether more remains.
-    pub async fn compact(&self, now_ms: u64) -> Result<bool, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Compact { now_ms, reply })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Marks events `delivered` once the broker has confirmed them. Answers once they
-    /// have left the queue, without waiting for the flush that makes the mark durable.
-    /// Each seq comes with the event's replay count when it was published: an event
-    /// replayed since stays queued, to be published again.
-    pub async fn mark_delivered(
-        &self,
-        seqs: Vec<(u64, u32)>,
-        at_ms: u64,
-    ) -> Result<(), JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Delivered { seqs, at_ms, reply })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Queues events to be forwarded again (see the README's "Replay"); answers once that
-    /// is durable. Seqs the journal no longer has are left out of the answer.
-    pub async fn replay(&self, seqs: Vec<u64>, at_ms: u64) -> Result<Vec<Replayed>, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Replay { seqs, at_ms, reply })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Resolves when a replay (or a delivery overtaken by one) puts an event back into
-    /// the queue behind the forwarder's cursor.
-    pub async fn rewound(&self) {
-        self.shared.rewound.notified().await
-    }
-
-    /// The lowest seq a replay has put back into the queue since the last call, if any:
-    /// the forwarder reads the queue again from there.
-    pub fn take_rewind(&self) -> Option<u64> {
-        match self.shared.rewind.swap(u64::MAX, Ordering::AcqRel) {
-            u64::MAX => None,
-            seq => Some(seq),
-        }
-    }
-
-    /// What the journal holds, per source that has events.
-    pub fn counts(&self) -> BTreeMap<String, SourceCounts> {
-        self.shared.counts.lock().expect("counts lock").clone()
-    }
-
-    /// Notes a failed delivery attempt; the event stays `queued`.
-    pub async fn record_attempt(
-        &self,
-        seq: u64,
-        at_ms: u64,
-        outcome: String,
-    ) -> Result<(), JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Attempted {
-                seq,
-                at_ms,
-                outcome,
-                reply,
-            })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
-    }
-
-    /// Undelivered events from `from` on, oldest first, at most `limit`. A damaged one
-    /// is left out (and marked `damaged`): it costs that event only.
-    pub fn queued_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, String> {
-        let mut found = Vec::new();
-        for item in self.trees.queued.range(seq_key(from)..).take(limit) {
-            let (key, _) = item.map_err(|e| e.to_string())?;
-            match self.get(seq_of(&key)) {
-                Ok(Some(record)) => found.push(record),
-                Ok(None) | Err(ReadError::Damaged { .. }) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(found)
-    }
-
-    /// Flushes what is left and stops the committer. Later appends answer `Closed`.
-    pub async fn close(&self) {
-        let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Close { reply }).await.is_ok() {
-            let _ = answer.await;
-        }
-        let handle = self.committer.lock().expect("committer lock").take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
-        // The log is synced; one last index flush makes the next open quick.
-        self.stop_index.stop();
-        let handle = self
-            .index_flusher
-            .lock()
-            .expect("index flusher lock")
-            .take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::Acquire)
-    }
-
-    /// Undelivered (`queued`) events.
-    pub fn backlog(&self) -> u64 {
-        self.shared.backlog.load(Ordering::Acquire)
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// The newest sequence number that is durable; changes wake watchers.
-    pub fn last_seq(&self) -> watch::Receiver<u64> {
-        self.last_seq.clone()
-    }
-
-    /// The whole event. Finding its log entry damaged marks it `damaged` (see
-    /// [`ReadError::Damaged`]).
-    pub fn get(&self, seq: u64) -> Result<Option<Record>, ReadError> {
-        let other = |e: String| ReadError::Other { seq, why: e };
-        let Some(bytes) = self
-            .trees
-            .events
-            .get(seq_key(seq))
-            .map_err(|e| other(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        let stored = record::decode_stored(&bytes).map_err(|e| ReadError::Damaged {
-            seq,
-            why: format!("its index record: {e}"),
-        })?;
-        match stored {
-            record::Stored::Inline(record) => Ok(Some(record)),
-            record::Stored::Indexed(index) => match content(&self.reader, &index) {
-                Ok(content) => Ok(content.map(|content| Record::from_parts(index, content))),
-                Err(e) => {
-                    if let ReadError::Damaged { why, .. } = &e {
-                        if index.summary.status != Status::Damaged {
-                            // The committer marks it; if its queue is full, the next
-                            // read reports it again.
-                            let _ = self.commands.try_send(Command::Damaged {
-                                seq,
-                                why: why.clone(),
-                                at_ms: unix_ms_now(),
-                            });
-                        }
-                    }
-                    Err(e)
-                }
-            },
-        }
-    }
-
-    /// Summaries after `filter.after`, oldest first, and the cursor to continue from.
-    pub fn list(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), String> {
-        let mut found = Vec::new();
-        let mut cursor = filter.after;
-        let start = filter.after.saturating_add(1);
-        let end = filter.until.unwrap_or(u64::MAX);
-        if start > end {
-            return Ok((Vec::new(), filter.after));
-        }
-        for item in self
-            .trees
-            .events
-            .range(seq_key(start)..=seq_key(end))
-            .take(MAX_SCAN)
-        {
-            let (key, bytes) = item.map_err(|e| e.to_string())?;
-            cursor = seq_of(&key);
-            let summary =
-                record::decode_summary(&bytes).map_err(|e| format!("event {cursor}: {e}"))?;
-            let wanted = summary.received_at_ms >= filter.received_from_ms
-                && filter.source.as_deref().is_none_or(|s| s == summary.source)
-                && filter.status.is_none_or(|s| s == summary.status)
-                && filter
-                    .event_type
-                    .as_deref()
-                    .is_none_or(|t| Some(t) == summary.event_type.as_deref());
-            if wanted {
-                found.push(summary);
-                if found.len() >= filter.limit {
-                    break;
-                }
-            }
-        }
-        Ok((found, cursor))
-    }
-
-    /// Where the journal keeps an event id for `source`, for tests and tools.
-    pub fn remembers(&self, source: &str, id: &str) -> bool {
-        self.trees
-            .dedup
-            .contains_key(committer::dedup_key(source, id))
-            .unwrap_or(false)
-    }
-}
-
-/// The `meta` key present while the `queued` tree holds every queued event.
-const QUEUE_COMPLETE: &[u8] = b"queue_complete";
-
-/// With a broker, makes sure the `queued` tree holds every queued event: after embedded
-/// mode (which does not keep it), every event still `queued` goes in. Embedded, notes
-/// that the tree is no longer kept.
-fn complete_the_queue(trees: &Trees) -> Result<(), JournalError> {
-    let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-    if !trees.keep_queue {
-        trees.meta.remove(QUEUE_COMPLETE).map_err(unwritable)?;
-        return Ok(());
-    }
-    if trees
-        .meta
-        .contains_key(QUEUE_COMPLETE)
-        .map_err(unwritable)?
-    {
-        return Ok(());
-    }
-    let mut added = 0u64;
-    for item in trees.events.iter() {
-        let (key, bytes) = item.map_err(unwritable)?;
-        if record::decode_summary(&bytes).is_ok_and(|s| s.status == Status::Queued)
-            && trees.queued.insert(key, &[]).map_err(unwritable)?.is_none()
-        {
-            added += 1;
-        }
-    }
-    trees.meta.insert(QUEUE_COMPLETE, &[]).map_err(unwritable)?;
-    if added > 0 {
-        tracing::info!(added, "queue rebuilt for the forwarder after embedded mode");
-    }
-    Ok(())
-}
-
-/// Why an event could not be read.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ReadError {
-    /// Its commit log entry (or index record) is damaged: its content is lost. It costs
-    /// this event only; the event is marked `damaged`.
-    #[error("event {seq} is damaged: {why}")]
-    Damaged { seq: u64, why: String },
-    /// Anything else (an I/O error): reading it again may work.
-    #[error("event {seq} cannot be read: {why}")]
-    Other { seq: u64, why: String },
-}
-
-/// An indexed event's content from the log, checked to be the event's own; `None` while
-/// its group is still being written.
-fn content(
-    reader: &log::Reader,
-    index: &record::Index,
-) -> Result<Option<record::Content>, ReadError> {
-    let seq = index.summary.seq;
-    let damaged = |why: String| ReadError::Damaged { seq, why };
-    if index.summary.status == Status::Damaged {
-        return Err(damaged(format!(
-            "its commit log entry (segment {} offset {}) was found damaged",
-            index.content.segment, index.content.offset
-        )));
-    }
-    match reader.read(index.content, seq) {
-        Ok(Some(bytes)) => match record::decode_created(&bytes) {
-            Ok(created) if created.summary.seq == seq => Ok(Some(created.content)),
-            Ok(created) => Err(damaged(format!(
-                "the commit log entry at segment {} offset {} holds seq {}",
-                index.content.segment, index.content.offset, created.summary.seq
-            ))),
-            Err(e) => Err(damaged(format!(
-                "the commit log entry at segment {} offset {}: {e}",
-                index.content.segment, index.content.offset
-            ))),
-        },
-        Ok(None) => Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(damaged(e.to_string())),
-        Err(e) => Err(ReadError::Other {
-            seq,
-            why: e.to_string(),
-        }),
-    }
-}
-
-fn unix_ms_now() -> u64 {
-    crate::unix_ms(std::time::SystemTime::now())
-}
-
-/// Events by log segment.
-type Live = BTreeMap<u64, u64>;
-
-/// Counts the events of each source by status, and of each log segment; and the
-/// records it could not read.
-fn count_events(
-    events: &sled::Tree,
-) -> Result<(BTreeMap<String, SourceCounts>, Live, usize), JournalError> {
-    let mut counts: BTreeMap<String, SourceCounts> = BTreeMap::new();
-    let mut live = Live::new();
-    let mut unreadable = 0;
-    for item in events.iter() {
-        let (key, bytes) = item.map_err(|e| JournalError::Unwritable(e.to_string()))?;
-        match record::decode_stored(&bytes) {
-            Ok(stored) => {
-                if let record::Stored::Indexed(index) = &stored {
-                    *live.entry(index.content.segment).or_default() += 1;
-                }
-                let s = stored.summary();
-                match counts.get_mut(&s.source) {
-                    Some(c) => c.add(s),
-                    None => counts.entry(s.source.clone()).or_default().add(s),
-                }
-            }
-            Err(e) => {
-                unreadable += 1;
-                tracing::warn!(seq = seq_of(&key), error = %e, "unreadable record not counted")
-            }
-        }
-    }
-    Ok((counts, live, unreadable))
-}
-
-fn db_path(dir: &Path) -> PathBuf {
-    dir.join("sled")
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The journal's rules on a real sled database in a temporary directory: dedup within
 //! its window, staleness by order key, backlog, compaction and reopening.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::*;
@@ -13,6 +14,8 @@ fn settings(dir: &Path) -> Settings {
         dedup_window: Duration::from_secs(72 * 3600),
         retention: Duration::from_secs(7 * 24 * 3600),
         max_backlog: 1_000,
+        max_backlog_bytes: None,
+        min_free: MinFree::Bytes(0),
         embedded: false,
         stages: None,
     }
@@ -139,6 +142,69 @@ async fn compaction_drops_old_events_and_forgets_old_ids() {
     assert!(!journal.remembers("s", "old"));
     assert!(journal.remembers("s", "new"));
     assert_eq!(journal.backlog(), 1);
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn compaction_gets_past_old_undelivered_events_to_the_delivered_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // With a broker, queued events outlive retention; 20,001 of them, as a routing key
+    // with no queue bound (or a week-long broker outage) leaves them.
+    let journal = Journal::open(Settings {
+        max_backlog: 100_000,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    for chunk in 0..21 {
+        let appends = (0..1000)
+            .map(|n| chunk * 1000 + n)
+            .filter(|n| *n < 20_001)
+            .map(|n| journal.append(event(&format!("stuck{n}"), HOUR_MS)));
+        for outcome in futures_util::future::join_all(appends).await {
+            assert!(matches!(outcome, Ok(Outcome::Accepted(_))));
+        }
+    }
+    // Then 500 that were delivered.
+    let delivered = futures_util::future::join_all(
+        (0..500).map(|n| journal.append(event(&format!("done{n}"), 2 * HOUR_MS))),
+    )
+    .await;
+    let seqs: Vec<(u64, u32)> = delivered
+        .into_iter()
+        .map(|o| match o {
+            Ok(Outcome::Accepted(seq)) => (seq, 0),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    journal
+        .mark_delivered(seqs.clone(), 2 * HOUR_MS)
+        .await
+        .unwrap();
+
+    let now = 30 * 24 * HOUR_MS;
+    let mut steps = 0;
+    while journal.compact(now).await.unwrap() {
+        steps += 1;
+        assert!(steps < 100, "compaction makes no progress");
+    }
+    for (seq, _) in seqs {
+        assert!(
+            journal.get(seq).unwrap().is_none(),
+            "delivered {seq} compacted"
+        );
+    }
+    assert_eq!(journal.backlog(), 20_001);
+    assert!(
+        journal.get(20_001).unwrap().is_some(),
+        "undelivered ones kept"
+    );
+    assert_eq!(journal.counts()["s"].delivered, 0);
+    // A later pass walks them again, as briefly.
+    let mut steps = 0;
+    while journal.compact(now + HOUR_MS).await.unwrap() {
+        steps += 1;
+        assert!(steps < 100);
+    }
     journal.close().await;
 }
 
@@ -289,7 +355,7 @@ async fn appends_after_close_are_refused() {
 
 /// The sled trees of a closed journal, for tests that change the index behind its back.
 fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
-    let db = sled::open(db_path(&dir.join("journal"))).unwrap();
+    let db = sled::open(core::db_path(&dir.join("journal"))).unwrap();
     let trees = Trees {
         events: db.open_tree("events").unwrap(),
         queued: db.open_tree("queued").unwrap(),
@@ -670,9 +736,17 @@ async fn a_missing_entry_costs_its_own_seq_and_a_zero_filled_tail_is_cut() {
 
 /// Overwrites one byte of the log entry of `seq`, inside its payload.
 fn flip_a_byte_of(dir: &Path, journal: &Journal, seq: u64) {
-    let record::Stored::Indexed(index) =
-        record::decode_stored(&journal.trees.events.get(seq_key(seq)).unwrap().unwrap()).unwrap()
-    else {
+    let record::Stored::Indexed(index) = record::decode_stored(
+        &journal
+            .core()
+            .unwrap()
+            .trees()
+            .events
+            .get(seq_key(seq))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap() else {
         panic!("new events are indexed")
     };
     let path = log::segment_path(&dir.join("journal").join("log"), index.content.segment);

@@ -1,0 +1,557 @@
+//! One opening of the journal ([`Core`]): recovery, the committer and index flusher
+//! threads it starts, and the reads that go straight to sled and the log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::record::{self, Record, Status, Summary};
+use super::{
+    committer, index, log, seq_key, seq_of, Command, JournalError, ListFilter, NewEvent, Outcome,
+    ReadError, Replayed, Settings, Shared, SourceCounts, Trees, MAX_SCAN, QUEUE_DEPTH,
+};
+
+/// One opening of the journal: its index, its threads and its log. [`super::Journal`]
+/// replaces it with a new one after a write failure.
+pub(super) struct Core {
+    trees: Trees,
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    index_flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
+    stop_index: Arc<index::Stop>,
+    reader: Arc<log::Reader>,
+}
+
+impl Core {
+    /// Opens the journal at `settings.path`: recovery brings the index up to the commit
+    /// log, then the committer and the index flusher start. `published` is told the
+    /// newest durable seq from then on.
+    /// With `fresh`, the log goes on in a new segment (after a failed write, the last
+    /// one is not written to again).
+    pub fn open(
+        settings: Arc<Settings>,
+        published: watch::Sender<u64>,
+        fresh: bool,
+    ) -> Result<Core, JournalError> {
+        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let log_dir = settings.path.join("log");
+        std::fs::create_dir_all(&log_dir).map_err(|e| {
+            JournalError::Unwritable(format!("cannot create {}: {e}", log_dir.display()))
+        })?;
+        let db = sled::Config::new()
+            .path(db_path(&settings.path))
+            // The index is flushed by our own background thread; sled's periodic flush
+            // on top of it only competes for the disk.
+            .flush_every_ms(None)
+            .open()
+            .map_err(unwritable)?;
+        let trees = Trees {
+            events: db.open_tree("events").map_err(unwritable)?,
+            queued: db.open_tree("queued").map_err(unwritable)?,
+            dedup: db.open_tree("dedup").map_err(unwritable)?,
+            dedup_expiry: db.open_tree("dedup_expiry").map_err(unwritable)?,
+            order: db.open_tree("order").map_err(unwritable)?,
+            meta: db.open_tree("meta").map_err(unwritable)?,
+            keep_queue: !settings.embedded,
+        };
+        let meta = trees.meta.clone();
+        let recovered = index::recover(&trees, &meta, &log_dir)?;
+        if recovered.replayed > 0 || recovered.dropped > 0 || recovered.damaged > 0 {
+            tracing::info!(
+                replayed = recovered.replayed,
+                dropped = recovered.dropped,
+                damaged = recovered.damaged,
+                "index brought up to the commit log"
+            );
+        }
+        let (counts, mut live, unreadable, backlog_bytes) = count_events(&trees.events)?;
+        complete_the_queue(&trees)?;
+        let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
+        let mut writer = log::Writer::open(&log_dir, Some(tail))
+            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        if recovered.fresh_segment || (fresh && tail.1 > 0) {
+            writer
+                .start_next()
+                .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        }
+        let tail = writer.position();
+        let reader = Arc::new(log::Reader::new(&log_dir));
+        // Segments before the one being written that no event refers to.
+        for segment in log::segments(&log_dir)
+            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?
+        {
+            // A record this build cannot read may refer to any segment: delete none.
+            if unreadable == 0 && segment < tail.0 && !live.contains_key(&segment) {
+                reader
+                    .remove(segment)
+                    .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+            }
+        }
+        live.entry(tail.0).or_insert(0);
+        let last = trees
+            .events
+            .last()
+            .map_err(unwritable)?
+            .map(|(k, _)| seq_of(&k))
+            .unwrap_or(0);
+        // What recovery wrote is durable before anything new is accepted.
+        index::cover(
+            &meta,
+            index::Mark {
+                segment: tail.0,
+                offset: tail.1,
+                last_seq: last,
+            },
+        )
+        .map_err(unwritable)?;
+        db.flush().map_err(unwritable)?;
+        let shared = Arc::new(Shared {
+            backlog: AtomicU64::new(if trees.keep_queue {
+                trees.queued.len() as u64
+            } else {
+                counts.values().map(|c| c.queued).sum()
+            }),
+            backlog_bytes: AtomicU64::new(backlog_bytes),
+            healthy: AtomicBool::new(true),
+            fault: Mutex::new(None),
+            disk_low: Mutex::new(None),
+            durable: Mutex::new(Some(index::Mark {
+                segment: tail.0,
+                offset: tail.1,
+                last_seq: last,
+            })),
+            unreferenced: Mutex::new(Vec::new()),
+            rewind: AtomicU64::new(u64::MAX),
+            rewound: tokio::sync::Notify::new(),
+            counts: Mutex::new(counts),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        published.send_replace(last);
+        let committer = committer::Committer::new(
+            db.clone(),
+            trees.clone(),
+            shared.clone(),
+            settings.clone(),
+            committer::Log {
+                writer,
+                reader: reader.clone(),
+                live,
+            },
+            last,
+            published,
+        );
+        let handle = std::thread::Builder::new()
+            .name("journal-committer".into())
+            .spawn(move || committer.run(rx))
+            .map_err(|e| JournalError::Unwritable(format!("cannot start the committer: {e}")))?;
+        let stop_index = Arc::new(index::Stop::default());
+        let index_flusher = {
+            let (shared, reader, stop) = (shared.clone(), reader.clone(), stop_index.clone());
+            std::thread::Builder::new()
+                .name("journal-index".into())
+                .spawn(move || index::flush_in_background(db, meta, shared, reader, stop))
+                .map_err(|e| {
+                    JournalError::Unwritable(format!("cannot start the index flusher: {e}"))
+                })?
+        };
+        Ok(Core {
+            trees,
+            shared,
+            commands: tx,
+            committer: Arc::new(Mutex::new(Some(handle))),
+            index_flusher: Arc::new(Mutex::new(Some(index_flusher))),
+            stop_index,
+            reader,
+        })
+    }
+
+    /// Journals an event; answers once the record (or the one it duplicates) is flushed.
+    pub async fn append(&self, event: NewEvent) -> Result<Outcome, JournalError> {
+        if let Some(fault) = self.fault() {
+            return Err(JournalError::Unwritable(fault));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Append {
+                event: Box::new(event),
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Drops delivered events past retention and dedup entries past the window, a chunk
+    /// at a time; returns whether more remains.
+    pub async fn compact(&self, now_ms: u64) -> Result<bool, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Compact { now_ms, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Marks events `delivered` once the broker has confirmed them. Answers once they
+    /// have left the queue, without waiting for the flush that makes the mark durable.
+    /// Each seq comes with the event's replay count when it was published: an event
+    /// replayed since stays queued, to be published again.
+    pub async fn mark_delivered(
+        &self,
+        seqs: Vec<(u64, u32)>,
+        at_ms: u64,
+    ) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Delivered { seqs, at_ms, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Queues events to be forwarded again (see the README's "Replay"); answers once that
+    /// is durable. Seqs the journal no longer has are left out of the answer.
+    pub async fn replay(&self, seqs: Vec<u64>, at_ms: u64) -> Result<Vec<Replayed>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Replay { seqs, at_ms, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Resolves when a replay (or a delivery overtaken by one) puts an event back into
+    /// the queue behind the forwarder's cursor.
+    pub async fn rewound(&self) {
+        self.shared.rewound.notified().await
+    }
+
+    /// The lowest seq a replay has put back into the queue since the last call, if any:
+    /// the forwarder reads the queue again from there.
+    pub fn take_rewind(&self) -> Option<u64> {
+        match self.shared.rewind.swap(u64::MAX, Ordering::AcqRel) {
+            u64::MAX => None,
+            seq => Some(seq),
+        }
+    }
+
+    /// What the journal holds, per source that has events.
+    pub fn counts(&self) -> BTreeMap<String, SourceCounts> {
+        self.shared.counts.lock().expect("counts lock").clone()
+    }
+
+    /// Notes a failed delivery attempt; the event stays `queued`.
+    pub async fn record_attempt(
+        &self,
+        seq: u64,
+        at_ms: u64,
+        outcome: String,
+    ) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Attempted {
+                seq,
+                at_ms,
+                outcome,
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Undelivered events from `from` on, oldest first, at most `limit`. A damaged one
+    /// is left out (and marked `damaged`): it costs that event only.
+    pub fn queued_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, String> {
+        let mut found = Vec::new();
+        for item in self.trees.queued.range(seq_key(from)..).take(limit) {
+            let (key, _) = item.map_err(|e| e.to_string())?;
+            match self.get(seq_of(&key)) {
+                Ok(Some(record)) => found.push(record),
+                Ok(None) | Err(ReadError::Damaged { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Flushes what is left and stops the committer. Later appends answer `Closed`.
+    pub async fn close(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Close { reply }).await.is_ok() {
+            let _ = answer.await;
+        }
+        let handle = self.committer.lock().expect("committer lock").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        // The log is synced; one last index flush makes the next open quick.
+        self.stop_index.stop();
+        let handle = self
+            .index_flusher
+            .lock()
+            .expect("index flusher lock")
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// Why the journal cannot be written, once a write or a sync failed.
+    pub fn fault(&self) -> Option<String> {
+        if self.is_healthy() {
+            return None;
+        }
+        Some(
+            self.shared
+                .fault
+                .lock()
+                .expect("fault lock")
+                .clone()
+                .unwrap_or_else(|| "an earlier write failed".into()),
+        )
+    }
+
+    /// Why new events are refused before the disk is full, if they are.
+    pub fn disk_low(&self) -> Option<String> {
+        self.shared.disk_low.lock().expect("disk lock").clone()
+    }
+
+    /// The log position the last successful sync covered.
+    pub fn durable(&self) -> Option<index::Mark> {
+        *self.shared.durable.lock().expect("durable lock")
+    }
+
+    /// Whether the committer thread is still running (it ends only on close, or by a
+    /// bug).
+    pub fn committer_alive(&self) -> bool {
+        self.committer
+            .lock()
+            .expect("committer lock")
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
+    #[cfg(test)]
+    pub fn trees(&self) -> &Trees {
+        &self.trees
+    }
+
+    /// Undelivered events' bytes.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.shared.backlog_bytes.load(Ordering::Acquire)
+    }
+
+    /// Undelivered (`queued`) events.
+    pub fn backlog(&self) -> u64 {
+        self.shared.backlog.load(Ordering::Acquire)
+    }
+
+    /// The whole event. Finding its log entry damaged marks it `damaged` (see
+    /// [`ReadError::Damaged`]).
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, ReadError> {
+        let other = |e: String| ReadError::Other { seq, why: e };
+        let Some(bytes) = self
+            .trees
+            .events
+            .get(seq_key(seq))
+            .map_err(|e| other(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let stored = record::decode_stored(&bytes).map_err(|e| ReadError::Damaged {
+            seq,
+            why: format!("its index record: {e}"),
+        })?;
+        match stored {
+            record::Stored::Inline(record) => Ok(Some(record)),
+            record::Stored::Indexed(index) => match content(&self.reader, &index) {
+                Ok(content) => Ok(content.map(|content| Record::from_parts(index, content))),
+                Err(e) => {
+                    if let ReadError::Damaged { why, .. } = &e {
+                        if index.summary.status != Status::Damaged {
+                            // The committer marks it; if its queue is full, the next
+                            // read reports it again.
+                            let _ = self.commands.try_send(Command::Damaged {
+                                seq,
+                                why: why.clone(),
+                                at_ms: unix_ms_now(),
+                            });
+                        }
+                    }
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Summaries after `filter.after`, oldest first, and the cursor to continue from.
+    pub fn list(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), String> {
+        let mut found = Vec::new();
+        let mut cursor = filter.after;
+        let start = filter.after.saturating_add(1);
+        let end = filter.until.unwrap_or(u64::MAX);
+        if start > end {
+            return Ok((Vec::new(), filter.after));
+        }
+        for item in self
+            .trees
+            .events
+            .range(seq_key(start)..=seq_key(end))
+            .take(MAX_SCAN)
+        {
+            let (key, bytes) = item.map_err(|e| e.to_string())?;
+            cursor = seq_of(&key);
+            let summary =
+                record::decode_summary(&bytes).map_err(|e| format!("event {cursor}: {e}"))?;
+            let wanted = summary.received_at_ms >= filter.received_from_ms
+                && filter.source.as_deref().is_none_or(|s| s == summary.source)
+                && filter.status.is_none_or(|s| s == summary.status)
+                && filter
+                    .event_type
+                    .as_deref()
+                    .is_none_or(|t| Some(t) == summary.event_type.as_deref());
+            if wanted {
+                found.push(summary);
+                if found.len() >= filter.limit {
+                    break;
+                }
+            }
+        }
+        Ok((found, cursor))
+    }
+
+    /// Where the journal keeps an event id for `source`, for tests and tools.
+    pub fn remembers(&self, source: &str, id: &str) -> bool {
+        self.trees
+            .dedup
+            .contains_key(committer::dedup_key(source, id))
+            .unwrap_or(false)
+    }
+}
+
+/// The `meta` key present while the `queued` tree holds every queued event.
+const QUEUE_COMPLETE: &[u8] = b"queue_complete";
+
+/// With a broker, makes sure the `queued` tree holds every queued event: after embedded
+/// mode (which does not keep it), every event still `queued` goes in. Embedded, notes
+/// that the tree is no longer kept.
+fn complete_the_queue(trees: &Trees) -> Result<(), JournalError> {
+    let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+    if !trees.keep_queue {
+        trees.meta.remove(QUEUE_COMPLETE).map_err(unwritable)?;
+        return Ok(());
+    }
+    if trees
+        .meta
+        .contains_key(QUEUE_COMPLETE)
+        .map_err(unwritable)?
+    {
+        return Ok(());
+    }
+    let mut added = 0u64;
+    for item in trees.events.iter() {
+        let (key, bytes) = item.map_err(unwritable)?;
+        if record::decode_summary(&bytes).is_ok_and(|s| s.status == Status::Queued)
+            && trees.queued.insert(key, &[]).map_err(unwritable)?.is_none()
+        {
+            added += 1;
+        }
+    }
+    trees.meta.insert(QUEUE_COMPLETE, &[]).map_err(unwritable)?;
+    if added > 0 {
+        tracing::info!(added, "queue rebuilt for the forwarder after embedded mode");
+    }
+    Ok(())
+}
+
+/// An indexed event's content from the log, checked to be the event's own; `None` while
+/// its group is still being written.
+pub(super) fn content(
+    reader: &log::Reader,
+    index: &record::Index,
+) -> Result<Option<record::Content>, ReadError> {
+    let seq = index.summary.seq;
+    let damaged = |why: String| ReadError::Damaged { seq, why };
+    if index.summary.status == Status::Damaged {
+        return Err(damaged(format!(
+            "its commit log entry (segment {} offset {}) was found damaged",
+            index.content.segment, index.content.offset
+        )));
+    }
+    match reader.read(index.content, seq) {
+        Ok(Some(bytes)) => match record::decode_created(&bytes) {
+            Ok(created) if created.summary.seq == seq => Ok(Some(created.content)),
+            Ok(created) => Err(damaged(format!(
+                "the commit log entry at segment {} offset {} holds seq {}",
+                index.content.segment, index.content.offset, created.summary.seq
+            ))),
+            Err(e) => Err(damaged(format!(
+                "the commit log entry at segment {} offset {}: {e}",
+                index.content.segment, index.content.offset
+            ))),
+        },
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(damaged(e.to_string())),
+        Err(e) => Err(ReadError::Other {
+            seq,
+            why: e.to_string(),
+        }),
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    crate::unix_ms(std::time::SystemTime::now())
+}
+
+/// Events by log segment.
+type Live = BTreeMap<u64, u64>;
+
+/// What [`count_events`] found: counts by source and status, events by log segment,
+/// records it could not read, and the bytes of queued events.
+type Counted = (BTreeMap<String, SourceCounts>, Live, usize, u64);
+
+/// Counts the events of each source by status, and of each log segment; the records it
+/// could not read; and the queued events' bytes.
+fn count_events(events: &sled::Tree) -> Result<Counted, JournalError> {
+    let mut counts: BTreeMap<String, SourceCounts> = BTreeMap::new();
+    let mut live = Live::new();
+    let mut unreadable = 0;
+    let mut queued_bytes = 0;
+    for item in events.iter() {
+        let (key, bytes) = item.map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        match record::decode_stored(&bytes) {
+            Ok(stored) => {
+                if let record::Stored::Indexed(index) = &stored {
+                    *live.entry(index.content.segment).or_default() += 1;
+                }
+                let s = stored.summary();
+                if s.status == Status::Queued {
+                    queued_bytes += s.size;
+                }
+                match counts.get_mut(&s.source) {
+                    Some(c) => c.add(s),
+                    None => counts.entry(s.source.clone()).or_default().add(s),
+                }
+            }
+            Err(e) => {
+                unreadable += 1;
+                tracing::warn!(seq = seq_of(&key), error = %e, "unreadable record not counted")
+            }
+        }
+    }
+    Ok((counts, live, unreadable, queued_bytes))
+}
+
+pub(super) fn db_path(dir: &Path) -> PathBuf {
+    dir.join("sled")
+}

@@ -144,6 +144,16 @@ pub struct Gateway {
     pub admin: SocketAddr,
 }
 
+/// A test that fails must not leave its gateway running.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `hookgate serve` and reads the bound addresses from its JSON log lines.
 pub fn spawn(config: &Path) -> Gateway {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))

@@ -367,6 +367,8 @@ async fn below_min_free_new_events_are_refused_before_the_disk_is_full() {
         "{:?}",
         ready.body
     );
+    let (status, _) = admin_status(admin, "/readyz?scope=ingest").await;
+    assert_eq!(status, 503, "not ready for ingest either");
     let metrics = hookgate::cli::client::get(&format!("http://{admin}/metrics"))
         .await
         .unwrap();

@@ -180,7 +180,7 @@ impl Admin {
                 "dead",
                 "the journal's committer thread has stopped; restart hookgate".into(),
             ),
-            (&Method::GET, "/readyz", _) => self.ready(),
+            (&Method::GET, "/readyz", _) => self.ready(&query),
             (&Method::GET, "/metrics", _) => self.metrics(),
             (&Method::GET, "/v1/events", _) => self.list(&query).await,
             (&Method::GET, "/v1/sources", _) => self.sources(),
@@ -363,11 +363,16 @@ impl Admin {
             .is_some_and(|given| same_token(given, token.expose()))
     }
 
-    fn ready(&self) -> Response<Body> {
-        let broker_down = self
-            .broker_connected
-            .as_ref()
-            .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire));
+    /// `/readyz`: whether new events are taken and, unless `scope=ingest` is asked
+    /// for, whether the broker is connected.
+    fn ready(&self, query: &str) -> Response<Body> {
+        let ingest_only = form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| name == "scope" && value == "ingest");
+        let broker_down = !ingest_only
+            && self
+                .broker_connected
+                .as_ref()
+                .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire));
         let reason = if let Some(why) = self.journal.unready() {
             why
         } else if broker_down {

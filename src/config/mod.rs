@@ -162,6 +162,10 @@ pub struct SourceConfig {
     pub routing_key: Option<String>,
     pub allowed_client_names: Option<Vec<String>>,
     pub rate_limit: Option<String>,
+    /// Request headers not to keep with the events, besides signatures and secrets.
+    pub drop_headers: Option<Vec<String>>,
+    /// When set, the only request headers kept with the events.
+    pub keep_headers: Option<Vec<String>>,
     // scheme `github`
     pub allow_sha1: Option<bool>,
     // scheme `token`

@@ -132,6 +132,16 @@ enum Command {
         outcome: String,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+    /// The event cannot be delivered as it is (a poison event): it leaves the queue as
+    /// `failed`, unless it was replayed after it was published (`replays` is its replay
+    /// count then).
+    Failed {
+        seq: u64,
+        replays: u32,
+        at_ms: u64,
+        reason: String,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
     /// An operator asked for these events to be forwarded again.
     Replay {
         seqs: Vec<u64>,
@@ -481,6 +491,31 @@ impl Journal {
                 seq,
                 at_ms,
                 outcome,
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Marks a queued event `failed`: it cannot be delivered as it is, so the forwarder
+    /// goes on without it; a replay queues it again. `replays` is the event's replay
+    /// count when it was published: an event replayed since stays queued. Answers once
+    /// that is durable.
+    pub async fn mark_failed(
+        &self,
+        seq: u64,
+        replays: u32,
+        at_ms: u64,
+        reason: String,
+    ) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Failed {
+                seq,
+                replays,
+                at_ms,
+                reason,
                 reply,
             })
             .await

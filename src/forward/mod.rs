@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::amqp::{Link, LinkError, Topology};
-use self::poison::{Suspicion, POISON_BREAKS};
+use self::poison::Suspicion;
 use crate::config::Secret;
 use crate::headers::HeaderPolicies;
 use crate::journal::{Journal, Record};
@@ -160,10 +160,11 @@ impl Forwarder {
             suspicion.link_broke(None, counts);
             return;
         };
+        let needed = suspicion.needed();
         if suspicion.link_broke(Some(seq), counts).is_some() {
             let reason = format!(
                 "poison: the broker link broke right after this event was published, \
-                 {POISON_BREAKS} times in a row (last: {error}); not sent again until replayed"
+                 {needed} times in a row (last: {error}); not sent again until replayed"
             );
             self.fail(seq, &source, replays, reason).await;
         } else if let Some((_, breaks)) = suspicion.suspect() {
@@ -319,7 +320,7 @@ impl Forwarder {
                         let reason = format!("poison: {unfit}; not sent until replayed");
                         self.fail(seq, &record.summary.source, record.replays, reason)
                             .await;
-                        suspicion.settled(seq);
+                        suspicion.passed(seq);
                         continue;
                     }
                 };
@@ -371,7 +372,7 @@ impl Forwarder {
                 // The broker answered for it; an unconfirmed one stays listed, as the
                 // oldest of those is what a broken link is counted against.
                 pipe.in_flight_seqs.remove(&seq);
-                suspicion.settled(seq);
+                suspicion.answered(seq);
             }
             let failure = match result {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {

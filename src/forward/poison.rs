@@ -11,14 +11,25 @@
 //! and forwarding goes on without it. A broker that is down is not evidence: a failed
 //! connect, a confirm timeout, or a break with nothing unconfirmed resets the count, and
 //! any answer from the broker for the suspect (or a later event) clears it.
+//!
+//! A broker that refuses every publish (say, a user without write permission on the
+//! exchange) breaks the link for every event alike. So that it does not fail the whole
+//! queue one event after another, each verdict not followed by any answer from the
+//! broker doubles the breaks the next one needs (up to 16 times as many): two poison
+//! events in a row still both fail, a refusal of everything fails few events, all of
+//! them `failed` and replayable in bulk.
 
 /// How many breaks in a row make the oldest unconfirmed publish a poison event.
 pub const POISON_BREAKS: u32 = 3;
+/// The most times [`POISON_BREAKS`] is doubled while verdicts go unanswered.
+const MAX_DOUBLINGS: u32 = 4;
 
 #[derive(Debug, Default)]
 pub struct Suspicion {
     /// The suspect's seq and the breaks in a row it has been the oldest unconfirmed at.
     suspect: Option<(u64, u32)>,
+    /// Poison verdicts since the broker last answered for any publish.
+    unanswered: u32,
 }
 
 impl Suspicion {
@@ -38,8 +49,9 @@ impl Suspicion {
             Some((suspect, breaks)) if suspect == seq => breaks + 1,
             _ => 1,
         };
-        if breaks >= POISON_BREAKS {
+        if breaks >= self.needed() {
             self.suspect = None;
+            self.unanswered += 1;
             Some(seq)
         } else {
             self.suspect = Some((seq, breaks));
@@ -53,14 +65,24 @@ impl Suspicion {
         self.reset();
     }
 
-    /// The broker answered for `seq` (confirmed, nacked or returned it), or it was
-    /// marked failed: a suspect at or before it is cleared. Publishes go one at a time
-    /// in journal order while there is a suspect, so an answer for a later event means
-    /// the suspect is no longer in the queue.
-    pub fn settled(&mut self, seq: u64) {
+    /// The broker answered for `seq` (confirmed, nacked or returned it): a suspect at or
+    /// before it is cleared. Publishes go one at a time in journal order while there is
+    /// a suspect, so an answer for a later event means the suspect is no longer queued.
+    pub fn answered(&mut self, seq: u64) {
+        self.unanswered = 0;
+        self.passed(seq);
+    }
+
+    /// `seq` was marked failed without being sent: a suspect at or before it is cleared.
+    pub fn passed(&mut self, seq: u64) {
         if self.suspect.is_some_and(|(suspect, _)| suspect <= seq) {
             self.suspect = None;
         }
+    }
+
+    /// The breaks in a row that make the suspect a poison event now.
+    pub fn needed(&self) -> u32 {
+        POISON_BREAKS << self.unanswered.min(MAX_DOUBLINGS)
     }
 
     /// Whether publishes go out one at a time.
@@ -143,14 +165,40 @@ mod tests {
     fn an_answer_for_the_suspect_or_a_later_event_clears_it() {
         let mut s = Suspicion::default();
         s.link_broke(Some(7), true);
-        s.settled(6);
+        s.answered(6);
         assert!(s.cautious(), "an earlier event's answer says nothing of 7");
-        s.settled(7);
+        s.answered(7);
         assert!(!s.cautious());
         s.link_broke(Some(7), true);
         s.link_broke(Some(7), true);
-        s.settled(12);
+        s.passed(12);
         assert_eq!(s.suspect(), None);
         assert_eq!(s.link_broke(Some(7), true), None, "counted from 1 again");
+    }
+
+    fn breaks_until_poison(s: &mut Suspicion, seq: u64) -> u32 {
+        let mut breaks = 1;
+        while s.link_broke(Some(seq), true).is_none() {
+            breaks += 1;
+            assert!(breaks <= 100, "never");
+        }
+        breaks
+    }
+
+    #[test]
+    fn a_broker_refusing_everything_fails_fewer_and_fewer_events() {
+        let mut s = Suspicion::default();
+        // Every event breaks the link and the broker never answers.
+        let needed: Vec<u32> = (1..=7)
+            .map(|seq| breaks_until_poison(&mut s, seq))
+            .collect();
+        assert_eq!(needed, [3, 6, 12, 24, 48, 48, 48]);
+        // Two poison events in a row around a good one: each needs only three.
+        s.answered(8);
+        assert_eq!(breaks_until_poison(&mut s, 9), 3);
+        s.answered(10);
+        assert_eq!(breaks_until_poison(&mut s, 11), 3);
+        // Adjacent ones: the second needs six, and still fails.
+        assert_eq!(breaks_until_poison(&mut s, 12), 6);
     }
 }

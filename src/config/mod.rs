@@ -381,4 +381,30 @@ mod tests {
         let err = format!("{:#}", Config::parse(continued).unwrap_err());
         assert!(!err.contains("hunter2") && !err.contains("abc"), "{err}");
     }
+
+    #[test]
+    fn header_lists_are_checked() {
+        let source = "[[sources]]\nname = \"gh\"\nscheme = \"github\"\nsecrets = [\"s\"]\n";
+        Config::parse(&format!(
+            "{source}drop_headers = [\"X-Internal\"]\nkeep_headers = [\"X-GitHub-Event\"]\n"
+        ))
+        .unwrap();
+        let err = Config::parse(&format!(
+            "{source}keep_headers = [\"X-Hub-Signature-256\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "sources[0] (gh): keep_headers: `X-Hub-Signature-256` carries a signature, a secret \
+             or transport information and is never kept"
+        );
+        let err = Config::parse(&format!("{source}drop_headers = [\"bad name\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drop_headers: `bad name` is not a header name"),
+            "{err}"
+        );
+    }
 }

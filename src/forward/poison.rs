@@ -19,6 +19,11 @@
 //! events in a row still both fail, a refusal of everything fails few events, all of
 //! them `failed` and replayable in bulk.
 
+use std::time::SystemTime;
+
+use super::amqp::LinkError;
+use super::Forwarder;
+
 /// How many breaks in a row make the oldest unconfirmed publish a poison event.
 pub const POISON_BREAKS: u32 = 3;
 /// The most times [`POISON_BREAKS`] is doubled while verdicts go unanswered.
@@ -98,6 +103,45 @@ impl Suspicion {
     fn reset(&mut self) {
         if let Some((_, breaks)) = &mut self.suspect {
             *breaks = 0;
+        }
+    }
+}
+
+impl Forwarder {
+    /// Counts a broken link against the oldest unconfirmed publish, and marks it failed
+    /// once it is found to be a poison event.
+    pub(super) async fn suspect(
+        &self,
+        suspicion: &mut Suspicion,
+        error: &LinkError,
+        oldest: Option<(u64, String, u32)>,
+    ) {
+        // A timeout is a slow or blocked broker, not a frame it refused.
+        let counts = !matches!(error, LinkError::Timeout { .. });
+        let Some((seq, source, replays)) = oldest else {
+            suspicion.link_broke(None, counts);
+            return;
+        };
+        let needed = suspicion.needed();
+        if suspicion.link_broke(Some(seq), counts).is_some() {
+            let reason = format!(
+                "poison: the broker link broke right after this event was published, \
+                 {needed} times in a row (last: {error}); not sent again until replayed"
+            );
+            self.fail(seq, &source, replays, reason).await;
+        } else if let Some((_, breaks)) = suspicion.suspect() {
+            tracing::debug!(seq, breaks, "the oldest unconfirmed publish is suspected");
+        }
+    }
+
+    /// Marks an event that cannot be delivered as it is `failed`, so that the events
+    /// behind it go on; a replay sends it again.
+    pub(super) async fn fail(&self, seq: u64, source: &str, replays: u32, reason: String) {
+        self.metrics.forward_error("poison");
+        tracing::error!(seq, source = %source, reason = %reason, "event cannot be delivered; marked failed, forwarding goes on");
+        let now_ms = crate::unix_ms(SystemTime::now());
+        if let Err(e) = self.journal.mark_failed(seq, replays, now_ms, reason).await {
+            tracing::error!(seq, error = %e, "cannot mark a poison event failed");
         }
     }
 }

@@ -6,6 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
+use crate::admit::AdmitError;
 use crate::journal::{JournalError, Outcome};
 use crate::receive::ReceiveError;
 use crate::verify::{Handshake, VerifyError};
@@ -34,6 +35,8 @@ pub enum Rejection {
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
+    Admit(#[from] AdmitError),
+    #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("the journal did not answer in time")]
     JournalTimeout,
@@ -57,6 +60,7 @@ impl Rejection {
                 ReceiveError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             },
             Rejection::Verify(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Admit(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejection::Journal(_) | Rejection::JournalTimeout => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -76,6 +80,7 @@ impl Rejection {
                 ReceiveError::BodyTimeout => "request_timeout",
             },
             Rejection::Verify(e) => e.code(),
+            Rejection::Admit(_) => "field_too_long",
             Rejection::Journal(_) | Rejection::JournalTimeout => "unavailable",
         }
     }

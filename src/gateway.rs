@@ -140,7 +140,7 @@ impl Gateway {
             unwrap_form,
             source.reads_payload,
         )?;
-        let mut event = crate::admit::admit(&source, verified, payload);
+        let mut event = crate::admit::admit(&source, verified, payload)?;
         event.client_identity = identity.map(|identity| identity.describe());
         let id = event.id.clone();
         tracing::Span::current().record("id", id.as_str());

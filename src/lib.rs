@@ -22,6 +22,7 @@ pub mod config;
 pub mod forward;
 pub mod fuzzing;
 pub mod gateway;
+pub mod headers;
 pub mod journal;
 pub mod listen;
 pub mod locator;
@@ -152,6 +153,15 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         metrics: metrics.clone(),
         log_bodies,
     });
+    // Applied again when events are read, so that events journaled before a header was
+    // dropped are neither shown nor forwarded with it.
+    let header_policies = headers::HeaderPolicies::new(
+        gateway
+            .sources
+            .values()
+            .map(|s| (s.name.clone(), s.headers.clone()))
+            .collect(),
+    );
     let forwarder = match &config.broker {
         None => None,
         Some(broker) => {
@@ -181,6 +191,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
                     retry_max: broker.retry.max.0,
                 },
                 routes: forward::Forwarder::routes_of(gateway.sources.values()),
+                headers: header_policies.clone(),
                 connected: broker_connected.clone(),
                 metrics: metrics.clone(),
             })
@@ -210,6 +221,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         },
         stop: stopped.clone(),
         clock: clock.clone(),
+        headers: header_policies,
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(listen::serve(

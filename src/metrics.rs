@@ -20,8 +20,9 @@ use crate::journal::Journal;
 pub const UNKNOWN_SOURCE: &str = "(unknown)";
 
 /// The `reason` of `hookgate_forward_errors_total`: the broker returned the message (no
-/// queue bound), nacked it, the connection was lost, or could not be made.
-pub const FORWARD_ERRORS: [&str; 4] = ["returned", "nacked", "link", "connect"];
+/// queue bound), nacked it, the connection was lost, or could not be made; or an event
+/// was found to be poison (it cannot be delivered as it is) and marked failed.
+pub const FORWARD_ERRORS: [&str; 5] = ["returned", "nacked", "link", "connect", "poison"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 
 use crate::config::{Secret, SecretRef, ServerConfig, SourceConfig};
+use crate::headers::HeaderPolicy;
 use crate::locator::Locator;
 use crate::verify::mac::Algorithm;
 use crate::verify::{Encoding, Generic, Github, Scheme, Template, Token, Twilio, SCHEME_NAMES};
@@ -33,8 +34,8 @@ pub struct Source {
     pub allowed_client_names: Vec<String>,
     /// Whether any locator looks into the payload (else JSON is only validated).
     pub reads_payload: bool,
-    /// Headers that carry a secret and so are never kept with the event.
-    pub secret_headers: Vec<HeaderName>,
+    /// Which request headers are kept with its events.
+    pub headers: HeaderPolicy,
 }
 
 #[derive(Debug)]
@@ -150,18 +151,11 @@ impl Source {
             (None, Some(_)) => return Err("`order_timestamp` needs `order_key`".into()),
             (None, None) => None,
         };
-        let mut secret_headers = vec![
-            http::header::AUTHORIZATION,
-            http::header::PROXY_AUTHORIZATION,
-            http::header::COOKIE,
-        ];
-        match &scheme {
-            Scheme::Token(token) => secret_headers.push(token.header.clone()),
-            Scheme::Gitlab => {
-                secret_headers.push(HeaderName::from_static(crate::verify::gitlab::TOKEN))
-            }
-            _ => {}
-        }
+        let headers = HeaderPolicy::new(
+            &scheme,
+            cfg.drop_headers.as_deref(),
+            cfg.keep_headers.as_deref(),
+        )?;
         let id = cfg.id.clone().unwrap_or(defaults.id);
         let event_type = cfg.event_type.clone().unwrap_or(defaults.event_type);
         let timestamp = if defaults.signs_timestamp {
@@ -194,7 +188,7 @@ impl Source {
             insecure: cfg.insecure,
             limiter,
             allowed_client_names,
-            secret_headers,
+            headers,
         })
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
 use crate::gateway::Clock;
+use crate::headers::HeaderPolicies;
 use crate::journal::{Journal, ListFilter, ReadError, Record, SourceCounts, Status, Summary};
 use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
@@ -38,6 +39,8 @@ pub struct Admin {
     pub stop: watch::Receiver<bool>,
     /// The time of replays and of `since`.
     pub clock: Arc<dyn Clock>,
+    /// Which kept headers of each source's events are shown.
+    pub headers: HeaderPolicies,
 }
 
 #[derive(Serialize)]
@@ -475,7 +478,7 @@ impl Admin {
         }
         let journal = self.journal.clone();
         match tokio::task::spawn_blocking(move || journal.get(seq)).await {
-            Ok(Ok(Some(record))) => match event_view(&record) {
+            Ok(Ok(Some(record))) => match event_view(&record, &self.headers) {
                 Ok(body) => json(StatusCode::OK, body),
                 Err(e) => internal(format!("event {seq} cannot be shown: {e}")),
             },
@@ -490,12 +493,12 @@ impl Admin {
     }
 }
 
-fn event_view(record: &Record) -> Result<Vec<u8>, String> {
+fn event_view(record: &Record, policies: &HeaderPolicies) -> Result<Vec<u8>, String> {
     let payload_text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
     let payload: &RawValue = serde_json::from_str(payload_text).map_err(|e| e.to_string())?;
     // A header sent more than once shows its values joined, as HTTP allows.
     let mut headers = serde_json::Map::new();
-    for (name, value) in &record.headers {
+    for (name, value) in policies.of(&record.summary.source).filter(&record.headers) {
         match headers.get_mut(name) {
             Some(serde_json::Value::String(joined)) => {
                 joined.push_str(", ");

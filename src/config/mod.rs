@@ -169,6 +169,10 @@ pub struct SourceConfig {
     pub routing_key: Option<String>,
     pub allowed_client_names: Option<Vec<String>>,
     pub rate_limit: Option<String>,
+    /// Request headers not to keep with the events, besides signatures and secrets.
+    pub drop_headers: Option<Vec<String>>,
+    /// When set, the only request headers kept with the events.
+    pub keep_headers: Option<Vec<String>>,
     // scheme `github`
     pub allow_sha1: Option<bool>,
     // scheme `token`
@@ -385,5 +389,31 @@ mod tests {
         let continued = "[[sources]]\nname = \"a\"\nscheme = \"github\"\nsecrets = [\n  \"abc=hunter2\",\n  7,\n]\n";
         let err = format!("{:#}", Config::parse(continued).unwrap_err());
         assert!(!err.contains("hunter2") && !err.contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn header_lists_are_checked() {
+        let source = "[[sources]]\nname = \"gh\"\nscheme = \"github\"\nsecrets = [\"s\"]\n";
+        Config::parse(&format!(
+            "{source}drop_headers = [\"X-Internal\"]\nkeep_headers = [\"X-GitHub-Event\"]\n"
+        ))
+        .unwrap();
+        let err = Config::parse(&format!(
+            "{source}keep_headers = [\"X-Hub-Signature-256\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "sources[0] (gh): keep_headers: `X-Hub-Signature-256` carries a signature, a secret \
+             or transport information and is never kept"
+        );
+        let err = Config::parse(&format!("{source}drop_headers = [\"bad name\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drop_headers: `bad name` is not a header name"),
+            "{err}"
+        );
     }
 }

@@ -59,8 +59,18 @@ async fn bounded<T>(
     }
 }
 
-/// lapin's error without anything that could echo the URI.
+/// lapin's error without anything that could echo the URI, and without the bytes a
+/// broker's `FRAME_ERROR - cannot decode <<…>>` quotes (they are the message's own
+/// fields, and they end up in logs and in the event's attempts log).
 fn describe(e: &lapin::Error) -> String {
+    let text = undecorated(e);
+    match text.find(" <<") {
+        Some(at) => format!("{} <<…>>", &text[..at]),
+        None => text,
+    }
+}
+
+fn undecorated(e: &lapin::Error) -> String {
     match e {
         lapin::Error::IOError(io) => format!("I/O error: {}", io.kind()),
         lapin::Error::ProtocolError(p) => format!("protocol error: {p}"),

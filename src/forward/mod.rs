@@ -7,11 +7,16 @@
 //! connection is rebuilt with backoff and everything unconfirmed is published again
 //! (same `message_id`): delivery is at least once. The broker never slows ingest: events
 //! wait in the journal until `max_backlog`.
+//!
+//! An event that cannot be delivered as it is (a poison event) costs only itself: one
+//! that cannot be put into an AMQP message at all, or that breaks the link again and
+//! again ([`poison`]), is marked `failed` and the forwarder goes on with the next.
 
 pub mod amqp;
 pub mod message;
+pub mod poison;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,8 +27,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::amqp::{Link, LinkError, Topology};
+use self::poison::Suspicion;
 use crate::config::Secret;
-use crate::journal::Journal;
+use crate::headers::HeaderPolicies;
+use crate::journal::{Journal, Record};
 use crate::listen::stopped;
 use crate::metrics::Metrics;
 use crate::source::Source;
@@ -47,6 +54,8 @@ pub struct Forwarder {
     pub settings: Settings,
     /// Routing-key templates by source name.
     pub routes: HashMap<String, String>,
+    /// Which kept headers each source's messages carry.
+    pub headers: HeaderPolicies,
     /// Read by `/readyz` and `/metrics`.
     pub connected: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
@@ -58,14 +67,19 @@ struct Pipeline {
     cursor: u64,
     /// Publishes waiting for their confirm.
     in_flight: FuturesUnordered<Pending>,
-    in_flight_seqs: HashSet<u64>,
+    /// The seqs of those publishes, with their source and replay count.
+    in_flight_seqs: HashMap<u64, (String, u32)>,
     /// Sources held back after a nack or return: until when, and the first seq to resend.
     held: HashMap<String, (Instant, u64)>,
 }
 
 enum Ended {
     Stopped,
-    Lost(LinkError),
+    Lost {
+        error: LinkError,
+        /// The oldest publish unconfirmed when the link broke: seq, source, replays.
+        oldest: Option<(u64, String, u32)>,
+    },
 }
 
 /// A publish's outcome: its seq, source, the event's replay count when it was
@@ -88,6 +102,7 @@ impl Forwarder {
         let mut backoff = self.settings.retry_initial;
         // Per source: the backoff after its latest failure, kept across reconnects.
         let mut backoffs = HashMap::new();
+        let mut suspicion = Suspicion::default();
         loop {
             if *stop.borrow() {
                 return;
@@ -101,20 +116,24 @@ impl Forwarder {
                     self.connected.store(true, Ordering::Release);
                     tracing::info!(exchange = %self.settings.topology.exchange, "broker connected");
                     backoff = self.settings.retry_initial;
-                    let ended = self.pump(&link, &mut stop, &mut backoffs).await;
+                    let ended = self
+                        .pump(&link, &mut stop, &mut backoffs, &mut suspicion)
+                        .await;
                     self.connected.store(false, Ordering::Release);
                     match ended {
                         Ended::Stopped => {
                             link.close().await;
                             return;
                         }
-                        Ended::Lost(e) => {
+                        Ended::Lost { error, oldest } => {
                             self.metrics.forward_error("link");
-                            tracing::warn!(error = %e, "broker link lost; reconnecting")
+                            tracing::warn!(error = %error, "broker link lost; reconnecting");
+                            self.suspect(&mut suspicion, &error, oldest).await;
                         }
                     }
                 }
                 Err(e) => {
+                    suspicion.connect_failed();
                     self.metrics.forward_error("connect");
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unreachable")
                 }
@@ -139,11 +158,12 @@ impl Forwarder {
         link: &Link,
         stop: &mut watch::Receiver<bool>,
         backoffs: &mut HashMap<String, Duration>,
+        suspicion: &mut Suspicion,
     ) -> Ended {
         let mut pipe = Pipeline {
             cursor: 0,
             in_flight: FuturesUnordered::new(),
-            in_flight_seqs: HashSet::new(),
+            in_flight_seqs: HashMap::new(),
             held: HashMap::new(),
         };
         let mut durable = self.journal.last_seq();
@@ -163,15 +183,15 @@ impl Forwarder {
             }
             pipe.cursor = rewind;
             let up_to = *durable.borrow_and_update();
-            if let Err(e) = self.fill(link, &mut pipe, up_to).await {
-                return Ended::Lost(e);
+            if let Err(e) = self.fill(link, &mut pipe, up_to, suspicion).await {
+                return lost(&pipe, e);
             }
             if pipe.in_flight.is_empty() {
                 let next_release = pipe.held.values().map(|(until, _)| *until).min();
                 let wake = next_release.unwrap_or(now + Duration::from_secs(1));
                 tokio::select! {
                     _ = stopped(stop) => return Ended::Stopped,
-                    e = link.broken() => return Ended::Lost(e),
+                    e = link.broken() => return lost(&pipe, e),
                     _ = durable.changed() => {}
                     _ = self.journal.rewound() => {}
                     _ = tokio::time::sleep_until(wake) => {}
@@ -180,10 +200,20 @@ impl Forwarder {
             }
             let first = tokio::select! {
                 _ = stopped(stop) => {
-                    self.settle(&mut pipe, backoffs).await;
+                    self.settle(&mut pipe, backoffs, suspicion).await;
                     return Ended::Stopped;
                 }
-                e = link.broken() => return Ended::Lost(e),
+                e = link.broken() => {
+                    // Confirms that arrived before the break still count.
+                    let mut ready = Vec::new();
+                    while let Some(Some(more)) =
+                        futures_util::FutureExt::now_or_never(pipe.in_flight.next())
+                    {
+                        ready.push(more);
+                    }
+                    let _ = self.record(ready, &mut pipe, backoffs, suspicion).await;
+                    return lost(&pipe, e);
+                }
                 first = pipe.in_flight.next() => first,
             };
             let mut done: Vec<Confirmed> = first.into_iter().collect();
@@ -192,16 +222,27 @@ impl Forwarder {
             {
                 done.push(more);
             }
-            if let Err(e) = self.record(done, &mut pipe, backoffs).await {
-                return Ended::Lost(e);
+            if let Err(e) = self.record(done, &mut pipe, backoffs, suspicion).await {
+                return lost(&pipe, e);
             }
         }
     }
 
     /// Publishes durable queued events from the cursor on, up to seq `up_to`, until the
-    /// pipeline is full or nothing is left to send.
-    async fn fill(&self, link: &Link, pipe: &mut Pipeline, up_to: u64) -> Result<(), LinkError> {
-        let max_in_flight = self.settings.max_in_flight;
+    /// pipeline is full or nothing is left to send. While an event is suspected of
+    /// breaking the link, one publish at a time.
+    async fn fill(
+        &self,
+        link: &Link,
+        pipe: &mut Pipeline,
+        up_to: u64,
+        suspicion: &mut Suspicion,
+    ) -> Result<(), LinkError> {
+        let max_in_flight = if suspicion.cautious() {
+            1
+        } else {
+            self.settings.max_in_flight
+        };
         while pipe.in_flight.len() < max_in_flight && pipe.cursor <= up_to {
             let journal = self.journal.clone();
             let from = pipe.cursor;
@@ -225,7 +266,7 @@ impl Forwarder {
                     return Ok(());
                 }
                 pipe.cursor = seq + 1;
-                if pipe.in_flight_seqs.contains(&seq) {
+                if pipe.in_flight_seqs.contains_key(&seq) {
                     continue;
                 }
                 if let Some((_, first_seq)) = pipe.held.get_mut(&record.summary.source) {
@@ -234,11 +275,24 @@ impl Forwarder {
                     *first_seq = (*first_seq).min(seq);
                     continue;
                 }
-                let message = message::build(&record, self.template(&record.summary.source));
-                let confirm = link.publish(&message).await?;
+                let message = match self.message(&record) {
+                    Ok(message) => message,
+                    Err(unfit) => {
+                        // It would break the link on every attempt: it is this event's
+                        // failure, not the broker's.
+                        let reason = format!("poison: {unfit}; not sent until replayed");
+                        self.fail(seq, &record.summary.source, record.replays, reason)
+                            .await;
+                        suspicion.passed(seq);
+                        continue;
+                    }
+                };
                 let source = record.summary.source;
                 let replays = record.replays;
-                pipe.in_flight_seqs.insert(seq);
+                // Noted before the publish: if the publish itself fails, it is the
+                // oldest unconfirmed one the break is counted against.
+                pipe.in_flight_seqs.insert(seq, (source.clone(), replays));
+                let confirm = link.publish(&message).await?;
                 pipe.in_flight.push(Box::pin(async move {
                     let result = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
                         Ok(Ok(confirmation)) => Ok(confirmation),
@@ -258,6 +312,11 @@ impl Forwarder {
         Ok(())
     }
 
+    fn message(&self, record: &Record) -> Result<message::Message, message::Unfit> {
+        let source = &record.summary.source;
+        message::build(record, self.template(source), self.headers.of(source))
+    }
+
     /// Writes the outcomes of confirmed publishes to the journal. A failure holds its
     /// source back for a backoff that doubles while the source keeps failing.
     async fn record(
@@ -265,13 +324,19 @@ impl Forwarder {
         done: Vec<Confirmed>,
         pipe: &mut Pipeline,
         backoffs: &mut HashMap<String, Duration>,
+        suspicion: &mut Suspicion,
     ) -> Result<(), LinkError> {
         let now_ms = crate::unix_ms(SystemTime::now());
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         let mut lost = None;
         for (seq, source, replays, result) in done {
-            pipe.in_flight_seqs.remove(&seq);
+            if result.is_ok() {
+                // The broker answered for it; an unconfirmed one stays listed, as the
+                // oldest of those is what a broken link is counted against.
+                pipe.in_flight_seqs.remove(&seq);
+                suspicion.answered(seq);
+            }
             let failure = match result {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
                     backoffs.remove(&source);
@@ -325,12 +390,27 @@ impl Forwarder {
     }
 
     /// On stop: wait a little for the confirms of what is in flight, and record them.
-    async fn settle(&self, pipe: &mut Pipeline, backoffs: &mut HashMap<String, Duration>) {
+    async fn settle(
+        &self,
+        pipe: &mut Pipeline,
+        backoffs: &mut HashMap<String, Duration>,
+        suspicion: &mut Suspicion,
+    ) {
         let deadline = Instant::now() + STOP_GRACE;
         let mut done = Vec::new();
         while let Ok(Some(next)) = tokio::time::timeout_at(deadline, pipe.in_flight.next()).await {
             done.push(next);
         }
-        let _ = self.record(done, pipe, backoffs).await;
+        let _ = self.record(done, pipe, backoffs, suspicion).await;
     }
+}
+
+/// The link is lost: with the oldest publish still unconfirmed, if any.
+fn lost(pipe: &Pipeline, error: LinkError) -> Ended {
+    let oldest = pipe
+        .in_flight_seqs
+        .iter()
+        .min_by_key(|(seq, _)| **seq)
+        .map(|(seq, (source, replays))| (*seq, source.clone(), *replays));
+    Ended::Lost { error, oldest }
 }

@@ -217,6 +217,16 @@ impl Committer {
                         let result = self.update(seq, at_ms, Delivery::Failed(outcome));
                         updates.push(answer_after_flush(reply, result));
                     }
+                    Command::Failed {
+                        seq,
+                        replays,
+                        at_ms,
+                        reason,
+                        reply,
+                    } => {
+                        let result = self.fail(seq, replays, at_ms, reason);
+                        updates.push(answer_after_flush(reply, result));
+                    }
                     Command::Replay { seqs, at_ms, reply } => {
                         let result = self.replay(&seqs, at_ms);
                         updates.push(answer_after_flush(reply, result));
@@ -472,6 +482,42 @@ impl Committer {
             self.dequeue(seq, stored.summary().size)?;
         }
         Ok(())
+    }
+
+    /// Marks a queued event `failed` and takes it out of the queue, unless it was replayed
+    /// after it was published (then it stays queued and goes out again).
+    fn fail(
+        &mut self,
+        seq: u64,
+        replays: u32,
+        at_ms: u64,
+        reason: String,
+    ) -> Result<(), JournalError> {
+        let Some(mut stored) = self.stored(seq)? else {
+            return Ok(());
+        };
+        if stored.summary().status != Status::Queued {
+            // A queue entry a crash left behind (not counted in the backlog's bytes).
+            return self.dequeue(seq, 0);
+        }
+        if replays != stored.replays() {
+            return self.update(seq, at_ms, Delivery::Failed(reason));
+        }
+        {
+            let summary = stored.summary_mut();
+            summary.attempts = summary.attempts.saturating_add(1);
+            summary.status = Status::Failed;
+        }
+        log_attempt(stored.attempts_log_mut(), at_ms, reason);
+        self.shared.count(&stored.summary().source, |c| {
+            c.moved(Status::Queued, Status::Failed)
+        });
+        // The record first, then the queue, as in `update`.
+        self.trees
+            .events
+            .insert(seq_key(seq), stored.encode())
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        self.dequeue(seq, stored.summary().size)
     }
 
     /// Marks an event whose log entry a read found damaged: it leaves the queue and is

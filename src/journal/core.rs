@@ -265,6 +265,28 @@ impl Core {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// See [`super::Journal::mark_failed`].
+    pub async fn mark_failed(
+        &self,
+        seq: u64,
+        replays: u32,
+        at_ms: u64,
+        reason: String,
+    ) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Failed {
+                seq,
+                replays,
+                at_ms,
+                reason,
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// Undelivered events from `from` on, oldest first, at most `limit`. A damaged one
     /// is left out (and marked `damaged`): it costs that event only.
     pub fn queued_from(&self, from: u64, limit: usize) -> Result<Vec<Record>, String> {

@@ -145,6 +145,16 @@ enum Command {
         outcome: String,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+    /// The event cannot be delivered as it is (a poison event): it leaves the queue as
+    /// `failed`, unless it was replayed after it was published (`replays` is its replay
+    /// count then).
+    Failed {
+        seq: u64,
+        replays: u32,
+        at_ms: u64,
+        reason: String,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
     /// An operator asked for these events to be forwarded again.
     Replay {
         seqs: Vec<u64>,
@@ -310,6 +320,10 @@ struct Healing {
     error: Option<String>,
 }
 
+/// The free space a failed journal waits for (or `min_free`, if larger) before it is
+/// opened again.
+const HEAL_ROOM: u64 = 1 << 20;
+
 const REOPENING: &str = "the journal is being opened again after a write failure";
 
 impl Journal {
@@ -392,6 +406,20 @@ impl Journal {
         outcome: String,
     ) -> Result<(), JournalError> {
         self.core()?.record_attempt(seq, at_ms, outcome).await
+    }
+
+    /// Marks a queued event `failed`: it cannot be delivered as it is, so the forwarder
+    /// goes on without it; a replay queues it again. `replays` is the event's replay
+    /// count when it was published: an event replayed since stays queued. Answers once
+    /// that is durable.
+    pub async fn mark_failed(
+        &self,
+        seq: u64,
+        replays: u32,
+        at_ms: u64,
+        reason: String,
+    ) -> Result<(), JournalError> {
+        self.core()?.mark_failed(seq, replays, at_ms, reason).await
     }
 
     /// Undelivered events from `from` on, oldest first, at most `limit`. A damaged one
@@ -479,11 +507,23 @@ impl Journal {
         let Ok(mut healing) = self.healing.try_lock() else {
             return false;
         };
-        if let Err(e) = disk::probe(&self.settings.path) {
-            let why = format!(
-                "a test write in {} failed: {e}",
-                self.settings.path.display()
-            );
+        let tried = disk::space(&self.settings.path)
+            .map_err(|e| e.to_string())
+            .and_then(|space| {
+                // Room to go on, not just for the test: otherwise the journal would open
+                // again only to fail at its next write.
+                let room = self.settings.min_free.bytes(space.total).max(HEAL_ROOM);
+                if space.free < room {
+                    return Err(format!(
+                        "{} free, less than the {} it waits for",
+                        disk::human(space.free),
+                        disk::human(room)
+                    ));
+                }
+                disk::probe(&self.settings.path).map_err(|e| format!("a test write failed: {e}"))
+            });
+        if let Err(e) = tried {
+            let why = format!("{}: {e}", self.settings.path.display());
             if healing.error.as_deref() != Some(why.as_str()) {
                 tracing::warn!(reason = %why, "the journal still cannot be written");
             }

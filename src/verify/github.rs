@@ -7,8 +7,8 @@ use super::{header, Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const SHA256_HEADER: &str = "x-hub-signature-256";
-const SHA1_HEADER: &str = "x-hub-signature";
+pub(crate) const SHA256_HEADER: &str = "x-hub-signature-256";
+pub(crate) const SHA1_HEADER: &str = "x-hub-signature";
 
 #[derive(Debug, Default)]
 pub struct Github {

@@ -7,7 +7,7 @@ use super::{header, Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const HEADER: &str = "linear-signature";
+pub(crate) const HEADER: &str = "linear-signature";
 
 pub fn defaults() -> Defaults {
     Defaults {

@@ -177,6 +177,26 @@ pub enum Scheme {
     None,
 }
 
+/// Every header a built-in scheme sends its signature or token in. None is ever kept
+/// with an event: whoever could read one could post the body again as a new event.
+pub const SIGNATURE_HEADERS: &[&str] = &[
+    github::SHA256_HEADER,
+    github::SHA1_HEADER,
+    stripe::HEADER,
+    standard_webhooks::SIGNATURE,
+    "svix-signature",
+    shopify::HEADER,
+    shopify::BARE_HEADER,
+    paddle::HEADER,
+    pagerduty::HEADER,
+    linear::HEADER,
+    slack::SIGNATURE,
+    gitlab::TOKEN,
+    twilio::SIGNATURE,
+    twitch::SIGNATURE,
+    zoom::SIGNATURE,
+];
+
 pub const SCHEME_NAMES: &[&str] = &[
     "github",
     "stripe",

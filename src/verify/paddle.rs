@@ -7,7 +7,7 @@ use super::{Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const HEADER: &str = "paddle-signature";
+pub(crate) const HEADER: &str = "paddle-signature";
 
 pub fn defaults() -> Defaults {
     Defaults {

@@ -7,7 +7,7 @@ use super::{header, Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const HEADER: &str = "x-pagerduty-signature";
+pub(crate) const HEADER: &str = "x-pagerduty-signature";
 
 pub fn defaults() -> Defaults {
     Defaults {

@@ -8,8 +8,8 @@ use super::{header, Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const HEADER: &str = "x-shopify-hmac-sha256";
-const BARE_HEADER: &str = "shopify-hmac-sha256";
+pub(crate) const HEADER: &str = "x-shopify-hmac-sha256";
+pub(crate) const BARE_HEADER: &str = "shopify-hmac-sha256";
 
 pub fn defaults() -> Defaults {
     Defaults {

@@ -8,7 +8,7 @@ use super::{Check, Defaults, Handshake, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const SIGNATURE: &str = "x-slack-signature";
+pub(crate) const SIGNATURE: &str = "x-slack-signature";
 const TIMESTAMP: &str = "x-slack-request-timestamp";
 
 pub fn defaults() -> Defaults {

@@ -13,7 +13,7 @@ use crate::locator::Locator;
 
 const ID: &str = "webhook-id";
 const TIMESTAMP: &str = "webhook-timestamp";
-const SIGNATURE: &str = "webhook-signature";
+pub(crate) const SIGNATURE: &str = "webhook-signature";
 const PUBLIC_KEY_PREFIX: &str = "whpk_";
 
 pub fn defaults() -> Defaults {

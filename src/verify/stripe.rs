@@ -6,7 +6,7 @@ use super::{Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const HEADER: &str = "stripe-signature";
+pub(crate) const HEADER: &str = "stripe-signature";
 
 pub fn defaults() -> Defaults {
     Defaults {

@@ -15,7 +15,7 @@ use super::{header, Check, Defaults, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
-const SIGNATURE: &str = "x-twilio-signature";
+pub(crate) const SIGNATURE: &str = "x-twilio-signature";
 const SETTINGS: &str = "x-twilio-webhooks-signature-settings";
 
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use crate::locator::{parse_timestamp, Locator};
 
 const ID: &str = "twitch-eventsub-message-id";
 const TIMESTAMP: &str = "twitch-eventsub-message-timestamp";
-const SIGNATURE: &str = "twitch-eventsub-message-signature";
+pub(crate) const SIGNATURE: &str = "twitch-eventsub-message-signature";
 const TYPE: &str = "twitch-eventsub-message-type";
 
 pub fn defaults() -> Defaults {

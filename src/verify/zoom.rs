@@ -9,8 +9,10 @@ use super::{Check, Defaults, Handshake, Outgoing, VerifyError};
 use crate::config::Secret;
 use crate::locator::Locator;
 
+pub(crate) const SIGNATURE: &str = "x-zm-signature";
+
 const ZOOM: V0 = V0 {
-    signature: "x-zm-signature",
+    signature: SIGNATURE,
     timestamp: "x-zm-request-timestamp",
 };
 

@@ -14,7 +14,7 @@ use crate::journal::NewEvent;
 use crate::locator::parse_timestamp;
 use crate::receive::Payload;
 use crate::source::{routing_key, Source};
-use crate::verify::Verified;
+use crate::verify::{replay, Scheme, Verified};
 
 /// Ids and order keys longer than this are kept as `sha256:<hex>` of their text: they
 /// are dedup keys and message ids, and the sender controls their length.
@@ -90,11 +90,23 @@ pub fn admit(
     let incoming = verified.into_incoming();
     let headers = &incoming.headers;
     let value = Some(&payload.value);
-    let id = source
-        .id
-        .find(headers, value)
+    // GitLab with a `whsec_` secret signs `webhook-id`: that id, not the unsigned
+    // `Idempotency-Key`, is the event's.
+    let signed_gitlab_id = match (&source.scheme, signed_ts) {
+        (Scheme::Gitlab, Some(_)) => headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        _ => None,
+    };
+    let id = signed_gitlab_id
+        .or_else(|| source.id.find(headers, value))
         .map(bounded)
         .unwrap_or_else(|| content_hash_id(&incoming.body));
+    let replay_key = source
+        .dedup_signed
+        .then(|| replay::replay_key(&source.scheme, &incoming))
+        .flatten();
     let event_type = source.event_type.find(headers, value);
     check_type(source, event_type.as_deref())?;
     let event_ts = signed_ts.or_else(|| {
@@ -132,6 +144,7 @@ pub fn admit(
         client_identity: None,
         body: incoming.body,
         normalised,
+        replay_key,
     })
 }
 

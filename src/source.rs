@@ -36,6 +36,9 @@ pub struct Source {
     pub reads_payload: bool,
     /// Which request headers are kept with its events.
     pub headers: HeaderPolicy,
+    /// Whether its signature leaves the id uncovered, so that events are also deduplicated
+    /// on what is signed (see [`crate::verify::replay`]).
+    pub dedup_signed: bool,
 }
 
 #[derive(Debug)]
@@ -157,6 +160,7 @@ impl Source {
             cfg.keep_headers.as_deref(),
         )?;
         let id = cfg.id.clone().unwrap_or(defaults.id);
+        let dedup_signed = !crate::verify::replay::covers_id(&scheme, &id);
         let event_type = cfg.event_type.clone().unwrap_or(defaults.event_type);
         let timestamp = if defaults.signs_timestamp {
             None
@@ -189,6 +193,7 @@ impl Source {
             limiter,
             allowed_client_names,
             headers,
+            dedup_signed,
         })
     }
 

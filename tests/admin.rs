@@ -30,7 +30,12 @@ async fn listing_filters_and_pages_with_a_cursor() {
         let r = post(
             gw.ingest_addr,
             "/hooks/github",
-            github(&format!("l-{i}"), event, "application/json", b"{}"),
+            github(
+                &format!("l-{i}"),
+                event,
+                "application/json",
+                &delivery_body(&format!("l-{i}")),
+            ),
         )
         .await;
         assert_eq!(r.json()["status"], "accepted");
@@ -90,7 +95,7 @@ async fn listing_filters_and_pages_with_a_cursor() {
 
     let one = admin_get(&gw, "/v1/events/2").await.json();
     assert_eq!(one["id"], "l-1");
-    assert_eq!(one["payload"], json!({}));
+    assert_eq!(one["payload"], json!({"delivery": "l-1"}));
     assert_eq!(one["attempts_log"], json!([]));
     assert!(one["received_at"].as_str().unwrap().ends_with('Z'));
     gw.stop().await;
@@ -103,7 +108,7 @@ async fn events_survive_a_graceful_restart() {
     let r = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-1", "push", "application/json", b"{}"),
+        github("r-1", "push", "application/json", &delivery_body(&"r-1")),
     )
     .await;
     assert_eq!(r.json()["status"], "accepted");
@@ -113,7 +118,7 @@ async fn events_survive_a_graceful_restart() {
     let again = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-1", "push", "application/json", b"{}"),
+        github("r-1", "push", "application/json", &delivery_body(&"r-1")),
     )
     .await;
     assert_eq!(
@@ -123,7 +128,7 @@ async fn events_survive_a_graceful_restart() {
     let next = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-2", "push", "application/json", b"{}"),
+        github("r-2", "push", "application/json", &delivery_body(&"r-2")),
     )
     .await;
     assert_eq!(

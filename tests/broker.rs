@@ -77,9 +77,7 @@ async fn post_accepted(
     let sends: Vec<_> = (0..count)
         .map(|i| {
             let id = format!("{prefix}-{i}");
-            tokio::spawn(
-                async move { (post_github(addr, &id, &format!("{{\"i\":{i}}}")).await, id) },
-            )
+            tokio::spawn(async move { (post_github(addr, &id, &delivery(&id)).await, id) })
         })
         .collect();
     for send in sends {
@@ -147,6 +145,11 @@ async fn start_forwarding(
     .await;
     wait_for_ready(running.admin_addr, 200).await;
     running
+}
+
+/// A JSON body of its own for a delivery id (see `delivery_body`).
+fn delivery(id: &str) -> String {
+    String::from_utf8(delivery_body(id)).unwrap()
 }
 
 async fn post_github(
@@ -318,7 +321,7 @@ async fn an_unroutable_event_is_delivered_once_a_queue_is_bound() {
     let dir = tempfile::tempdir().unwrap();
     let running = start_forwarding(dir.path(), &rabbit, "", GITHUB_SOURCE).await;
 
-    let reply = post_github(running.ingest_addr, "lost-1", "{}").await;
+    let reply = post_github(running.ingest_addr, "lost-1", &delivery("lost-1")).await;
     assert_eq!(reply.json()["status"], "accepted");
     let seq = reply.json()["seq"].as_u64().unwrap();
 
@@ -367,7 +370,7 @@ async fn replay_publishes_again_with_the_same_message_id() {
     .await;
     let got = rabbit.collect(&queue).await;
     for id in ["rp-1", "rp-2", "rp-3"] {
-        let reply = post_github(running.ingest_addr, id, "{}").await;
+        let reply = post_github(running.ingest_addr, id, &delivery(id)).await;
         assert_eq!(reply.json()["status"], "accepted");
     }
     let charge = br#"{"id":"evt_rp","type":"charge.succeeded"}"#;
@@ -415,7 +418,7 @@ async fn replay_publishes_again_with_the_same_message_id() {
             again.properties.message_id().as_ref().map(|m| m.as_str()),
             Some("rp-2")
         );
-        assert_eq!(again.data, b"{}");
+        assert_eq!(again.data, delivery("rp-2").as_bytes());
         assert!(matches!(
             header(again, "hookgate_replays"),
             Some(AMQPValue::LongUInt(1))
@@ -582,14 +585,19 @@ async fn past_max_backlog_new_events_get_503_until_the_broker_drains_it() {
     );
 
     for i in 0..5 {
-        let reply = post_github(running.ingest_addr, &format!("b-{i}"), "{}").await;
+        let reply = post_github(
+            running.ingest_addr,
+            &format!("b-{i}"),
+            &delivery(&format!("b-{i}")),
+        )
+        .await;
         assert_eq!(reply.json()["status"], "accepted");
     }
-    let refused = post_github(running.ingest_addr, "b-5", "{}").await;
+    let refused = post_github(running.ingest_addr, "b-5", &delivery("b-5")).await;
     assert_eq!(refused.status.as_u16(), 503);
     assert_eq!(refused.json()["error"], "unavailable");
     assert!(refused.headers.contains_key("retry-after"));
-    let again = post_github(running.ingest_addr, "b-0", "{}").await;
+    let again = post_github(running.ingest_addr, "b-0", &delivery("b-0")).await;
     assert_eq!(
         again.json()["status"],
         "duplicate",
@@ -598,7 +606,7 @@ async fn past_max_backlog_new_events_get_503_until_the_broker_drains_it() {
 
     proxy.restore();
     wait_for_status(running.admin_addr, "delivered", 5).await;
-    let retried = post_github(running.ingest_addr, "b-5", "{}").await;
+    let retried = post_github(running.ingest_addr, "b-5", &delivery("b-5")).await;
     assert_eq!(
         retried.json()["status"],
         "accepted",
@@ -662,7 +670,8 @@ async fn the_example_worker_does_each_event_once() {
     });
 
     for id in ["w-1", "w-2", "w-3"] {
-        let reply = post_github(running.ingest_addr, id, r#"{"a":1,"b":2}"#).await;
+        let body = format!(r#"{{"a":1,"b":"{id}"}}"#);
+        let reply = post_github(running.ingest_addr, id, &body).await;
         assert_eq!(reply.json()["status"], "accepted");
     }
     wait_for_status(running.admin_addr, "delivered", 3).await;

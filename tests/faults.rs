@@ -149,7 +149,7 @@ async fn load(
                         return;
                     }
                     let id = format!("{prefix}-{w}-{n}");
-                    let body = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+                    let body = format!(r#"{{"id":"{id}","pad":"{pad}"}}"#);
                     let reply = post(
                         ingest,
                         "/hooks/github",

@@ -80,7 +80,7 @@ async fn verification_failures_are_401_with_their_codes() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start(dir.path(), "", &format!("{GITHUB_SOURCE}{STRIPE_SOURCE}")).await;
 
-    let (mut h, b) = github("d-2", "push", "application/json", b"{}");
+    let (mut h, b) = github("d-2", "push", "application/json", &delivery_body(&"d-2"));
     h.remove("x-hub-signature-256");
     assert_error(
         &post(gw.ingest_addr, "/hooks/github", (h, b)).await,
@@ -88,7 +88,7 @@ async fn verification_failures_are_401_with_their_codes() {
         "missing_signature",
     );
 
-    let (h, _) = github("d-2", "push", "application/json", b"{}");
+    let (h, _) = github("d-2", "push", "application/json", &delivery_body(&"d-2"));
     let tampered = (h, Bytes::from_static(b"{ }"));
     assert_error(
         &post(gw.ingest_addr, "/hooks/github", tampered).await,
@@ -179,12 +179,12 @@ async fn routing_method_type_and_body_errors() {
     let reply = post(
         addr,
         "/hooks/nope",
-        github("d", "e", "application/json", b"{}"),
+        github("d", "e", "application/json", &delivery_body(&"d")),
     )
     .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "unknown_source");
 
-    let (h, b) = github("d", "e", "application/json", b"{}");
+    let (h, b) = github("d", "e", "application/json", &delivery_body(&"d"));
     let reply =
         hookgate::cli::client::request(Method::PUT, &format!("http://{addr}/hooks/github"), h, b)
             .await
@@ -261,7 +261,7 @@ async fn backlog_limit_gives_503_with_retry_after_and_duplicates_still_answer() 
         let r = post(
             gw.ingest_addr,
             "/hooks/github",
-            github(id, "push", "application/json", b"{}"),
+            github(id, "push", "application/json", &delivery_body(&id)),
         )
         .await;
         assert_eq!(r.json()["status"], "accepted");
@@ -269,7 +269,7 @@ async fn backlog_limit_gives_503_with_retry_after_and_duplicates_still_answer() 
     let full = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("b-3", "push", "application/json", b"{}"),
+        github("b-3", "push", "application/json", &delivery_body(&"b-3")),
     )
     .await;
     assert_error(&full, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
@@ -277,7 +277,7 @@ async fn backlog_limit_gives_503_with_retry_after_and_duplicates_still_answer() 
     let dup = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("b-1", "push", "application/json", b"{}"),
+        github("b-1", "push", "application/json", &delivery_body(&"b-1")),
     )
     .await;
     assert_eq!(dup.json()["status"], "duplicate");
@@ -495,7 +495,12 @@ rate_limit = "3/m"
         let r = post(
             gw.ingest_addr,
             "/hooks/github",
-            github(&format!("r-{i}"), "push", "application/json", b"{}"),
+            github(
+                &format!("r-{i}"),
+                "push",
+                "application/json",
+                &delivery_body(&format!("r-{i}")),
+            ),
         )
         .await;
         assert_eq!(r.json()["status"], "accepted");
@@ -503,7 +508,7 @@ rate_limit = "3/m"
     let limited = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-3", "push", "application/json", b"{}"),
+        github("r-3", "push", "application/json", &delivery_body(&"r-3")),
     )
     .await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
@@ -518,5 +523,57 @@ rate_limit = "3/m"
     );
     let list = admin_get(&gw, "/v1/events").await.json();
     assert_eq!(list["events"].as_array().unwrap().len(), 3);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_captured_github_body_posted_again_under_a_new_delivery_id_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    let body = br#"{"ref":"refs/heads/main","after":"abc123"}"#;
+    let first = post(
+        gw.ingest_addr,
+        "/hooks/github",
+        github("original", "push", "application/json", body),
+    )
+    .await;
+    assert_eq!(first.json()["status"], "accepted");
+    // The signature covers the body only: the delivery id and the event name are the
+    // attacker's to choose, and neither makes it a new event.
+    for (n, event) in ["push", "release", "deployment"].iter().enumerate() {
+        let replayed = post(
+            gw.ingest_addr,
+            "/hooks/github",
+            github(&format!("forged-{n}"), event, "application/json", body),
+        )
+        .await;
+        assert_eq!(replayed.status, StatusCode::OK);
+        assert_eq!(
+            replayed.json(),
+            json!({"status": "duplicate", "id": format!("forged-{n}"), "seq": 1}),
+            "it names the event it duplicates"
+        );
+    }
+    // A different body is a different event.
+    let other = post(
+        gw.ingest_addr,
+        "/hooks/github",
+        github("next", "push", "application/json", br#"{"after":"def456"}"#),
+    )
+    .await;
+    assert_eq!(other.json()["status"], "accepted");
+    gw.stop().await;
+
+    // Remembered across a restart too (the key is in the commit log and the index).
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    let replayed = post(
+        gw.ingest_addr,
+        "/hooks/github",
+        github("forged-after-restart", "push", "application/json", body),
+    )
+    .await;
+    assert_eq!(replayed.json()["status"], "duplicate");
+    let list = admin_get(&gw, "/v1/events").await.json();
+    assert_eq!(list["events"].as_array().unwrap().len(), 2);
     gw.stop().await;
 }

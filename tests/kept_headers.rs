@@ -55,6 +55,7 @@ async fn no_signature_or_secret_header_is_shown_or_forwarded() {
         client_identity: None,
         body: Bytes::from_static(b"{}"),
         normalised: None,
+        replay_key: None,
     })
     .await
     .unwrap();
@@ -86,7 +87,12 @@ kind = "classic"
     let got = rabbit.collect(&queue).await;
 
     // A fresh delivery, signed, with credentials and a header the source drops.
-    let (mut request, body) = github("posted-now", "push", "application/json", b"{}");
+    let (mut request, body) = github(
+        "posted-now",
+        "push",
+        "application/json",
+        &delivery_body(&"posted-now"),
+    );
     for (name, value) in &headers[3..] {
         request.insert(*name, value.parse().unwrap());
     }

@@ -60,7 +60,12 @@ async fn post_push(addr: SocketAddr, id: &str) -> Reply {
     post(
         addr,
         "/hooks/github",
-        github(id, "push", "application/json", b"{\"ref\":\"main\"}"),
+        github(
+            id,
+            "push",
+            "application/json",
+            format!(r#"{{"ref":"main","delivery":"{id}"}}"#).as_bytes(),
+        ),
     )
     .await
 }
@@ -96,7 +101,7 @@ async fn metrics_are_served_and_move() {
         post_push(gw.ingest_addr, "m-1").await.json()["status"],
         "duplicate"
     );
-    let (headers, _) = github("m-2", "push", "application/json", b"{}");
+    let (headers, _) = github("m-2", "push", "application/json", &delivery_body(&"m-2"));
     let forged = post(
         gw.ingest_addr,
         "/hooks/github",
@@ -109,7 +114,7 @@ async fn metrics_are_served_and_move() {
     let nowhere = post(
         gw.ingest_addr,
         "/hooks/no-such-source-xyz",
-        github("m-4", "push", "application/json", b"{}"),
+        github("m-4", "push", "application/json", &delivery_body(&"m-4")),
     )
     .await;
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
@@ -636,7 +641,8 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
                 let mut refused = 0;
                 for i in 0.. {
                     let id = format!("term-{sender}-{i}");
-                    let (headers, body) = github(&id, "push", "application/json", b"{}");
+                    let (headers, body) =
+                        github(&id, "push", "application/json", &delivery_body(&id));
                     let url = format!("http://{ingest}/hooks/github");
                     match client::request(Method::POST, &url, headers, body).await {
                         Ok(reply) if reply.status == StatusCode::OK => {
@@ -761,7 +767,7 @@ secrets = ["{GITLAB_TOKEN}"]
         }
         let (mut child, ingest, admin) = spawn_logged(&config, &log, &env);
         let mut answers = String::new();
-        let body = format!("{{\"note\":\"{BODY_MARKER}\"}}");
+        let body = format!("{{\"note\":\"{BODY_MARKER}\",\"run\":{log_bodies}}}");
         let mut out = hookgate::verify::Outgoing {
             headers: headers(&[
                 ("content-type", "application/json"),

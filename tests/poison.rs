@@ -134,7 +134,12 @@ async fn a_type_too_long_to_forward_is_refused_and_the_events_behind_it_are_deli
     let reply = post(
         running.ingest_addr,
         "/hooks/github",
-        github("long-type", &long_type, "application/json", b"{}"),
+        github(
+            "long-type",
+            &long_type,
+            "application/json",
+            &delivery_body(&"long-type"),
+        ),
     )
     .await;
     assert_eq!(reply.status, 422, "{:?}", reply.json());
@@ -165,7 +170,12 @@ async fn an_oversized_header_set_is_capped_and_the_events_behind_it_are_delivere
     let sources = GITHUB_SOURCE.replace("64KiB", "1MiB");
     let (running, got) = start_forwarding(dir.path(), &rabbit, &queue, &sources).await;
 
-    let (mut headers, body) = github("many-headers", "push", "application/json", b"{}");
+    let (mut headers, body) = github(
+        "many-headers",
+        "push",
+        "application/json",
+        &delivery_body(&"many-headers"),
+    );
     for i in 0..88 {
         headers.insert(
             http::HeaderName::from_bytes(format!("x-bulk-{i}").as_bytes()).unwrap(),
@@ -324,6 +334,7 @@ fn event(id: &str, event_type: &str, body: &str) -> NewEvent {
         client_identity: None,
         body: Bytes::from(body.to_string()),
         normalised: None,
+        replay_key: None,
     }
 }
 

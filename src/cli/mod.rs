@@ -205,13 +205,20 @@ fn generated_body(
     pad_to: usize,
 ) -> (Vec<u8>, String) {
     let placed = [(&source.id, id), (&source.event_type, event_type)];
-    let form_fields: Vec<(&str, &str)> = placed
+    let mut form_fields: Vec<(&str, &str)> = placed
         .iter()
         .filter_map(|(locator, value)| match locator.primary() {
             Locator::Form(field) => Some((field.as_str(), *value)),
             _ => None,
         })
         .collect();
+    // A provider's bodies differ from event to event; where the id travels in a header,
+    // it goes in the body too, so that two test events are never the same signed bytes
+    // (which hookgate takes for a re-post of one: see the README's replay defence).
+    let id_in_body = matches!(source.id.primary(), Locator::Json(_) | Locator::Form(_));
+    if !id_in_body && !form_fields.is_empty() {
+        form_fields.push(("HookgateDelivery", id));
+    }
     if !form_fields.is_empty() {
         let form = |padding: &str| {
             let mut form = form_urlencoded::Serializer::new(String::new());
@@ -236,6 +243,9 @@ fn generated_body(
     }
     let mut doc =
         json!({"message": "a test event from hookgate send", "created": unix_seconds(now)});
+    if !id_in_body {
+        set_pointer(&mut doc, "/delivery", json!(id));
+    }
     for (locator, value) in placed {
         if let Locator::Json(pointer) = locator.primary() {
             set_pointer(&mut doc, pointer, json!(value));

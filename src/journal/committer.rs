@@ -68,6 +68,15 @@ pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
     key
 }
 
+/// The dedup key of a replay key (see `Scheme::replay_key`): a NUL after the source's
+/// NUL keeps it apart from every id a header can carry.
+pub(super) fn replay_dedup_key(source: &str, replay_key: &str) -> Vec<u8> {
+    let mut key = dedup_key(source, "");
+    key.push(0);
+    key.extend_from_slice(replay_key.as_bytes());
+    key
+}
+
 /// A `dedup_expiry` key: first-seen time, then the dedup key, so that a range read
 /// finds the oldest first.
 pub(super) fn expiry_key(first_seen_ms: u64, dedup: &[u8]) -> Vec<u8> {
@@ -345,14 +354,14 @@ impl Committer {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return Err(JournalError::Unwritable("an earlier flush failed".into()));
         }
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-        let key = dedup_key(&event.source, &event.id);
-        let window_ms = self.settings.dedup_window.as_millis() as u64;
-        if let Some(found) = self.trees.dedup.get(&key).map_err(unwritable)? {
-            let (seq, first_seen) = split_dedup_value(&found).ok_or_else(|| {
-                JournalError::Unwritable("a dedup entry in the index is damaged".into())
-            })?;
-            if first_seen.saturating_add(window_ms) > event.received_at_ms {
+        // The id, then what the signature covers where it does not cover the id: a
+        // captured body posted again under a new id is a duplicate too.
+        if let Some(seq) = self.remembered(&dedup_key(&event.source, &event.id), &event)? {
+            return Ok(Outcome::Duplicate(seq));
+        }
+        if let Some(replay_key) = &event.replay_key {
+            let key = replay_dedup_key(&event.source, replay_key);
+            if let Some(seq) = self.remembered(&key, &event)? {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
@@ -404,6 +413,7 @@ impl Committer {
             replays: 0,
             order_ts,
             remembered: true,
+            replay_key: event.replay_key,
         };
         self.log_and_index(&created)?;
         Ok(if stale {
@@ -411,6 +421,23 @@ impl Committer {
         } else {
             Outcome::Accepted(seq)
         })
+    }
+
+    /// The seq of the event a dedup key points at, while inside the dedup window.
+    fn remembered(&self, key: &[u8], event: &NewEvent) -> Result<Option<u64>, JournalError> {
+        let window_ms = self.settings.dedup_window.as_millis() as u64;
+        let Some(found) = self
+            .trees
+            .dedup
+            .get(key)
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let (seq, first_seen) = split_dedup_value(&found).ok_or_else(|| {
+            JournalError::Unwritable("a dedup entry in the index is damaged".into())
+        })?;
+        Ok((first_seen.saturating_add(window_ms) > event.received_at_ms).then_some(seq))
     }
 
     /// Refuses a new event of `size` bytes while free disk space is below the floor.
@@ -615,6 +642,7 @@ impl Committer {
                     replays,
                     order_ts: None,
                     remembered: false,
+                    replay_key: None,
                 };
                 self.log_and_index(&created)?;
                 replayed.push(Replayed {
@@ -682,9 +710,9 @@ impl Committer {
         }
     }
 
-    /// Forgets the event's id (see [`index::forget`]).
-    fn forget(&self, summary: &Summary) -> Result<(), JournalError> {
-        index::forget(&self.trees, summary)
+    /// Forgets the event's dedup keys (see [`index::forget`]).
+    fn forget(&self, stored: &Stored) -> Result<(), JournalError> {
+        index::forget(&self.trees, stored.summary(), stored.replay_key())
             .map(drop)
             .map_err(|e| JournalError::Unwritable(e.to_string()))
     }
@@ -708,15 +736,15 @@ impl Committer {
         for item in self.trees.events.range(seq_key(walked_from + 1)..) {
             let (key, bytes) = item.map_err(unwritable)?;
             let seq = seq_of(&key);
-            if let Ok(summary) = record::decode_summary(&bytes) {
-                if summary.received_at_ms >= dedup_cutoff {
+            if let Ok(stored) = record::decode_stored(&bytes) {
+                if stored.summary().received_at_ms >= dedup_cutoff {
                     break;
                 }
                 if forgotten >= COMPACT_CHUNK {
                     more = true;
                     break;
                 }
-                self.forget(&summary)?;
+                self.forget(&stored)?;
                 forgotten += 1;
             }
             walked = seq;
@@ -772,13 +800,14 @@ impl Committer {
                 // window gets an expiry entry of its own.
                 if summary.seq > walked {
                     if summary.received_at_ms < dedup_cutoff {
-                        self.forget(summary)?;
+                        self.forget(&stored)?;
                     } else {
-                        let dedup = dedup_key(&summary.source, &summary.id);
-                        self.trees
-                            .dedup_expiry
-                            .insert(expiry_key(summary.received_at_ms, &dedup), &[])
-                            .map_err(unwritable)?;
+                        for dedup in index::dedup_keys(summary, stored.replay_key()) {
+                            self.trees
+                                .dedup_expiry
+                                .insert(expiry_key(summary.received_at_ms, &dedup), &[])
+                                .map_err(unwritable)?;
+                        }
                     }
                 }
                 removed += 1;

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::committer::{dedup_key, dedup_value, expiry_key, order_setter, order_value};
+use super::committer::{
+    dedup_key, dedup_value, expiry_key, order_setter, order_value, replay_dedup_key,
+};
 use super::log::{self, Found, Reader};
 use super::record::{self, Created, Index, Loc, Status, Stored, Summary};
 use super::{seq_from, seq_key, seq_of, JournalError, Shared, Trees};
@@ -58,6 +60,7 @@ pub fn apply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Err
         content: loc,
         attempts_log: Vec::new(),
         replays: created.replays,
+        replay_key: created.replay_key.clone(),
     };
     let key = seq_key(summary.seq);
     // The event goes in before the dedup entry that points at it, so that whatever
@@ -98,28 +101,46 @@ fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
             &order_value(ts, summary.received_at_ms, summary.seq),
         )?;
     }
-    // Its expiry needs no entry of its own: compaction finds it by walking the events.
+    // Their expiry needs no entry of its own: compaction finds them by walking the
+    // events.
     if created.remembered {
-        let dedup = dedup_key(&summary.source, &summary.id);
-        trees
-            .dedup
-            .insert(&dedup, &dedup_value(summary.seq, summary.received_at_ms))?;
+        let value = dedup_value(summary.seq, summary.received_at_ms);
+        for key in dedup_keys(summary, created.replay_key.as_deref()) {
+            trees.dedup.insert(key, &value)?;
+        }
     }
     Ok(())
 }
 
-/// Forgets an event's id, unless the id's entry belongs to another event (a later
-/// delivery with the same id); answers whether it did.
-pub fn forget(trees: &Trees, summary: &Summary) -> Result<bool, sled::Error> {
-    let key = dedup_key(&summary.source, &summary.id);
-    let points_here = trees
-        .dedup
-        .get(&key)?
-        .is_some_and(|v| v.get(..8).map(seq_of) == Some(summary.seq));
-    if points_here {
-        trees.dedup.remove(&key)?;
+/// The dedup keys of an event: its id, and its replay key when it has one (a second key
+/// where the signature does not cover the id: see `Scheme::replay_key`).
+pub fn dedup_keys(summary: &Summary, replay_key: Option<&str>) -> Vec<Vec<u8>> {
+    let mut keys = vec![dedup_key(&summary.source, &summary.id)];
+    if let Some(replay_key) = replay_key {
+        keys.push(replay_dedup_key(&summary.source, replay_key));
     }
-    Ok(points_here)
+    keys
+}
+
+/// Forgets an event's dedup keys, each unless its entry belongs to another event (a
+/// later delivery with the same id); answers whether the id's was forgotten.
+pub fn forget(
+    trees: &Trees,
+    summary: &Summary,
+    replay_key: Option<&str>,
+) -> Result<bool, sled::Error> {
+    let mut id_forgotten = false;
+    for (n, key) in dedup_keys(summary, replay_key).into_iter().enumerate() {
+        let points_here = trees
+            .dedup
+            .get(&key)?
+            .is_some_and(|v| v.get(..8).map(seq_of) == Some(summary.seq));
+        if points_here {
+            trees.dedup.remove(&key)?;
+        }
+        id_forgotten |= n == 0 && points_here;
+    }
+    Ok(id_forgotten)
 }
 
 /// What recovery found: where the log continues, and what it did.
@@ -273,12 +294,13 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             continue;
         };
         let summary = stored.summary();
-        if forget(trees, summary).map_err(unwritable)? {
-            let dedup = dedup_key(&summary.source, &summary.id);
-            trees
-                .dedup_expiry
-                .remove(expiry_key(summary.received_at_ms, &dedup))
-                .map_err(unwritable)?;
+        if forget(trees, summary, stored.replay_key()).map_err(unwritable)? {
+            for dedup in dedup_keys(summary, stored.replay_key()) {
+                trees
+                    .dedup_expiry
+                    .remove(expiry_key(summary.received_at_ms, &dedup))
+                    .map_err(unwritable)?;
+            }
         }
         dropped.insert(summary.seq, ());
     }
@@ -375,6 +397,7 @@ impl Damage {
                         },
                         attempts_log: Vec::new(),
                         replays: 0,
+                        replay_key: None,
                     },
                 };
                 trees.events.insert(key, record::encode_index(&index))?;

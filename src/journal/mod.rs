@@ -99,6 +99,9 @@ pub struct NewEvent {
     pub client_identity: Option<String>,
     pub body: Bytes,
     pub normalised: Option<Bytes>,
+    /// A second dedup key where the signature does not cover `id` (see
+    /// `Scheme::replay_key`).
+    pub replay_key: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 /// The version of a whole record kept in sled (written only to update an old journal's
 /// records).
 pub const VERSION: u8 = 2;
-/// The version of an [`Index`].
-pub const INDEX_VERSION: u8 = 3;
+/// The version of an [`Index`]. Version 4 added `replay_key`; version 3 indexes are read
+/// as having none.
+pub const INDEX_VERSION: u8 = 4;
+const INDEX_VERSION_3: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -128,6 +130,20 @@ pub struct Created {
     pub order_ts: Option<i64>,
     /// Whether the event's id went into dedup (not for replayed copies).
     pub remembered: bool,
+    /// What identifies the signed content where the signature does not cover the id
+    /// (see `Scheme::replay_key`): a second dedup key. Entries written before it have
+    /// none (see [`decode_created`]).
+    pub replay_key: Option<String>,
+}
+
+/// A [`Created`] as entries before `replay_key` hold it.
+#[derive(Deserialize)]
+struct CreatedV1 {
+    summary: Summary,
+    content: Content,
+    replays: u32,
+    order_ts: Option<i64>,
+    remembered: bool,
 }
 
 /// The events tree's value from version 3 on: what changes, and where the rest is.
@@ -138,6 +154,17 @@ pub struct Index {
     pub content: Loc,
     pub attempts_log: Vec<Attempt>,
     pub replays: u32,
+    /// The event's second dedup key, if it has one.
+    pub replay_key: Option<String>,
+}
+
+/// An [`Index`] of version 3.
+#[derive(Deserialize)]
+struct IndexV3 {
+    summary: Summary,
+    content: Loc,
+    attempts_log: Vec<Attempt>,
+    replays: u32,
 }
 
 /// An events tree value as read.
@@ -174,6 +201,14 @@ impl Stored {
         match self {
             Stored::Inline(r) => r.replays,
             Stored::Indexed(i) => i.replays,
+        }
+    }
+
+    /// The event's second dedup key (see [`Created::replay_key`]).
+    pub fn replay_key(&self) -> Option<&str> {
+        match self {
+            Stored::Inline(_) => None,
+            Stored::Indexed(i) => i.replay_key.as_deref(),
         }
     }
 
@@ -261,14 +296,40 @@ pub fn encode_created(created: &Created, out: &mut Vec<u8>) {
     postcard::to_io(created, out).expect("writing to a Vec cannot fail");
 }
 
+/// A log entry's [`Created`]; an entry written before `replay_key` is read as having
+/// none (its bytes end where that field would start).
 pub fn decode_created(bytes: &[u8]) -> Result<Created, DecodeError> {
-    Ok(postcard::from_bytes(bytes)?)
+    match postcard::from_bytes::<Created>(bytes) {
+        Ok(created) => Ok(created),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let old: CreatedV1 = postcard::from_bytes(bytes)?;
+            Ok(Created {
+                summary: old.summary,
+                content: old.content,
+                replays: old.replays,
+                order_ts: old.order_ts,
+                remembered: old.remembered,
+                replay_key: None,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads an events tree value of any version.
 pub fn decode_stored(bytes: &[u8]) -> Result<Stored, DecodeError> {
     match bytes.split_first() {
         Some((&INDEX_VERSION, rest)) => Ok(Stored::Indexed(postcard::from_bytes(rest)?)),
+        Some((&INDEX_VERSION_3, rest)) => {
+            let old: IndexV3 = postcard::from_bytes(rest)?;
+            Ok(Stored::Indexed(Index {
+                summary: old.summary,
+                content: old.content,
+                attempts_log: old.attempts_log,
+                replays: old.replays,
+                replay_key: None,
+            }))
+        }
         _ => decode(bytes).map(Stored::Inline),
     }
 }
@@ -361,7 +422,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 pub fn decode_summary(bytes: &[u8]) -> Result<Summary, DecodeError> {
     match bytes.split_first() {
         // An index starts with the same summary as a version 2 record.
-        Some((&INDEX_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&INDEX_VERSION | &INDEX_VERSION_3, rest)) => Ok(postcard::from_bytes(rest)?),
         _ => decode_as::<Summary, v1::Summary>(bytes),
     }
 }
@@ -447,6 +508,7 @@ mod tests {
             },
             attempts_log: vec![],
             replays: 0,
+            replay_key: Some("signed:ab".into()),
         };
         let bytes = encode_index(&index);
         assert_eq!(decode_summary(&bytes).unwrap(), record.summary);
@@ -464,12 +526,42 @@ mod tests {
             replays: 0,
             order_ts: None,
             remembered: true,
+            replay_key: None,
         };
         let mut bytes = Vec::new();
         encode_created(&created, &mut bytes);
         let back = decode_created(&bytes).unwrap();
         assert_eq!(back, created);
         assert_eq!(Record::from_parts(index, back.content), record);
+    }
+
+    #[test]
+    fn indexes_and_log_entries_written_before_the_replay_key_are_read_without_one() {
+        let record = sample();
+        let loc = Loc {
+            segment: 1,
+            offset: 8,
+            len: 99,
+        };
+        let mut v3 = vec![3u8];
+        postcard::to_io(
+            &(&record.summary, loc, Vec::<Attempt>::new(), 2u32),
+            &mut v3,
+        )
+        .unwrap();
+        let Stored::Indexed(index) = decode_stored(&v3).unwrap() else {
+            panic!("an index")
+        };
+        assert_eq!((index.replays, index.replay_key), (2, None));
+        assert_eq!(decode_summary(&v3).unwrap(), record.summary);
+
+        let mut old = Vec::new();
+        let fields = (&record.summary, record.content(), 0u32, None::<i64>, true);
+        postcard::to_io(&fields, &mut old).unwrap();
+        let created = decode_created(&old).unwrap();
+        assert_eq!(created.replay_key, None);
+        assert_eq!(created.content, record.content());
+        assert!(created.remembered);
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn event(id: &str, at_ms: u64) -> NewEvent {
         client_identity: None,
         body: Bytes::from_static(b"{}"),
         normalised: None,
+        replay_key: None,
     }
 }
 
@@ -417,6 +418,7 @@ async fn the_index_is_rebuilt_from_the_commit_log_after_a_crash() {
             replays: 0,
             order_ts: None,
             remembered: true,
+            replay_key: None,
         };
         let nowhere = record::Loc {
             offset: 1 << 30,
@@ -659,6 +661,7 @@ fn created(seq: u64, id: &str) -> record::Created {
         replays: 0,
         order_ts: None,
         remembered: true,
+        replay_key: None,
     }
 }
 

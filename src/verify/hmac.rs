@@ -112,6 +112,19 @@ pub struct Generic {
 }
 
 impl Generic {
+    /// Whether the id that `id` locates is part of what is signed: `{id}` in the
+    /// template, the header it names, or a field of the body with `{body}` signed.
+    pub fn signs_id(&self, id: &Locator) -> bool {
+        match id {
+            Locator::Header(name) => {
+                self.signed.uses(&Piece::Header(name.clone()))
+                    || (self.signed.uses(&Piece::Id) && self.id == *id)
+            }
+            Locator::Json(_) | Locator::Form(_) | Locator::None => self.signed.uses(&Piece::Body),
+            Locator::FirstOf(all) => all.iter().all(|l| self.signs_id(l)),
+        }
+    }
+
     /// Checks that the template can be filled from what the source locates.
     pub fn validate(&self) -> Result<(), String> {
         if self.signed.uses(&Piece::Timestamp)

@@ -12,7 +12,9 @@ pub(crate) const HEADER: &str = "linear-signature";
 pub fn defaults() -> Defaults {
     Defaults {
         id: Locator::header("linear-delivery"),
-        event_type: Locator::header("linear-event"),
+        // The body's `type` is signed; the `Linear-Event` header (the same value) is not,
+        // so it does not choose the routing.
+        event_type: Locator::Json("/type".into()),
         signs_timestamp: true,
     }
 }

@@ -13,6 +13,7 @@ mod linear;
 pub mod mac;
 mod paddle;
 mod pagerduty;
+pub mod replay;
 mod shopify;
 mod slack;
 mod stamped;

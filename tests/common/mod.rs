@@ -95,6 +95,14 @@ pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
+/// A body of its own for each delivery id, as a provider's bodies are: hookgate takes the
+/// same signed bytes under a new unsigned id for a re-post of one event.
+pub fn delivery_body(id: impl AsRef<str>) -> Vec<u8> {
+    serde_json::json!({ "delivery": id.as_ref() })
+        .to_string()
+        .into_bytes()
+}
+
 /// A GitHub delivery as GitHub signs it.
 pub fn github(id: &str, event: &str, content_type: &str, body: &[u8]) -> (HeaderMap, Bytes) {
     let mut out = Outgoing {

@@ -1,0 +1,109 @@
+//! Replay defence that does not depend on unsigned headers. GitHub signs the body but
+//! not `X-GitHub-Delivery`, so a captured body with its signature can be posted again
+//! under a new delivery id, which dedup on the id alone takes for a new event. Where a
+//! source's signature does not cover its id, [`replay_key`] names what the signature
+//! does cover; the journal remembers it beside the id, in the same step and for the same
+//! window, so such a re-post is a `duplicate` of the first event.
+
+use sha2::{Digest, Sha256};
+
+use super::{header, hmac, twilio, Incoming, Scheme};
+use crate::locator::Locator;
+
+/// Whether `scheme`'s signature covers the id that `id` locates (or there is nothing to
+/// tie a re-post to: a token, or no check at all).
+pub fn covers_id(scheme: &Scheme, id: &Locator) -> bool {
+    match (scheme, id) {
+        // Nothing signed; such a source is as safe as its token (or not at all).
+        (Scheme::Token(_) | Scheme::None, _) => true,
+        (Scheme::Hmac(generic), _) => generic.signs_id(id),
+        // A field of the body, or the body's own hash: every other scheme signs the
+        // body (Twilio through its parameters or `bodySHA256`).
+        (_, Locator::Json(_) | Locator::Form(_) | Locator::None) => true,
+        (_, Locator::FirstOf(all)) => all.iter().all(|l| covers_id(scheme, l)),
+        // Standard Webhooks signs `webhook-id` (or `svix-id`); GitLab with a `whsec_`
+        // secret too (its id is then `webhook-id`, see `admit`), and with a token it
+        // signs nothing.
+        (Scheme::StandardWebhooks, Locator::Header(name)) => {
+            matches!(name.as_str(), "webhook-id" | "svix-id")
+        }
+        (Scheme::Gitlab, Locator::Header(_)) => true,
+        // Twitch signs the message id with the timestamp and the body.
+        (Scheme::Twitch, Locator::Header(name)) => name == "twitch-eventsub-message-id",
+        (_, Locator::Header(_)) => false,
+    }
+}
+
+/// What a re-post of this verified request would repeat, for a source whose signature
+/// does not cover its id: the SHA-256 of the signed body, or of the signature itself
+/// where the signed bytes are not the body as sent (Twilio signs the URL and sorted
+/// parameters, so reordered parameters verify the same; the generic scheme signs its
+/// template). `None` when there is no signature to go by.
+pub fn replay_key(scheme: &Scheme, incoming: &Incoming) -> Option<String> {
+    let digest = |bytes: &[u8]| format!("signed:{}", hex::encode(Sha256::digest(bytes)));
+    match scheme {
+        Scheme::Token(_) | Scheme::None | Scheme::Gitlab => None,
+        Scheme::Twilio(_) => {
+            header(&incoming.headers, twilio::SIGNATURE).map(|v| digest(v.as_bytes()))
+        }
+        Scheme::Hmac(generic) => signature_of(generic, incoming).map(|v| digest(v.as_bytes())),
+        _ => Some(digest(&incoming.body)),
+    }
+}
+
+fn signature_of<'a>(generic: &hmac::Generic, incoming: &'a Incoming) -> Option<&'a str> {
+    header(&incoming.headers, generic.header.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::Github;
+
+    fn incoming(body: &[u8], headers: &[(&str, &str)]) -> Incoming {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        Incoming {
+            method: http::Method::POST,
+            uri: "/hooks/x".parse().unwrap(),
+            headers: map,
+            body: bytes::Bytes::copy_from_slice(body),
+            received_at: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn which_ids_the_signature_covers() {
+        let github = Scheme::Github(Github::default());
+        let delivery = Locator::Header(http::HeaderName::from_static("x-github-delivery"));
+        assert!(
+            !covers_id(&github, &delivery),
+            "GitHub's delivery id is unsigned"
+        );
+        assert!(covers_id(&github, &Locator::Json("/id".into())));
+        assert!(covers_id(&github, &Locator::None), "a content hash id");
+        assert!(covers_id(&Scheme::Stripe, &Locator::Json("/id".into())));
+        let webhook_id = Locator::Header(http::HeaderName::from_static("webhook-id"));
+        assert!(covers_id(&Scheme::StandardWebhooks, &webhook_id));
+        let shopify = Scheme::Shopify.defaults().id;
+        assert!(!covers_id(&Scheme::Shopify, &shopify));
+        assert!(!covers_id(&Scheme::Linear, &Scheme::Linear.defaults().id));
+    }
+
+    #[test]
+    fn the_key_follows_what_is_signed_not_the_unsigned_headers() {
+        let github = Scheme::Github(Github::default());
+        let a = incoming(b"{\"a\":1}", &[("x-github-delivery", "one")]);
+        let b = incoming(b"{\"a\":1}", &[("x-github-delivery", "two")]);
+        let c = incoming(b"{\"a\":2}", &[("x-github-delivery", "one")]);
+        assert_eq!(replay_key(&github, &a), replay_key(&github, &b));
+        assert_ne!(replay_key(&github, &a), replay_key(&github, &c));
+        assert!(replay_key(&github, &a).unwrap().starts_with("signed:"));
+        assert_eq!(replay_key(&Scheme::Gitlab, &a), None);
+    }
+}

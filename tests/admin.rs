@@ -34,7 +34,7 @@ async fn listing_filters_and_pages_with_a_cursor() {
                 &format!("l-{i}"),
                 event,
                 "application/json",
-                &delivery_body(&format!("l-{i}")),
+                &delivery_body(format!("l-{i}")),
             ),
         )
         .await;
@@ -108,7 +108,7 @@ async fn events_survive_a_graceful_restart() {
     let r = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-1", "push", "application/json", &delivery_body(&"r-1")),
+        github("r-1", "push", "application/json", &delivery_body("r-1")),
     )
     .await;
     assert_eq!(r.json()["status"], "accepted");
@@ -118,7 +118,7 @@ async fn events_survive_a_graceful_restart() {
     let again = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-1", "push", "application/json", &delivery_body(&"r-1")),
+        github("r-1", "push", "application/json", &delivery_body("r-1")),
     )
     .await;
     assert_eq!(
@@ -128,7 +128,7 @@ async fn events_survive_a_graceful_restart() {
     let next = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-2", "push", "application/json", &delivery_body(&"r-2")),
+        github("r-2", "push", "application/json", &delivery_body("r-2")),
     )
     .await;
     assert_eq!(

@@ -67,7 +67,7 @@ async fn every_acknowledged_event_survives_sigkill() {
         let reply = post(
             gw.ingest,
             "/hooks/github",
-            github(id, "push", "application/json", &delivery_body(&id)),
+            github(id, "push", "application/json", &delivery_body(id)),
         )
         .await;
         assert_eq!(reply.json()["status"], "duplicate", "{id} was forgotten");

@@ -80,7 +80,7 @@ async fn verification_failures_are_401_with_their_codes() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start(dir.path(), "", &format!("{GITHUB_SOURCE}{STRIPE_SOURCE}")).await;
 
-    let (mut h, b) = github("d-2", "push", "application/json", &delivery_body(&"d-2"));
+    let (mut h, b) = github("d-2", "push", "application/json", &delivery_body("d-2"));
     h.remove("x-hub-signature-256");
     assert_error(
         &post(gw.ingest_addr, "/hooks/github", (h, b)).await,
@@ -88,7 +88,7 @@ async fn verification_failures_are_401_with_their_codes() {
         "missing_signature",
     );
 
-    let (h, _) = github("d-2", "push", "application/json", &delivery_body(&"d-2"));
+    let (h, _) = github("d-2", "push", "application/json", &delivery_body("d-2"));
     let tampered = (h, Bytes::from_static(b"{ }"));
     assert_error(
         &post(gw.ingest_addr, "/hooks/github", tampered).await,
@@ -179,12 +179,12 @@ async fn routing_method_type_and_body_errors() {
     let reply = post(
         addr,
         "/hooks/nope",
-        github("d", "e", "application/json", &delivery_body(&"d")),
+        github("d", "e", "application/json", &delivery_body("d")),
     )
     .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "unknown_source");
 
-    let (h, b) = github("d", "e", "application/json", &delivery_body(&"d"));
+    let (h, b) = github("d", "e", "application/json", &delivery_body("d"));
     let reply =
         hookgate::cli::client::request(Method::PUT, &format!("http://{addr}/hooks/github"), h, b)
             .await
@@ -261,7 +261,7 @@ async fn backlog_limit_gives_503_with_retry_after_and_duplicates_still_answer() 
         let r = post(
             gw.ingest_addr,
             "/hooks/github",
-            github(id, "push", "application/json", &delivery_body(&id)),
+            github(id, "push", "application/json", &delivery_body(id)),
         )
         .await;
         assert_eq!(r.json()["status"], "accepted");
@@ -269,7 +269,7 @@ async fn backlog_limit_gives_503_with_retry_after_and_duplicates_still_answer() 
     let full = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("b-3", "push", "application/json", &delivery_body(&"b-3")),
+        github("b-3", "push", "application/json", &delivery_body("b-3")),
     )
     .await;
     assert_error(&full, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
@@ -277,7 +277,7 @@ async fn backlog_limit_gives_503_with_retry_after_and_duplicates_still_answer() 
     let dup = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("b-1", "push", "application/json", &delivery_body(&"b-1")),
+        github("b-1", "push", "application/json", &delivery_body("b-1")),
     )
     .await;
     assert_eq!(dup.json()["status"], "duplicate");
@@ -499,7 +499,7 @@ rate_limit = "3/m"
                 &format!("r-{i}"),
                 "push",
                 "application/json",
-                &delivery_body(&format!("r-{i}")),
+                &delivery_body(format!("r-{i}")),
             ),
         )
         .await;
@@ -508,7 +508,7 @@ rate_limit = "3/m"
     let limited = post(
         gw.ingest_addr,
         "/hooks/github",
-        github("r-3", "push", "application/json", &delivery_body(&"r-3")),
+        github("r-3", "push", "application/json", &delivery_body("r-3")),
     )
     .await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");

@@ -91,7 +91,7 @@ kind = "classic"
         "posted-now",
         "push",
         "application/json",
-        &delivery_body(&"posted-now"),
+        &delivery_body("posted-now"),
     );
     for (name, value) in &headers[3..] {
         request.insert(*name, value.parse().unwrap());

@@ -101,7 +101,7 @@ async fn metrics_are_served_and_move() {
         post_push(gw.ingest_addr, "m-1").await.json()["status"],
         "duplicate"
     );
-    let (headers, _) = github("m-2", "push", "application/json", &delivery_body(&"m-2"));
+    let (headers, _) = github("m-2", "push", "application/json", &delivery_body("m-2"));
     let forged = post(
         gw.ingest_addr,
         "/hooks/github",
@@ -114,7 +114,7 @@ async fn metrics_are_served_and_move() {
     let nowhere = post(
         gw.ingest_addr,
         "/hooks/no-such-source-xyz",
-        github("m-4", "push", "application/json", &delivery_body(&"m-4")),
+        github("m-4", "push", "application/json", &delivery_body("m-4")),
     )
     .await;
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);

@@ -138,7 +138,7 @@ async fn a_type_too_long_to_forward_is_refused_and_the_events_behind_it_are_deli
             "long-type",
             &long_type,
             "application/json",
-            &delivery_body(&"long-type"),
+            &delivery_body("long-type"),
         ),
     )
     .await;
@@ -174,7 +174,7 @@ async fn an_oversized_header_set_is_capped_and_the_events_behind_it_are_delivere
         "many-headers",
         "push",
         "application/json",
-        &delivery_body(&"many-headers"),
+        &delivery_body("many-headers"),
     );
     for i in 0..88 {
         headers.insert(

@@ -238,7 +238,7 @@ async fn post_once(
     let mut conn = connect(addr, &pki.ca.issued().cert_pem, client, &["http/1.1"]).await?;
     conn.post(
         path,
-        github(id, "push", "application/json", &delivery_body(&id)),
+        github(id, "push", "application/json", &delivery_body(id)),
     )
     .await
 }
@@ -370,7 +370,7 @@ async fn alpn_chooses_http2_or_http11() {
                     &format!("h2-{i}"),
                     "push",
                     "application/json",
-                    &delivery_body(&format!("h2-{i}")),
+                    &delivery_body(format!("h2-{i}")),
                 ),
             )
             .await
@@ -387,7 +387,7 @@ async fn alpn_chooses_http2_or_http11() {
     let (status, _) = h1
         .post(
             "/hooks/github",
-            github("h1-0", "push", "application/json", &delivery_body(&"h1-0")),
+            github("h1-0", "push", "application/json", &delivery_body("h1-0")),
         )
         .await
         .unwrap();
@@ -419,12 +419,7 @@ async fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     assert_eq!(
         old.post(
             "/hooks/github",
-            github(
-                "hup-0",
-                "push",
-                "application/json",
-                &delivery_body(&"hup-0")
-            )
+            github("hup-0", "push", "application/json", &delivery_body("hup-0"))
         )
         .await
         .unwrap()
@@ -453,12 +448,7 @@ async fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     let (status, _) = old
         .post(
             "/hooks/github",
-            github(
-                "hup-1",
-                "push",
-                "application/json",
-                &delivery_body(&"hup-1"),
-            ),
+            github("hup-1", "push", "application/json", &delivery_body("hup-1")),
         )
         .await
         .unwrap();
@@ -483,12 +473,7 @@ async fn sighup_reloads_the_certificate_and_keeps_open_connections() {
         after
             .post(
                 "/hooks/github",
-                github(
-                    "hup-2",
-                    "push",
-                    "application/json",
-                    &delivery_body(&"hup-2")
-                )
+                github("hup-2", "push", "application/json", &delivery_body("hup-2"))
             )
             .await
             .unwrap()
@@ -541,7 +526,7 @@ fn gen_certs_writes_a_set_the_gateway_serves() {
             key_pem: read("client-key.pem"),
         };
         let mut conn = connect(running.ingest_addr, &read("ca.pem"), Some(&client), &["h2"]).await.unwrap();
-        let (status, body) = conn.post("/hooks/restricted", github("gen-1", "push", "application/json", &delivery_body(&"gen-1"))).await.unwrap();
+        let (status, body) = conn.post("/hooks/restricted", github("gen-1", "push", "application/json", &delivery_body("gen-1"))).await.unwrap();
         assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("accepted")));
         running.stop().await;
     });
@@ -590,12 +575,7 @@ async fn the_admin_listener_can_take_the_same_tls_settings() {
     let reply = post(
         running.ingest_addr,
         "/hooks/github",
-        github(
-            "adm-1",
-            "push",
-            "application/json",
-            &delivery_body(&"adm-1"),
-        ),
+        github("adm-1", "push", "application/json", &delivery_body("adm-1")),
     )
     .await;
     assert_eq!(reply.json()["status"], "accepted");
@@ -641,7 +621,7 @@ async fn a_tls12_only_client_is_served() {
         "tls12-1",
         "push",
         "application/json",
-        &delivery_body(&"tls12-1"),
+        &delivery_body("tls12-1"),
     );
     let mut request = http::Request::post("/hooks/github")
         .body(Full::new(body))

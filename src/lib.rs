@@ -27,7 +27,9 @@ pub mod listen;
 pub mod locator;
 pub mod metrics;
 pub mod receive;
+pub mod refuse;
 pub mod source;
+pub mod telemetry;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -128,6 +130,8 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout.0,
         drain_timeout: config.server.drain_timeout.0,
+        h2_max_streams: config.server.h2_max_concurrent_streams,
+        h2_ping_interval: config.server.h2_keep_alive_interval.0,
     };
     let (stop, stopped) = watch::channel(false);
 
@@ -138,6 +142,16 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     if log_bodies {
         tracing::warn!("HOOKGATE_LOG_BODIES is set: raw bodies are logged at debug level (target hookgate::bodies)");
     }
+    let by_address = match config.server.failures_per_address.as_str() {
+        "off" => None,
+        rate => Some(refuse::ByAddress::new(
+            source::parse_rate(rate)
+                .map_err(|e| anyhow::anyhow!("server.failures_per_address: {e}"))?,
+            refuse::address::MAX_TRACKED,
+            std::time::Instant::now(),
+        )),
+    };
+    let refusals = Arc::new(refuse::RefusalLog::default());
     let gateway = Arc::new(Gateway {
         sources,
         journal: journal.clone(),
@@ -145,6 +159,8 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         request_timeout: config.server.request_timeout.0,
         metrics: metrics.clone(),
         log_bodies,
+        by_address,
+        refusals: refusals.clone(),
     });
     let forwarder = match &config.broker {
         None => None,
@@ -234,6 +250,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     // Always: without a handler, SIGHUP (`systemctl reload`) would end the process.
     let reloadable: Vec<_> = tls.into_iter().chain(admin_tls).collect();
     tasks.push(tokio::spawn(reload_on_sighup(reloadable, stopped.clone())));
+    tasks.push(tokio::spawn(summarise_refusals(refusals, stopped.clone())));
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
         clock,
@@ -248,6 +265,20 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         stop,
         tasks,
     })
+}
+
+/// Logs how many refusals were left out of the log, once an interval and at the stop.
+async fn summarise_refusals(refusals: Arc<refuse::RefusalLog>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(refuse::log::INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = listen::stopped(&mut stop) => break,
+            _ = tick.tick() => {}
+        }
+        refusals.flush();
+    }
+    refusals.flush();
 }
 
 /// Compacts the journal once a minute, a chunk at a time, until nothing remains.

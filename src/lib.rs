@@ -207,6 +207,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     let admin_state = Arc::new(admin::Admin {
         journal: journal.clone(),
         token,
+        hosts: config.admin.hosts.clone(),
         broker_connected: forwarder.as_ref().map(|_| broker_connected.clone()),
         metrics: metrics.clone(),
         sources: {

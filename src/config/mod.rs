@@ -82,6 +82,9 @@ pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
     pub token: Option<SecretRef>,
+    /// Host names the admin listener answers besides IP addresses and `localhost`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// HTTPS for the admin listener: the same keys as `[server.tls]`.
     pub tls: Option<TlsConfig>,
 }
@@ -262,6 +265,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             tls: None,
             token: None,
+            hosts: Vec::new(),
         }
     }
 }

@@ -48,6 +48,7 @@ fn spawn(config: &Path, log: &Path) -> (Child, std::net::SocketAddr, std::net::S
         }
         if started.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("hookgate did not start:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -20,6 +20,8 @@ const FLOOD: usize = 100_000;
 const CONNECTIONS: usize = 4;
 
 /// Starts `hookgate serve` with nothing but the log format set, its stderr in `log`.
+/// The caller waits for the child it gets back.
+#[allow(clippy::zombie_processes)]
 fn spawn(config: &Path, log: &Path) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
     let file = std::fs::File::create(log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))

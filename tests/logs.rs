@@ -217,7 +217,10 @@ async fn an_unbound_routing_key_and_a_flood_leave_no_payload_and_a_short_log() {
     // As text, or as lapin prints a body: a list of byte values.
     let as_bytes: Vec<String> = MARKER.bytes().map(|b| b.to_string()).collect();
     for shown in [MARKER.to_string(), as_bytes.join(", ")] {
-        assert!(!logged.contains(&shown), "a payload reached the log:\n{logged}");
+        assert!(
+            !logged.contains(&shown),
+            "a payload reached the log:\n{logged}"
+        );
     }
     assert!(
         lines.len() <= 300,

@@ -713,3 +713,24 @@ async fn http2_requests_are_served_and_the_idle_connection_closed_after() {
     assert!(h2.get("/hooks/github").await.is_err());
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_per_connection_are_limited() {
+    let (_dir, pki, running) = start_tls_quick(GITHUB_SOURCE).await;
+    let addr = running.ingest_addr;
+    let ca = pki.ca.issued().cert_pem;
+    let tls = tls_stream(addr, &ca, None, &["h2"]).await.unwrap();
+    let (mut client, mut connection) = h2::client::handshake(tls).await.unwrap();
+    let request = http::Request::post("https://localhost/hooks/nowhere")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::select! {
+        response = response => response.unwrap(),
+        ended = &mut connection => panic!("the connection ended: {ended:?}"),
+    };
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // The server's SETTINGS have arrived: server.h2_max_concurrent_streams (default 100).
+    assert_eq!(connection.max_concurrent_send_streams(), 100);
+    running.stop().await;
+}

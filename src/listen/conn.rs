@@ -91,7 +91,8 @@ fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
 }
 
 /// Wraps `handler` as a hyper service that hands each request the client's address and
-/// identity, and counts the requests open on the connection in `open`.
+/// identity, and counts the requests open on the connection in `open`, from the request
+/// until its answer's body is sent (a streamed answer keeps its connection busy).
 fn service<H, Fut>(
     handler: H,
     peer: SocketAddr,
@@ -99,9 +100,9 @@ fn service<H, Fut>(
     open: Arc<watch::Sender<usize>>,
 ) -> impl hyper::service::Service<
     Request<HyperBody>,
-    Response = Response<Body>,
+    Response = Response<Counted<Body>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Counted<Body>>, Infallible>> + Send,
 > + Clone
 where
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
@@ -117,10 +118,36 @@ where
         let busy = Busy::new(open.clone());
         async move {
             let response = handler(request).await;
-            drop(busy);
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(response.map(|body| Counted { body, _busy: busy }))
         }
     })
+}
+
+/// An answer's body that keeps its request counted until hyper has sent it (or dropped
+/// it).
+pub struct Counted<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// One open request, counted while it lives.

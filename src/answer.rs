@@ -30,6 +30,8 @@ pub enum Rejection {
     ClientNotAllowed,
     #[error("this source takes no more requests for now; retry in {retry_after}s")]
     RateLimited { retry_after: u32 },
+    #[error("too many requests from this address failed verification; retry in {retry_after}s")]
+    AddressRateLimited { retry_after: u32 },
     #[error(transparent)]
     Receive(#[from] ReceiveError),
     #[error(transparent)]
@@ -47,7 +49,9 @@ impl Rejection {
         match self {
             Rejection::UnknownSource(_) | Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::RateLimited { .. } | Rejection::AddressRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Rejection::ClientCertificateRequired | Rejection::ClientNotAllowed => {
                 StatusCode::FORBIDDEN
             }
@@ -70,7 +74,7 @@ impl Rejection {
             Rejection::UnknownSource(_) => "unknown_source",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
-            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::RateLimited { .. } | Rejection::AddressRateLimited { .. } => "rate_limited",
             Rejection::ClientCertificateRequired => "client_certificate_required",
             Rejection::ClientNotAllowed => "client_not_allowed",
             Rejection::Receive(e) => match e {
@@ -88,7 +92,8 @@ impl Rejection {
     /// How long a provider should wait before retrying a 503, in seconds.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Rejection::RateLimited { retry_after } => Some(*retry_after),
+            Rejection::RateLimited { retry_after }
+            | Rejection::AddressRateLimited { retry_after } => Some(*retry_after),
             Rejection::Journal(
                 JournalError::BacklogFull { .. }
                 | JournalError::BacklogBytesFull { .. }

@@ -1,6 +1,11 @@
 //! The ingest pipeline for one request, in the order the SPEC gives it:
-//! route -> method -> client certificate -> body within its limit -> verify -> parse ->
-//! admit -> journal -> answer.
+//! route -> method -> client certificate -> body within its limit -> verify -> rate
+//! limit -> parse -> admit -> journal -> answer.
+//!
+//! The source's `rate_limit` is taken after verification, so that only the provider's
+//! own requests spend it: unsigned floods are limited per client address instead
+//! ([`crate::refuse::ByAddress`]). Refusals are logged through
+//! [`crate::refuse::RefusalLog`], a few in full and the rest counted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +17,10 @@ use tracing::Instrument;
 use crate::answer::{self, Body, Rejection};
 use crate::journal::{Journal, Outcome};
 use crate::listen::tls::ClientIdentity;
+use crate::listen::ClientAddr;
 use crate::metrics::{Metrics, UNKNOWN_SOURCE};
 use crate::receive::{self, ReceiveError};
+use crate::refuse::{ByAddress, RefusalLog};
 use crate::source::Source;
 use crate::verify::{self, Incoming, Scheme};
 
@@ -38,6 +45,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Log each raw body at debug level (`HOOKGATE_LOG_BODIES=1`); off by default.
     pub log_bodies: bool,
+    /// `server.failures_per_address`, unless `off`.
+    pub by_address: Option<ByAddress>,
+    pub refusals: Arc<RefusalLog>,
 }
 
 impl Gateway {
@@ -60,23 +70,27 @@ impl Gateway {
             seq = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        let client = request.extensions().get::<ClientAddr>().copied();
         let response = match self.ingest(request).instrument(span.clone()).await {
             Ok(response) => response,
             Err(rejection) => {
-                let _enter = span.enter();
-                span.record("outcome", rejection.code());
                 if let Rejection::Verify(e) = &rejection {
                     self.metrics.verify_failure(&source, e.code());
                 }
-                match &rejection {
-                    Rejection::Journal(_) | Rejection::JournalTimeout => {
+                let rejection = self.count_failure(rejection, client, &source);
+                let _enter = span.enter();
+                span.record("outcome", rejection.code());
+                let ours = matches!(rejection, Rejection::Journal(_) | Rejection::JournalTimeout);
+                if self.refusals.admit(&source, rejection.code(), ours) {
+                    if ours {
                         tracing::warn!(reason = %rejection, "event not accepted")
+                    } else {
+                        tracing::info!(
+                            reason = %rejection,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "request rejected"
+                        )
                     }
-                    _ => tracing::info!(
-                        reason = %rejection,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "request rejected"
-                    ),
                 }
                 answer::rejected(&rejection)
             }
@@ -128,6 +142,16 @@ impl Gateway {
             incoming,
             now,
         )?;
+        // Verified: now the request may spend the source's budget.
+        if let Some(limiter) = &source.limiter {
+            if let Err(not_until) = limiter.check() {
+                use governor::clock::{Clock as _, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(Rejection::RateLimited {
+                    retry_after: whole_seconds(wait),
+                });
+            }
+        }
         if let Some(handshake) = source.scheme.handshake(&verified, &source.secrets) {
             tracing::info!("handshake answered; nothing journaled");
             return Ok(answer::handshake(handshake));
@@ -160,8 +184,35 @@ impl Gateway {
         Ok(answer::outcome(outcome, &id))
     }
 
-    /// The checks made before the body is read: source, method, client certificate and
-    /// rate limit.
+    /// A request that failed verification (or the client certificate check) spends its
+    /// address's budget; once that is spent, it is refused as rate limited instead.
+    fn count_failure(
+        &self,
+        rejection: Rejection,
+        client: Option<ClientAddr>,
+        source: &str,
+    ) -> Rejection {
+        let failed = matches!(
+            rejection,
+            Rejection::Verify(_)
+                | Rejection::ClientCertificateRequired
+                | Rejection::ClientNotAllowed
+        );
+        let (Some(limit), Some(ClientAddr(addr)), true) = (&self.by_address, client, failed) else {
+            return rejection;
+        };
+        match limit.failed(addr.ip(), std::time::Instant::now()) {
+            Ok(()) => rejection,
+            Err(wait) => {
+                self.metrics.refused_by_address(source);
+                Rejection::AddressRateLimited {
+                    retry_after: whole_seconds(wait),
+                }
+            }
+        }
+    }
+
+    /// The checks made before the body is read: source, method and client certificate.
     fn route<B>(
         &self,
         request: &Request<B>,
@@ -200,15 +251,6 @@ impl Gateway {
                 return Err(Rejection::ClientNotAllowed);
             }
         }
-        if let Some(limiter) = &source.limiter {
-            if let Err(not_until) = limiter.check() {
-                use governor::clock::{Clock as _, DefaultClock};
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(Rejection::RateLimited {
-                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
-                });
-            }
-        }
         Ok((source, identity))
     }
 }
@@ -224,6 +266,11 @@ where
     use http_body_util::BodyExt;
     let limited = http_body_util::Limited::new(body, 64 * 1024);
     let _ = tokio::time::timeout(Duration::from_millis(500), limited.collect()).await;
+}
+
+/// A `Retry-After` in whole seconds, at least 1.
+fn whole_seconds(wait: Duration) -> u32 {
+    wait.as_secs_f64().ceil().clamp(1.0, f64::from(u32::MAX)) as u32
 }
 
 pub fn unix_seconds(t: SystemTime) -> i64 {

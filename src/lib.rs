@@ -28,7 +28,9 @@ pub mod listen;
 pub mod locator;
 pub mod metrics;
 pub mod receive;
+pub mod refuse;
 pub mod source;
+pub mod telemetry;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -135,6 +137,8 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout.0,
         drain_timeout: config.server.drain_timeout.0,
+        h2_max_streams: config.server.h2_max_concurrent_streams,
+        h2_ping_interval: config.server.h2_keep_alive_interval.0,
     };
     let (stop, stopped) = watch::channel(false);
 
@@ -145,6 +149,16 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     if log_bodies {
         tracing::warn!("HOOKGATE_LOG_BODIES is set: raw bodies are logged at debug level (target hookgate::bodies)");
     }
+    let by_address = match config.server.failures_per_address.as_str() {
+        "off" => None,
+        rate => Some(refuse::ByAddress::new(
+            source::parse_rate(rate)
+                .map_err(|e| anyhow::anyhow!("server.failures_per_address: {e}"))?,
+            refuse::address::MAX_TRACKED,
+            std::time::Instant::now(),
+        )),
+    };
+    let refusals = Arc::new(refuse::RefusalLog::default());
     let gateway = Arc::new(Gateway {
         sources,
         journal: journal.clone(),
@@ -152,6 +166,8 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         request_timeout: config.server.request_timeout.0,
         metrics: metrics.clone(),
         log_bodies,
+        by_address,
+        refusals: refusals.clone(),
     });
     // Applied again when events are read, so that events journaled before a header was
     // dropped are neither shown nor forwarded with it.
@@ -208,6 +224,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     let admin_state = Arc::new(admin::Admin {
         journal: journal.clone(),
         token,
+        hosts: config.admin.hosts.clone(),
         broker_connected: forwarder.as_ref().map(|_| broker_connected.clone()),
         metrics: metrics.clone(),
         sources: {
@@ -251,11 +268,19 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     }
     // Always: without a handler, SIGHUP (`systemctl reload`) would end the process.
     let reloadable: Vec<_> = tls.into_iter().chain(admin_tls).collect();
-    tasks.push(tokio::spawn(reload_on_sighup(reloadable, stopped.clone())));
+    // The handler is in place before the listeners are announced: a SIGHUP that came
+    // before the task first ran would otherwise end the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    tasks.push(tokio::spawn(reload_on_sighup(
+        hangups,
+        reloadable,
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(heal_periodically(
         journal.clone(),
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(summarise_refusals(refusals, stopped.clone())));
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
         clock,
@@ -270,6 +295,20 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         stop,
         tasks,
     })
+}
+
+/// Logs how many refusals were left out of the log, once an interval and at the stop.
+async fn summarise_refusals(refusals: Arc<refuse::RefusalLog>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(refuse::log::INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = listen::stopped(&mut stop) => break,
+            _ = tick.tick() => {}
+        }
+        refusals.flush();
+    }
+    refusals.flush();
 }
 
 /// Compacts the journal once a minute, a chunk at a time, until nothing remains.
@@ -332,9 +371,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Reads the TLS certificate and key again on every SIGHUP; open connections keep theirs,
 /// and a bad new file leaves the old ones in use. Without TLS a SIGHUP only says so.
-async fn reload_on_sighup(listeners: Vec<Arc<listen::tls::Tls>>, mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
+async fn reload_on_sighup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    listeners: Vec<Arc<listen::tls::Tls>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hangups = match hangups {
         Ok(hangups) => hangups,
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates will not be reloaded");

@@ -214,9 +214,10 @@ async fn events(
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("HOOKGATE_LOG")
+    let given = std::env::var("HOOKGATE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
+        .ok();
+    let filter = hookgate::telemetry::log_filter(given.as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -43,6 +43,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: &'static str,
 }
@@ -57,6 +62,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     events: Family<EventLabels, Counter>,
     verify_failures: Family<ReasonLabels, Counter>,
+    refused_by_address: Family<SourceLabels, Counter>,
     ack_seconds: Histogram,
     backlog: Gauge,
     /// The journal's state, read when scraped.
@@ -84,6 +90,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let events = Family::<EventLabels, Counter>::default();
         let verify_failures = Family::<ReasonLabels, Counter>::default();
+        let refused_by_address = Family::<SourceLabels, Counter>::default();
         // 250 µs to 16 s, doubling.
         let ack_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 17),
@@ -110,6 +117,11 @@ impl Metrics {
             "hookgate_verify_failures",
             "Requests that failed verification, by source and error code",
             verify_failures.clone(),
+        );
+        registry.register(
+            "hookgate_refused_by_address",
+            "Failed requests refused as rate limited because their client address failed too often (server.failures_per_address)",
+            refused_by_address.clone(),
         );
         registry.register(
             "hookgate_ack_seconds",
@@ -174,6 +186,9 @@ impl Metrics {
                     status,
                 });
             }
+            let _ = refused_by_address.get_or_create(&SourceLabels {
+                source: source.to_string(),
+            });
             for reason in crate::verify::VerifyError::CODES {
                 let _ = verify_failures.get_or_create(&ReasonLabels {
                     source: source.to_string(),
@@ -192,6 +207,7 @@ impl Metrics {
             requests,
             events,
             verify_failures,
+            refused_by_address,
             ack_seconds,
             backlog,
             journal,
@@ -236,6 +252,14 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 source: source.to_string(),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn refused_by_address(&self, source: &str) {
+        self.refused_by_address
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
             })
             .inc();
     }

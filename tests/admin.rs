@@ -213,3 +213,121 @@ async fn the_admin_token_guards_v1_but_not_health() {
     assert_eq!(admin_get(&gw, "/healthz").await.status, StatusCode::OK);
     gw.stop().await;
 }
+
+/// A request to the admin listener with these headers (the client sets Host from the URL
+/// unless one is given).
+async fn admin_call(
+    gw: &hookgate::Running,
+    method: http::Method,
+    path: &str,
+    pairs: &[(&str, &str)],
+) -> hookgate::cli::client::Reply {
+    hookgate::cli::client::request(
+        method,
+        &format!("http://{}{path}", gw.admin_addr),
+        headers(pairs),
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_rebound_name_is_misdirected_and_other_sites_cannot_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    let r = post(
+        gw.ingest_addr,
+        "/hooks/github",
+        github(
+            "g-1",
+            "push",
+            "application/json",
+            b"{\"secret\":\"payload\"}",
+        ),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "accepted");
+    use http::Method;
+
+    // DNS rebinding: the page's own name, now resolving to the admin address.
+    for path in ["/v1/events", "/v1/events/1", "/metrics"] {
+        let rebound = admin_call(&gw, Method::GET, path, &[("host", "evil.example:9090")]).await;
+        assert_eq!(rebound.status, StatusCode::MISDIRECTED_REQUEST, "{path}");
+        assert_eq!(rebound.json()["error"], "misdirected_request");
+        assert!(!String::from_utf8_lossy(&rebound.body).contains("payload"));
+        assert!(!rebound.headers.contains_key("access-control-allow-origin"));
+    }
+    // Health checks answer by any name.
+    let health = admin_call(&gw, Method::GET, "/healthz", &[("host", "hookgate.svc")]).await;
+    assert_eq!(health.status, StatusCode::OK);
+
+    // A cross-site form or fetch cannot replay.
+    let replay = "/v1/events/1/replay";
+    let cross = admin_call(
+        &gw,
+        Method::POST,
+        replay,
+        &[("origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(cross.status, StatusCode::FORBIDDEN);
+    assert_eq!(cross.json()["error"], "cross_origin");
+    let cross = admin_call(
+        &gw,
+        Method::POST,
+        replay,
+        &[("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(cross.status, StatusCode::FORBIDDEN);
+    let events = admin_get(&gw, "/v1/events").await.json();
+    assert_eq!(
+        events["events"].as_array().unwrap().len(),
+        1,
+        "nothing was replayed"
+    );
+
+    // The same origin (the console, a page served by the admin listener) and tools that
+    // send no Origin (the CLI, curl) still can.
+    let origin = format!("http://{}", gw.admin_addr);
+    let same = admin_call(
+        &gw,
+        Method::POST,
+        replay,
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(same.status, StatusCode::ACCEPTED, "{same:?}");
+    let tool = admin_call(&gw, Method::POST, replay, &[]).await;
+    assert_eq!(tool.status, StatusCode::ACCEPTED, "{tool:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_hosts_adds_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), "", GITHUB_SOURCE).replace(
+        "[admin]\n",
+        "[admin]\nhosts = [\"hookgate-admin.internal\"]\n",
+    );
+    let config = hookgate::config::Config::parse(&text).unwrap();
+    let gw = hookgate::start(&config).await.unwrap();
+    let named = admin_call(
+        &gw,
+        http::Method::GET,
+        "/v1/events",
+        &[("host", "Hookgate-Admin.internal:9090")],
+    )
+    .await;
+    assert_eq!(named.status, StatusCode::OK);
+    let other = admin_call(
+        &gw,
+        http::Method::GET,
+        "/v1/events",
+        &[("host", "other.internal")],
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::MISDIRECTED_REQUEST);
+    gw.stop().await;
+}

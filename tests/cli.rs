@@ -180,3 +180,52 @@ fn sighup_without_tls_leaves_the_gateway_running() {
     assert!(signal("-TERM").success());
     assert!(gw.child.wait().unwrap().success());
 }
+
+#[test]
+fn a_fresh_init_has_a_token_that_the_events_commands_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    let init = hookgate()
+        .args(["init", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{port}"))
+        .replace("data/journal", &dir.path().join("j").display().to_string());
+    assert!(text.contains("\ntoken = \"hga_"), "{text}");
+    std::fs::write(&path, text).unwrap();
+
+    let mut gw = common::spawn(&path);
+    let url = format!("http://{}/hooks/github", gw.ingest);
+    common::send_accepted(&path, "github", &url, &[]);
+    // Without the token the API refuses; the CLI reads it from the config.
+    let open = hookgate()
+        .args(["events", "list", "--token", "wrong", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!open.status.success());
+    let list = hookgate()
+        .args(["events", "list", "--json", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(said.contains("\"source\":\"github\""), "{said}");
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
+}

@@ -6,6 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -105,12 +106,13 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(
+/// A TLS connection offering `alpn`, with an optional client certificate.
+async fn tls_stream(
     addr: SocketAddr,
     ca_pem: &str,
     client: Option<&Issued>,
     alpn: &[&str],
-) -> Result<Conn, String> {
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
@@ -139,6 +141,16 @@ async fn connect(
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    Ok(tls)
+}
+
+async fn connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&Issued>,
+    alpn: &[&str],
+) -> Result<Conn, String> {
+    let tls = tls_stream(addr, ca_pem, client, alpn).await?;
     let (_, session) = tls.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let server_cert = session.peer_certificates().unwrap()[0].to_vec();
@@ -632,5 +644,111 @@ async fn a_tls12_only_client_is_served() {
         .insert("host", "localhost".parse().unwrap());
     let response = send.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    running.stop().await;
+}
+
+/// A gateway like `start_tls`'s, but with the tests' usual 1 s `header_read_timeout`.
+async fn start_tls_quick(sources: &str) -> (tempfile::TempDir, Pki, hookgate::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let table = tls_table(dir.path(), &pki, "optional");
+    let text = config_text(dir.path(), "", &format!("{table}{sources}"));
+    let config = hookgate::config::Config::parse(&text).unwrap();
+    let running = hookgate::start(&config).await.unwrap();
+    (dir, pki, running)
+}
+
+/// Reads until the server closes; answers how long that took.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(8), stream.read(&mut buf)).await {
+            Err(_) => panic!("the connection was still open after 8 s"),
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_that_send_no_request_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    // header_read_timeout is 1 s: idle for 1 s, then at most 1 s more to close.
+    let (_dir, pki, running) = start_tls_quick(GITHUB_SOURCE).await;
+    let ca = pki.ca.issued().cert_pem;
+    // The preface and an empty SETTINGS frame, then nothing; and nothing at all.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    for sent in [&preface[..], &[][..]] {
+        let mut tls = tls_stream(running.ingest_addr, &ca, None, &["h2"])
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(sent).await.unwrap();
+        let waited = closed_after(&mut tls).await;
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+            "sent {} bytes; closed after {waited:?}",
+            sent.len()
+        );
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_are_served_and_the_idle_connection_closed_after() {
+    let (_dir, pki, running) = start_tls_quick(GITHUB_SOURCE).await;
+    let ca = pki.ca.issued().cert_pem;
+    let mut h2 = connect(running.ingest_addr, &ca, None, &["h2"])
+        .await
+        .unwrap();
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+    // Requests spaced less than the idle limit apart keep the connection.
+    for i in 0..4 {
+        let (status, body) = h2
+            .post(
+                "/hooks/github",
+                github(
+                    &format!("idle-{i}"),
+                    "push",
+                    "application/json",
+                    &delivery_body(format!("idle-{i}")),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("accepted"))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Then idle: closed by the server.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ended = h2.ended.lock().unwrap().clone();
+    assert!(ended.is_some(), "the idle HTTP/2 connection is still open");
+    assert!(h2.get("/hooks/github").await.is_err());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_per_connection_are_limited() {
+    let (_dir, pki, running) = start_tls_quick(GITHUB_SOURCE).await;
+    let addr = running.ingest_addr;
+    let ca = pki.ca.issued().cert_pem;
+    let tls = tls_stream(addr, &ca, None, &["h2"]).await.unwrap();
+    let (mut client, mut connection) = h2::client::handshake(tls).await.unwrap();
+    let request = http::Request::post("https://localhost/hooks/nowhere")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::select! {
+        response = response => response.unwrap(),
+        ended = &mut connection => panic!("the connection ended: {ended:?}"),
+    };
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // The server's SETTINGS have arrived: server.h2_max_concurrent_streams (default 100).
+    assert_eq!(connection.max_concurrent_send_streams(), 100);
     running.stop().await;
 }

@@ -1,5 +1,8 @@
 //! The admin listener (SPEC §7): `/healthz`, `/readyz`, `/metrics`, and under `/v1/` the
-//! API through which operators and workers find, read and replay events.
+//! API through which operators and workers find, read and replay events. Requests a
+//! browser could be tricked into are refused first ([`guard`]).
+
+mod guard;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,6 +33,8 @@ pub struct Admin {
     pub journal: Journal,
     /// When set, `/v1/*` needs `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
+    /// `admin.hosts`: Host names answered besides addresses and `localhost`.
+    pub hosts: Vec<String>,
     /// With a broker configured: whether the forwarder is connected.
     pub broker_connected: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub metrics: Arc<Metrics>,
@@ -153,6 +158,9 @@ fn internal(message: String) -> Response<Body> {
 
 impl Admin {
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
+        if let Some(refused) = guard::refuse(&request, &self.hosts) {
+            return refused;
+        }
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
         let method = request.method().clone();

@@ -46,10 +46,13 @@ pub async fn request(
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut builder = Request::builder().method(method).uri(path).header(
-        http::header::HOST,
-        uri.authority().map(|a| a.as_str()).unwrap_or(host),
-    );
+    let mut builder = Request::builder().method(method).uri(path);
+    if !headers.contains_key(http::header::HOST) {
+        builder = builder.header(
+            http::header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(host),
+        );
+    }
     for (name, value) in &headers {
         builder = builder.header(name, value);
     }

@@ -74,13 +74,33 @@ pub fn init(out: &Path, force: bool) -> anyhow::Result<()> {
     if out.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", out.display());
     }
-    std::fs::write(out, STARTER).with_context(|| format!("cannot write {}", out.display()))?;
+    std::fs::write(out, starter_with_token())
+        .with_context(|| format!("cannot write {}", out.display()))?;
     println!(
         "wrote {}; check it with: hookgate check-config -c {}",
         out.display(),
         out.display()
     );
     Ok(())
+}
+
+/// The line of [`STARTER`] that `init` replaces with a token.
+const TOKEN_LINE: &str =
+    "# token = \"env:HOOKGATE_ADMIN_TOKEN\"   # `hookgate init` writes a random token here";
+
+/// The starter config with a new random admin token, so that a page in the operator's
+/// browser cannot use the admin API even from the same machine. `hookgate events` reads
+/// it from the file.
+fn starter_with_token() -> String {
+    let token = format!(
+        "hga_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    STARTER.replace(
+        TOKEN_LINE,
+        &format!("token = \"{token}\"   # random, written by `hookgate init`; `hookgate events` reads it from here"),
+    )
 }
 
 /// Asks the admin listener of the gateway that `path` configures for `/healthz` (or
@@ -349,5 +369,14 @@ mod tests {
     #[test]
     fn the_starter_config_is_valid() {
         Config::parse(STARTER).unwrap();
+    }
+
+    #[test]
+    fn init_writes_a_new_random_token() {
+        let (one, two) = (starter_with_token(), starter_with_token());
+        assert_ne!(one, two);
+        let config = Config::parse(&one).unwrap();
+        let token = config.admin.token.expect("a token").resolve().unwrap();
+        assert!(token.expose().starts_with(b"hga_") && token.expose().len() == 68);
     }
 }

@@ -45,6 +45,16 @@ pub struct ServerConfig {
     pub max_connections: usize,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
+    /// Requests failing verification allowed per client address (`COUNT/s|m|h`, or
+    /// `off`); an address over it is refused before its body is read.
+    #[serde(default = "default_failures_per_address")]
+    pub failures_per_address: String,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` for HTTP/2 connections.
+    #[serde(default = "default_h2_max_concurrent_streams")]
+    pub h2_max_concurrent_streams: u32,
+    /// How often HTTP/2 peers are pinged, and how long they have to answer.
+    #[serde(default = "default_h2_keep_alive_interval")]
+    pub h2_keep_alive_interval: Dur,
     pub tls: Option<TlsConfig>,
 }
 
@@ -72,6 +82,9 @@ pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
     pub token: Option<SecretRef>,
+    /// Host names the admin listener answers besides IP addresses and `localhost`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// HTTPS for the admin listener: the same keys as `[server.tls]`.
     pub tls: Option<TlsConfig>,
 }
@@ -206,6 +219,15 @@ fn default_max_connections() -> usize {
 fn default_drain_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
+fn default_failures_per_address() -> String {
+    "10/s".to_string()
+}
+fn default_h2_max_concurrent_streams() -> u32 {
+    100
+}
+fn default_h2_keep_alive_interval() -> Dur {
+    Dur(Duration::from_secs(20))
+}
 fn default_journal_path() -> PathBuf {
     PathBuf::from("data/journal")
 }
@@ -240,6 +262,9 @@ impl Default for ServerConfig {
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
             drain_timeout: default_drain_timeout(),
+            failures_per_address: default_failures_per_address(),
+            h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
+            h2_keep_alive_interval: default_h2_keep_alive_interval(),
             tls: None,
         }
     }
@@ -251,6 +276,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             tls: None,
             token: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -317,6 +343,16 @@ impl Config {
         }
         if self.server.max_body.0 == 0 {
             bail!("server.max_body must be at least 1 byte");
+        }
+        if self.server.h2_max_concurrent_streams == 0 {
+            bail!("server.h2_max_concurrent_streams must be at least 1");
+        }
+        if self.server.h2_keep_alive_interval.0.is_zero() {
+            bail!("server.h2_keep_alive_interval must be above 0");
+        }
+        if self.server.failures_per_address != "off" {
+            crate::source::parse_rate(&self.server.failures_per_address)
+                .map_err(|e| anyhow::anyhow!("server.failures_per_address: {e}, or off"))?;
         }
         if self.journal.max_backlog == 0 {
             bail!("journal.max_backlog must be at least 1");

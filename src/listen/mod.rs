@@ -1,21 +1,18 @@
 //! The accept loop shared by the ingest and admin listeners: a connection limit (new
-//! connections wait in the kernel's backlog while it is reached), a header-read timeout
-//! for slow clients, and a graceful stop that lets requests in flight finish within a
-//! deadline. With TLS, the handshake runs in the connection's own task under the
-//! header-read timeout, and HTTP/2 is served when ALPN chose it.
+//! connections wait in the kernel's backlog while it is reached) and a graceful stop that
+//! lets requests in flight finish within a deadline. Each connection is served in its own
+//! task by [`conn`], under the time limits it describes (TLS handshake, idle and header
+//! timeouts, HTTP/2 streams and pings).
 
+pub mod conn;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming as HyperBody;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
@@ -23,34 +20,18 @@ use tracing::Instrument;
 use crate::answer::Body;
 use crate::metrics::Metrics;
 
+pub use conn::ClientAddr;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_connections: usize,
+    /// For the TLS handshake, each request's headers, and idle connections.
     pub header_read_timeout: Duration,
     pub drain_timeout: Duration,
-}
-
-/// Wraps `handler` as a hyper service that hands each request the connection's identity.
-fn service<H, Fut>(
-    handler: H,
-    identity: Option<tls::ClientIdentity>,
-) -> impl hyper::service::Service<
-    Request<HyperBody>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-> + Clone
-where
-    H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    service_fn(move |mut request: Request<HyperBody>| {
-        let handler = handler.clone();
-        if let Some(identity) = &identity {
-            request.extensions_mut().insert(identity.clone());
-        }
-        async move { Ok::<_, Infallible>(handler(request).await) }
-    })
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` of an HTTP/2 connection.
+    pub h2_max_streams: u32,
+    /// How often an HTTP/2 peer is pinged, and how long it has to answer.
+    pub h2_ping_interval: Duration,
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -58,8 +39,8 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Serves `handler` on `listener` until `stop` turns true, then drains. With `tls`, each
-/// request carries the client's [`tls::ClientIdentity`] as an extension when it
+/// Serves `handler` on `listener` until `stop` turns true, then drains. Each request
+/// carries the client's [`ClientAddr`], and with `tls` its [`tls::ClientIdentity`] when it
 /// presented a certificate.
 pub async fn serve<H, Fut>(
     name: &'static str,
@@ -73,14 +54,7 @@ pub async fn serve<H, Fut>(
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
     loop {
         let permit = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -99,69 +73,38 @@ pub async fn serve<H, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         let open = metrics.connection(name);
         let span = tracing::info_span!("conn", listener = name, %peer);
-        let connection = async move {
-            let ended = match acceptor {
-                None => {
-                    let service = service(handler, None);
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                            .await;
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let (_, session) = stream.get_ref();
-                    let identity = tls::client_identity(session.peer_certificates());
-                    let h2 = session.alpn_protocol() == Some(b"h2");
-                    let service = service(handler, identity);
-                    if h2 {
-                        let mut http2 =
-                            hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                        http2.timer(TokioTimer::new());
-                        watcher
-                            .watch(http2.serve_connection(TokioIo::new(stream), service))
-                            .await
-                    } else {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(stream), service))
-                            .await
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let served = conn::serve(
+            stream,
+            peer,
+            limits,
+            acceptor,
+            handler.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(
+            async move {
+                served.await;
+                drop(open);
+                drop(permit);
             }
-            drop(open);
-            drop(permit);
-        };
-        tokio::spawn(connection.instrument(span));
+            .instrument(span),
+        );
     }
     drop(listener);
-    let open = graceful.count();
+    // Every connection holds a permit until it ends; each closes itself gracefully on the
+    // stop and is dropped after `drain_timeout`, so this wait is bounded too.
+    let open = limits.max_connections - permits.available_permits();
     tracing::info!(
         listener = name,
         open,
         "stopped accepting; draining connections"
     );
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained = permits.acquire_many(all);
+    if tokio::time::timeout(limits.drain_timeout + Duration::from_secs(1), drained)
         .await
         .is_err()
     {

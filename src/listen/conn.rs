@@ -1,0 +1,214 @@
+//! One accepted connection, from the TLS handshake to its close: HTTP/1.1, or HTTP/2
+//! when ALPN chose it, each under the same time limits.
+//!
+//! - The TLS handshake must finish within `header_read_timeout`.
+//! - A connection with no request open is idle. After `header_read_timeout` idle it is
+//!   closed: before its first request (an HTTP/2 client that sends only its preface, or
+//!   nothing) and between requests (a kept-alive HTTP/1.1 connection, an HTTP/2 one with
+//!   no stream open). For HTTP/1.1 hyper's own header timer does the same, since it also
+//!   runs while a kept-alive connection waits for its next request.
+//! - HTTP/2 streams are limited per connection and the peer is pinged, so a dead peer
+//!   holding a stream open is noticed.
+//! - A close is graceful (HTTP/2 `GOAWAY`), and bounded: a peer that does not let the
+//!   connection finish (say, never answers the `GOAWAY`'s ping) is cut off after another
+//!   `header_read_timeout`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming as HyperBody;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::tls::{self, ClientIdentity};
+use super::{stopped, Limits};
+use crate::answer::Body;
+
+/// The client's address, put into every request's extensions (per-address limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Serves one connection until it ends, the listener stops (then it gets
+/// `drain_timeout`), or it idles past its limit.
+pub async fn serve<H, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: Limits,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    handler: H,
+    stop: watch::Receiver<bool>,
+) where
+    H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (open, watched) = watch::channel(0usize);
+    let open = Arc::new(open);
+    let Some(acceptor) = acceptor else {
+        let service = service(handler, peer, None, open);
+        let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
+        return drive(connection, limits, watched, stop).await;
+    };
+    let stream =
+        match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!("TLS handshake timed out"),
+        };
+    let (_, session) = stream.get_ref();
+    let identity = tls::client_identity(session.peer_certificates());
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let service = service(handler, peer, identity, open);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_streams)
+            .keep_alive_interval(limits.h2_ping_interval)
+            .keep_alive_timeout(limits.h2_ping_interval);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        drive(connection, limits, watched, stop).await
+    } else {
+        let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
+        drive(connection, limits, watched, stop).await
+    }
+}
+
+fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+}
+
+/// Wraps `handler` as a hyper service that hands each request the client's address and
+/// identity, and counts the requests open on the connection in `open`, from the request
+/// until its answer's body is sent (a streamed answer keeps its connection busy).
+fn service<H, Fut>(
+    handler: H,
+    peer: SocketAddr,
+    identity: Option<ClientIdentity>,
+    open: Arc<watch::Sender<usize>>,
+) -> impl hyper::service::Service<
+    Request<HyperBody>,
+    Response = Response<Counted<Body>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Counted<Body>>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    service_fn(move |mut request: Request<HyperBody>| {
+        let handler = handler.clone();
+        request.extensions_mut().insert(ClientAddr(peer));
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
+        // Dropped when the handler finishes or hyper drops it (a reset stream).
+        let busy = Busy::new(open.clone());
+        async move {
+            let response = handler(request).await;
+            Ok::<_, Infallible>(response.map(|body| Counted { body, _busy: busy }))
+        }
+    })
+}
+
+/// An answer's body that keeps its request counted until hyper has sent it (or dropped
+/// it).
+pub struct Counted<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One open request, counted while it lives.
+struct Busy(Arc<watch::Sender<usize>>);
+
+impl Busy {
+    fn new(open: Arc<watch::Sender<usize>>) -> Busy {
+        open.send_modify(|n| *n += 1);
+        Busy(open)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Polls `connection` to its end; starts a graceful close when the listener stops or the
+/// connection idles past `header_read_timeout`, and drops it if that close takes too long.
+async fn drive<C>(
+    connection: C,
+    limits: Limits,
+    mut open: watch::Receiver<usize>,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut connection = pin!(connection);
+    let grace = tokio::select! {
+        ended = connection.as_mut() => return report(ended),
+        _ = stopped(&mut stop) => limits.drain_timeout,
+        _ = idle(&mut open, limits.header_read_timeout) => {
+            tracing::debug!("idle connection closed");
+            limits.header_read_timeout
+        }
+    };
+    connection.as_mut().graceful_shutdown();
+    match tokio::time::timeout(grace, connection).await {
+        Ok(ended) => report(ended),
+        Err(_) => tracing::debug!("connection did not close in time; dropped"),
+    }
+}
+
+fn report<E: std::fmt::Display>(ended: Result<(), E>) {
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves once no request has been open for `limit`.
+async fn idle(open: &mut watch::Receiver<usize>, limit: Duration) {
+    loop {
+        if *open.borrow_and_update() == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(limit) => return,
+                changed = open.changed() => if changed.is_err() { return },
+            }
+        } else if open.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -62,6 +62,7 @@ impl Rejection {
                     StatusCode::BAD_REQUEST
                 }
                 ReceiveError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+                ReceiveError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             },
             Rejection::Verify(_) => StatusCode::UNAUTHORIZED,
             Rejection::Admit(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -82,6 +83,7 @@ impl Rejection {
                 ReceiveError::UnsupportedMediaType(_) => "unsupported_media_type",
                 ReceiveError::MalformedBody(_) | ReceiveError::BodyFailed => "malformed_body",
                 ReceiveError::BodyTimeout => "request_timeout",
+                ReceiveError::Busy => "unavailable",
             },
             Rejection::Verify(e) => e.code(),
             Rejection::Admit(_) => "field_too_long",
@@ -99,7 +101,9 @@ impl Rejection {
                 | JournalError::BacklogBytesFull { .. }
                 | JournalError::DiskLow(_),
             ) => Some(30),
-            Rejection::Journal(_) | Rejection::JournalTimeout => Some(5),
+            Rejection::Journal(_)
+            | Rejection::JournalTimeout
+            | Rejection::Receive(ReceiveError::Busy) => Some(5),
             _ => None,
         }
     }

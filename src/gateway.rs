@@ -19,7 +19,8 @@ use crate::journal::{Journal, Outcome};
 use crate::listen::tls::ClientIdentity;
 use crate::listen::ClientAddr;
 use crate::metrics::{Metrics, UNKNOWN_SOURCE};
-use crate::receive::{self, ReceiveError};
+use crate::receive;
+use crate::receive::budget::{Budget, Held};
 use crate::refuse::{ByAddress, RefusalLog};
 use crate::source::Source;
 use crate::verify::{self, Incoming, Scheme};
@@ -48,6 +49,8 @@ pub struct Gateway {
     /// `server.failures_per_address`, unless `off`.
     pub by_address: Option<ByAddress>,
     pub refusals: Arc<RefusalLog>,
+    /// `server.max_inflight_bytes`: body bytes held across every request.
+    pub budget: Budget,
 }
 
 impl Gateway {
@@ -117,12 +120,18 @@ impl Gateway {
         };
         let (parts, body) = request.into_parts();
         // A slow sender is cut off after `request_timeout`; so is a stuck journal below.
-        let body = tokio::time::timeout_at(
-            deadline,
-            receive::read_body(&parts.headers, body, source.max_body),
-        )
-        .await
-        .map_err(|_| ReceiveError::BodyTimeout)??;
+        // The body's bytes come out of the shared budget and go back when this request
+        // is answered (`held` lives until then).
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut held = Held::none();
+        let body = self
+            .budget
+            .read(declared, body, source.max_body, &mut held, deadline)
+            .await?;
         if self.log_bodies {
             let shown = &body[..body.len().min(64 * 1024)];
             tracing::debug!(target: "hookgate::bodies", size = body.len(), body = %String::from_utf8_lossy(shown), "body received");

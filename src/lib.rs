@@ -137,7 +137,12 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout.0,
         drain_timeout: config.server.drain_timeout.0,
-        h2_max_streams: config.server.h2_max_concurrent_streams,
+        // No more streams on one connection than the memory budget holds bodies.
+        h2_max_streams: config.server.h2_max_concurrent_streams.min(
+            u32::try_from(config.server.max_inflight_bytes.0 / config.server.max_body.0.max(1))
+                .unwrap_or(u32::MAX)
+                .max(1),
+        ),
         h2_ping_interval: config.server.h2_keep_alive_interval.0,
     };
     let (stop, stopped) = watch::channel(false);
@@ -168,6 +173,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         log_bodies,
         by_address,
         refusals: refusals.clone(),
+        budget: receive::budget::Budget::new(config.server.max_inflight_bytes.0),
     });
     // Applied again when events are read, so that events journaled before a header was
     // dropped are neither shown nor forwarded with it.

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub request_timeout: Dur,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Request body bytes held in memory across every connection and stream; a body
+    /// waits for room, and past `request_timeout` gets 503.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: Size,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
     /// Requests failing verification allowed per client address (`COUNT/s|m|h`, or
@@ -216,6 +220,9 @@ fn default_request_timeout() -> Dur {
 fn default_max_connections() -> usize {
     10_000
 }
+fn default_max_inflight_bytes() -> Size {
+    Size(256 << 20)
+}
 fn default_drain_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
@@ -261,6 +268,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
+            max_inflight_bytes: default_max_inflight_bytes(),
             drain_timeout: default_drain_timeout(),
             failures_per_address: default_failures_per_address(),
             h2_max_concurrent_streams: default_h2_max_concurrent_streams(),

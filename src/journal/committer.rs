@@ -39,6 +39,9 @@ pub(super) struct Log {
 
 /// The most commands applied before one flush; bounds the latency of a group.
 const MAX_GROUP: usize = 4096;
+/// The most event bytes in one group: with `MAX_GROUP`, bounds the log's write buffer
+/// (which shrinks back after a large group) and a group's latency.
+const MAX_GROUP_BYTES: usize = 16 << 20;
 /// How many delivery attempts an event's log keeps.
 const MAX_ATTEMPTS_LOGGED: usize = 20;
 /// The most records one compaction step removes, so that appends are not held up.
@@ -188,10 +191,14 @@ impl Committer {
                 break;
             };
             let began = std::time::Instant::now();
+            let mut group_bytes = first.bytes();
             group.push(first);
-            while group.len() < MAX_GROUP {
+            while group.len() < MAX_GROUP && group_bytes < MAX_GROUP_BYTES {
                 match commands.try_recv() {
-                    Ok(command) => group.push(command),
+                    Ok(command) => {
+                        group_bytes += command.bytes();
+                        group.push(command);
+                    }
                     Err(_) => break,
                 }
             }
@@ -407,8 +414,8 @@ impl Committer {
                 content_type: event.content_type,
                 headers: event.headers,
                 client_identity: event.client_identity,
-                body: event.body.to_vec(),
-                normalised: event.normalised.map(|b| b.to_vec()),
+                body: event.body,
+                normalised: event.normalised,
             },
             replays: 0,
             order_ts,

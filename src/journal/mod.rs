@@ -175,6 +175,18 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The event bytes it brings to a group.
+    fn bytes(&self) -> usize {
+        match self {
+            Command::Append { event, .. } => {
+                event.body.len() + event.normalised.as_ref().map_or(0, |n| n.len())
+            }
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Trees {
     events: sled::Tree,

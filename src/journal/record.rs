@@ -112,10 +112,10 @@ pub struct Content {
     pub content_type: String,
     pub headers: Vec<(String, String)>,
     pub client_identity: Option<String>,
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub normalised: Option<Vec<u8>>,
+    /// `Bytes` (written as postcard bytes, like `serde_bytes`), so that the body the
+    /// request was read into goes into the log write without a copy of its own.
+    pub body: bytes::Bytes,
+    pub normalised: Option<bytes::Bytes>,
 }
 
 /// A commit log entry: everything an append wrote, so that the index can be written
@@ -236,8 +236,8 @@ impl Record {
             content_type: content.content_type,
             headers: content.headers,
             client_identity: content.client_identity,
-            body: content.body,
-            normalised: content.normalised,
+            body: content.body.into(),
+            normalised: content.normalised.map(Vec::from),
             attempts_log: index.attempts_log,
             replays: index.replays,
         }
@@ -251,8 +251,8 @@ impl Record {
             content_type: self.content_type.clone(),
             headers: self.headers.clone(),
             client_identity: self.client_identity.clone(),
-            body: self.body.clone(),
-            normalised: self.normalised.clone(),
+            body: self.body.clone().into(),
+            normalised: self.normalised.clone().map(bytes::Bytes::from),
         }
     }
 
@@ -292,7 +292,7 @@ pub fn encode_index(index: &Index) -> Vec<u8> {
 /// the log's).
 pub fn encode_created(created: &Created, out: &mut Vec<u8>) {
     let content = &created.content;
-    out.reserve(512 + content.body.len() + content.normalised.as_ref().map_or(0, Vec::len));
+    out.reserve(512 + content.body.len() + content.normalised.as_ref().map_or(0, |n| n.len()));
     postcard::to_io(created, out).expect("writing to a Vec cannot fail");
 }
 

@@ -71,6 +71,11 @@ pub async fn serve<H, Fut>(
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_streams)
+            // What a peer may send before hookgate reads it is held in memory: small
+            // windows keep a connection's share small (bodies are read as the memory
+            // budget allows).
+            .initial_stream_window_size(H2_WINDOW)
+            .initial_connection_window_size(2 * H2_WINDOW)
             .keep_alive_interval(limits.h2_ping_interval)
             .keep_alive_timeout(limits.h2_ping_interval);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -81,11 +86,19 @@ pub async fn serve<H, Fut>(
     }
 }
 
+/// The HTTP/1.1 read buffer's limit.
+const H1_BUFFER: usize = 16 * 1024;
+/// The HTTP/2 flow-control window of a stream (the connection's is twice that).
+const H2_WINDOW: u32 = 256 * 1024;
+
 fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // hyper reads ahead into this buffer; bounding it bounds what a connection whose
+        // body waits for the memory budget holds (and the size of a request's headers).
+        .max_buf_size(H1_BUFFER)
         .keep_alive(true);
     builder
 }

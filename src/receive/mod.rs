@@ -2,12 +2,12 @@
 //! payload by content type (SPEC §6). JSON is kept byte for byte; forms and XML become
 //! JSON; GitHub's form delivery unwraps its `payload` field.
 
+pub mod budget;
 mod form;
 mod xml;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::BodyExt;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum ReceiveError {
     BodyTimeout,
     #[error("the connection failed while reading the body")]
     BodyFailed,
+    #[error("the gateway holds as many request bodies as server.max_inflight_bytes allows; retry shortly")]
+    Busy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,32 +136,6 @@ fn add_repeated(fields: &mut serde_json::Map<String, Value>, name: String, value
 fn normalised(value: Value) -> Payload {
     let json = Bytes::from(serde_json::to_vec(&value).expect("a JSON value always serialises"));
     Payload { value, json }
-}
-
-/// Reads a body of at most `limit` bytes, refusing early on a larger `Content-Length`.
-pub async fn read_body<B>(headers: &HeaderMap, body: B, limit: u64) -> Result<Bytes, ReceiveError>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ReceiveError::PayloadTooLarge { limit });
-    }
-    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ReceiveError::PayloadTooLarge { limit })
-        }
-        Err(_) => Err(ReceiveError::BodyFailed),
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,16 @@
-//! Entry points for fuzzing the parsers and verifiers with arbitrary bytes: the cargo-fuzz
-//! targets in `fuzz/` call these, and so does a bounded run in the test suite. Each must
-//! return (with any result) for every input: a panic is a bug.
+//! Entry points for fuzzing the parsers, verifiers, admin queries and journal decoders
+//! with arbitrary bytes: the cargo-fuzz targets in `fuzz/` call these, and so does a
+//! bounded run in the test suite. Each must return (with any result) for every input: a
+//! panic is a bug.
+
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::admin::query;
 use crate::config::Secret;
+use crate::journal::{log, record};
 use crate::locator::Locator;
 use crate::receive::{self, ContentKind};
 use crate::verify::mac::Algorithm;
@@ -116,6 +121,57 @@ pub fn parse_any(data: &[u8]) {
     let _ = receive::parse(kind, &body, selector & 4 != 0, selector & 8 != 0);
 }
 
+/// The query string of `GET /v1/events` and of `POST /v1/replay`, and `since` alone; what
+/// parses must be within the API's bounds.
+pub fn admin_query(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    // A fixed clock: a finding must replay the same way.
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+    let last = 1_000;
+    if let Ok(asked) = query::parse_list(&text, last) {
+        assert!((1..=query::MAX_LIMIT).contains(&asked.filter.limit));
+        assert!(asked.wait <= query::MAX_WAIT);
+        assert_eq!(asked.filter.until, Some(last));
+    }
+    if let Ok(filter) = query::parse_replay(&text, last, now) {
+        assert_eq!(filter.until, Some(last));
+    }
+    let _ = query::parse_since(&text, now);
+}
+
+/// Every decoder of what the journal stores (events tree values, summaries, records,
+/// commit log entries), and the commit log scanner with the bytes as a segment, from the
+/// start and from the offset the first byte names.
+pub fn journal_records(data: &[u8]) {
+    let _ = record::decode_stored(data);
+    let _ = record::decode_summary(data);
+    let _ = record::decode(data);
+    let _ = record::decode_created(data);
+    let offsets = [0, data.first().map_or(0, |&b| u64::from(b))];
+    for offset in offsets {
+        let Ok(scanned) = log::scan_bytes(data, 7, offset) else {
+            continue;
+        };
+        assert!(scanned.end <= scanned.len && scanned.len == data.len() as u64);
+        let mut after = offset.min(scanned.len);
+        for found in &scanned.found {
+            match found {
+                log::Found::Entry(entry) => {
+                    assert!(entry.loc.offset >= after && entry.loc.segment == 7);
+                    // Past at least its bytes (the header's length depends on the format).
+                    after = entry.loc.offset + u64::from(entry.loc.len);
+                    let _ = record::decode_created(&entry.bytes);
+                }
+                log::Found::Damaged { offset, len } => {
+                    assert!(*offset >= after && *len > 0);
+                    after = offset + len;
+                }
+            }
+        }
+        assert!(after <= scanned.end);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! A bounded, deterministic run of the fuzz entry points over inputs mutated from
@@ -174,9 +230,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn verifiers_survive_mutated_inputs() {
-        let seed: Vec<u8> = [
+    /// The rest of the headers (empty), a body and a query, after the mutated ones.
+    const VERIFY_TAIL: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff{\"webhookTimestamp\":-9223372036854775808}\xffbodySHA256=00";
+
+    fn verify_seed() -> Vec<u8> {
+        [
             &b"sha256=00ff"[..],
             b"sha1=zz",
             b"t=1700000000,v1=abcd,v0=1",
@@ -184,12 +242,163 @@ mod tests {
             b"1614265330",
             b"v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= v1a,AAAA",
         ]
-        .join(&0xFFu8);
+        .join(&0xFFu8)
+    }
+
+    #[test]
+    fn verifiers_survive_mutated_inputs() {
+        let seed = verify_seed();
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for _ in 0..5_000 {
             let mut data = mutate(&mut rng, &seed);
-            data.extend_from_slice(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff{\"webhookTimestamp\":-9223372036854775808}\xffbodySHA256=00");
+            data.extend_from_slice(VERIFY_TAIL);
             verify_any(&data);
+        }
+    }
+
+    const QUERY_SEEDS: &[&[u8]] = &[
+        b"source=gh&type=push&status=failed&after=7&wait=2s&limit=50",
+        b"after=latest&wait=300000ms&limit=1000",
+        b"since=2024-02-29T23:59:60.123%2B01:00&status=queued",
+        b"since=18446744073709551615d&source=%F0%9F%92%A9",
+        b"since=7d&wait=5m&limit=%31",
+    ];
+
+    #[test]
+    fn admin_queries_survive_mutated_inputs() {
+        let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+        for i in 0..30_000 {
+            admin_query(&mutate(&mut rng, QUERY_SEEDS[i % QUERY_SEEDS.len()]));
+        }
+    }
+
+    fn created(seq: u64) -> record::Created {
+        record::Created {
+            summary: record::Summary {
+                seq,
+                id: "evt_1".into(),
+                source: "stripe".into(),
+                event_type: Some("charge.succeeded".into()),
+                status: record::Status::Queued,
+                received_at_ms: 1_700_000_000_123,
+                attempts: 1,
+                size: 2,
+                replay_of: Some(3),
+            },
+            content: record::Content {
+                event_ts: Some(-1),
+                order_key: Some("k".into()),
+                content_type: "application/json".into(),
+                headers: vec![("stripe-signature".into(), "t=1,v1=ab".into())],
+                client_identity: None,
+                body: b"{}".to_vec(),
+                normalised: Some(b"[]".to_vec()),
+            },
+            replays: 2,
+            order_ts: Some(5),
+            remembered: true,
+        }
+    }
+
+    /// A segment as the writer lays it out: an entry of each format, then a torn one.
+    fn segment() -> Vec<u8> {
+        let mut out = Vec::new();
+        for seq in [1, 2] {
+            let mut body = Vec::new();
+            record::encode_created(&created(seq), &mut body);
+            let mut header = b"HGLE\x02\0\0\0".to_vec();
+            header.extend_from_slice(&seq.to_le_bytes());
+            header.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&header);
+            crc.update(&body);
+            header.extend_from_slice(&crc.finalize().to_le_bytes());
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&body);
+        }
+        let mut body = Vec::new();
+        record::encode_created(&created(3), &mut body);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"HGLE\x02\0\0\0\x04");
+        out
+    }
+
+    #[test]
+    fn the_seed_segment_scans_whole() {
+        let scanned = log::scan_bytes(&segment(), 7, 0).unwrap();
+        let seqs: Vec<_> = scanned
+            .found
+            .iter()
+            .map(|f| match f {
+                log::Found::Entry(e) => record::decode_created(&e.bytes).unwrap().summary.seq,
+                log::Found::Damaged { .. } => 0,
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(scanned.len - scanned.end, 9, "the torn tail");
+    }
+
+    /// A segment, a whole record, an index and a log entry's bytes.
+    fn journal_seeds() -> [Vec<u8>; 4] {
+        let c = created(9);
+        let index = record::Index {
+            summary: c.summary.clone(),
+            content: record::Loc {
+                segment: 1,
+                offset: 24,
+                len: 100,
+            },
+            attempts_log: vec![record::Attempt {
+                at_ms: 1,
+                outcome: "503".into(),
+            }],
+            replays: 1,
+        };
+        let whole = record::encode(&record::Record::from_parts(
+            index.clone(),
+            c.content.clone(),
+        ));
+        let mut entry = Vec::new();
+        record::encode_created(&c, &mut entry);
+        [segment(), whole, record::encode_index(&index), entry]
+    }
+
+    #[test]
+    fn journal_decoders_survive_mutated_inputs() {
+        let seeds = journal_seeds();
+        let mut rng = Rng(0x1405_7b7e_f767_814f);
+        for i in 0..20_000 {
+            journal_records(&mutate(&mut rng, &seeds[i % seeds.len()]));
+        }
+    }
+
+    /// Writes these tests' seeds as a starting corpus for the real fuzzer:
+    /// `FUZZ_CORPUS=fuzz/corpus cargo test --lib write_fuzz_corpus -- --ignored`. A valid
+    /// commit log entry (magic, CRC) is all but impossible for libFuzzer to build alone.
+    #[test]
+    #[ignore]
+    fn write_fuzz_corpus() {
+        let root = std::path::PathBuf::from(std::env::var("FUZZ_CORPUS").expect("FUZZ_CORPUS"));
+        let sets: [(&str, Vec<Vec<u8>>); 4] = [
+            ("parse", PARSE_SEEDS.iter().map(|s| s.to_vec()).collect()),
+            (
+                "verify",
+                vec![[verify_seed(), VERIFY_TAIL.to_vec()].concat()],
+            ),
+            (
+                "admin_query",
+                QUERY_SEEDS.iter().map(|s| s.to_vec()).collect(),
+            ),
+            ("records", journal_seeds().to_vec()),
+        ];
+        for (target, seeds) in sets {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, seed) in seeds.iter().enumerate() {
+                std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+            }
         }
     }
 }

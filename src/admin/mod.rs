@@ -5,7 +5,6 @@
 mod guard;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -17,17 +16,13 @@ use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
 use crate::gateway::Clock;
 use crate::headers::HeaderPolicies;
-use crate::journal::{Journal, ListFilter, ReadError, Record, SourceCounts, Status, Summary};
+use crate::journal::{Journal, ListFilter, ReadError, Record, SourceCounts, Summary};
 use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
 
-const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = 1000;
-/// The longest `wait` a listing may ask for.
-const MAX_WAIT: Duration = Duration::from_secs(300);
-/// How many events one journal command of a bulk replay queues again (each embedded copy
-/// rewrites its body, so ingest waits behind no more than this).
-const REPLAY_CHUNK: usize = 256;
+pub mod query;
+
+use query::{parse_list, parse_replay, ListQuery, REPLAY_CHUNK};
 
 pub struct Admin {
     pub journal: Journal,
@@ -128,27 +123,6 @@ fn unavailable(message: String) -> Response<Body> {
         http::HeaderValue::from_static("5"),
     );
     response
-}
-
-fn bad_status(value: &str) -> String {
-    format!("status `{value}` is not one of queued, delivered, stale, failed")
-}
-
-/// `since` is an RFC 3339 time or a duration back from `now` (`90m`, `2h`, `7d`);
-/// answers milliseconds since the epoch.
-fn parse_since(value: &str, now: SystemTime) -> Result<u64, String> {
-    if let Ok(t) =
-        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-    {
-        let ms = t.unix_timestamp_nanos() / 1_000_000;
-        return Ok(ms.max(0) as u64);
-    }
-    match crate::config::units::parse_duration(value) {
-        Ok(back) => Ok(crate::unix_ms(now).saturating_sub(back.as_millis() as u64)),
-        Err(_) => Err(format!(
-            "since `{value}` is neither an RFC 3339 time nor a duration such as 2h"
-        )),
-    }
 }
 
 fn internal(message: String) -> Response<Body> {
@@ -297,32 +271,11 @@ impl Admin {
 
     /// `POST /v1/replay?source=&status=&since=`: every matching event that exists now.
     async fn replay_matching(&self, query: &str) -> Response<Body> {
-        let mut filter = ListFilter {
-            limit: REPLAY_CHUNK,
-            until: Some(*self.journal.last_seq().borrow()),
-            ..ListFilter::default()
+        let last = *self.journal.last_seq().borrow();
+        let mut filter = match parse_replay(query, last, self.clock.now()) {
+            Ok(filter) => filter,
+            Err(e) => return bad_request(e),
         };
-        let mut named = false;
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            match name.as_ref() {
-                "source" => filter.source = Some(value.into_owned()),
-                "status" => match Status::parse(&value) {
-                    Some(s) => filter.status = Some(s),
-                    None => return bad_request(bad_status(&value)),
-                },
-                "since" => match parse_since(&value, self.clock.now()) {
-                    Ok(ms) => filter.received_from_ms = ms,
-                    Err(e) => return bad_request(e),
-                },
-                other => return bad_request(format!("unknown parameter `{other}`")),
-            }
-            named = true;
-        }
-        if !named {
-            return bad_request(
-                "name what to replay with at least one of source, status and since".into(),
-            );
-        }
         // Every match first (a seq is 8 bytes), so that an embedded replay that would
         // fill the backlog can be refused before it starts.
         let until = filter.until.unwrap_or(0);
@@ -398,43 +351,11 @@ impl Admin {
         // Registered before the first read, so that an event made durable after it wakes
         // the wait below.
         let mut durable = self.journal.last_seq();
-        let mut filter = ListFilter {
-            limit: DEFAULT_LIMIT,
-            until: Some(*durable.borrow_and_update()),
-            ..ListFilter::default()
+        let last = *durable.borrow_and_update();
+        let ListQuery { mut filter, wait } = match parse_list(query, last) {
+            Ok(asked) => asked,
+            Err(e) => return bad_request(e),
         };
-        let mut wait = Duration::ZERO;
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            match name.as_ref() {
-                "source" => filter.source = Some(value.into_owned()),
-                "type" => filter.event_type = Some(value.into_owned()),
-                "status" => match Status::parse(&value) {
-                    Some(s) => filter.status = Some(s),
-                    None => return bad_request(bad_status(&value)),
-                },
-                "after" if value == "latest" => filter.after = filter.until.unwrap_or(0),
-                "after" => match value.parse() {
-                    Ok(n) => filter.after = n,
-                    Err(_) => {
-                        return bad_request(format!(
-                            "after `{value}` is not a sequence number or `latest`"
-                        ))
-                    }
-                },
-                "wait" => match crate::config::units::parse_duration(&value) {
-                    Ok(d) if d <= MAX_WAIT => wait = d,
-                    Ok(_) => return bad_request("wait may be at most 5m".into()),
-                    Err(e) => return bad_request(format!("wait: {e}")),
-                },
-                "limit" => match value.parse::<usize>() {
-                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => filter.limit = n,
-                    _ => {
-                        return bad_request(format!("limit must be a number from 1 to {MAX_LIMIT}"))
-                    }
-                },
-                other => return bad_request(format!("unknown parameter `{other}`")),
-            }
-        }
         let deadline = tokio::time::Instant::now() + wait;
         let mut stop = self.stop.clone();
         let (summaries, next_after) = loop {

@@ -194,12 +194,17 @@ pub struct Scanned {
 pub fn scan(dir: &Path, segment: u64, offset: u64) -> io::Result<Scanned> {
     let mut bytes = Vec::new();
     File::open(segment_path(dir, segment))?.read_to_end(&mut bytes)?;
+    scan_bytes(&bytes, segment, offset)
+}
+
+/// [`scan`] over a segment's bytes already read (the fuzzer feeds it arbitrary ones).
+pub fn scan_bytes(bytes: &[u8], segment: u64, offset: u64) -> io::Result<Scanned> {
     let len = bytes.len() as u64;
     let mut at = offset.min(len) as usize;
     let mut end = at;
     let mut found = Vec::new();
     while at < bytes.len() {
-        match parse_at(&bytes, at) {
+        match parse_at(bytes, at) {
             At::Whole { seq, start, len } => {
                 if at > end {
                     found.push(Found::Damaged {
@@ -229,7 +234,7 @@ pub fn scan(dir: &Path, segment: u64, offset: u64) -> io::Result<Scanned> {
                     ),
                 ))
             }
-            At::Bad => match resync(&bytes, at + 1) {
+            At::Bad => match resync(bytes, at + 1) {
                 Some(next) => at = next,
                 None => break,
             },

@@ -24,7 +24,7 @@ mod core;
 mod disk;
 mod flusher;
 mod index;
-mod log;
+pub(crate) mod log;
 pub mod record;
 
 use std::collections::BTreeMap;

@@ -234,7 +234,12 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         outcome: Outcome::default(),
     };
     eprintln!("powercut: guest files in {}", dir.display());
-    let result = cycles(&mut state, &options, stamp).await;
+    // On SIGINT or SIGTERM the cycles' future is dropped, and with it the guest (its
+    // Drop kills QEMU): no guest outlives the harness.
+    let result = tokio::select! {
+        result = cycles(&mut state, &options, stamp) => result,
+        signal = interrupted() => Err(anyhow::anyhow!("stopped by {signal}")),
+    };
     if let Some((exchange, queue)) = &names {
         delete_broker_names(exchange, queue).await;
     }
@@ -311,7 +316,9 @@ async fn boot(state: &mut Run) -> anyhow::Result<Guest> {
         state.boots += 1;
         let mut guest = state.machine.boot(state.accel, "default", state.boots)?;
         let limit = match state.accel {
-            Accel::Kvm if state.boots == 1 => Duration::from_secs(30),
+            // A KVM guest that works answers in a few seconds; one that hits "emulation
+            // failure" (nested virtualisation) hangs silently.
+            Accel::Kvm if state.boots == 1 => Duration::from_secs(15),
             _ => Duration::from_secs(180),
         };
         match healthy(state, &mut guest, limit).await {
@@ -482,6 +489,20 @@ async fn check(
         state.outcome.queue = Some(verify::check(&state.sent, &state.queued));
     }
     Ok(())
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
 }
 
 async fn delete_broker_names(exchange: &str, queue: &str) {

@@ -24,6 +24,7 @@ fn missing() -> Option<String> {
         ("busybox", "busybox-static"),
         ("cpio", "cpio"),
         ("mkfs.ext4", "e2fsprogs"),
+        ("socat", "socat"),
     ] {
         if !on_path(tool) {
             return Some(format!("{tool} (Debian: {package})"));

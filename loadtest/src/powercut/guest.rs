@@ -14,7 +14,15 @@ use anyhow::Context;
 /// The kernel modules the guest loads (with their dependencies, from `modules.dep`).
 /// ext4 and crc32c are built into Debian's cloud kernel; if a kernel has them as modules
 /// they are picked up too.
-const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_net", "ext4"];
+/// virtio_rng feeds the guest's entropy pool from the host, so that nothing in a fresh
+/// guest waits for randomness.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "ext4",
+];
 
 /// What the guest is built from, found on the host.
 pub struct Kit {
@@ -63,7 +71,7 @@ impl Kit {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -277,7 +285,9 @@ impl Machine {
             self.ingest_port, self.admin_port
         );
         if self.broker {
-            net.push_str(",guestfwd=tcp:10.0.2.100:5672-tcp:127.0.0.1:5672");
+            // `cmd:` runs socat for each connection the guest opens; a `tcp:` target would
+            // be one connection, made once when QEMU starts.
+            net.push_str(",guestfwd=tcp:10.0.2.100:5672-cmd:socat STDIO TCP:127.0.0.1:5672");
         }
         let mut command = Command::new(&self.qemu);
         match accel {

@@ -187,6 +187,10 @@ struct Run {
 
 pub async fn run(options: Options) -> anyhow::Result<Outcome> {
     let kit = Kit::find()?;
+    anyhow::ensure!(
+        !options.broker || guest::which("socat").is_some(),
+        "--broker needs socat (Debian: socat) to carry the guest's broker connections"
+    );
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -319,7 +323,8 @@ async fn boot(state: &mut Run) -> anyhow::Result<Guest> {
             // A KVM guest that works answers in a few seconds; one that hits "emulation
             // failure" (nested virtualisation) hangs silently.
             Accel::Kvm if state.boots == 1 => Duration::from_secs(15),
-            _ => Duration::from_secs(180),
+            // An emulated guest on a busy machine boots in 20-75 s here.
+            _ => Duration::from_secs(300),
         };
         match healthy(state, &mut guest, limit).await {
             Ok(()) => return Ok(guest),

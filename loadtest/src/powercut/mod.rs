@@ -494,12 +494,35 @@ async fn check(
     if state.machine.broker {
         crate::crash::drain_wait(&state.admin, Some(TOKEN)).await?;
         let queue = state.queue.clone().unwrap_or_default();
+        declared(&queue)
+            .await
+            .with_context(|| format!("the guest never declared {queue}\n{}", guest.tail(20)))?;
         for (key, n) in verify::queue(AMQP_HOST, &queue, Duration::from_secs(2)).await? {
             *state.queued.entry(key).or_default() += n;
         }
         state.outcome.queue = Some(verify::check(&state.sent, &state.queued));
     }
     Ok(())
+}
+
+/// Waits until the gateway has declared `queue` (it does on connecting, which after a
+/// cut that came before any event can be after `check` starts).
+async fn declared(queue: &str) -> anyhow::Result<()> {
+    let connection =
+        lapin::Connection::connect(AMQP_HOST, lapin::ConnectionProperties::default()).await?;
+    let began = Instant::now();
+    let mut result = Ok(());
+    while began.elapsed() < Duration::from_secs(120) {
+        let channel = connection.create_channel().await?;
+        result = crate::depth(&channel, queue).await.map(|_| ());
+        let _ = channel.close(200, "checked").await;
+        if result.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = connection.close(200, "checked").await;
+    result
 }
 
 async fn interrupted() -> &'static str {

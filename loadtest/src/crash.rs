@@ -166,7 +166,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
 }
 
 /// Waits until nothing is queued in the journal.
-async fn drain_wait(admin: &str, token: Option<&str>) -> anyhow::Result<()> {
+pub async fn drain_wait(admin: &str, token: Option<&str>) -> anyhow::Result<()> {
     let began = Instant::now();
     loop {
         let mut headers = http::HeaderMap::new();

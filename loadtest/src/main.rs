@@ -3,6 +3,8 @@
 //! - `run`: signed requests for any source of a gateway config ([`run`]).
 //! - `verify`: every acknowledged event is in the journal and the queue ([`verify`]).
 //! - `crash`: SIGKILL at random moments under load, restart, verify ([`crash`]).
+//! - `powercut`: QEMU guests killed with SIGKILL under load, a real power cut; then
+//!   verify ([`powercut`]).
 //! - `bench`: the baseline and hookgate under the same load, plain and mTLS ([`bench`]).
 //! - `baseline`: a bare hyper server that reads each body and answers 200, the ceiling
 //!   hookgate is measured against.
@@ -14,6 +16,7 @@ mod balance;
 mod bench;
 mod crash;
 mod https;
+mod powercut;
 mod run;
 mod verify;
 
@@ -123,6 +126,29 @@ enum Command {
         size: usize,
         #[command(flatten)]
         check: Check,
+    },
+    /// Power cuts: a QEMU guest runs hookgate with its journal on an ext4 virtio disk;
+    /// under load it is killed with SIGKILL and booted again on the same disk; every
+    /// event acknowledged before the cut must be in the journal and still a duplicate.
+    Powercut {
+        /// The hookgate binary to put in the guest (the debug build will do).
+        #[arg(long, default_value = "target/debug/hookgate")]
+        hookgate: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        cycles: u32,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// RabbitMQ on the host (127.0.0.1:5672) as the broker; its queue is checked too.
+        #[arg(long)]
+        broker: bool,
+        /// Aim the cuts at these moments, in turn (default: all of them).
+        #[arg(long = "moment", value_enum)]
+        moments: Vec<powercut::Moment>,
+        /// Software emulation even where /dev/kvm exists.
+        #[arg(long)]
+        tcg: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// The baseline, then hookgate (a fresh journal, fsync before every 200), under the
     /// same closed-loop load, in plain HTTP and in mutual TLS; prints req/s, p99 and
@@ -425,6 +451,31 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 println!("restart until answering, ms: {ms:?}");
             }
             Ok(exit(checked.ok()))
+        }
+        Command::Powercut {
+            hookgate,
+            cycles,
+            connections,
+            broker,
+            moments,
+            tcg,
+            json,
+        } => {
+            let outcome = powercut::run(powercut::Options {
+                hookgate,
+                cycles,
+                connections,
+                broker,
+                moments,
+                tcg,
+            })
+            .await?;
+            if json {
+                println!("{}", outcome.to_json());
+            } else {
+                outcome.print();
+            }
+            Ok(exit(outcome.ok()))
         }
         Command::Post {
             addr,

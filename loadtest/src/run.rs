@@ -296,6 +296,25 @@ async fn send(
     })
 }
 
+/// Sends one signed request for `source` with event id `id` on a new connection to
+/// `addr`; the answer's kind, or `None` when no answer came.
+pub async fn answer_once(addr: &str, source: &Source, id: &str, size: usize) -> Option<String> {
+    let plan = Plan {
+        addr: addr.to_string(),
+        sources: Vec::new(),
+        connections: 1,
+        rate: None,
+        duration: None,
+        count: None,
+        duplicates: 0.0,
+        size,
+        prefix: String::new(),
+        tls: None,
+    };
+    let request = signed(source, id, size).ok()?;
+    send(&mut None, &plan, request).await
+}
+
 /// Shared by the workers of one run.
 struct Shared {
     plan: Plan,

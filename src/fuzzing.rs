@@ -291,12 +291,13 @@ mod tests {
                 content_type: "application/json".into(),
                 headers: vec![("stripe-signature".into(), "t=1,v1=ab".into())],
                 client_identity: None,
-                body: b"{}".to_vec(),
-                normalised: Some(b"[]".to_vec()),
+                body: bytes::Bytes::from_static(b"{}"),
+                normalised: Some(bytes::Bytes::from_static(b"[]")),
             },
             replays: 2,
             order_ts: Some(5),
             remembered: true,
+            replay_key: Some("signed:ab".into()),
         }
     }
 
@@ -355,6 +356,7 @@ mod tests {
                 outcome: "503".into(),
             }],
             replays: 1,
+            replay_key: None,
         };
         let whole = record::encode(&record::Record::from_parts(
             index.clone(),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hookgate::journal::{Journal, MinFree, Settings};
+use hookgate::journal::Journal;
 
 /// A small ext4 volume on a loop device, mounted under a temporary directory;
 /// unmounted and removed when dropped.
@@ -210,17 +210,7 @@ async fn until_accepted(ingest: std::net::SocketAddr, prefix: &str, limit: Durat
 /// Opens the journal after the gateway stopped and checks that every acknowledged id is
 /// in it, readable.
 fn nothing_acknowledged_is_lost(journal: &Path, acknowledged: &BTreeSet<String>) {
-    let journal = Journal::open(Settings {
-        path: journal.to_path_buf(),
-        dedup_window: Duration::from_secs(72 * 3600),
-        retention: Duration::from_secs(7 * 24 * 3600),
-        max_backlog: u64::MAX,
-        max_backlog_bytes: None,
-        min_free: MinFree::Bytes(0),
-        embedded: true,
-        stages: None,
-    })
-    .unwrap();
+    let journal = Journal::open(journal_settings(journal, true)).unwrap();
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|id| !journal.remembers("github", id))

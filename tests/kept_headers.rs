@@ -148,13 +148,9 @@ kind = "classic"
 
 fn settings(dir: &std::path::Path) -> journal::Settings {
     journal::Settings {
-        path: dir.join("journal"),
         dedup_window: Duration::from_secs(3600),
         retention: Duration::from_secs(3600),
         max_backlog: 1000,
-        max_backlog_bytes: None,
-        min_free: journal::MinFree::Bytes(0),
-        embedded: false,
-        stages: None,
+        ..journal_settings(&dir.join("journal"), false)
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,41 +20,8 @@ const FLOOD: usize = 100_000;
 const CONNECTIONS: usize = 4;
 
 /// Starts `hookgate serve` with nothing but the log format set, its stderr in `log`.
-/// The caller waits for the child it gets back.
-#[allow(clippy::zombie_processes)]
 fn spawn(config: &Path, log: &Path) -> (Child, std::net::SocketAddr, std::net::SocketAddr) {
-    let file = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["serve", "-c"])
-        .arg(config)
-        .env_remove("HOOKGATE_LOG")
-        .env_remove("RUST_LOG")
-        .env_remove("HOOKGATE_LOG_BODIES")
-        .env("HOOKGATE_LOG_FORMAT", "json")
-        .stderr(file)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let addr = |message: &str| {
-            text.lines().find_map(|line| {
-                let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-                (entry["fields"]["message"] == message)
-                    .then(|| entry["fields"]["addr"].as_str()?.parse().ok())?
-            })
-        };
-        if let (Some(ingest), Some(admin)) = (addr("ingest listening"), addr("admin listening")) {
-            return (child, ingest, admin);
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hookgate did not start:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::spawn_logged(config, log, &[])
 }
 
 /// Writes `count` copies of `request` on one connection without waiting, and reads the

@@ -566,46 +566,6 @@ async fn the_events_subcommand_lists_shows_replays_and_tails() {
     gw.stop().await;
 }
 
-/// `hookgate serve` with its log written to `log`, and its addresses read from it. The
-/// caller waits for the child (`terminate`).
-#[allow(clippy::zombie_processes)]
-fn spawn_logged(
-    config: &Path,
-    log: &Path,
-    env: &[(&str, &str)],
-) -> (Child, SocketAddr, SocketAddr) {
-    let file = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["serve", "-c"])
-        .arg(config)
-        .env("HOOKGATE_LOG_FORMAT", "json")
-        .envs(env.iter().copied())
-        .stderr(file)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let addr = |message: &str| {
-            text.lines().find_map(|line| {
-                let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-                (entry["fields"]["message"] == message)
-                    .then(|| entry["fields"]["addr"].as_str()?.parse().ok())?
-            })
-        };
-        if let (Some(ingest), Some(admin)) = (addr("ingest listening"), addr("admin listening")) {
-            return (child, ingest, admin);
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hookgate did not start:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -678,17 +638,9 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
         "only {before_stop} events were sent under load"
     );
 
-    let journal = hookgate::journal::Journal::open(hookgate::journal::Settings {
-        path: dir.path().join("journal"),
-        dedup_window: Duration::from_secs(72 * 3600),
-        retention: Duration::from_secs(7 * 24 * 3600),
-        max_backlog: u64::MAX,
-        max_backlog_bytes: None,
-        min_free: hookgate::journal::MinFree::Bytes(0),
-        embedded: true,
-        stages: None,
-    })
-    .unwrap();
+    let journal =
+        hookgate::journal::Journal::open(journal_settings(&dir.path().join("journal"), true))
+            .unwrap();
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|id| !journal.remembers("github", id))

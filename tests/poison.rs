@@ -166,7 +166,9 @@ async fn an_oversized_header_set_is_capped_and_the_events_behind_it_are_delivere
     let rabbit = Rabbit::connect("poison-headers").await;
     let queue = rabbit.queue("events");
     let dir = tempfile::tempdir().unwrap();
-    // 88 headers of 1.6 KiB: 140 KiB, more than RabbitMQ's default frame_max.
+    // 80 headers: more than a message carries (64). (A header set larger than
+    // RabbitMQ's frame_max cannot arrive any more: requests' headers are held to 16 KiB,
+    // see the README's limits; the byte cap is unit-tested in forward/message.rs.)
     let sources = GITHUB_SOURCE.replace("64KiB", "1MiB");
     let (running, got) = start_forwarding(dir.path(), &rabbit, &queue, &sources).await;
 
@@ -176,10 +178,10 @@ async fn an_oversized_header_set_is_capped_and_the_events_behind_it_are_delivere
         "application/json",
         &delivery_body("many-headers"),
     );
-    for i in 0..88 {
+    for i in 0..80 {
         headers.insert(
             http::HeaderName::from_bytes(format!("x-bulk-{i}").as_bytes()).unwrap(),
-            "b".repeat(1600).parse().unwrap(),
+            "b".repeat(100).parse().unwrap(),
         );
     }
     let reply = post(running.ingest_addr, "/hooks/github", (headers, body)).await;
@@ -207,11 +209,11 @@ async fn an_oversized_header_set_is_capped_and_the_events_behind_it_are_delivere
         let dropped = header(big, "hookgate_headers_dropped").cloned();
         (bulk.len(), bulk.iter().sum::<usize>(), dropped)
     };
-    assert!(forwarded > 0 && forwarded < 88, "{forwarded} forwarded");
+    assert!(forwarded > 0 && forwarded < 80, "{forwarded} forwarded");
     assert!(bytes <= 32 * 1024, "{bytes} bytes of headers forwarded");
     assert_eq!(
         dropped,
-        Some(AMQPValue::LongUInt(88 - forwarded as u32)),
+        Some(AMQPValue::LongUInt(80 - forwarded as u32)),
         "the message says how many were left out"
     );
     running.stop().await;
@@ -231,14 +233,10 @@ struct Outbox {
 async fn outbox(rabbit: &Rabbit, url: &str, events: Vec<NewEvent>) -> (Outbox, Vec<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(journal::Settings {
-        path: dir.path().join("journal"),
         dedup_window: Duration::from_secs(3600),
         retention: Duration::from_secs(3600),
         max_backlog: 1000,
-        max_backlog_bytes: None,
-        min_free: journal::MinFree::Bytes(0),
-        embedded: false,
-        stages: None,
+        ..journal_settings(&dir.path().join("journal"), false)
     })
     .unwrap();
     let mut seqs = Vec::new();

@@ -991,3 +991,76 @@ async fn a_replayed_copy_does_not_count_as_received_after_a_restart_either() {
     assert_eq!(counts.last_received_ms, Some(HOUR_MS));
     journal.close().await;
 }
+
+#[tokio::test]
+async fn an_order_entry_set_by_an_event_that_never_became_durable_goes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal.append(ordered("a", "k", 100)).await,
+        Ok(Outcome::Accepted(1))
+    );
+    journal.close().await;
+    drop(journal);
+    // The index flushed event 2 and the order entry it set (ts 500), but its log entry
+    // never reached the disk: its append was never answered.
+    {
+        let (db, trees, _) = raw_index(dir.path());
+        let mut never = created(2, "never");
+        never.content.order_key = Some("k".into());
+        never.order_ts = Some(500);
+        let nowhere = record::Loc {
+            segment: 1,
+            offset: 1 << 30,
+            len: 10,
+        };
+        index::apply(&trees, &never, nowhere).unwrap();
+        db.flush().unwrap();
+    }
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert!(journal.get(2).unwrap().is_none());
+    assert_eq!(
+        journal.append(ordered("b", "k", 200)).await,
+        Ok(Outcome::Accepted(2)),
+        "not stale against a timestamp nobody was told was accepted"
+    );
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_short_dedup_value_in_the_index_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    journal.append(event("fine", 1)).await.unwrap();
+    journal.close().await;
+    drop(journal);
+    {
+        let (db, trees, _) = raw_index(dir.path());
+        trees
+            .dedup
+            .insert(committer::dedup_key("s", "broken"), &[1, 2, 3])
+            .unwrap();
+        trees
+            .order
+            .insert(committer::dedup_key("s", "k"), &[9])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert!(matches!(
+        journal.append(event("broken", 2)).await,
+        Err(JournalError::Unwritable(why)) if why.contains("damaged")
+    ));
+    // A short order value reads as no order memory; compaction drops it.
+    assert_eq!(
+        journal.append(ordered("o", "k", 1)).await,
+        Ok(Outcome::Accepted(2))
+    );
+    assert_eq!(journal.compact(10 * 24 * HOUR_MS).await, Ok(false));
+    assert_eq!(
+        journal.append(event("after", 3)).await,
+        Ok(Outcome::Accepted(3)),
+        "the journal goes on"
+    );
+    journal.close().await;
+}

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -216,4 +216,62 @@ pub fn send_accepted(config: &Path, source: &str, url: &str, extra: &[&str]) {
         stdout.contains("\"status\":\"accepted\""),
         "{source}: {stdout}"
     );
+}
+
+/// `hookgate serve` with its log (JSON, at the default level unless `env` sets one)
+/// written to `log`, and its addresses read from it. The caller waits for the child.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_logged(
+    config: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, SocketAddr) {
+    let file = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["serve", "-c"])
+        .arg(config)
+        .env_remove("HOOKGATE_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("HOOKGATE_LOG_BODIES")
+        .env("HOOKGATE_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
+        .stderr(file)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let addr = |message: &str| {
+            text.lines().find_map(|line| {
+                let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+                (entry["fields"]["message"] == message)
+                    .then(|| entry["fields"]["addr"].as_str()?.parse().ok())?
+            })
+        };
+        if let (Some(ingest), Some(admin)) = (addr("ingest listening"), addr("admin listening")) {
+            return (child, ingest, admin);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hookgate did not start:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Journal settings for opening a test's journal directly (after its gateway stopped,
+/// or to drive the library): no disk floor, no backlog limit.
+pub fn journal_settings(path: &Path, embedded: bool) -> hookgate::journal::Settings {
+    hookgate::journal::Settings {
+        path: path.to_path_buf(),
+        dedup_window: Duration::from_secs(72 * 3600),
+        retention: Duration::from_secs(7 * 24 * 3600),
+        max_backlog: u64::MAX,
+        max_backlog_bytes: None,
+        min_free: hookgate::journal::MinFree::Bytes(0),
+        embedded,
+        stages: None,
+    }
 }

@@ -365,6 +365,15 @@ impl Config {
         if self.journal.max_backlog == 0 {
             bail!("journal.max_backlog must be at least 1");
         }
+        // A body takes its whole length from the budget: one that could never fit would
+        // wait until its request times out, every time.
+        if self.server.max_body.0 > self.server.max_inflight_bytes.0 {
+            bail!(
+                "server.max_body ({} bytes) is larger than server.max_inflight_bytes ({} bytes): such a body could never be read",
+                self.server.max_body.0,
+                self.server.max_inflight_bytes.0
+            );
+        }
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             bail!("server.listen and admin.listen must differ");
         }
@@ -413,6 +422,20 @@ mod tests {
             Dur(Duration::from_secs(72 * 3600))
         );
         assert!(config.broker.is_none());
+    }
+
+    #[test]
+    fn a_body_limit_beyond_the_memory_budget_is_refused() {
+        let err = Config::parse("[server]\nmax_body = \"2MiB\"\nmax_inflight_bytes = \"1MiB\"\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("server.max_inflight_bytes"),
+            "{err}"
+        );
+        assert_eq!(
+            Config::parse("").unwrap().server.max_inflight_bytes,
+            Size(256 << 20)
+        );
     }
 
     #[test]

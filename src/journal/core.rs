@@ -43,13 +43,7 @@ impl Core {
         std::fs::create_dir_all(&log_dir).map_err(|e| {
             JournalError::Unwritable(format!("cannot create {}: {e}", log_dir.display()))
         })?;
-        let db = sled::Config::new()
-            .path(db_path(&settings.path))
-            // The index is flushed by our own background thread; sled's periodic flush
-            // on top of it only competes for the disk.
-            .flush_every_ms(None)
-            .open()
-            .map_err(unwritable)?;
+        let db = open_sled(&settings.path).map_err(unwritable)?;
         let trees = Trees {
             events: db.open_tree("events").map_err(unwritable)?,
             queued: db.open_tree("queued").map_err(unwritable)?,
@@ -572,6 +566,32 @@ fn count_events(events: &sled::Tree) -> Result<Counted, JournalError> {
         }
     }
     Ok((counts, live, unreadable, queued_bytes))
+}
+
+/// Opens the index. sled's lock on its files outlives a closed opening by as long as its
+/// last background write takes, so a lock held a moment (a reopening after a write
+/// failure, a quick restart) is waited for, up to two seconds; a lock held longer is
+/// another process's, and an error.
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    let mut tries = 0;
+    loop {
+        let opened = sled::Config::new()
+            .path(db_path(path))
+            // The index is flushed by our own background thread; sled's periodic flush
+            // on top of it only competes for the disk.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            // sled says so only in the message (its kind is `Other`).
+            Err(sled::Error::Io(e))
+                if tries < 40 && e.to_string().starts_with("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 pub(super) fn db_path(dir: &Path) -> PathBuf {

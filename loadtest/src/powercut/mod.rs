@@ -144,10 +144,12 @@ fn percentile(values: &[Duration], q: f64) -> f64 {
     ms[((ms.len() - 1) as f64 * q).round() as usize].round()
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Two free loopback ports for QEMU's forwards: both listeners are held until both
+/// ports are known, so the kernel cannot hand out the same one twice.
+fn free_ports() -> anyhow::Result<(u16, u16)> {
+    let first = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let second = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((first.local_addr()?.port(), second.local_addr()?.port()))
 }
 
 /// The guest's config: ingest and admin on all of the guest's addresses, the journal on
@@ -209,7 +211,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
     let initramfs = guest::initramfs(&kit, &options.hookgate, &[("default", text)], &dir)?;
     let disk = dir.join("disk.img");
     guest::disk(&disk, 4 << 30)?;
-    let (ingest_port, admin_port) = (free_port()?, free_port()?);
+    let (ingest_port, admin_port) = free_ports()?;
     let mut state = Run {
         machine: Machine {
             qemu: kit.qemu.clone(),

@@ -211,17 +211,7 @@ async fn until_accepted(ingest: std::net::SocketAddr, prefix: &str, limit: Durat
 /// in it, readable.
 fn nothing_acknowledged_is_lost(journal: &Path, acknowledged: &BTreeSet<String>) {
     let journal = Journal::open(journal_settings(journal, true)).unwrap();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !journal.remembers("github", id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged events lost: {:?}",
-        lost.len(),
-        acknowledged.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_none_lost(&journal, "github", acknowledged);
     let mut after = 0;
     let mut read = 0;
     loop {
@@ -245,10 +235,7 @@ fn nothing_acknowledged_is_lost(journal: &Path, acknowledged: &BTreeSet<String>)
 }
 
 fn stop(mut gateway: Gateway) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &gateway.child.id().to_string()])
-        .status();
-    let status = gateway.child.wait().unwrap();
+    let status = terminate(&mut gateway.child);
     assert!(status.success(), "hookgate stopped cleanly: {status}");
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,13 +168,7 @@ async fn an_unbound_routing_key_and_a_flood_leave_no_payload_and_a_short_log() {
     );
     assert_eq!(counted, FLOOD as f64);
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success());
+    assert!(common::terminate(&mut child).success());
 
     let logged = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = logged

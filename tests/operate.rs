@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -566,26 +566,6 @@ async fn the_events_subcommand_lists_shows_replays_and_tails() {
     gw.stop().await;
 }
 
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
@@ -641,16 +621,7 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
     let journal =
         hookgate::journal::Journal::open(journal_settings(&dir.path().join("journal"), true))
             .unwrap();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !journal.remembers("github", id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged events lost: {lost:?}",
-        lost.len(),
-        acknowledged.len()
-    );
+    assert_none_lost(&journal, "github", &acknowledged);
     let unique: HashSet<&String> = acknowledged.iter().collect();
     assert_eq!(
         journal.backlog(),

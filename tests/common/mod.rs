@@ -275,3 +275,44 @@ pub fn journal_settings(path: &Path, embedded: bool) -> hookgate::journal::Setti
         stages: None,
     }
 }
+
+/// Sends SIGTERM and waits (at most 30 s) for the process to end.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that the journal remembers every id in `acknowledged` for `source`.
+pub fn assert_none_lost<'a>(
+    journal: &hookgate::journal::Journal,
+    source: &str,
+    acknowledged: impl IntoIterator<Item = &'a String>,
+) {
+    let acknowledged: Vec<&String> = acknowledged.into_iter().collect();
+    let lost: Vec<&&String> = acknowledged
+        .iter()
+        .filter(|id| !journal.remembers(source, id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged events lost: {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(20)]
+    );
+}

@@ -372,7 +372,7 @@ impl Committer {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
-        let size = (event.body.len() + event.normalised.as_ref().map_or(0, |n| n.len())) as u64;
+        let size = event.bytes() as u64;
         self.check_floor(size)?;
         let stale = match &event.order {
             Some((order_key, ts)) => self.is_stale(&event.source, order_key, *ts)?,

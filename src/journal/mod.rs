@@ -104,6 +104,13 @@ pub struct NewEvent {
     pub replay_key: Option<String>,
 }
 
+impl NewEvent {
+    /// The bytes it brings to the log: the body, and the normalised JSON if any.
+    pub fn bytes(&self) -> usize {
+        self.body.len() + self.normalised.as_ref().map_or(0, |n| n.len())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Accepted(u64),
@@ -179,9 +186,7 @@ impl Command {
     /// The event bytes it brings to a group.
     fn bytes(&self) -> usize {
         match self {
-            Command::Append { event, .. } => {
-                event.body.len() + event.normalised.as_ref().map_or(0, |n| n.len())
-            }
+            Command::Append { event, .. } => event.bytes(),
             _ => 0,
         }
     }

@@ -572,7 +572,7 @@ fn count_events(events: &sled::Tree) -> Result<Counted, JournalError> {
 /// last background write takes, so a lock held a moment (a reopening after a write
 /// failure, a quick restart) is waited for, up to two seconds; a lock held longer is
 /// another process's, and an error.
-fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+pub(super) fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     let mut tries = 0;
     loop {
         let opened = sled::Config::new()

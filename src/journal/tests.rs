@@ -356,7 +356,7 @@ async fn appends_after_close_are_refused() {
 
 /// The sled trees of a closed journal, for tests that change the index behind its back.
 fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
-    let db = sled::open(core::db_path(&dir.join("journal"))).unwrap();
+    let db = core::open_sled(&dir.join("journal")).unwrap();
     let trees = Trees {
         events: db.open_tree("events").unwrap(),
         queued: db.open_tree("queued").unwrap(),

@@ -19,6 +19,7 @@ pub mod admit;
 pub mod answer;
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod forward;
 pub mod fuzzing;
 pub mod gateway;

@@ -357,6 +357,8 @@ mod tests {
             }],
             replays: 1,
             replay_key: None,
+            deliveries: Vec::new(),
+            derived: None,
         };
         let whole = record::encode(&record::Record::from_parts(
             index.clone(),

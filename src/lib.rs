@@ -118,6 +118,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         },
         embedded: config.broker.is_none(),
         stages: Some(metrics.journal_stages()),
+        delivery: Default::default(),
     })
     .with_context(|| {
         format!(

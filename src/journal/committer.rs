@@ -10,14 +10,16 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::core::content;
+use super::deliveries::Subs;
 use super::disk::Floor;
 use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
 use super::index::{self, Mark, DEDUP_WALKED};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Status, Stored, Summary};
+use super::subscription::Subscription;
 use super::{
-    seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, ReadError, Replayed,
-    Settings, Shared, Trees,
+    seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Outlets, ReadError,
+    Replayed, Settings, Shared, Trees,
 };
 
 /// What became of one publish.
@@ -49,12 +51,15 @@ const COMPACT_CHUNK: usize = 2_000;
 
 pub(super) struct Committer {
     db: sled::Db,
-    trees: Trees,
-    shared: Arc<Shared>,
-    settings: Arc<Settings>,
-    log: Log,
-    last_seq: u64,
+    pub(super) trees: Trees,
+    pub(super) shared: Arc<Shared>,
+    pub(super) settings: Arc<Settings>,
+    pub(super) log: Log,
+    pub(super) last_seq: u64,
     published: watch::Sender<u64>,
+    pub(super) outlets: Outlets,
+    /// The subscriptions, and what the active ones match.
+    pub(super) subs: Subs,
     order_cursor: Vec<u8>,
     /// Where the next compaction step goes on walking the events.
     compact_cursor: u64,
@@ -152,7 +157,8 @@ impl Committer {
         settings: Arc<Settings>,
         log: Log,
         last_seq: u64,
-        published: watch::Sender<u64>,
+        outlets: Outlets,
+        subscriptions: Vec<Subscription>,
     ) -> Self {
         Committer {
             floor: Floor::new(&settings.path, settings.min_free),
@@ -162,7 +168,9 @@ impl Committer {
             settings,
             log,
             last_seq,
-            published,
+            published: outlets.published.clone(),
+            outlets,
+            subs: Subs::new(subscriptions),
             order_cursor: Vec::new(),
             compact_cursor: 0,
             disk_low: false,
@@ -255,6 +263,70 @@ impl Committer {
                         }
                         updates.push(Box::new(|_| {}));
                     }
+                    Command::PutSubscription { sub, reply } => {
+                        let result = self.put_subscription(*sub);
+                        updates.push(answer_after_flush(reply, result));
+                        index_flush = true;
+                    }
+                    Command::DeleteSubscription { num, reply } => {
+                        let result = self.delete_subscription(num);
+                        updates.push(answer_after_flush(reply, result));
+                        index_flush = true;
+                    }
+                    Command::Outcomes { outcomes, reply } => {
+                        let result = self.outcomes(outcomes);
+                        // As with the broker's confirms: a lost outcome only means the
+                        // delivery is made again.
+                        let _ = reply.send(result);
+                        updates.push(Box::new(|_| {}));
+                    }
+                    Command::Lease {
+                        num,
+                        max,
+                        lease_ms,
+                        now_ms,
+                        reply,
+                    } => {
+                        let result = self.lease(num, max, lease_ms, now_ms);
+                        let _ = reply.send(result);
+                        updates.push(Box::new(|_| {}));
+                    }
+                    Command::Ack {
+                        num,
+                        seqs,
+                        now_ms,
+                        reply,
+                    } => {
+                        let result = self.ack(num, &seqs, now_ms);
+                        updates.push(answer_after_flush(reply, result));
+                        index_flush = true;
+                    }
+                    Command::RetryDelivery {
+                        seq,
+                        num,
+                        now_ms,
+                        reply,
+                    } => {
+                        let result = self.retry_delivery(seq, num, now_ms);
+                        updates.push(answer_after_flush(reply, result));
+                        index_flush = true;
+                    }
+                    Command::Callback {
+                        hash,
+                        succeeded,
+                        result,
+                        now_ms,
+                        reply,
+                    } => {
+                        // Answered after the flush that makes the `.finished` event
+                        // durable: the callback is journaled before its 200.
+                        let result = self.callback(&hash, succeeded, result, now_ms);
+                        updates.push(answer_after_flush(reply, result));
+                    }
+                    Command::ExpireCallbacks { now_ms, reply } => {
+                        let result = self.expire_callbacks(now_ms);
+                        updates.push(answer_after_flush(reply, result));
+                    }
                     Command::Close { reply } => close = Some(reply),
                 }
             }
@@ -318,7 +390,7 @@ impl Committer {
     }
 
     /// Puts a new event in the log and the index under the next seq.
-    fn log_and_index(&mut self, created: &Created) -> Result<(), JournalError> {
+    pub(super) fn log_and_index(&mut self, created: &Created) -> Result<(), JournalError> {
         let loc = self
             .log
             .writer
@@ -326,12 +398,19 @@ impl Committer {
                 record::encode_created(created, buf)
             })
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
-        if let Err(e) = index::apply(&self.trees, created, loc) {
-            // The entry is in the log under a seq the next event would take again:
-            // refuse everything from now on (the next open sorts it out from the log).
-            self.shared.fail(format!("an index write failed: {e}"));
-            tracing::error!(error = %e, "index write failed; refusing new events until writes work again");
-            return Err(JournalError::Unwritable(e.to_string()));
+        let made = match index::apply(&self.trees, created, loc) {
+            Ok(made) => made,
+            Err(e) => {
+                // The entry is in the log under a seq the next event would take again:
+                // refuse everything from now on (the next open sorts it out from the log).
+                self.shared.fail(format!("an index write failed: {e}"));
+                tracing::error!(error = %e, "index write failed; refusing new events until writes work again");
+                return Err(JournalError::Unwritable(e.to_string()));
+            }
+        };
+        for delivery in &made {
+            self.shared.queued(delivery.size);
+            self.stat(delivery.sub, |s| s.pending += 1);
         }
         *self.log.live.entry(loc.segment).or_default() += 1;
         let summary = &created.summary;
@@ -421,7 +500,13 @@ impl Committer {
             order_ts,
             remembered: true,
             replay_key: event.replay_key,
+            deliveries: Vec::new(),
+            derived: None,
         };
+        let mut created = created;
+        if !stale {
+            created.deliveries = self.subs.matching(&created.summary, None);
+        }
         self.log_and_index(&created)?;
         Ok(if stale {
             Outcome::Stale(seq)
@@ -650,6 +735,8 @@ impl Committer {
                     order_ts: None,
                     remembered: false,
                     replay_key: None,
+                    deliveries: Vec::new(),
+                    derived: None,
                 };
                 self.log_and_index(&created)?;
                 replayed.push(Replayed {
@@ -784,9 +871,11 @@ impl Committer {
                 more = true;
                 break;
             }
-            let keep = summary.status == Status::Queued && !self.settings.embedded;
+            let keep = (summary.status == Status::Queued && !self.settings.embedded)
+                || self.has_open_deliveries(summary.seq)?;
             if !keep {
                 self.trees.events.remove(&key).map_err(unwritable)?;
+                self.drop_deliveries(summary.seq)?;
                 self.shared
                     .count(&summary.source, |c| c.removed(summary.status));
                 if let Stored::Indexed(index) = &stored {

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
+use super::deliveries::SubStats;
 use super::record::{self, Record, Status, Summary};
+use super::subscription::{Delivery, DeliveryStatus};
 use super::{
-    committer, index, log, seq_key, seq_of, Command, JournalError, ListFilter, NewEvent, Outcome,
-    ReadError, Replayed, Settings, Shared, SourceCounts, Trees, MAX_SCAN, QUEUE_DEPTH,
+    committer, index, log, seq_key, seq_of, subscription, Command, JournalError, ListFilter,
+    NewEvent, Outcome, Outlets, ReadError, Replayed, Settings, Shared, SourceCounts, Trees,
+    MAX_SCAN, QUEUE_DEPTH,
 };
 
 /// One opening of the journal: its index, its threads and its log. [`super::Journal`]
@@ -29,13 +32,13 @@ pub(super) struct Core {
 
 impl Core {
     /// Opens the journal at `settings.path`: recovery brings the index up to the commit
-    /// log, then the committer and the index flusher start. `published` is told the
-    /// newest durable seq from then on.
+    /// log, then the committer and the index flusher start. `outlets.published` is told
+    /// the newest durable seq from then on, `outlets.subscriptions` the subscriptions.
     /// With `fresh`, the log goes on in a new segment (after a failed write, the last
     /// one is not written to again).
     pub fn open(
         settings: Arc<Settings>,
-        published: watch::Sender<u64>,
+        outlets: Outlets,
         fresh: bool,
     ) -> Result<Core, JournalError> {
         let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
@@ -51,6 +54,12 @@ impl Core {
             dedup_expiry: db.open_tree("dedup_expiry").map_err(unwritable)?,
             order: db.open_tree("order").map_err(unwritable)?,
             meta: db.open_tree("meta").map_err(unwritable)?,
+            subscriptions: db.open_tree("subscriptions").map_err(unwritable)?,
+            deliveries: db.open_tree("deliveries").map_err(unwritable)?,
+            pending: db.open_tree("pending").map_err(unwritable)?,
+            sub_log: db.open_tree("sub_log").map_err(unwritable)?,
+            callbacks: db.open_tree("callbacks").map_err(unwritable)?,
+            deadlines: db.open_tree("deadlines").map_err(unwritable)?,
             keep_queue: !settings.embedded,
         };
         let meta = trees.meta.clone();
@@ -64,6 +73,8 @@ impl Core {
             );
         }
         let (counts, mut live, unreadable, backlog_bytes) = count_events(&trees.events)?;
+        let (sub_stats, pending, pending_bytes) = super::deliveries::count(&trees)?;
+        let subscriptions = subscription::all_subscriptions(&trees).map_err(unwritable)?;
         complete_the_queue(&trees)?;
         let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
         let mut writer = log::Writer::open(&log_dir, Some(tail))
@@ -105,12 +116,15 @@ impl Core {
         .map_err(unwritable)?;
         db.flush().map_err(unwritable)?;
         let shared = Arc::new(Shared {
-            backlog: AtomicU64::new(if trees.keep_queue {
-                trees.queued.len() as u64
-            } else {
-                counts.values().map(|c| c.queued).sum()
-            }),
-            backlog_bytes: AtomicU64::new(backlog_bytes),
+            backlog: AtomicU64::new(
+                pending
+                    + if trees.keep_queue {
+                        trees.queued.len() as u64
+                    } else {
+                        counts.values().map(|c| c.queued).sum()
+                    },
+            ),
+            backlog_bytes: AtomicU64::new(backlog_bytes + pending_bytes),
             healthy: AtomicBool::new(true),
             fault: Mutex::new(None),
             disk_low: Mutex::new(None),
@@ -123,9 +137,16 @@ impl Core {
             rewind: AtomicU64::new(u64::MAX),
             rewound: tokio::sync::Notify::new(),
             counts: Mutex::new(counts),
+            sub_stats: Mutex::new(sub_stats),
+            // Whatever a worker knew of its pending set is read again.
+            sub_rewinds: Mutex::new(subscriptions.iter().map(|s| (s.num, 0)).collect()),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        published.send_replace(last);
+        outlets.published.send_replace(last);
+        outlets
+            .subscriptions
+            .send_replace(Arc::new(subscriptions.clone()));
+        outlets.rewound.send_modify(|n| *n += 1);
         let committer = committer::Committer::new(
             db.clone(),
             trees.clone(),
@@ -137,7 +158,8 @@ impl Core {
                 live,
             },
             last,
-            published,
+            outlets,
+            subscriptions,
         );
         let handle = std::thread::Builder::new()
             .name("journal-committer".into())
@@ -291,6 +313,110 @@ impl Core {
                 Ok(Some(record)) => found.push(record),
                 Ok(None) | Err(ReadError::Damaged { .. }) => {}
                 Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sends a command and waits for its answer.
+    pub async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> Command,
+    ) -> Result<T, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Per subscription: its deliveries by status.
+    pub fn sub_stats(&self, num: u64) -> SubStats {
+        self.shared
+            .sub_stats
+            .lock()
+            .expect("sub stats lock")
+            .get(&num)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// See [`super::Journal::take_delivery_rewind`].
+    pub fn take_delivery_rewind(&self, num: u64) -> Option<u64> {
+        self.shared
+            .sub_rewinds
+            .lock()
+            .expect("sub rewinds lock")
+            .remove(&num)
+    }
+
+    /// The pending deliveries of subscription `num` from seq `from` on, oldest first.
+    pub fn pending_deliveries(
+        &self,
+        num: u64,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, String> {
+        let range = subscription::sub_key(num, from)..=subscription::sub_key(num, u64::MAX);
+        let mut found = Vec::new();
+        for item in self.trees.pending.range(range).keys().take(limit) {
+            let key = item.map_err(|e| e.to_string())?;
+            let Some((_, seq)) = subscription::split_key(&key) else {
+                continue;
+            };
+            if let Some(d) = subscription::get(&self.trees, seq, num).map_err(|e| e.to_string())? {
+                found.push(d);
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn delivery(&self, seq: u64, num: u64) -> Result<Option<Delivery>, String> {
+        subscription::get(&self.trees, seq, num).map_err(|e| e.to_string())
+    }
+
+    /// A subscription's deliveries after seq `after`, oldest first, those with `status`
+    /// only if given; and the cursor to continue from.
+    pub fn deliveries_of(
+        &self,
+        num: u64,
+        status: Option<DeliveryStatus>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, u64), String> {
+        let from = subscription::sub_key(num, after.saturating_add(1));
+        let to = subscription::sub_key(num, u64::MAX);
+        let mut found = Vec::new();
+        let mut cursor = after;
+        for (looked, item) in self.trees.sub_log.range(from..=to).enumerate() {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            let Some((_, seq)) = subscription::split_key(&key) else {
+                continue;
+            };
+            if found.len() >= limit || looked >= MAX_SCAN {
+                break;
+            }
+            cursor = seq;
+            let this = value.first().and_then(|b| DeliveryStatus::from_byte(*b));
+            if status.is_some() && this != status {
+                continue;
+            }
+            if let Some(d) = subscription::get(&self.trees, seq, num).map_err(|e| e.to_string())? {
+                found.push(d);
+            }
+        }
+        Ok((found, cursor))
+    }
+
+    /// Every delivery of one event.
+    pub fn event_deliveries(&self, seq: u64) -> Result<Vec<Delivery>, String> {
+        let range = subscription::delivery_key(seq, 0)..=subscription::delivery_key(seq, u64::MAX);
+        let mut found = Vec::new();
+        for item in self.trees.deliveries.range(range) {
+            let (_, bytes) = item.map_err(|e| e.to_string())?;
+            if let Some(d) = subscription::decode(&bytes) {
+                found.push(d);
             }
         }
         Ok(found)

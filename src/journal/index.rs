@@ -14,7 +14,7 @@ use super::committer::{
 };
 use super::log::{self, Found, Reader};
 use super::record::{self, Created, Index, Loc, Status, Stored, Summary};
-use super::{seq_from, seq_key, seq_of, JournalError, Shared, Trees};
+use super::{seq_from, seq_key, seq_of, subscription, JournalError, Shared, Trees};
 
 /// The `meta` key under which the index records the log position it covers, as
 /// `segment, offset, last seq` (big endian u64s): every log entry before it is in the
@@ -51,9 +51,14 @@ impl Mark {
     }
 }
 
-/// Writes what the log entry `created` at `loc` means: the event's index, and its place
-/// in the queue, dedup and ordering. Writing it twice changes nothing.
-pub fn apply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error> {
+/// Writes what the log entry `created` at `loc` means: the event's index, its place in
+/// the queue, dedup and ordering, and its deliveries. Writing it twice changes nothing.
+/// Answers the deliveries it created.
+pub fn apply(
+    trees: &Trees,
+    created: &Created,
+    loc: Loc,
+) -> Result<Vec<subscription::Delivery>, sled::Error> {
     let summary = &created.summary;
     let index = Index {
         summary: summary.clone(),
@@ -69,7 +74,8 @@ pub fn apply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Err
     if summary.status == Status::Queued && trees.keep_queue {
         trees.queued.insert(key, &[])?;
     }
-    apply_rest(trees, created)
+    apply_rest(trees, created)?;
+    subscription::reapply(trees, created)
 }
 
 /// [`apply`] for recovery: an event the index already holds keeps its entry, which may
@@ -77,7 +83,7 @@ pub fn apply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Err
 fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error> {
     let key = seq_key(created.summary.seq);
     match trees.events.get(key)? {
-        None => apply(trees, created, loc),
+        None => apply(trees, created, loc).map(drop),
         Some(existing) => {
             let queued = record::decode_summary(&existing)
                 .map(|s| s.status == Status::Queued)
@@ -85,7 +91,8 @@ fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error
             if queued && trees.keep_queue {
                 trees.queued.insert(key, &[])?;
             }
-            apply_rest(trees, created)
+            apply_rest(trees, created)?;
+            subscription::reapply(trees, created).map(drop)
         }
     }
 }
@@ -290,6 +297,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         let (key, bytes) = item.map_err(unwritable)?;
         trees.events.remove(&key).map_err(unwritable)?;
         trees.queued.remove(&key).map_err(unwritable)?;
+        subscription::remove_all_of(trees, seq_of(&key)).map_err(unwritable)?;
         let Ok(stored) = record::decode_stored(&bytes) else {
             continue;
         };

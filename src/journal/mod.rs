@@ -21,11 +21,13 @@
 
 mod committer;
 mod core;
+mod deliveries;
 mod disk;
 mod flusher;
 mod index;
 pub(crate) mod log;
 pub mod record;
+pub mod subscription;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,8 +38,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+pub use deliveries::{CallbackAnswer, DeliveryOutcome, SubStats, Verdict};
 pub use disk::MinFree;
 pub use record::{Attempt, Record, Status, Summary};
+pub use subscription::{Delivery, DeliveryAttempt, DeliveryStatus, Mode, Subscription};
 
 use self::core::Core;
 
@@ -61,6 +65,27 @@ pub struct Settings {
     pub embedded: bool,
     /// Where the journal's stage timings go (the metrics), if anywhere.
     pub stages: Option<Stages>,
+    /// How deliveries to subscriptions retry, and when a failing one is disabled.
+    pub delivery: DeliveryPolicy,
+}
+
+/// What the journal decides about deliveries itself (the workers decide the rest).
+#[derive(Clone, Debug)]
+pub struct DeliveryPolicy {
+    /// The delays between attempts (pull subscriptions: between leases).
+    pub retry: Vec<Duration>,
+    /// A subscription whose every attempt has failed this long is disabled.
+    pub disable_after: Duration,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        let secs = [5, 300, 1800, 7200, 18000, 36000, 36000];
+        DeliveryPolicy {
+            retry: secs.into_iter().map(Duration::from_secs).collect(),
+            disable_after: Duration::from_secs(5 * 86400),
+        }
+    }
 }
 
 /// Timings of group commit, for `/metrics`: what one group cost the committer, how many
@@ -130,6 +155,10 @@ pub enum JournalError {
     Unwritable(String),
     #[error("the journal is shutting down")]
     Closed,
+    /// A change that contradicts what the journal holds (a name taken, a subscription
+    /// gone).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 enum Command {
@@ -164,6 +193,56 @@ enum Command {
         at_ms: u64,
         reason: String,
         reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Creates (`num` 0) or replaces a subscription; answered once it is durable.
+    PutSubscription {
+        sub: Box<Subscription>,
+        reply: oneshot::Sender<Result<Subscription, JournalError>>,
+    },
+    /// Removes a subscription and drops its open deliveries; answers how many.
+    DeleteSubscription {
+        num: u64,
+        reply: oneshot::Sender<Result<u64, JournalError>>,
+    },
+    /// What delivery attempts came to.
+    Outcomes {
+        outcomes: Vec<DeliveryOutcome>,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Pull: leases up to `max` due deliveries of a subscription.
+    Lease {
+        num: u64,
+        max: usize,
+        lease_ms: u64,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<Vec<Delivery>, JournalError>>,
+    },
+    /// Pull: completes leased deliveries; answers how many were.
+    Ack {
+        num: u64,
+        seqs: Vec<u64>,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<u64, JournalError>>,
+    },
+    /// Makes a delivery pending again, due now; answers whether there was one.
+    RetryDelivery {
+        seq: u64,
+        num: u64,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<bool, JournalError>>,
+    },
+    /// A callback came for the token with this hash.
+    Callback {
+        hash: [u8; 32],
+        succeeded: bool,
+        result: Option<serde_json::Value>,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<CallbackAnswer, JournalError>>,
+    },
+    /// Ends deliveries whose callback did not come in time; answers how many.
+    ExpireCallbacks {
+        now_ms: u64,
+        reply: oneshot::Sender<Result<u64, JournalError>>,
     },
     /// An operator asked for these events to be forwarded again.
     Replay {
@@ -200,6 +279,12 @@ struct Trees {
     dedup_expiry: sled::Tree,
     order: sled::Tree,
     meta: sled::Tree,
+    subscriptions: sled::Tree,
+    deliveries: sled::Tree,
+    pending: sled::Tree,
+    sub_log: sled::Tree,
+    callbacks: sled::Tree,
+    deadlines: sled::Tree,
     /// Whether the `queued` tree is kept: only a forwarder reads it. In embedded mode
     /// the backlog is counted from the events' status instead.
     keep_queue: bool,
@@ -224,6 +309,11 @@ struct Shared {
     /// Wakes the forwarder when `rewind` is set.
     rewound: tokio::sync::Notify,
     counts: Mutex<BTreeMap<String, SourceCounts>>,
+    /// Per subscription: its deliveries by status, and its last success and failure.
+    sub_stats: Mutex<std::collections::HashMap<u64, SubStats>>,
+    /// Per subscription: the lowest seq a delivery became due again at, behind its
+    /// worker's cursor (a retry, a recovery); the worker reads its pending set from there.
+    sub_rewinds: Mutex<std::collections::HashMap<u64, u64>>,
 }
 
 impl Shared {
@@ -324,10 +414,22 @@ pub struct Replayed {
 pub struct Journal {
     slot: Arc<RwLock<Option<Arc<Core>>>>,
     settings: Arc<Settings>,
-    published: watch::Sender<u64>,
+    outlets: Outlets,
     last_seq: watch::Receiver<u64>,
     closed: Arc<AtomicBool>,
     healing: Arc<tokio::sync::Mutex<Healing>>,
+}
+
+/// What the journal tells its readers as it changes; it outlives each opening.
+#[derive(Clone)]
+struct Outlets {
+    /// The newest durable seq.
+    published: watch::Sender<u64>,
+    /// Every subscription, after each change.
+    subscriptions: watch::Sender<Arc<Vec<Subscription>>>,
+    /// Bumped when deliveries became due behind their worker's cursor (see
+    /// [`Journal::take_delivery_rewind`]).
+    rewound: watch::Sender<u64>,
 }
 
 /// What healing remembers between tries.
@@ -350,11 +452,16 @@ impl Journal {
     pub fn open(settings: Settings) -> Result<Journal, JournalError> {
         let settings = Arc::new(settings);
         let (published, last_seq) = watch::channel(0);
-        let core = Core::open(settings.clone(), published.clone(), false)?;
+        let outlets = Outlets {
+            published,
+            subscriptions: watch::Sender::new(Arc::new(Vec::new())),
+            rewound: watch::Sender::new(0),
+        };
+        let core = Core::open(settings.clone(), outlets.clone(), false)?;
         Ok(Journal {
             slot: Arc::new(RwLock::new(Some(Arc::new(core)))),
             settings,
-            published,
+            outlets,
             last_seq,
             closed: Arc::new(AtomicBool::new(false)),
             healing: Arc::new(tokio::sync::Mutex::new(Healing::default())),
@@ -440,6 +547,179 @@ impl Journal {
         reason: String,
     ) -> Result<(), JournalError> {
         self.core()?.mark_failed(seq, replays, at_ms, reason).await
+    }
+
+    /// Every subscription, as it changes.
+    pub fn subscriptions(&self) -> watch::Receiver<Arc<Vec<Subscription>>> {
+        self.outlets.subscriptions.subscribe()
+    }
+
+    /// One subscription, by number.
+    pub fn subscription(&self, num: u64) -> Option<Subscription> {
+        self.outlets
+            .subscriptions
+            .borrow()
+            .iter()
+            .find(|s| s.num == num)
+            .cloned()
+    }
+
+    /// Creates (`num` 0) or replaces a subscription; answers it once that is durable.
+    pub async fn put_subscription(&self, sub: Subscription) -> Result<Subscription, JournalError> {
+        self.core()?
+            .ask(|reply| Command::PutSubscription {
+                sub: Box::new(sub),
+                reply,
+            })
+            .await
+    }
+
+    /// Removes a subscription and drops its open deliveries; answers how many, once
+    /// that is durable.
+    pub async fn delete_subscription(&self, num: u64) -> Result<u64, JournalError> {
+        self.core()?
+            .ask(|reply| Command::DeleteSubscription { num, reply })
+            .await
+    }
+
+    /// Writes what delivery attempts came to. Answers before the flush: an outcome a
+    /// crash loses means only that the delivery is made again.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: Vec<DeliveryOutcome>,
+    ) -> Result<(), JournalError> {
+        self.core()?
+            .ask(|reply| Command::Outcomes { outcomes, reply })
+            .await
+    }
+
+    /// Pull: leases up to `max` due deliveries of subscription `num` for `lease_ms`.
+    pub async fn lease(
+        &self,
+        num: u64,
+        max: usize,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>, JournalError> {
+        self.core()?
+            .ask(|reply| Command::Lease {
+                num,
+                max,
+                lease_ms,
+                now_ms,
+                reply,
+            })
+            .await
+    }
+
+    /// Pull: completes deliveries (by seq) of subscription `num`; answers how many were
+    /// pending, once that is durable.
+    pub async fn ack(&self, num: u64, seqs: Vec<u64>, now_ms: u64) -> Result<u64, JournalError> {
+        self.core()?
+            .ask(|reply| Command::Ack {
+                num,
+                seqs,
+                now_ms,
+                reply,
+            })
+            .await
+    }
+
+    /// Makes a delivery pending again, due now; answers whether there was one.
+    pub async fn retry_delivery(
+        &self,
+        seq: u64,
+        num: u64,
+        now_ms: u64,
+    ) -> Result<bool, JournalError> {
+        self.core()?
+            .ask(|reply| Command::RetryDelivery {
+                seq,
+                num,
+                now_ms,
+                reply,
+            })
+            .await
+    }
+
+    /// A task's callback (SPEC §10), by the SHA-256 of its token; answered once the
+    /// `.finished` event it appends is durable.
+    pub async fn callback(
+        &self,
+        hash: [u8; 32],
+        succeeded: bool,
+        result: Option<serde_json::Value>,
+        now_ms: u64,
+    ) -> Result<CallbackAnswer, JournalError> {
+        self.core()?
+            .ask(|reply| Command::Callback {
+                hash,
+                succeeded,
+                result,
+                now_ms,
+                reply,
+            })
+            .await
+    }
+
+    /// Ends deliveries whose callback is overdue; answers how many (at most a chunk).
+    pub async fn expire_callbacks(&self, now_ms: u64) -> Result<u64, JournalError> {
+        self.core()?
+            .ask(|reply| Command::ExpireCallbacks { now_ms, reply })
+            .await
+    }
+
+    /// A subscription's deliveries by status, and its last success and failure.
+    pub fn sub_stats(&self, num: u64) -> SubStats {
+        self.core().map(|c| c.sub_stats(num)).unwrap_or_default()
+    }
+
+    /// Changes when deliveries became due behind their workers' cursors.
+    pub fn delivery_rewinds(&self) -> watch::Receiver<u64> {
+        self.outlets.rewound.subscribe()
+    }
+
+    /// The lowest seq at which subscription `num`'s pending set changed behind its
+    /// worker's cursor since the last call (a retry, an enabling, a reopening), if any.
+    pub fn take_delivery_rewind(&self, num: u64) -> Option<u64> {
+        self.core().ok().and_then(|c| c.take_delivery_rewind(num))
+    }
+
+    /// Pending deliveries of subscription `num` from seq `from` on, oldest first.
+    pub fn pending_deliveries(
+        &self,
+        num: u64,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, String> {
+        self.core()
+            .map_err(|e| e.to_string())?
+            .pending_deliveries(num, from, limit)
+    }
+
+    /// One delivery: of event `seq` to subscription `num`.
+    pub fn delivery(&self, seq: u64, num: u64) -> Result<Option<Delivery>, String> {
+        self.core().map_err(|e| e.to_string())?.delivery(seq, num)
+    }
+
+    /// A subscription's delivery log after seq `after`, and the cursor to go on from.
+    pub fn deliveries_of(
+        &self,
+        num: u64,
+        status: Option<DeliveryStatus>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, u64), String> {
+        self.core()
+            .map_err(|e| e.to_string())?
+            .deliveries_of(num, status, after, limit)
+    }
+
+    /// Every delivery of one event.
+    pub fn event_deliveries(&self, seq: u64) -> Result<Vec<Delivery>, String> {
+        self.core()
+            .map_err(|e| e.to_string())?
+            .event_deliveries(seq)
     }
 
     /// Undelivered events from `from` on, oldest first, at most `limit`. A damaged one
@@ -570,14 +850,14 @@ impl Journal {
             }
         }
         let settings = self.settings.clone();
-        let published = self.published.clone();
+        let outlets = self.outlets.clone();
         let cut = healing.cut;
         let opened = tokio::task::spawn_blocking(move || {
             if let Some(cut) = cut {
                 log::cut_back(&settings.path.join("log"), cut)
                     .map_err(|e| JournalError::Unwritable(format!("cutting the log back: {e}")))?;
             }
-            Core::open(settings, published, true)
+            Core::open(settings, outlets, true)
         })
         .await;
         match opened {

@@ -134,6 +134,23 @@ pub struct Created {
     /// (see `Scheme::replay_key`): a second dedup key. Entries written before it have
     /// none (see [`decode_created`]).
     pub replay_key: Option<String>,
+    /// The subscriptions (their numbers) the event matched: each got a delivery in the
+    /// step that accepted it. Entries written before subscriptions have none.
+    pub deliveries: Vec<u64>,
+    /// For an event hookgate made itself (`{type}.finished`, operational events): what
+    /// it came from.
+    pub derived: Option<super::subscription::Derived>,
+}
+
+/// A [`Created`] as entries before subscriptions hold it.
+#[derive(Deserialize)]
+struct CreatedV2 {
+    summary: Summary,
+    content: Content,
+    replays: u32,
+    order_ts: Option<i64>,
+    remembered: bool,
+    replay_key: Option<String>,
 }
 
 /// A [`Created`] as entries before `replay_key` hold it.
@@ -296,24 +313,39 @@ pub fn encode_created(created: &Created, out: &mut Vec<u8>) {
     postcard::to_io(created, out).expect("writing to a Vec cannot fail");
 }
 
-/// A log entry's [`Created`]; an entry written before `replay_key` is read as having
-/// none (its bytes end where that field would start).
+/// A log entry's [`Created`]; an entry written before `replay_key`, or before
+/// subscriptions, is read as having none (its bytes end where those fields would start).
 pub fn decode_created(bytes: &[u8]) -> Result<Created, DecodeError> {
+    let ended = |e: &postcard::Error| matches!(e, postcard::Error::DeserializeUnexpectedEnd);
     match postcard::from_bytes::<Created>(bytes) {
-        Ok(created) => Ok(created),
-        Err(postcard::Error::DeserializeUnexpectedEnd) => {
-            let old: CreatedV1 = postcard::from_bytes(bytes)?;
-            Ok(Created {
-                summary: old.summary,
-                content: old.content,
-                replays: old.replays,
-                order_ts: old.order_ts,
-                remembered: old.remembered,
-                replay_key: None,
-            })
-        }
-        Err(e) => Err(e.into()),
+        Ok(created) => return Ok(created),
+        Err(e) if !ended(&e) => return Err(e.into()),
+        Err(_) => {}
     }
+    let (old, replay_key) = match postcard::from_bytes::<CreatedV2>(bytes) {
+        Ok(v2) => (
+            CreatedV1 {
+                summary: v2.summary,
+                content: v2.content,
+                replays: v2.replays,
+                order_ts: v2.order_ts,
+                remembered: v2.remembered,
+            },
+            v2.replay_key,
+        ),
+        Err(e) if !ended(&e) => return Err(e.into()),
+        Err(_) => (postcard::from_bytes::<CreatedV1>(bytes)?, None),
+    };
+    Ok(Created {
+        summary: old.summary,
+        content: old.content,
+        replays: old.replays,
+        order_ts: old.order_ts,
+        remembered: old.remembered,
+        replay_key,
+        deliveries: Vec::new(),
+        derived: None,
+    })
 }
 
 /// Reads an events tree value of any version.
@@ -527,6 +559,8 @@ mod tests {
             order_ts: None,
             remembered: true,
             replay_key: None,
+            deliveries: Vec::new(),
+            derived: None,
         };
         let mut bytes = Vec::new();
         encode_created(&created, &mut bytes);

@@ -18,6 +18,7 @@ fn settings(dir: &Path) -> Settings {
         min_free: MinFree::Bytes(0),
         embedded: false,
         stages: None,
+        delivery: Default::default(),
     }
 }
 
@@ -419,6 +420,8 @@ async fn the_index_is_rebuilt_from_the_commit_log_after_a_crash() {
             order_ts: None,
             remembered: true,
             replay_key: None,
+            deliveries: Vec::new(),
+            derived: None,
         };
         let nowhere = record::Loc {
             offset: 1 << 30,
@@ -662,6 +665,8 @@ fn created(seq: u64, id: &str) -> record::Created {
         order_ts: None,
         remembered: true,
         replay_key: None,
+        deliveries: Vec::new(),
+        derived: None,
     }
 }
 

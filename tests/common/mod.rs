@@ -273,6 +273,7 @@ pub fn journal_settings(path: &Path, embedded: bool) -> hookgate::journal::Setti
         min_free: hookgate::journal::MinFree::Bytes(0),
         embedded,
         stages: None,
+        delivery: Default::default(),
     }
 }
 

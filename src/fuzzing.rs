@@ -298,6 +298,8 @@ mod tests {
             order_ts: Some(5),
             remembered: true,
             replay_key: Some("signed:ab".into()),
+            deliveries: vec![1, 2],
+            derived: None,
         }
     }
 
@@ -357,8 +359,6 @@ mod tests {
             }],
             replays: 1,
             replay_key: None,
-            deliveries: Vec::new(),
-            derived: None,
         };
         let whole = record::encode(&record::Record::from_parts(
             index.clone(),

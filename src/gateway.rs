@@ -59,6 +59,10 @@ impl Gateway {
         B: hyper::body::Body<Data = bytes::Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        if let Some(token) = request.uri().path().strip_prefix("/callbacks/") {
+            let token = token.to_string();
+            return crate::deliver::callback::handle(&self.journal, &token, request).await;
+        }
         let started = tokio::time::Instant::now();
         // Only configured names become a label or a log field; any other path is counted
         // as one unknown source.

@@ -221,6 +221,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             })
         }
     };
+    let deliverer = Arc::new(deliverer(config, &journal, &metrics)?);
     let token = match &config.admin.token {
         Some(reference) => Some(
             reference
@@ -247,6 +248,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         stop: stopped.clone(),
         clock: clock.clone(),
         headers: header_policies,
+        deliverer: deliverer.clone(),
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(listen::serve(
@@ -274,6 +276,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));
     }
+    tasks.push(tokio::spawn(deliverer.run(stopped.clone())));
     // Always: without a handler, SIGHUP (`systemctl reload`) would end the process.
     let reloadable: Vec<_> = tls.into_iter().chain(admin_tls).collect();
     // The handler is in place before the listeners are announced: a SIGHUP that came
@@ -302,6 +305,39 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         journal,
         stop,
         tasks,
+    })
+}
+
+/// The sending side of subscriptions, from `[outbound]`.
+fn deliverer(
+    config: &Config,
+    journal: &Journal,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<deliver::Deliverer> {
+    let allow = deliver::target::AllowList::parse(&[])
+        .map_err(|e| anyhow::anyhow!("outbound.allow_private: {e}"))?;
+    let timeout = Duration::from_secs(15);
+    let outbound = deliver::Outbound::new(deliver::client::OutboundSettings {
+        allow: allow.clone(),
+        timeout,
+        user_agent: format!("hookgate/{}", env!("CARGO_PKG_VERSION")),
+    })?;
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(deliver::Deliverer {
+        journal: journal.clone(),
+        outbound,
+        allow,
+        schedule: deliver::Schedule {
+            delays: journal.settings().delivery.retry.clone(),
+        },
+        callback_timeout: Duration::from_secs(3600),
+        callback_base: format!("{scheme}://{}", config.server.listen),
+        config_secrets: HashMap::new(),
+        metrics: metrics.clone(),
     })
 }
 

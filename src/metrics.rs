@@ -53,6 +53,19 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    pub subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub subscription: String,
+    /// `success` (2xx), `status` (another HTTP status) or `error` (no answer: connect,
+    /// TLS, DNS, timeout, a refused address).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: &'static str,
 }
@@ -76,6 +89,69 @@ pub struct Metrics {
     broker: Option<Arc<AtomicBool>>,
     /// Group commit timings, filled by the journal.
     stages: crate::journal::Stages,
+    deliveries: DeliveryMetrics,
+}
+
+/// Subscriptions' deliveries (SPEC §9): attempts and their latency as they happen; the
+/// pending and disabled gauges read from the journal when scraped.
+struct DeliveryMetrics {
+    attempts: Family<AttemptLabels, Counter>,
+    attempt_seconds: Family<SubscriptionLabels, Histogram>,
+    pending: Family<SubscriptionLabels, Gauge>,
+    disabled: Family<SubscriptionLabels, Gauge>,
+}
+
+impl DeliveryMetrics {
+    fn new(registry: &mut Registry) -> DeliveryMetrics {
+        let metrics = DeliveryMetrics {
+            attempts: Family::default(),
+            // 1 ms to about 33 s, doubling.
+            attempt_seconds: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.001, 2.0, 16,
+                ))
+            }),
+            pending: Family::default(),
+            disabled: Family::default(),
+        };
+        registry.register(
+            "hookgate_delivery_attempts",
+            "Delivery attempts to subscriptions' endpoints by outcome: success (2xx), status (another HTTP status) or error (no answer)",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "hookgate_delivery_attempt_seconds",
+            "Time one delivery attempt took, request to answer",
+            metrics.attempt_seconds.clone(),
+        );
+        registry.register(
+            "hookgate_delivery_pending",
+            "Deliveries still to be made, per subscription",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "hookgate_subscription_disabled",
+            "1 for a subscription that is not active (disabled by hookgate or by an operator)",
+            metrics.disabled.clone(),
+        );
+        metrics
+    }
+
+    fn read(&self, journal: &Journal) {
+        self.pending.clear();
+        self.disabled.clear();
+        for sub in journal.subscriptions().borrow().iter() {
+            let labels = SubscriptionLabels {
+                subscription: sub.name.clone(),
+            };
+            self.pending
+                .get_or_create(&labels)
+                .set(journal.sub_stats(sub.num).pending as i64);
+            self.disabled
+                .get_or_create(&labels)
+                .set(i64::from(!sub.active));
+        }
+    }
 }
 
 impl Metrics {
@@ -159,6 +235,7 @@ impl Metrics {
             "Open connections by listener",
             connections.clone(),
         );
+        let deliveries = DeliveryMetrics::new(&mut registry);
         let stages = crate::journal::Stages::default();
         registry.register(
             "hookgate_journal_group_seconds",
@@ -218,6 +295,7 @@ impl Metrics {
             connections,
             broker,
             stages,
+            deliveries,
         }
     }
 
@@ -290,9 +368,28 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric, with the gauges read now.
+    /// A delivery attempt to a subscription's endpoint.
+    pub fn delivery_attempt(&self, subscription: &str, outcome: &'static str, took: Duration) {
+        let subscription = subscription.to_string();
+        self.deliveries
+            .attempt_seconds
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.deliveries
+            .attempts
+            .get_or_create(&AttemptLabels {
+                subscription,
+                outcome,
+            })
+            .inc();
+    }
+
     pub fn render(&self, journal: &Journal) -> String {
         self.backlog.set(journal.backlog() as i64);
         self.journal.read(journal);
+        self.deliveries.read(journal);
         let connected = self
             .broker
             .as_ref()

@@ -3,6 +3,7 @@
 //! browser could be tricked into are refused first ([`guard`]).
 
 mod guard;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -41,7 +42,12 @@ pub struct Admin {
     pub clock: Arc<dyn Clock>,
     /// Which kept headers of each source's events are shown.
     pub headers: HeaderPolicies,
+    /// Subscriptions' sending side: for test sends, secrets and the allowed targets.
+    pub deliverer: Arc<crate::deliver::Deliverer>,
 }
+
+/// The most a request body to the admin API may hold.
+const MAX_ADMIN_BODY: usize = 256 * 1024;
 
 #[derive(Serialize)]
 struct SummaryView<'a> {
@@ -131,7 +137,11 @@ fn internal(message: String) -> Response<Body> {
 }
 
 impl Admin {
-    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         if let Some(refused) = guard::refuse(&request, &self.hosts) {
             return refused;
         }
@@ -149,6 +159,33 @@ impl Admin {
                 http::HeaderValue::from_static("Bearer"),
             );
             return response;
+        }
+        let (parts, body) = request.into_parts();
+        drop(parts);
+        if matches!(
+            method,
+            Method::POST | Method::PATCH | Method::PUT | Method::DELETE
+        ) && (path.starts_with("/v1/subscriptions") || path.starts_with("/v1/deliveries/"))
+        {
+            use http_body_util::BodyExt;
+            let body = match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("an admin request body may hold at most {MAX_ADMIN_BODY} bytes"),
+                    )
+                }
+            };
+            if let Some(answer) = self.subscriptions_api(&method, &path, &query, &body).await {
+                return answer;
+            }
+        } else if let Some(answer) = self.subscriptions_api(&method, &path, &query, &[]).await {
+            return answer;
         }
         let replay_of = path
             .strip_prefix("/v1/events/")

@@ -16,7 +16,6 @@ use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
 use super::index::{self, Mark, DEDUP_WALKED};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Status, Stored, Summary};
-use super::subscription::Subscription;
 use super::{
     seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Outlets, ReadError,
     Replayed, Settings, Shared, Trees,
@@ -158,8 +157,11 @@ impl Committer {
         log: Log,
         last_seq: u64,
         outlets: Outlets,
-        subscriptions: Vec<Subscription>,
     ) -> Self {
+        let subscriptions = super::subscription::all_subscriptions(&trees).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the subscriptions");
+            Vec::new()
+        });
         Committer {
             floor: Floor::new(&settings.path, settings.min_free),
             db,

@@ -159,7 +159,6 @@ impl Core {
             },
             last,
             outlets,
-            subscriptions,
         );
         let handle = std::thread::Builder::new()
             .name("journal-committer".into())
@@ -329,6 +328,12 @@ impl Core {
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// An event's summary, from the index alone.
+    pub fn summary(&self, seq: u64) -> Option<Summary> {
+        let bytes = self.trees.events.get(seq_key(seq)).ok()??;
+        record::decode_summary(&bytes).ok()
     }
 
     /// Per subscription: its deliveries by status.

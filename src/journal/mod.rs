@@ -38,7 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-pub use deliveries::{CallbackAnswer, DeliveryOutcome, SubStats, Verdict};
+pub use deliveries::{CallbackAnswer, DeliveryOutcome, SubStats, Verdict, OPERATIONAL_SOURCE};
 pub use disk::MinFree;
 pub use record::{Attempt, Record, Status, Summary};
 pub use subscription::{Delivery, DeliveryAttempt, DeliveryStatus, Mode, Subscription};
@@ -547,6 +547,11 @@ impl Journal {
         reason: String,
     ) -> Result<(), JournalError> {
         self.core()?.mark_failed(seq, replays, at_ms, reason).await
+    }
+
+    /// An event's summary, from the index alone (no log read).
+    pub fn summary(&self, seq: u64) -> Option<Summary> {
+        self.core().ok()?.summary(seq)
     }
 
     /// Every subscription, as it changes.

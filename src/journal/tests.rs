@@ -365,6 +365,12 @@ fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
         dedup_expiry: db.open_tree("dedup_expiry").unwrap(),
         order: db.open_tree("order").unwrap(),
         meta: db.open_tree("meta").unwrap(),
+        subscriptions: db.open_tree("subscriptions").unwrap(),
+        deliveries: db.open_tree("deliveries").unwrap(),
+        pending: db.open_tree("pending").unwrap(),
+        sub_log: db.open_tree("sub_log").unwrap(),
+        callbacks: db.open_tree("callbacks").unwrap(),
+        deadlines: db.open_tree("deadlines").unwrap(),
         keep_queue: true,
     };
     let meta = trees.meta.clone();

@@ -118,7 +118,10 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         },
         embedded: config.broker.is_none(),
         stages: Some(metrics.journal_stages()),
-        delivery: Default::default(),
+        delivery: journal::DeliveryPolicy {
+            retry: config.outbound.retry(),
+            disable_after: config.outbound.disable_after(),
+        },
     })
     .with_context(|| {
         format!(
@@ -221,7 +224,8 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             })
         }
     };
-    let deliverer = Arc::new(deliverer(config, &journal, &metrics)?);
+    let config_secrets = deliver::managed::sync(config, &journal, unix_ms(clock.now())).await?;
+    let deliverer = Arc::new(deliverer(config, &journal, &metrics, config_secrets)?);
     let token = match &config.admin.token {
         Some(reference) => Some(
             reference
@@ -313,30 +317,29 @@ fn deliverer(
     config: &Config,
     journal: &Journal,
     metrics: &Arc<metrics::Metrics>,
+    config_secrets: HashMap<String, Vec<String>>,
 ) -> anyhow::Result<deliver::Deliverer> {
-    let allow = deliver::target::AllowList::parse(&[])
+    let cidrs: Vec<String> = config
+        .outbound
+        .allow_private
+        .iter()
+        .map(|net| net.to_string())
+        .collect();
+    let allow = deliver::target::AllowList::parse(&cidrs)
         .map_err(|e| anyhow::anyhow!("outbound.allow_private: {e}"))?;
-    let timeout = Duration::from_secs(15);
     let outbound = deliver::Outbound::new(deliver::client::OutboundSettings {
         allow: allow.clone(),
-        timeout,
+        timeout: config.outbound.timeout(),
         user_agent: format!("hookgate/{}", env!("CARGO_PKG_VERSION")),
     })?;
-    let scheme = if config.server.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     Ok(deliver::Deliverer {
         journal: journal.clone(),
         outbound,
         allow,
-        schedule: deliver::Schedule {
-            delays: journal.settings().delivery.retry.clone(),
-        },
-        callback_timeout: Duration::from_secs(3600),
-        callback_base: format!("{scheme}://{}", config.server.listen),
-        config_secrets: HashMap::new(),
+        schedule: deliver::Schedule::new(config.outbound.retry()),
+        callback_timeout: config.outbound.callback_timeout(),
+        callback_base: config.callback_base_url(),
+        config_secrets,
         metrics: metrics.clone(),
     })
 }

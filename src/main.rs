@@ -90,6 +90,20 @@ enum Command {
         )]
         token: Option<String>,
     },
+    /// List, create, delete and test subscriptions through the admin API.
+    Subscriptions {
+        #[command(subcommand)]
+        action: hookgate::cli::subscriptions::SubscriptionsAction,
+        #[command(flatten)]
+        admin: hookgate::cli::subscriptions::AdminArgs,
+    },
+    /// Read a subscription's delivery log and retry deliveries through the admin API.
+    Deliveries {
+        #[command(subcommand)]
+        action: hookgate::cli::deliveries::DeliveriesAction,
+        #[command(flatten)]
+        admin: hookgate::cli::subscriptions::AdminArgs,
+    },
     /// Ask the running gateway's admin listener whether it is alive (or, with --ready,
     /// ready); exit 0 if it is, 1 if not. For container health checks.
     Health {
@@ -251,6 +265,12 @@ fn main() -> ExitCode {
             admin,
             token,
         } => runtime().block_on(events(action, &config, admin.as_deref(), token.as_deref())),
+        Command::Subscriptions { action, admin } => {
+            runtime().block_on(hookgate::cli::subscriptions::run(action, &admin))
+        }
+        Command::Deliveries { action, admin } => {
+            runtime().block_on(hookgate::cli::deliveries::run(action, &admin))
+        }
         Command::Health { config, ready } => {
             runtime().block_on(hookgate::cli::health(&config, ready))
         }

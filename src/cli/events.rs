@@ -75,14 +75,35 @@ impl Target {
     }
 
     async fn call(&self, method: Method, path_and_query: &str) -> anyhow::Result<Value> {
+        self.call_with(method, path_and_query, None).await
+    }
+
+    /// Calls the admin API, with `body` sent as JSON when given; the answer's JSON (null
+    /// for an empty answer such as 204), or the API's own error as an [`ApiError`].
+    pub(crate) async fn call_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let mut headers = HeaderMap::new();
         if let Some(token) = &self.token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .context("the admin token cannot travel in an HTTP header")?;
             headers.insert(http::header::AUTHORIZATION, value);
         }
+        let body = match body {
+            Some(json) => {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Bytes::from(serde_json::to_vec(json)?)
+            }
+            None => Bytes::new(),
+        };
         let url = format!("{}{path_and_query}", self.base);
-        let reply = client::request(method, &url, headers, Bytes::new()).await?;
+        let reply = client::request(method, &url, headers, body).await?;
         answer(reply)
     }
 }

@@ -1,9 +1,12 @@
 //! The subcommands other than `serve`: `check-config`, `init`, `send`, `events`,
-//! `health` and `gen-certs`.
+//! `subscriptions`, `deliveries`, `health` and `gen-certs`.
 
 pub mod certs;
 pub mod client;
+pub mod deliveries;
 pub mod events;
+pub mod subscriptions;
+mod table;
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -66,7 +69,43 @@ pub fn check_config(path: &Path) -> anyhow::Result<bool> {
             }
         }
     }
+    ok &= report_subscriptions(&config);
     Ok(ok)
+}
+
+/// Prints each configured subscription and whether its secret and CA file can be read;
+/// false if one cannot.
+fn report_subscriptions(config: &Config) -> bool {
+    let mut ok = true;
+    for sub in &config.subscriptions {
+        let target = match &sub.url {
+            Some(url) => format!("POST {url}"),
+            None => "pull (GET /v1/subscriptions/{id}/pull)".to_string(),
+        };
+        println!(
+            "subscription {}: {target} mode={} events={}{}",
+            sub.name,
+            sub.mode(),
+            sub.events.join(","),
+            if sub.active { "" } else { " (inactive)" }
+        );
+        if let Some(reference) = &sub.secret {
+            match reference.resolve() {
+                Ok(_) => println!("  secret {reference}: resolves"),
+                Err(e) => {
+                    ok = false;
+                    println!("  secret {reference}: error: {e}");
+                }
+            }
+        }
+        if let Some(ca) = &sub.ca {
+            if let Err(e) = std::fs::metadata(ca) {
+                ok = false;
+                println!("  ca {}: error: {}", ca.display(), e.kind());
+            }
+        }
+    }
+    ok
 }
 
 /// Writes the starter config, refusing to overwrite unless `force`.
@@ -369,6 +408,24 @@ mod tests {
     #[test]
     fn the_starter_config_is_valid() {
         Config::parse(STARTER).unwrap();
+    }
+
+    #[test]
+    fn the_starter_configs_commented_subscription_is_valid() {
+        let at = STARTER
+            .find("# [outbound]")
+            .expect("a commented [outbound]");
+        let uncommented: String = STARTER[at..]
+            .lines()
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .unwrap_or(line.trim_start_matches('#'))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = Config::parse(&format!("{}{uncommented}", &STARTER[..at])).unwrap();
+        assert_eq!(config.subscriptions.len(), 1);
+        assert_eq!(config.outbound.allow_private.len(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The TOML configuration (SPEC §3): serde structs with `deny_unknown_fields`, defaults,
 //! and one [`Config::load`] that parses and validates, naming the key at fault.
 
+mod outbound;
 mod secret;
 pub mod units;
 
@@ -11,6 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+pub use outbound::{
+    OutboundConfig, SubscriptionConfig, SubscriptionMode, MAX_IN_FLIGHT, MAX_RETRIES, OWN_SOURCE,
+};
 pub use secret::{Secret, SecretRef};
 pub use units::{parse_duration, parse_size, show_duration, Dur, Floor, Size};
 
@@ -28,6 +32,10 @@ pub struct Config {
     pub broker: Option<BrokerConfig>,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -401,10 +409,27 @@ impl Config {
             if !seen.insert(source.name.as_str()) {
                 bail!("sources[{i}].name: `{}` is used twice", source.name);
             }
+            if source.name == OWN_SOURCE {
+                bail!("sources[{i}].name: `{OWN_SOURCE}` is the gateway's own source of operational events");
+            }
             crate::source::Source::check(source, &self.server)
                 .map_err(|e| anyhow::anyhow!("sources[{i}] ({}): {e}", source.name))?;
         }
-        Ok(())
+        outbound::validate(
+            &self.outbound,
+            &self.subscriptions,
+            &self.sources,
+            &self.server,
+        )
+    }
+
+    /// Where callback URLs point (SPEC §10), without a trailing `/`:
+    /// `outbound.callback_base_url`, else the ingest listener's own address.
+    pub fn callback_base_url(&self) -> String {
+        match &self.outbound.callback_base_url {
+            Some(base) => base.trim_end_matches('/').to_string(),
+            None => outbound::default_callback_base(self.server.listen, self.server.tls.is_some()),
+        }
     }
 }
 

@@ -307,9 +307,7 @@ mod tests {
     use std::time::Duration;
 
     fn schedule() -> Schedule {
-        Schedule {
-            delays: vec![Duration::from_secs(1), Duration::from_secs(10)],
-        }
+        Schedule::new(vec![Duration::from_secs(1), Duration::from_secs(10)])
     }
 
     fn answered(status: u16, retry_after: Option<u64>, body: &[u8]) -> Attempted {

@@ -17,6 +17,7 @@
 pub mod attempt;
 pub mod callback;
 pub mod client;
+pub mod managed;
 pub mod pattern;
 pub mod schedule;
 pub mod sign;

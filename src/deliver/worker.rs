@@ -205,9 +205,12 @@ impl Worker {
         if !self.in_flight.is_empty() {
             return Ok(None);
         }
+        let durable = *self.deliverer.journal.last_seq().borrow();
         match self.deliverer.journal.pending_deliveries(self.num, 0, 1) {
             Ok(head) => match head.first() {
                 None => Ok(None),
+                // Not durable yet: the worker wakes when it is.
+                Some(d) if d.seq > durable => Ok(None),
                 Some(d) if d.next_attempt_at_ms <= now_ms => {
                     self.known.insert(d.seq);
                     Ok(Some(d.seq))
@@ -221,9 +224,14 @@ impl Worker {
         }
     }
 
-    /// Reads the next batch of the pending set into `waiting`; answers whether there was
-    /// any.
+    /// Reads the next batch of the pending set into `waiting`, up to the newest durable
+    /// event (one whose flush is still running may yet be refused); answers whether there
+    /// was any.
     fn read_more(&mut self) -> bool {
+        let durable = *self.deliverer.journal.last_seq().borrow();
+        if self.cursor > durable {
+            return false;
+        }
         let batch =
             match self
                 .deliverer
@@ -236,7 +244,9 @@ impl Worker {
                     return false;
                 }
             };
+        let batch: Vec<_> = batch.into_iter().filter(|d| d.seq <= durable).collect();
         let Some(last) = batch.last() else {
+            self.cursor = durable + 1;
             return false;
         };
         self.cursor = last.seq + 1;

@@ -650,7 +650,9 @@ impl Committer {
         now_ms: u64,
     ) -> Result<Vec<Delivery>, JournalError> {
         let mut leased = Vec::new();
-        let range = sub::sub_key(num, 0)..=sub::sub_key(num, u64::MAX);
+        // Only events whose flush is done: one still being synced may yet be refused.
+        let durable = *self.outlets.published.borrow();
+        let range = sub::sub_key(num, 0)..=sub::sub_key(num, durable);
         let keys: Vec<_> = self
             .trees
             .pending

@@ -975,4 +975,6 @@ fn seq_from(bytes: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
+mod delivery_tests;
+#[cfg(test)]
 mod tests;

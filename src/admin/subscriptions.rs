@@ -255,7 +255,7 @@ pub fn apply_fields(
     if let Some(v) = body.get("secret") {
         let secret = string("secret", v)?;
         if !sign::valid_secret(&secret) {
-            return Err("`secret` must be `whsec_` followed by base64 of 24 to 64 bytes".into());
+            return Err("`secret` must be `whsec_` followed by base64 (as `whsec_` + base64 of 24 random bytes)".into());
         }
         new_secret = Some(secret);
     }

@@ -559,3 +559,48 @@ async fn gone_disables_the_subscription_and_says_so_in_an_operational_event() {
     assert!(statuses(&journal, next).is_empty());
     journal.close().await;
 }
+
+#[tokio::test]
+async fn two_failing_subscriptions_do_not_tell_each_other_of_their_failures_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for name in ["a", "b"] {
+        journal
+            .put_subscription(subscription(name, &["*:*"], Mode::Notify))
+            .await
+            .unwrap();
+    }
+    accepted(&journal, event("s", "e", "t")).await;
+    // Fail every pending delivery at once, round after round.
+    for _ in 0..10 {
+        let mut outcomes = Vec::new();
+        for num in [1, 2] {
+            for d in journal.pending_deliveries(num, 0, 100).unwrap() {
+                outcomes.push(DeliveryOutcome {
+                    seq: d.seq,
+                    sub: num,
+                    attempt: attempt(NOW, 500),
+                    verdict: Verdict::Failed,
+                });
+            }
+        }
+        if outcomes.is_empty() {
+            break;
+        }
+        journal.record_outcomes(outcomes).await.unwrap();
+    }
+    let (ops, _) = journal
+        .list(&ListFilter {
+            source: Some(OPERATIONAL_SOURCE.into()),
+            limit: 100,
+            ..ListFilter::default()
+        })
+        .unwrap();
+    // One failure event each for the original event; each went to the other
+    // subscription only, and failing there made no more.
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    for op in &ops {
+        assert_eq!(journal.event_deliveries(op.seq).unwrap().len(), 1);
+    }
+    journal.close().await;
+}

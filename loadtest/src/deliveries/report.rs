@@ -23,6 +23,9 @@ pub struct Deliveries {
     /// First arrivals of events this run did not see accepted: those without an answer,
     /// or, on an attached gateway, other traffic.
     pub others: u64,
+    /// A few of the missing and of the others, to look up in the gateway's delivery log.
+    pub some_missing: Vec<String>,
+    pub some_others: Vec<String>,
     /// Microseconds from an event's `200` to its arrival.
     pub latency: Histogram<u64>,
     /// Deliveries that arrived before the load generator had read their event's `200`
@@ -54,6 +57,9 @@ pub fn missing(seen: &Seen, accepted: &[(String, Instant)], subscriptions: usize
     }
     missing
 }
+
+/// How many missing and other deliveries a report names.
+const EXAMPLES: usize = 5;
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
@@ -96,11 +102,24 @@ impl Deliveries {
             }
         }
         let ids: HashSet<&str> = accepted.iter().map(|(id, _)| id.as_str()).collect();
-        let others = seen
+        let other_keys: Vec<&(usize, String)> = seen
             .first
             .keys()
             .filter(|(sub, id)| *sub > subscriptions || !ids.contains(id.as_str()))
-            .count() as u64;
+            .collect();
+        let mut some_others: Vec<String> = other_keys
+            .iter()
+            .map(|(sub, id)| format!("{id} at subscription {sub}"))
+            .collect();
+        some_others.sort();
+        some_others.truncate(EXAMPLES);
+        let some_missing = accepted
+            .iter()
+            .flat_map(|(id, _)| (1..=subscriptions).map(move |sub| (sub, id)))
+            .filter(|(sub, id)| !seen.first.contains_key(&(*sub, (*id).clone())))
+            .take(EXAMPLES)
+            .map(|(sub, id)| format!("{id} at subscription {sub}"))
+            .collect();
         let mut reordered = 0;
         for arrivals in &mut by_sub {
             arrivals.sort_unstable();
@@ -119,7 +138,9 @@ impl Deliveries {
             delivered,
             duplicates: seen.duplicates,
             unmatched: seen.unmatched,
-            others,
+            others: other_keys.len() as u64,
+            some_missing,
+            some_others,
             latency,
             before_ack,
             ingest: ended - began,
@@ -187,6 +208,8 @@ pub fn print(outcome: &Outcome, json: bool) {
                 "arrived_before_ack": d.before_ack,
                 "after_ingest_ended": d.after_end,
                 "reordered": d.reordered,
+                "some_missing": d.some_missing,
+                "some_others": d.some_others,
                 "drain_seconds": d.drain.as_secs_f64(),
                 "latency_ms": {
                     "p50": d.ms(0.5), "p90": d.ms(0.9), "p99": d.ms(0.99),
@@ -251,6 +274,11 @@ pub fn print(outcome: &Outcome, json: bool) {
             d.unmatched, d.others
         );
     }
+    for (what, some) in [("missing", &d.some_missing), ("other", &d.some_others)] {
+        if !some.is_empty() {
+            println!("  {what}, for instance: {}", some.join(", "));
+        }
+    }
     println!(
         "  {} arrived after ingest ended, the last {:.3} s after it",
         d.after_end,
@@ -292,6 +320,8 @@ mod tests {
         assert_eq!((d.expected, d.delivered, d.missing()), (4, 3, 1));
         assert_eq!((d.before_ack, d.after_end, d.others), (1, 1, 1));
         assert_eq!(d.reordered, 1);
+        assert_eq!(d.some_missing, ["b at subscription 2"]);
+        assert_eq!(d.some_others, ["z at subscription 1"]);
         assert_eq!(d.drain, Duration::from_millis(30));
         assert_eq!(d.span, Duration::from_millis(130));
         assert!((d.latency.max() as i64 - 120_000).abs() < 200);

@@ -77,9 +77,11 @@ impl Deliveries {
         let mut latency = histogram();
         let (mut delivered, mut before_ack, mut after_end) = (0, 0, 0);
         let mut last = began;
-        let mut by_sub: Vec<Vec<(Instant, u64)>> = vec![Vec::new(); subscriptions + 1];
+        // Arrivals (time, seq) of subscription n at index n - 1.
+        let mut by_sub: Vec<Vec<(Instant, u64)>> = vec![Vec::new(); subscriptions];
         for (id, acked) in accepted {
-            for sub in 1..=subscriptions {
+            for (index, arrivals) in by_sub.iter_mut().enumerate() {
+                let sub = index + 1;
                 let Some(arrival) = seen.first.get(&(sub, id.clone())) else {
                     continue;
                 };
@@ -97,7 +99,7 @@ impl Deliveries {
                     after_end += 1;
                 }
                 if let Some(seq) = arrival.seq {
-                    by_sub[sub].push((arrival.at, seq));
+                    arrivals.push((arrival.at, seq));
                 }
             }
         }

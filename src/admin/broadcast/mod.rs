@@ -23,19 +23,22 @@
 //!
 //! [`feed`]: Broadcaster::feed
 
+mod event;
+mod subscription;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
-use super::SummaryView;
-use crate::journal::{Journal, ListFilter, ReadError, Summary};
+use crate::journal::{Journal, ListFilter, ReadError};
 use crate::listen::stopped;
+
+pub use event::{Event, Filter};
+use subscription::State;
+pub use subscription::{Item, Subscription};
 
 /// How far behind the feed a live client may fall before it is cut off (SPEC §11).
 pub const MAX_BEHIND: usize = 1000;
@@ -50,74 +53,6 @@ const RING_BYTES: usize = 32 << 20;
 const PAGE: usize = 128;
 /// How long the feed waits before reading again after a journal error.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// One journaled event, rendered once as a server-sent event.
-#[derive(Debug)]
-pub struct Event {
-    pub seq: u64,
-    pub source: String,
-    pub event_type: Option<String>,
-    /// `id: SEQ`, `event: TYPE`, `data: {summary + payload}` and the blank line.
-    pub text: Bytes,
-}
-
-#[derive(Serialize)]
-struct StreamView<'a> {
-    #[serde(flatten)]
-    summary: SummaryView<'a>,
-    payload: Option<Box<RawValue>>,
-}
-
-impl Event {
-    /// `payload` is the normalised JSON; `None` (a damaged event) and anything that is
-    /// not JSON show as `null`.
-    pub fn render(summary: &Summary, payload: Option<&[u8]>) -> Event {
-        let view = StreamView {
-            summary: SummaryView::from(summary),
-            payload: payload.and_then(one_line),
-        };
-        let data = serde_json::to_string(&view).expect("plain JSON");
-        let name = match summary.event_type.as_deref() {
-            None | Some("") => "unknown".to_string(),
-            // A line break would end the field and let a payload forge SSE fields.
-            Some(t) => t.replace(['\r', '\n'], " "),
-        };
-        let text = format!("id: {}\nevent: {name}\ndata: {data}\n\n", summary.seq);
-        Event {
-            seq: summary.seq,
-            source: summary.source.clone(),
-            event_type: summary.event_type.clone(),
-            text: Bytes::from(text),
-        }
-    }
-}
-
-/// The payload as JSON on one line. Valid JSON holds no raw line break inside a string,
-/// so dropping every CR and LF removes only insignificant whitespace and keeps the rest
-/// byte for byte.
-fn one_line(payload: &[u8]) -> Option<Box<RawValue>> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let _: &RawValue = serde_json::from_str(text).ok()?;
-    let flat: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
-    RawValue::from_string(flat.trim().to_string()).ok()
-}
-
-/// Which events a client wants: by source and by type, exactly (as `GET /v1/events`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub source: Option<String>,
-    pub event_type: Option<String>,
-}
-
-impl Filter {
-    pub fn matches(&self, event: &Event) -> bool {
-        self.source.as_deref().is_none_or(|s| s == event.source)
-            && self
-                .event_type
-                .as_deref()
-                .is_none_or(|t| Some(t) == event.event_type.as_deref())
-    }
-}
 
 /// The recent events and the feed's position, changed only under the lock.
 struct Ring {
@@ -271,12 +206,7 @@ impl Broadcaster {
         let position = after.map_or(ring.published, |after| after.min(durable));
         let state = join(&ring, &self.shared.sender, position);
         drop(ring);
-        Subscription {
-            shared: self.shared.clone(),
-            filter,
-            position,
-            state,
-        }
+        Subscription::new(self.shared.clone(), filter, position, state)
     }
 }
 
@@ -342,133 +272,12 @@ async fn read_page(
         .map_err(|e| format!("reading the journal failed: {e}"))?
 }
 
-enum State {
-    /// Joining again after reading from the journal.
-    Join,
-    /// Reading its own pages from the journal, up to `until`.
-    Journal {
-        until: u64,
-        page: VecDeque<Arc<Event>>,
-        page_end: u64,
-    },
-    /// Taking what the feed publishes, after the ring's `backlog`.
-    Live {
-        receiver: broadcast::Receiver<Arc<Event>>,
-        backlog: VecDeque<Arc<Event>>,
-    },
-    Done,
-}
-
-/// What a subscription yields.
-#[derive(Debug)]
-pub enum Item {
-    Event(Arc<Event>),
-    /// The client fell more than [`MAX_BEHIND`] events behind: it should come back for
-    /// the events after `resume_after`. The subscription has ended.
-    Overflow {
-        resume_after: u64,
-    },
-}
-
-/// One client's place in the stream.
-pub struct Subscription {
-    shared: Arc<Shared>,
-    filter: Filter,
-    /// Every event up to here has been yielded or did not pass the filter.
-    position: u64,
-    state: State,
-}
-
-impl Subscription {
-    /// The seq this subscription has passed: where a client resumes after.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// The next event that passes the filter, an overflow, or `None` when the stream has
-    /// ended (the gateway is stopping). Cancel-safe: nothing changes until a read is done.
-    pub async fn next(&mut self) -> Result<Option<Item>, String> {
-        loop {
-            match &mut self.state {
-                State::Done => return Ok(None),
-                State::Join => {
-                    let ring = self
-                        .shared
-                        .ring
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    self.state = join(&ring, &self.shared.sender, self.position);
-                }
-                State::Journal {
-                    until,
-                    page,
-                    page_end,
-                } => {
-                    if let Some(event) = page.pop_front() {
-                        self.position = event.seq;
-                        return Ok(Some(Item::Event(event)));
-                    }
-                    self.position = self.position.max(*page_end);
-                    if self.position >= *until {
-                        self.state = State::Join;
-                        continue;
-                    }
-                    let until = *until;
-                    let (events, end) =
-                        read_page(&self.shared.journal, &self.filter, self.position, until).await?;
-                    self.state = State::Journal {
-                        until,
-                        page: events.into(),
-                        page_end: end,
-                    };
-                }
-                State::Live { receiver, backlog } => {
-                    if receiver.len() > MAX_BEHIND {
-                        return Ok(Some(self.overflow()));
-                    }
-                    let event = match backlog.pop_front() {
-                        Some(event) => event,
-                        None => match receiver.recv().await {
-                            Ok(event) => event,
-                            Err(broadcast::error::RecvError::Lagged(_)) => {
-                                return Ok(Some(self.overflow()))
-                            }
-                            Err(broadcast::error::RecvError::Closed) => {
-                                self.state = State::Done;
-                                return Ok(None);
-                            }
-                        },
-                    };
-                    if event.seq <= self.position {
-                        continue;
-                    }
-                    self.position = event.seq;
-                    if self.filter.matches(&event) {
-                        return Ok(Some(Item::Event(event)));
-                    }
-                }
-            }
-        }
-    }
-
-    fn overflow(&mut self) -> Item {
-        self.state = State::Done;
-        Item::Overflow {
-            resume_after: self.position,
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{MinFree, NewEvent, Settings, Status};
+    use bytes::Bytes;
+
+    use crate::journal::{MinFree, NewEvent, Settings};
 
     fn journal(dir: &std::path::Path) -> Journal {
         Journal::open(Settings {
@@ -557,85 +366,5 @@ mod tests {
         stop.send(true).unwrap();
         feed.await.unwrap();
         journal.close().await;
-    }
-
-    fn summary(seq: u64, event_type: Option<&str>) -> Summary {
-        Summary {
-            seq,
-            id: format!("evt-{seq}"),
-            source: "github".into(),
-            event_type: event_type.map(str::to_string),
-            status: Status::Queued,
-            received_at_ms: 1_700_000_000_000,
-            attempts: 0,
-            size: 12,
-            replay_of: None,
-        }
-    }
-
-    #[test]
-    fn an_event_is_one_frame_with_its_payload_on_one_line() {
-        let e = Event::render(
-            &summary(7, Some("push")),
-            Some(b"{\n  \"a\": \"x y\",\r\n  \"b\": [1, 2]\n}\n"),
-        );
-        let text = std::str::from_utf8(&e.text).unwrap();
-        let lines: Vec<&str> = text.split('\n').collect();
-        assert_eq!(lines[0], "id: 7");
-        assert_eq!(lines[1], "event: push");
-        assert_eq!(&lines[3..], ["", ""]);
-        let data: serde_json::Value =
-            serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
-        assert_eq!(data["seq"], 7);
-        assert_eq!(data["type"], "push");
-        assert_eq!(data["status"], "queued");
-        assert_eq!(data["received_at"], "2023-11-14T22:13:20.000Z");
-        assert_eq!(
-            data["payload"],
-            serde_json::json!({"a": "x y", "b": [1, 2]})
-        );
-        assert!(lines[2].contains(r#""payload":{  "a": "x y",  "b": [1, 2]}"#));
-    }
-
-    #[test]
-    fn a_type_cannot_forge_fields_and_no_type_is_unknown() {
-        let forged = Event::render(&summary(1, Some("x\ndata: evil\r")), Some(b"{}"));
-        let text = std::str::from_utf8(&forged.text).unwrap();
-        assert!(
-            text.starts_with("id: 1\nevent: x data: evil \ndata: {"),
-            "{text}"
-        );
-        let untyped = Event::render(&summary(2, None), Some(b"[]"));
-        assert!(std::str::from_utf8(&untyped.text)
-            .unwrap()
-            .contains("\nevent: unknown\n"));
-        let damaged = Event::render(&summary(3, Some("push")), None);
-        assert!(std::str::from_utf8(&damaged.text)
-            .unwrap()
-            .contains(r#""payload":null"#));
-        let not_json = Event::render(&summary(4, Some("push")), Some(b"{\"a\":"));
-        assert!(std::str::from_utf8(&not_json.text)
-            .unwrap()
-            .contains(r#""payload":null"#));
-    }
-
-    #[test]
-    fn filters_match_source_and_type_exactly() {
-        let push = Event::render(&summary(1, Some("push")), Some(b"{}"));
-        let all = Filter::default();
-        let github_push = Filter {
-            source: Some("github".into()),
-            event_type: Some("push".into()),
-        };
-        let stripe = Filter {
-            source: Some("stripe".into()),
-            event_type: None,
-        };
-        let issues = Filter {
-            source: None,
-            event_type: Some("issues".into()),
-        };
-        assert!(all.matches(&push) && github_push.matches(&push));
-        assert!(!stripe.matches(&push) && !issues.matches(&push));
     }
 }

@@ -164,7 +164,7 @@ impl Admin {
             .map(http_body_util::Either::Left);
         }
         let query = request.uri().query().unwrap_or("");
-        self.stream(query, request.headers().get("last-event-id"))
+        self.stream_response(query, request.headers().get("last-event-id"))
     }
 
     /// The answer refusing a request a browser was tricked into, or a `/v1/` call

@@ -1,5 +1,5 @@
 //! `GET /v1/stream?source=&type=&after=SEQ` (SPEC §11): the journal's events as
-//! server-sent events, live. The events come from the one [`Broadcaster`]; this file is
+//! server-sent events, live. The events come from the one [`Broadcaster`](super::broadcast::Broadcaster); this file is
 //! the HTTP side: the query, the answer, and a small task per client that writes its
 //! subscription's frames, a comment every 15 s, and the final overflow, into a body
 //! bounded to a few frames.
@@ -24,7 +24,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Either;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::broadcast::{Broadcaster, Filter, Item, Subscription};
+use super::broadcast::{Filter, Item, Subscription};
 use super::{bad_request, Admin};
 use crate::answer::{error_response, Body};
 use crate::listen::stopped;
@@ -86,7 +86,11 @@ impl Admin {
     /// `GET /v1/stream`, once the caller is authorised (the admin token, or a console
     /// session): a `text/event-stream` answer that runs until the client goes, falls too
     /// far behind, or the gateway stops.
-    pub fn stream(&self, query: &str, last_event_id: Option<&HeaderValue>) -> Response<AdminBody> {
+    pub fn stream_response(
+        &self,
+        query: &str,
+        last_event_id: Option<&HeaderValue>,
+    ) -> Response<AdminBody> {
         let asked = match parse(query, last_event_id.map(HeaderValue::as_bytes)) {
             Ok(asked) => asked,
             Err(e) => return bad_request(e).map(Either::Left),
@@ -115,11 +119,6 @@ impl Admin {
         // Proxies such as nginx would otherwise hold events back to fill a buffer.
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         response
-    }
-
-    /// The live stream's broadcaster, for other parts of the admin listener (the console).
-    pub fn broadcaster(&self) -> &Broadcaster {
-        &self.stream
     }
 }
 

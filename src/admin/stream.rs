@@ -1,8 +1,8 @@
 //! `GET /v1/stream?source=&type=&after=SEQ` (SPEC §11): the journal's events as
-//! server-sent events, live. The events come from the one [`Broadcaster`](super::broadcast::Broadcaster); this file is
-//! the HTTP side: the query, the answer, and a small task per client that writes its
-//! subscription's frames, a comment every 15 s, and the final overflow, into a body
-//! bounded to a few frames.
+//! server-sent events, live. The events come from the one
+//! [`Broadcaster`](super::broadcast::Broadcaster); this file is the HTTP side: the query,
+//! the answer, and a small task per client that writes its subscription's frames, a
+//! comment every 15 s, and the final overflow, into a body bounded to a few frames.
 //!
 //! - The first frame is `retry:` and `id:` with the seq the stream starts after, so a
 //!   client that asked for the newest events (`after=latest`, or nothing) and loses the

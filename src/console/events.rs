@@ -128,14 +128,6 @@ pub async fn list(ctx: &Ctx<'_>) -> Response<Body> {
     html(StatusCode::OK, &page)
 }
 
-/// `GET /live`: the admin API's live stream (`/v1/stream`), for the Events page's script,
-/// which cannot send the bearer token but does send the session cookie.
-pub async fn live(ctx: &Ctx<'_>) -> Response<Body> {
-    ctx.admin
-        .route(&Method::GET, "/v1/stream", &ctx.query, &[])
-        .await
-}
-
 struct Attempt {
     at: String,
     outcome: String,

@@ -31,6 +31,9 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use http_body_util::Either;
+
+use crate::admin::stream::AdminBody;
 use crate::admin::Admin;
 use crate::answer::Body;
 use crate::gateway::Clock;
@@ -63,6 +66,29 @@ impl Console {
             samples: health::Samples::default(),
         }
     }
+}
+
+/// The Events page's live rows: the admin API's stream (`/v1/stream`) for a signed-in
+/// session, since a page's script has the session cookie but not the bearer token.
+pub const LIVE: &str = "/live";
+
+/// `GET /live?source=&type=&after=`: the stream, for a signed-in session (or anyone
+/// when no admin token is set). The admin listener has already applied its guard.
+pub fn live<B>(admin: &Arc<Admin>, request: &Request<B>) -> Response<AdminBody> {
+    let console = &admin.console;
+    let visit = session::read_cookie(request.headers(), &console.cookie_name)
+        .and_then(|cookie| console.sessions.find(cookie));
+    let allowed = admin.token.is_none() || visit.is_some_and(|v| v.signed_in);
+    let mut response = if allowed {
+        admin.stream(
+            request.uri().query().unwrap_or(""),
+            request.headers().get("last-event-id"),
+        )
+    } else {
+        page::plain(StatusCode::UNAUTHORIZED, "sign in to follow new events").map(Either::Left)
+    };
+    page::harden(response.headers_mut());
+    response
 }
 
 /// Whether a path is the console's rather than the API's or the probes'.
@@ -116,7 +142,6 @@ impl Ctx<'_> {
 /// The console's pages, by method and path.
 enum Route {
     Events,
-    Live,
     Event(String),
     Replay(String),
     Sources,
@@ -139,7 +164,6 @@ fn route(method: &Method, path: &str) -> Option<Route> {
     let owned = |s: &str| s.to_string();
     Some(match segments.as_slice() {
         [""] if get => Route::Events,
-        ["live"] if get => Route::Live,
         ["events", seq] if get => Route::Event(owned(seq)),
         ["events", seq, "replay"] if post => Route::Replay(owned(seq)),
         ["sources"] if get => Route::Sources,
@@ -164,7 +188,7 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut response = serve(admin, request).await;
-    page::harden(&mut response);
+    page::harden(response.headers_mut());
     response
 }
 
@@ -246,7 +270,6 @@ where
     };
     let mut response = match page {
         Route::Events => events::list(&ctx).await,
-        Route::Live => events::live(&ctx).await,
         Route::Event(seq) => events::show(&ctx, &seq).await,
         Route::Replay(seq) => events::replay(&ctx, &seq).await,
         Route::Sources => sources::page(&ctx).await,

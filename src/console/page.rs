@@ -119,8 +119,7 @@ pub fn redirect(to: &str) -> Response<Body> {
 }
 
 /// The headers every console answer carries.
-pub fn harden(response: &mut Response<Body>) {
-    let headers = response.headers_mut();
+pub fn harden(headers: &mut http::HeaderMap) {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),

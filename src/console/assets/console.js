@@ -120,14 +120,17 @@
       var e = parseBlock(block);
       if (e.event === 'overflow') {
         // Too far behind: the stream ends, naming where to resume.
-        var resume = parseInt(e.id || e.data.replace(/[^0-9]/g, ''), 10);
-        if (!isNaN(resume)) { after = String(resume); }
+        try {
+          var resume = JSON.parse(e.data).resume_after;
+          if (typeof resume === 'number') { after = String(resume); }
+        } catch (err) { /* resume from the last id */ }
         return;
       }
+      // The first frame names only where the stream starts.
+      if (e.id) { after = e.id; }
       if (!e.data) { return; }
       var summary;
       try { summary = JSON.parse(e.data); } catch (err) { return; }
-      if (e.id) { after = e.id; } else if (summary.seq) { after = String(summary.seq); }
       if (wanted && summary.status !== wanted) { return; }
       if (seen[summary.seq]) { return; }
       seen[summary.seq] = true;

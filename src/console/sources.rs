@@ -14,6 +14,8 @@ struct SourceRow {
     name: String,
     scheme: String,
     configured: bool,
+    /// hookgate's own operational events (`hookgate.delivery.failed`, …).
+    operational: bool,
     url: String,
     queued: u64,
     delivered: u64,
@@ -36,6 +38,7 @@ fn row(source: &Value) -> SourceRow {
         name: text(source, "name"),
         scheme: text(source, "scheme"),
         configured: source["configured"].as_bool().unwrap_or(false),
+        operational: source["name"] == crate::journal::OPERATIONAL_SOURCE,
         url: text(source, "url"),
         queued: number(events, "queued"),
         delivered: number(events, "delivered"),

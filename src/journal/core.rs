@@ -563,14 +563,12 @@ impl Core {
                 Box::new(range)
             };
         let mut found = Vec::new();
-        let mut scanned = 0;
         let mut exhausted = true;
-        for item in items {
+        for (scanned, item) in items.enumerate() {
             if scanned == MAX_SCAN {
                 exhausted = false;
                 break;
             }
-            scanned += 1;
             let (key, bytes) = item.map_err(|e| e.to_string())?;
             cursor = seq_of(&key);
             let summary =

@@ -24,7 +24,7 @@
 //! [`feed`]: Broadcaster::feed
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -135,6 +135,8 @@ struct Shared {
     ring: Mutex<Ring>,
     /// Subscriptions alive; with none, the feed reads nothing.
     clients: AtomicUsize,
+    /// Events the feed has read from the journal.
+    read: AtomicU64,
     /// Streams open at once.
     slots: Arc<Semaphore>,
 }
@@ -162,6 +164,7 @@ impl Broadcaster {
                     published: newest,
                 }),
                 clients: AtomicUsize::new(0),
+                read: AtomicU64::new(0),
                 slots: Arc::new(Semaphore::new(max_streams)),
             }),
         }
@@ -184,6 +187,12 @@ impl Broadcaster {
         self.ring().published
     }
 
+    /// How many events the feed has read from the journal: one per event while anyone
+    /// listens, however many do.
+    pub fn events_read(&self) -> u64 {
+        self.shared.read.load(Ordering::Relaxed)
+    }
+
     /// Follows the journal until `stop`: the only task that reads events for the stream.
     pub async fn feed(self, mut stop: watch::Receiver<bool>) {
         let journal = self.shared.journal.clone();
@@ -198,6 +207,8 @@ impl Broadcaster {
                 }
                 match read_page(&journal, &Filter::default(), cursor, newest).await {
                     Ok((events, end)) => {
+                        let read = events.len() as u64;
+                        self.shared.read.fetch_add(read, Ordering::Relaxed);
                         self.publish(events, end);
                         cursor = end;
                     }
@@ -457,7 +468,96 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Status;
+    use crate::journal::{MinFree, NewEvent, Settings, Status};
+
+    fn journal(dir: &std::path::Path) -> Journal {
+        Journal::open(Settings {
+            path: dir.join("journal"),
+            dedup_window: Duration::from_secs(3600),
+            retention: Duration::from_secs(3600),
+            max_backlog: u64::MAX,
+            max_backlog_bytes: None,
+            min_free: MinFree::Bytes(0),
+            embedded: true,
+            stages: None,
+            delivery: Default::default(),
+        })
+        .unwrap()
+    }
+
+    async fn append(journal: &Journal, range: std::ops::Range<u64>) {
+        for i in range {
+            journal
+                .append(NewEvent {
+                    source: "github".into(),
+                    id: format!("e-{i}"),
+                    event_type: Some("push".into()),
+                    received_at_ms: 1_700_000_000_000,
+                    event_ts: None,
+                    order: None,
+                    content_type: "application/json".into(),
+                    headers: vec![],
+                    client_identity: None,
+                    body: Bytes::from(format!("{{\"n\":{i}}}")),
+                    normalised: None,
+                    replay_key: None,
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn take(subscription: &mut Subscription, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            let next = tokio::time::timeout(Duration::from_secs(10), subscription.next());
+            match next.await.expect("in time").unwrap() {
+                Some(Item::Event(event)) => seqs.push(event.seq),
+                other => panic!("{other:?}"),
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_clients_cost_one_read_per_event_and_none_cost_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = journal(dir.path());
+        let broadcaster = Broadcaster::new(journal.clone(), 64);
+        let (stop, stopped) = watch::channel(false);
+        let feed = tokio::spawn(broadcaster.clone().feed(stopped));
+
+        append(&journal, 0..10).await;
+        let quiet = tokio::time::timeout(Duration::from_secs(5), async {
+            while broadcaster.published() < 10 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        quiet.await.expect("the feed moves on");
+        assert_eq!(
+            broadcaster.events_read(),
+            0,
+            "nobody listens: nothing is read"
+        );
+
+        let mut clients: Vec<Subscription> = (0..50)
+            .map(|_| broadcaster.subscribe(Filter::default(), None))
+            .collect();
+        append(&journal, 10..110).await;
+        for client in &mut clients {
+            assert_eq!(take(client, 100).await, (11..=110).collect::<Vec<_>>());
+        }
+        assert_eq!(broadcaster.events_read(), 100);
+
+        // A client from before the ring reads its own pages, and the feed reads no more.
+        let mut late = broadcaster.subscribe(Filter::default(), Some(0));
+        assert_eq!(take(&mut late, 110).await, (1..=110).collect::<Vec<_>>());
+        assert_eq!(broadcaster.events_read(), 100);
+
+        stop.send(true).unwrap();
+        feed.await.unwrap();
+        journal.close().await;
+    }
 
     fn summary(seq: u64, event_type: Option<&str>) -> Summary {
         Summary {

@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client over one connection, for `hookgate send` and the tests.
+//! A small HTTP/1.1 client over one connection, for `hookgate send`, `events` and the
+//! tests.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -27,6 +28,25 @@ pub async fn request(
     headers: HeaderMap,
     body: Bytes,
 ) -> anyhow::Result<Reply> {
+    let response = open(method, url, headers, body).await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends one request on a new connection and answers as soon as the answer's head has
+/// come; its body is read as it arrives (a live stream).
+pub async fn open(
+    method: Method,
+    url: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let uri: Uri = url
         .parse()
         .with_context(|| format!("`{url}` is not a URL"))?;
@@ -56,15 +76,7 @@ pub async fn request(
     for (name, value) in &headers {
         builder = builder.header(name, value);
     }
-    let response = sender.send_request(builder.body(Full::new(body))?).await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    Ok(sender.send_request(builder.body(Full::new(body))?).await?)
 }
 
 pub async fn get(url: &str) -> anyhow::Result<Reply> {

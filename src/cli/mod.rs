@@ -5,6 +5,8 @@ pub mod certs;
 pub mod client;
 pub mod deliveries;
 pub mod events;
+pub mod forward;
+pub mod sse;
 pub mod subscriptions;
 mod table;
 

@@ -331,6 +331,54 @@ async fn without_an_admin_token_the_console_is_open_but_forms_still_need_their_t
         listed.contains("puller") && listed.contains("whsec_"),
         "{listed}"
     );
+    assert!(
+        !body(&visitor.get("/subscriptions").await).contains("whsec_"),
+        "shown once"
+    );
+
+    // Edit: the form holds the subscription; a refusal comes back beside its field.
+    let edit = visitor.get("/subscriptions/sub_1/edit").await;
+    assert_eq!(edit.status, StatusCode::OK);
+    assert!(
+        body(&edit).contains("value=\"github:*\""),
+        "{}",
+        body(&edit)
+    );
+    let bad = visitor
+        .post(
+            "/subscriptions/sub_1/edit",
+            &format!("csrf={csrf}&name=puller&url=&events=nocolon&mode=pull&active=on"),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(body(&bad).contains("id=\"events-error\""), "{}", body(&bad));
+    let saved = visitor
+        .post(
+            "/subscriptions/sub_1/edit",
+            &format!("csrf={csrf}&name=puller&url=&events=github%3Apush&mode=pull"),
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER);
+    let shown = common::admin_get(&running, "/v1/subscriptions/sub_1")
+        .await
+        .json();
+    assert_eq!(
+        (shown["events"][0].as_str(), shown["active"].as_bool()),
+        (Some("github:push"), Some(false))
+    );
+
+    // Delete.
+    let gone = visitor
+        .post("/subscriptions/sub_1/delete", &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(gone.status, StatusCode::SEE_OTHER);
+    assert!(body(&visitor.get("/subscriptions").await).contains("was deleted"));
+    assert_eq!(
+        common::admin_get(&running, "/v1/subscriptions/sub_1")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
     running.stop().await;
 }
 

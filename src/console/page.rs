@@ -112,9 +112,9 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 pub fn redirect(to: &str) -> Response<Body> {
     let mut response = Response::new(body(Bytes::new()));
     *response.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(location) = HeaderValue::from_str(to) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
+    // A path that is not plain ASCII (a decoded `next`) goes home rather than nowhere.
+    let location = HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/"));
+    response.headers_mut().insert(header::LOCATION, location);
     response
 }
 

@@ -478,7 +478,11 @@ async fn subscriptions_from_the_form_to_the_delivery_log() {
     };
     fill("local-app", "ftp://127.0.0.1/hooks".into()).await;
     let error = text_of(client, "#url-error").await;
-    assert!(error.contains("`url`"), "{error}");
+    assert!(
+        error.contains("is not an http:// or https:// URL"),
+        "{error}"
+    );
+    assert_eq!(text_of(client, "#url-error code").await, "url");
     let url_field = css(client, "#s-url").await;
     assert_eq!(
         url_field.attr("aria-invalid").await.unwrap().as_deref(),

@@ -6,7 +6,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
 use super::api::{self, number, short_time, text};
-use super::page::{html, Chrome};
+use super::page::{html, Chrome, Message};
 use super::session::Flash;
 use super::Ctx;
 use crate::answer::Body;
@@ -53,7 +53,7 @@ struct EventsPage {
     live: Option<String>,
     older: Option<String>,
     newer: Option<String>,
-    error: Option<String>,
+    error: Option<Message>,
 }
 
 /// `GET /`: the newest events (or, with `before`, older ones), filtered.
@@ -92,7 +92,7 @@ pub async fn list(ctx: &Ctx<'_>) -> Response<Body> {
         status,
     };
     if !answer.ok() {
-        page.error = Some(answer.message());
+        page.error = Some(answer.message().into());
         return html(answer.status, &page);
     }
     page.rows = answer.body["events"]

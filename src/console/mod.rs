@@ -125,7 +125,7 @@ impl Ctx<'_> {
     pub fn failed(&self, title: &str, nav: &'static str, answer: &api::Answer) -> Response<Body> {
         let page = ErrorPage {
             chrome: self.chrome(title, nav),
-            message: answer.message(),
+            message: answer.message().into(),
         };
         html(answer.status, &page)
     }

@@ -68,7 +68,40 @@ impl Chrome {
 #[template(path = "error.html")]
 pub struct ErrorPage {
     pub chrome: Chrome,
-    pub message: String,
+    pub message: Message,
+}
+
+/// An API's message as the console shows it: what it puts in backticks (field names,
+/// values) set as code.
+#[derive(Debug, Default)]
+pub struct Message {
+    /// Each piece, and whether it was in backticks.
+    pub parts: Vec<(bool, String)>,
+}
+
+impl Message {
+    pub fn new(text: &str) -> Message {
+        Message {
+            parts: text
+                .split('`')
+                .enumerate()
+                .filter(|(_, part)| !part.is_empty())
+                .map(|(i, part)| (i % 2 == 1, part.to_string()))
+                .collect(),
+        }
+    }
+}
+
+impl From<String> for Message {
+    fn from(text: String) -> Message {
+        Message::new(&text)
+    }
+}
+
+impl From<&str> for Message {
+    fn from(text: &str) -> Message {
+        Message::new(text)
+    }
 }
 
 fn body(bytes: impl Into<Bytes>) -> Body {
@@ -155,4 +188,27 @@ pub fn asset(name: &str) -> Option<Response<Body>> {
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
     Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backticks_become_code() {
+        let m = Message::new("`url` `ftp://x/` is not an http:// URL");
+        assert_eq!(
+            m.parts,
+            vec![
+                (true, "url".to_string()),
+                (false, " ".to_string()),
+                (true, "ftp://x/".to_string()),
+                (false, " is not an http:// URL".to_string()),
+            ]
+        );
+        assert_eq!(
+            Message::new("plain").parts,
+            vec![(false, "plain".to_string())]
+        );
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::api::{self, number, short_time, text, Answer};
 use super::events::last_outcome;
 use super::form::local_path;
-use super::page::{html, Chrome};
+use super::page::{html, Chrome, Message};
 use super::session::Flash;
 use super::Ctx;
 use crate::answer::Body;
@@ -77,11 +77,11 @@ struct SubForm {
 /// Messages beside the fields of a form, and one for the form as a whole.
 #[derive(Default)]
 struct FieldErrors {
-    name: Option<String>,
-    url: Option<String>,
-    events: Option<String>,
-    mode: Option<String>,
-    form: Option<String>,
+    name: Option<Message>,
+    url: Option<Message>,
+    events: Option<Message>,
+    mode: Option<Message>,
+    form: Option<Message>,
 }
 
 impl FieldErrors {
@@ -102,12 +102,13 @@ impl FieldErrors {
             None => "",
         };
         let mut errors = FieldErrors::default();
+        let message = Some(Message::new(&message));
         match field {
-            "name" => errors.name = Some(message),
-            "url" => errors.url = Some(message),
-            "events" => errors.events = Some(message),
-            "mode" => errors.mode = Some(message),
-            _ => errors.form = Some(message),
+            "name" => errors.name = message,
+            "url" => errors.url = message,
+            "events" => errors.events = message,
+            "mode" => errors.mode = message,
+            _ => errors.form = message,
         }
         errors
     }

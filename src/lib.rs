@@ -11,6 +11,7 @@
 //! - [`forward`]: with a `[broker]`, the outbox that takes queued events from the
 //!   journal to RabbitMQ and marks them delivered once the broker confirms them.
 //! - [`admin`]: health, readiness, the pull API over the journal and its live stream.
+//! - [`console`]: the web console on the admin listener, a client of [`admin`]'s API.
 //! - [`config`] and [`source`]: the TOML file and each source at run time.
 //! - [`cli`]: the subcommands other than `serve`.
 
@@ -19,6 +20,7 @@ pub mod admit;
 pub mod answer;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod forward;
 pub mod fuzzing;
@@ -251,6 +253,26 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             named.sort();
             named
         },
+        source_urls: {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let base = format!("{scheme}://{}", cli::reachable(ingest_addr));
+            config
+                .sources
+                .iter()
+                .map(|s| {
+                    let url = s
+                        .public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("{base}/hooks/{}", s.name));
+                    (s.name.clone(), url)
+                })
+                .collect()
+        },
+        console: console::Console::new(console::Settings {
+            secure: admin_tls.is_some(),
+            port: admin_addr.port(),
+            clock: clock.clone(),
+        }),
         stop: stopped.clone(),
         clock: clock.clone(),
         headers: header_policies,

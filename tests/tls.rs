@@ -594,6 +594,38 @@ async fn the_admin_listener_can_take_the_same_tls_settings() {
     running.stop().await;
 }
 
+/// Under `[admin.tls]` the console's session cookie is `Secure`: a browser never sends it
+/// over plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_cookie_is_secure_under_admin_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let table = tls_table(dir.path(), &pki, "optional").replace("[server.tls]", "[admin.tls]");
+    let running = start(dir.path(), "", &format!("{table}{GITHUB_SOURCE}")).await;
+    let ca = pki.ca.issued().cert_pem;
+    let mut tls = tls_stream(running.admin_addr, &ca, None, &["http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET /subscriptions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let cookie = answer
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie in {answer}"));
+    assert!(
+        cookie.contains("httponly")
+            && cookie.contains("samesite=strict")
+            && cookie.contains("secure"),
+        "{cookie}"
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls12_only_client_is_served() {
     let (_dir, pki, running) = start_tls("required", GITHUB_SOURCE).await;

@@ -39,6 +39,11 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The configured sources: name and scheme, sorted by name.
     pub sources: Vec<(String, String)>,
+    /// Each configured source's URL to give its provider: its `public_url`, else the
+    /// ingest listener's address (reachable form) and `/hooks/NAME`.
+    pub source_urls: std::collections::HashMap<String, String>,
+    /// The web console's sessions and settings.
+    pub console: crate::console::Console,
     /// Long polls end early when this turns true, so that a stop is not held up.
     pub stop: watch::Receiver<bool>,
     /// The time of replays and of `since`.
@@ -53,6 +58,23 @@ pub struct Admin {
 
 /// The most a request body to the admin API may hold.
 const MAX_ADMIN_BODY: usize = 256 * 1024;
+
+/// A request's whole body, or the `413` to answer when it holds more than `limit` bytes.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<bytes::Bytes, Response<Body>>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a request body here may hold at most {limit} bytes"),
+        )),
+    }
+}
 
 #[derive(Serialize)]
 struct SummaryView<'a> {
@@ -142,14 +164,17 @@ fn internal(message: String) -> Response<Body> {
 }
 
 impl Admin {
-    /// Every request to the admin listener: the live stream, whose body is streamed, or
-    /// one of the calls answered whole by [`Admin::handle`].
+    /// Every request to the admin listener: the live stream (and the console's way to
+    /// it), whose body is streamed, or one of the calls answered whole by
+    /// [`Admin::handle`].
     pub async fn serve<B>(self: Arc<Self>, request: Request<B>) -> Response<stream::AdminBody>
     where
         B: hyper::body::Body<Data = bytes::Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        if request.uri().path() != "/v1/stream" {
+        let path = request.uri().path();
+        let console = path == crate::console::LIVE;
+        if path != "/v1/stream" && !console {
             return self.handle(request).await.map(http_body_util::Either::Left);
         }
         if let Some(refused) = self.refuse(&request) {
@@ -159,9 +184,12 @@ impl Admin {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("{} is not allowed on /v1/stream", request.method()),
+                format!("{} is not allowed on {path}", request.method()),
             )
             .map(http_body_util::Either::Left);
+        }
+        if console {
+            return crate::console::live(&self, &request);
         }
         let query = request.uri().query().unwrap_or("");
         self.stream_response(query, request.headers().get("last-event-id"))
@@ -196,40 +224,44 @@ impl Admin {
         if let Some(refused) = self.refuse(&request) {
             return refused;
         }
+        if crate::console::serves(request.uri().path()) {
+            return crate::console::handle(&self, request).await;
+        }
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
         let method = request.method().clone();
-        let (parts, body) = request.into_parts();
-        drop(parts);
-        if matches!(
+        let body = if matches!(
             method,
             Method::POST | Method::PATCH | Method::PUT | Method::DELETE
-        ) && (path.starts_with("/v1/subscriptions") || path.starts_with("/v1/deliveries/"))
+        ) && (path.starts_with("/v1/subscriptions")
+            || path.starts_with("/v1/deliveries/"))
         {
-            use http_body_util::BodyExt;
-            let body = match http_body_util::Limited::new(body, MAX_ADMIN_BODY)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    return error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        format!("an admin request body may hold at most {MAX_ADMIN_BODY} bytes"),
-                    )
-                }
-            };
-            if let Some(answer) = self.subscriptions_api(&method, &path, &query, &body).await {
-                return answer;
+            match read_body(request.into_body(), MAX_ADMIN_BODY).await {
+                Ok(body) => body,
+                Err(too_large) => return too_large,
             }
-        } else if let Some(answer) = self.subscriptions_api(&method, &path, &query, &[]).await {
+        } else {
+            bytes::Bytes::new()
+        };
+        self.route(&method, &path, &query, &body).await
+    }
+
+    /// The calls behind the token check: what the CLI reaches over HTTP and the console
+    /// (signed in by its session) calls in-process, so that both see the same answers.
+    pub async fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        body: &[u8],
+    ) -> Response<Body> {
+        if let Some(answer) = self.subscriptions_api(method, path, query, body).await {
             return answer;
         }
         let replay_of = path
             .strip_prefix("/v1/events/")
             .and_then(|rest| rest.strip_suffix("/replay"));
-        match (&method, path.as_str(), replay_of) {
+        match (method, path, replay_of) {
             // Fails only when the process cannot recover by itself: what a liveness
             // probe should answer with a restart. A full disk or a broker outage is
             // `/readyz`'s business.
@@ -241,11 +273,11 @@ impl Admin {
                 "dead",
                 "the journal's committer thread has stopped; restart hookgate".into(),
             ),
-            (&Method::GET, "/readyz", _) => self.ready(&query),
+            (&Method::GET, "/readyz", _) => self.ready(query),
             (&Method::GET, "/metrics", _) => self.metrics(),
-            (&Method::GET, "/v1/events", _) => self.list(&query).await,
+            (&Method::GET, "/v1/events", _) => self.list(query).await,
             (&Method::GET, "/v1/sources", _) => self.sources(),
-            (&Method::POST, "/v1/replay", _) => self.replay_matching(&query).await,
+            (&Method::POST, "/v1/replay", _) => self.replay_matching(query).await,
             (&Method::POST, _, Some(seq)) => self.replay_one(seq).await,
             (&Method::GET, p, None) if p.starts_with("/v1/events/") => {
                 self.show(&p["/v1/events/".len()..]).await
@@ -299,6 +331,7 @@ impl Admin {
                 "configured": scheme.is_some(),
                 "scheme": scheme,
                 "path": scheme.map(|_| format!("/hooks/{name}")),
+                "url": self.source_urls.get(name),
                 "events": {
                     "queued": c.queued,
                     "delivered": c.delivered,
@@ -413,14 +446,27 @@ impl Admin {
                 .broker_connected
                 .as_ref()
                 .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire));
+        // Said in both answers, so that a person (the console's Health page) sees the
+        // broker's state; probes look at the status code only.
+        let broker = match &self.broker_connected {
+            None => "none",
+            Some(c) if c.load(std::sync::atomic::Ordering::Acquire) => "connected",
+            Some(_) => "unreachable",
+        };
         let reason = if let Some(why) = self.journal.unready() {
             why
         } else if broker_down {
             "the broker is unreachable; events are kept in the journal until it returns".into()
         } else {
-            return json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec());
+            let body = serde_json::json!({ "status": "ready", "broker": broker });
+            return json(StatusCode::OK, body.to_string().into_bytes());
         };
-        error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
+        let body =
+            serde_json::json!({ "error": "unavailable", "message": reason, "broker": broker });
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            body.to_string().into_bytes(),
+        )
     }
 
     async fn list(&self, query: &str) -> Response<Body> {
@@ -453,7 +499,16 @@ impl Admin {
             filter.until = Some(*durable.borrow_and_update());
         };
         let events: Vec<SummaryView> = summaries.iter().map(SummaryView::from).collect();
-        let body = serde_json::json!({ "events": events, "next_after": next_after });
+        let body = match filter.before {
+            // Paging back: newer events continue after the newest one looked at, older
+            // ones before the oldest.
+            Some(before) => serde_json::json!({
+                "events": events,
+                "next_after": filter.until.unwrap_or(0).min(before.saturating_sub(1)),
+                "next_before": next_after,
+            }),
+            None => serde_json::json!({ "events": events, "next_after": next_after }),
+        };
         json(
             StatusCode::OK,
             serde_json::to_vec(&body).expect("plain JSON"),

@@ -42,8 +42,9 @@ pub fn parse_since(value: &str, now: SystemTime) -> Result<u64, String> {
     }
 }
 
-/// `GET /v1/events?source=&type=&status=&after=&wait=&limit=`, looking at the events up
-/// to `until` (the last durable seq); the error is the 400's message.
+/// `GET /v1/events?source=&type=&status=&after=&before=&wait=&limit=`, looking at the
+/// events up to `until` (the last durable seq); the error is the 400's message. `before`
+/// (a seq or `latest`) pages back from the newest events, as a console's first page does.
 pub fn parse_list(query: &str, until: u64) -> Result<ListQuery, String> {
     let mut filter = ListFilter {
         limit: DEFAULT_LIMIT,
@@ -62,6 +63,12 @@ pub fn parse_list(query: &str, until: u64) -> Result<ListQuery, String> {
                     .parse()
                     .map_err(|_| format!("after `{value}` is not a sequence number or `latest`"))?
             }
+            "before" if value == "latest" => filter.before = Some(until.saturating_add(1)),
+            "before" => {
+                filter.before = Some(value.parse().map_err(|_| {
+                    format!("before `{value}` is not a sequence number or `latest`")
+                })?)
+            }
             "wait" => match crate::config::units::parse_duration(&value) {
                 Ok(d) if d <= MAX_WAIT => wait = d,
                 Ok(_) => return Err("wait may be at most 5m".into()),
@@ -73,6 +80,9 @@ pub fn parse_list(query: &str, until: u64) -> Result<ListQuery, String> {
             },
             other => return Err(format!("unknown parameter `{other}`")),
         }
+    }
+    if filter.before.is_some() && !wait.is_zero() {
+        return Err("wait follows new events, so it cannot be used with before".into());
     }
     Ok(ListQuery { filter, wait })
 }
@@ -121,6 +131,11 @@ mod tests {
         );
         assert_eq!(q.wait, Duration::from_secs(2));
         assert_eq!(parse_list("after=latest", 42).unwrap().filter.after, 42);
+        assert_eq!(
+            parse_list("before=latest", 42).unwrap().filter.before,
+            Some(43)
+        );
+        assert_eq!(parse_list("before=7", 42).unwrap().filter.before, Some(7));
     }
 
     #[test]
@@ -131,6 +146,11 @@ mod tests {
             ("after=x", "after `x` is not a sequence number or `latest`"),
             ("status=gone", "status `gone` is not one of"),
             ("colour=red", "unknown parameter `colour`"),
+            (
+                "before=x",
+                "before `x` is not a sequence number or `latest`",
+            ),
+            ("before=latest&wait=1s", "wait follows new events"),
         ] {
             let e = parse_list(query, 0).unwrap_err();
             assert!(e.starts_with(message), "{query}: {e}");

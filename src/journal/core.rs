@@ -548,19 +548,32 @@ impl Core {
 
     /// Summaries after `filter.after`, oldest first, and the cursor to continue from.
     pub fn list(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), String> {
-        let mut found = Vec::new();
-        let mut cursor = filter.after;
         let start = filter.after.saturating_add(1);
-        let end = filter.until.unwrap_or(u64::MAX);
-        if start > end {
-            return Ok((Vec::new(), filter.after));
+        let mut end = filter.until.unwrap_or(u64::MAX);
+        if let Some(before) = filter.before {
+            end = end.min(before.saturating_sub(1));
         }
-        for item in self
-            .trees
-            .events
-            .range(seq_key(start)..=seq_key(end))
-            .take(MAX_SCAN)
-        {
+        // Newest first when paging back; the cursor is then the oldest seq looked at, or
+        // `start` once nothing older is left.
+        let newest_first = filter.before.is_some();
+        let mut cursor = if newest_first { start } else { filter.after };
+        if start > end {
+            return Ok((Vec::new(), cursor));
+        }
+        let range = self.trees.events.range(seq_key(start)..=seq_key(end));
+        let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if newest_first {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+        let mut found = Vec::new();
+        let mut exhausted = true;
+        for (scanned, item) in items.enumerate() {
+            if scanned == MAX_SCAN {
+                exhausted = false;
+                break;
+            }
             let (key, bytes) = item.map_err(|e| e.to_string())?;
             cursor = seq_of(&key);
             let summary =
@@ -575,8 +588,15 @@ impl Core {
             if wanted {
                 found.push(summary);
                 if found.len() >= filter.limit {
+                    exhausted = false;
                     break;
                 }
+            }
+        }
+        if newest_first {
+            found.reverse();
+            if exhausted {
+                cursor = start;
             }
         }
         Ok((found, cursor))

@@ -930,7 +930,8 @@ impl Journal {
             .get(seq)
     }
 
-    /// Summaries after `filter.after`, oldest first, and the cursor to continue from.
+    /// Summaries after `filter.after` (or, with `filter.before`, the newest ones below
+    /// it), oldest first, and the cursor to continue from.
     pub fn list(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), String> {
         self.core().map_err(|e| e.to_string())?.list(filter)
     }
@@ -961,6 +962,9 @@ pub struct ListFilter {
     pub after: u64,
     /// The newest seq to look at (inclusive).
     pub until: Option<u64>,
+    /// Page back instead: the newest `limit` matches below this seq (still answered
+    /// oldest first), and the cursor is where an older page starts.
+    pub before: Option<u64>,
     /// Only events received at or after this time (ms since the epoch).
     pub received_from_ms: u64,
     pub limit: usize,

@@ -237,6 +237,7 @@ async fn outcomes_end_deliveries_and_finish_mode_appends_a_finished_event_its_su
         "the delivery left, its .finished event came"
     );
     // The `.finished` event: from the subscription, about the event, with the result.
+    settled(&journal).await;
     let finished = journal.get(seq + 1).unwrap().unwrap();
     assert_eq!(finished.summary.source, "finisher");
     assert_eq!(

@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
 use crate::gateway::Clock;
-use crate::headers::HeaderPolicies;
 use crate::journal::{Journal, ListFilter, ReadError, Record, SourceCounts, Summary};
 use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
@@ -34,14 +33,12 @@ pub struct Admin {
     /// With a broker configured: whether the forwarder is connected.
     pub broker_connected: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub metrics: Arc<Metrics>,
-    /// The configured sources: name and scheme, sorted by name.
-    pub sources: Vec<(String, String)>,
+    /// The configured sources, as a reload leaves them.
+    pub sources: crate::sources::Sources,
     /// Long polls end early when this turns true, so that a stop is not held up.
     pub stop: watch::Receiver<bool>,
     /// The time of replays and of `since`.
     pub clock: Arc<dyn Clock>,
-    /// Which kept headers of each source's events are shown.
-    pub headers: HeaderPolicies,
     /// Subscriptions' sending side: for test sends, secrets and the allowed targets.
     pub deliverer: Arc<crate::deliver::Deliverer>,
 }
@@ -273,8 +270,12 @@ impl Admin {
         };
         let mut listed: Vec<serde_json::Value> = self
             .sources
-            .iter()
-            .map(|(name, scheme)| view(name, Some(scheme), counts.remove(name).unwrap_or_default()))
+            .named()
+            .into_iter()
+            .map(|(name, scheme)| {
+                let c = counts.remove(&name).unwrap_or_default();
+                view(&name, Some(&scheme), c)
+            })
             .collect();
         listed.extend(counts.into_iter().map(|(name, c)| view(&name, None, c)));
         let body = serde_json::json!({ "sources": listed });
@@ -444,7 +445,7 @@ impl Admin {
         }
         let journal = self.journal.clone();
         match tokio::task::spawn_blocking(move || journal.get(seq)).await {
-            Ok(Ok(Some(record))) => match event_view(&record, &self.headers) {
+            Ok(Ok(Some(record))) => match event_view(&record, &self.sources) {
                 Ok(body) => json(StatusCode::OK, body),
                 Err(e) => internal(format!("event {seq} cannot be shown: {e}")),
             },
@@ -459,12 +460,13 @@ impl Admin {
     }
 }
 
-fn event_view(record: &Record, policies: &HeaderPolicies) -> Result<Vec<u8>, String> {
+fn event_view(record: &Record, sources: &crate::sources::Sources) -> Result<Vec<u8>, String> {
     let payload_text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
     let payload: &RawValue = serde_json::from_str(payload_text).map_err(|e| e.to_string())?;
     // A header sent more than once shows its values joined, as HTTP allows.
     let mut headers = serde_json::Map::new();
-    for (name, value) in policies.of(&record.summary.source).filter(&record.headers) {
+    let policy = sources.header_policy(&record.summary.source);
+    for (name, value) in policy.filter(&record.headers) {
         match headers.get_mut(name) {
             Some(serde_json::Value::String(joined)) => {
                 joined.push_str(", ");

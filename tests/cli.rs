@@ -97,6 +97,130 @@ fn check_config_names_what_is_wrong_and_exits_1() {
     );
 }
 
+/// `check-config` on `text`, with `env` set and nothing else of hookgate's: exit code
+/// and what it printed.
+fn check(dir: &std::path::Path, text: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = hookgate()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .env_remove("HOOKGATE_AMQP_URL")
+        .env_remove("HOOKGATE_ADMIN_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_config_resolves_what_serve_resolves_and_gives_one_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/hookgate.toml"),
+    )
+    .unwrap();
+    let secrets = [
+        ("GITHUB_WEBHOOK_SECRET", "g"),
+        ("STRIPE_WEBHOOK_SECRET", "s"),
+    ];
+    // The broker URL and the admin token unset: serve refuses it, so must this.
+    let (code, said) = check(dir.path(), &deploy, &secrets);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("broker.url env:HOOKGATE_AMQP_URL: error: environment variable HOOKGATE_AMQP_URL is not set"),
+        "{said}"
+    );
+    assert!(
+        said.contains("admin.token env:HOOKGATE_ADMIN_TOKEN: error:"),
+        "{said}"
+    );
+    assert!(
+        said.trim_end().ends_with("is not valid: 2 errors"),
+        "{said}"
+    );
+    assert!(!said.contains("is valid"), "{said}");
+    // Both listeners bind every interface, and are shown the same way.
+    for (name, port) in [("ingest", 8080), ("admin", 9090)] {
+        assert!(
+            said.contains(&format!("  {name}"))
+                && said.contains(&format!(
+                "binds 0.0.0.0:{port} (every interface); clients here use http://127.0.0.1:{port}"
+            )),
+            "{said}"
+        );
+    }
+    let all = [
+        secrets[0],
+        secrets[1],
+        ("HOOKGATE_AMQP_URL", "amqp://u:p@rabbitmq:5672/%2f"),
+        ("HOOKGATE_ADMIN_TOKEN", "t"),
+    ];
+    let (code, said) = check(dir.path(), &deploy, &all);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.trim_end().ends_with("is valid"), "{said}");
+    assert!(
+        !said.contains("amqp://u:p"),
+        "the broker URL was printed: {said}"
+    );
+
+    // An unset source secret: its error once, one verdict, last.
+    let (code, said) = check(
+        dir.path(),
+        "[[sources]]\nname = \"a\"\nscheme = \"github\"\nsecrets = [\"env:HOOKGATE_TEST_UNSET_SECRET\"]\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(
+        said.matches("HOOKGATE_TEST_UNSET_SECRET is not set")
+            .count(),
+        1,
+        "{said}"
+    );
+    assert!(said.trim_end().ends_with("is not valid: 1 error"), "{said}");
+    assert!(!said.contains("is valid"), "{said}");
+}
+
+#[test]
+fn an_mtls_only_source_is_not_called_unverified() {
+    let dir = tempfile::tempdir().unwrap();
+    hookgate::cli::certs::gen_certs(dir.path(), "relay.internal").unwrap();
+    let tls = format!(
+        "[server.tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\nclient_ca = \"{d}/ca.pem\"\nclient_auth = \"optional\"\n",
+        d = dir.path().display()
+    );
+    let relay = "[[sources]]\nname = \"relay\"\nscheme = \"none\"\ninsecure = true\n";
+    let (code, said) = check(
+        dir.path(),
+        &format!("{tls}{relay}allowed_client_names = [\"relay.internal\"]\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(!said.contains("verifies nothing"), "{said}");
+    assert!(
+        said.contains("mTLS only: clients whose certificate names relay.internal"),
+        "{said}"
+    );
+    assert!(
+        said.contains("POST https://127.0.0.1:8080/hooks/relay"),
+        "{said}"
+    );
+    let (code, said) = check(dir.path(), &format!("{tls}{relay}"), &[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("warning: scheme none verifies nothing"),
+        "{said}"
+    );
+    assert!(said.trim_end().ends_with("is valid, 1 warning"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_signs_for_each_starter_source() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,11 +2,14 @@
 //! `subscriptions`, `deliveries`, `health` and `gen-certs`.
 
 pub mod certs;
+mod check;
 pub mod client;
 pub mod deliveries;
 pub mod events;
 pub mod subscriptions;
 mod table;
+
+pub use check::check_config;
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -23,90 +26,6 @@ use crate::verify::{Outgoing, Scheme};
 
 /// The starter config `init` writes; the same file the README runs.
 pub const STARTER: &str = include_str!("../../examples/hookgate.toml");
-
-/// Validates a config and reports each source; returns false if anything is wrong.
-pub fn check_config(path: &Path) -> anyhow::Result<bool> {
-    let config = Config::load(path)?;
-    let mut ok = true;
-    let base = base_url(&config);
-    println!("config {} is valid", path.display());
-    println!("  ingest  {base}");
-    println!("  admin   http://{}", config.admin.listen);
-    println!("  journal {}", config.journal.path.display());
-    println!(
-        "  mode    {}",
-        if config.broker.is_some() {
-            "broker (RabbitMQ)"
-        } else {
-            "embedded (no broker; pull API)"
-        }
-    );
-    if config.sources.is_empty() {
-        println!("warning: no [[sources]]: every request will get 404 unknown_source");
-    }
-    for cfg in &config.sources {
-        println!(
-            "source {}: POST {base}/hooks/{} scheme={}",
-            cfg.name, cfg.name, cfg.scheme
-        );
-        for (i, reference) in cfg.secrets.iter().enumerate() {
-            match reference.resolve() {
-                Ok(_) => println!("  secrets[{i}] {reference}: resolves"),
-                Err(e) => {
-                    ok = false;
-                    println!("  secrets[{i}] {reference}: error: {e}");
-                }
-            }
-        }
-        match Source::build(cfg, &config.server) {
-            Ok(source) if source.insecure => {
-                println!("  warning: scheme none verifies nothing; anyone can post events here")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                ok = false;
-                println!("  error: {e}");
-            }
-        }
-    }
-    ok &= report_subscriptions(&config);
-    Ok(ok)
-}
-
-/// Prints each configured subscription and whether its secret and CA file can be read;
-/// false if one cannot.
-fn report_subscriptions(config: &Config) -> bool {
-    let mut ok = true;
-    for sub in &config.subscriptions {
-        let target = match &sub.url {
-            Some(url) => format!("POST {url}"),
-            None => "pull (GET /v1/subscriptions/{id}/pull)".to_string(),
-        };
-        println!(
-            "subscription {}: {target} mode={} events={}{}",
-            sub.name,
-            sub.mode(),
-            sub.events.join(","),
-            if sub.active { "" } else { " (inactive)" }
-        );
-        if let Some(reference) = &sub.secret {
-            match reference.resolve() {
-                Ok(_) => println!("  secret {reference}: resolves"),
-                Err(e) => {
-                    ok = false;
-                    println!("  secret {reference}: error: {e}");
-                }
-            }
-        }
-        if let Some(ca) = &sub.ca {
-            if let Err(e) = std::fs::metadata(ca) {
-                ok = false;
-                println!("  ca {}: error: {}", ca.display(), e.kind());
-            }
-        }
-    }
-    ok
-}
 
 /// Writes the starter config, refusing to overwrite unless `force`.
 pub fn init(out: &Path, force: bool) -> anyhow::Result<()> {
@@ -176,8 +95,14 @@ pub fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
     addr
 }
 
+/// Where a client on this machine reaches the ingest listener.
 fn base_url(config: &Config) -> String {
-    format!("http://{}", reachable(config.server.listen))
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}", reachable(config.server.listen))
 }
 
 pub struct SendArgs<'a> {

@@ -87,28 +87,37 @@ pub fn plan(config: &Config, journal: &Journal, now_ms: u64) -> anyhow::Result<P
     let mut wanted = Vec::new();
     for cfg in &config.subscriptions {
         refuse_api_name(&stored, &cfg.name)?;
-        if cfg.mode() != SubscriptionMode::Pull {
-            let Some(reference) = &cfg.secret else {
-                bail!(
-                    "subscription `{}`: `secret` is required to sign its deliveries: a Standard Webhooks secret, `whsec_` followed by base64 of 24 random bytes (for example `secret = \"env:NAME\"` with NAME set to `whsec_$(openssl rand -base64 24)`)",
-                    cfg.name
-                );
-            };
-            let secret = reference
-                .resolve()
-                .map_err(|e| anyhow!("subscription `{}`: secret: {e}", cfg.name))?;
-            let secret = String::from_utf8_lossy(secret.expose()).into_owned();
-            if !super::sign::valid_secret(&secret) {
-                bail!(
-                    "subscription `{}`: secret {reference} is not `whsec_` followed by base64",
-                    cfg.name
-                );
-            }
+        if let Some(secret) = signing_secret(cfg)? {
             secrets.insert(cfg.name.clone(), vec![secret]);
         }
         wanted.push(from_config(cfg, now_ms)?);
     }
     Ok(Plan { wanted, secrets })
+}
+
+/// The signing secret of a push subscription, resolved and checked; `None` for a pull
+/// subscription, which signs nothing.
+pub fn signing_secret(cfg: &SubscriptionConfig) -> anyhow::Result<Option<String>> {
+    if cfg.mode() == SubscriptionMode::Pull {
+        return Ok(None);
+    }
+    let Some(reference) = &cfg.secret else {
+        bail!(
+                "subscription `{}`: `secret` is required to sign its deliveries: a Standard Webhooks secret, `whsec_` followed by base64 of 24 random bytes (for example `secret = \"env:NAME\"` with NAME set to `whsec_$(openssl rand -base64 24)`)",
+                cfg.name
+            );
+    };
+    let secret = reference
+        .resolve()
+        .map_err(|e| anyhow!("subscription `{}`: secret: {e}", cfg.name))?;
+    let secret = String::from_utf8_lossy(secret.expose()).into_owned();
+    if !super::sign::valid_secret(&secret) {
+        bail!(
+            "subscription `{}`: secret {reference} is not `whsec_` followed by base64",
+            cfg.name
+        );
+    }
+    Ok(Some(secret))
 }
 
 /// A config entry may not take the name of a subscription made through the API.

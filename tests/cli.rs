@@ -353,3 +353,158 @@ fn a_fresh_init_has_a_token_that_the_events_commands_use() {
     let _ = gw.child.kill();
     let _ = gw.child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_one_journal_names_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    let config = hookgate::config::Config::parse(&starter).unwrap();
+    let gw = hookgate::start(&config).await.unwrap();
+    let second = tokio::task::spawn_blocking(move || {
+        hookgate()
+            .args(["serve", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains(&format!(
+            "another hookgate is using this journal (PID {})",
+            std::process::id()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("WouldBlock"), "{said}");
+    gw.stop().await;
+}
+
+/// `hookgate ARGS…` run off the async runtime; its exit code and stdout + stderr.
+async fn run(args: Vec<String>) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = hookgate().args(&args).output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_events_speak_https_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    hookgate::cli::certs::gen_certs(dir.path(), "client.local").unwrap();
+    let tls = |table: &str| {
+        format!(
+            "\n[{table}]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\nclient_ca = \"{d}/ca.pem\"\nclient_auth = \"required\"\n"
+        )
+    };
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    let text = format!("{starter}{}{}", tls("server.tls"), tls("admin.tls"));
+    std::fs::write(&path, text).unwrap();
+    let gw = common::spawn(&path);
+    let config = path.display().to_string();
+    let ca = format!("{d}/ca.pem");
+    let mtls = [
+        "--cacert".to_string(),
+        ca.clone(),
+        "--cert".to_string(),
+        format!("{d}/client.pem"),
+        "--key".to_string(),
+        format!("{d}/client-key.pem"),
+    ];
+    let url = format!("https://127.0.0.1:{}/hooks/github", gw.ingest.port());
+    let mut send = strings(&["send", "--source", "github", "-c", &config, "--url", &url]);
+    send.extend(mtls.iter().cloned());
+    let (code, said) = run(send).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("\"status\":\"accepted\""), "{said}");
+    // Without a client certificate the handshake is refused.
+    let (code, said) = run(strings(&[
+        "send", "--source", "github", "-c", &config, "--url", &url, "--cacert", &ca,
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{said}");
+    // --cacert is for https only.
+    let plain = format!("http://127.0.0.1:{}/hooks/github", gw.ingest.port());
+    let (code, said) = run(strings(&[
+        "send", "--source", "github", "-c", &config, "--url", &plain, "--cacert", &ca,
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("are for https:// URLs"), "{said}");
+
+    let admin = format!("https://127.0.0.1:{}", gw.admin.port());
+    let mut list = strings(&["events", "list", "-c", &config, "--admin", &admin]);
+    list.extend(mtls.iter().cloned());
+    let (code, said) = run(list).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("github") && said.contains("hookgate.test"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_prints_the_answer_to_a_body_over_the_limit_and_asks_for_a_content_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    let starter = starter.replacen("[server]\n", "[server]\nmax_inflight_bytes = \"2MiB\"\n", 1);
+    std::fs::write(&path, starter).unwrap();
+    let gw = common::spawn(&path);
+    let config = path.display().to_string();
+    let url = format!("http://{}/hooks/github", gw.ingest);
+    // Far over max_body (1 MiB): the gateway answers 413 before reading it and closes.
+    let big = dir.path().join("big.json");
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(16 << 20));
+    std::fs::write(&big, body).unwrap();
+    let big = big.display().to_string();
+    for _ in 0..5 {
+        let (code, said) = run(strings(&[
+            "send", "--source", "github", "-c", &config, "--url", &url, "--body", &big,
+        ]))
+        .await;
+        assert_eq!(code, Some(1), "{said}");
+        assert!(said.contains("-> 413 Payload Too Large"), "{said}");
+        assert!(said.contains("\"payload_too_large\""), "{said}");
+        assert!(!said.contains("Broken pipe"), "{said}");
+    }
+    let text = dir.path().join("p.txt");
+    std::fs::write(&text, "a=1").unwrap();
+    let text = text.display().to_string();
+    let (code, said) = run(strings(&[
+        "send", "--source", "github", "-c", &config, "--url", &url, "--body", &text,
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("pass --content-type"), "{said}");
+    let (code, said) = run(strings(&[
+        "send",
+        "--source",
+        "github",
+        "-c",
+        &config,
+        "--url",
+        &url,
+        "--body",
+        &text,
+        "--content-type",
+        "application/x-www-form-urlencoded",
+    ]))
+    .await;
+    assert_eq!(code, Some(0), "{said}");
+}

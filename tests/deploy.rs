@@ -71,7 +71,10 @@ fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
 
 #[test]
 fn the_systemd_unit_verifies_and_is_hardened() {
-    if !have("systemd-analyze", "the_systemd_unit_verifies_and_is_hardened") {
+    if !have(
+        "systemd-analyze",
+        "the_systemd_unit_verifies_and_is_hardened",
+    ) {
         return;
     }
     // verify wants ExecStart's binary to exist: point it at the one just built.
@@ -123,7 +126,10 @@ fn the_compose_file_is_valid() {
 
 #[test]
 fn the_kubernetes_manifests_validate_strictly() {
-    if !have("kubernetes-validate", "the_kubernetes_manifests_validate_strictly") {
+    if !have(
+        "kubernetes-validate",
+        "the_kubernetes_manifests_validate_strictly",
+    ) {
         return;
     }
     // rabbitmq.yaml (a RabbitmqCluster) and kustomization.yaml have no schema here.

@@ -19,6 +19,8 @@ const TAIL_WAIT: &str = "30s";
 pub struct Target {
     base: String,
     token: Option<String>,
+    /// For an https:// admin API ([admin.tls]).
+    tls: client::TlsArgs,
 }
 
 impl Target {
@@ -33,6 +35,7 @@ impl Target {
             return Ok(Target {
                 base: base.trim_end_matches('/').to_string(),
                 token: Some(token.to_string()),
+                tls: client::TlsArgs::default(),
             });
         }
         let loaded = if admin.is_some() && !config.exists() {
@@ -47,12 +50,15 @@ impl Target {
         };
         let base = match (admin, &loaded) {
             (Some(base), _) => base.trim_end_matches('/').to_string(),
-            (None, Some(config)) => {
+            (None, Some(config)) => format!(
+                "{}://{}",
                 if config.admin.tls.is_some() {
-                    bail!("[admin.tls] is set and this command speaks plain HTTP only; use curl with your client certificate");
-                }
-                format!("http://{}", super::reachable(config.admin.listen))
-            }
+                    "https"
+                } else {
+                    "http"
+                },
+                super::reachable(config.admin.listen)
+            ),
             (None, None) => unreachable!("the config is read when --admin is missing"),
         };
         let token = match (token, &loaded) {
@@ -71,7 +77,17 @@ impl Target {
             },
             (None, None) => None,
         };
-        Ok(Target { base, token })
+        Ok(Target {
+            base,
+            token,
+            tls: client::TlsArgs::default(),
+        })
+    }
+
+    /// The CA and client certificate for an https:// admin API (`--cacert`, `--cert`,
+    /// `--key`).
+    pub fn with_tls(self, tls: client::TlsArgs) -> Target {
+        Target { tls, ..self }
     }
 
     async fn call(&self, method: Method, path_and_query: &str) -> anyhow::Result<Value> {
@@ -103,7 +119,7 @@ impl Target {
             None => Bytes::new(),
         };
         let url = format!("{}{path_and_query}", self.base);
-        let reply = client::request(method, &url, headers, body).await?;
+        let reply = client::request_with(method, &url, headers, body, &self.tls).await?;
         answer(reply)
     }
 }

@@ -115,6 +115,8 @@ pub struct SendArgs<'a> {
     pub url: Option<&'a str>,
     /// Pad a generated body to about this many bytes (for load tests).
     pub pad_to: Option<usize>,
+    /// For an https:// URL: the CA to trust and the client certificate to present.
+    pub tls: client::TlsArgs,
 }
 
 /// Builds a request for a source exactly as its provider would sign it.
@@ -138,12 +140,11 @@ pub fn build_request(
         Some(path) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            (
-                bytes,
-                args.content_type
-                    .map(str::to_string)
-                    .unwrap_or_else(|| guess_content_type(path)),
-            )
+            let content_type = match args.content_type {
+                Some(given) => given.to_string(),
+                None => guess_content_type(path)?,
+            };
+            (bytes, content_type)
         }
         None => {
             let (body, generated) =
@@ -248,13 +249,20 @@ fn generated_body(
     (body, "application/json".into())
 }
 
-fn guess_content_type(path: &Path) -> String {
-    match path.extension().and_then(|e| e.to_str()) {
+/// The content type of a body file from its extension; any other extension is refused
+/// rather than guessed, since a wrong guess is answered 400 or 415 for no visible reason.
+fn guess_content_type(path: &Path) -> anyhow::Result<String> {
+    let extension = path.extension().and_then(|e| e.to_str());
+    Ok(match extension.map(str::to_ascii_lowercase).as_deref() {
+        Some("json") => "application/json",
         Some("xml") => "application/xml",
-        Some("form") | Some("txt") => "application/x-www-form-urlencoded",
-        _ => "application/json",
+        Some("form") => "application/x-www-form-urlencoded",
+        _ => bail!(
+            "cannot tell the content type of {} from its extension (.json, .xml and .form are known); pass --content-type, e.g. --content-type application/json",
+            path.display()
+        ),
     }
-    .to_string()
+    .to_string())
 }
 
 /// Sets `value` at a JSON pointer, creating objects along the way.
@@ -303,11 +311,12 @@ pub async fn send(args: SendArgs<'_>) -> anyhow::Result<bool> {
         Some(query) => format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' }),
         None => url,
     };
-    let reply = client::request(
+    let reply = client::request_with(
         ::http::Method::POST,
         &url,
         out.headers,
         Bytes::from(out.body),
+        &args.tls,
     )
     .await?;
     println!("POST {url} -> {}", reply.status);

@@ -167,8 +167,14 @@ enum EventsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Show one event: headers, payload and delivery attempts.
-    Show { seq: u64 },
+    /// Show one event: headers, payload and delivery attempts. EVENT is its seq, or its
+    /// id (the provider's delivery or event id).
+    Show {
+        event: String,
+        /// EVENT is an id even though it is a number.
+        #[arg(long)]
+        id: bool,
+    },
     /// Forward one event again, or every event the filters match.
     Replay {
         seq: Option<u64>,
@@ -208,7 +214,7 @@ async fn events(
             limit,
             json,
         } => events::list(&target, &filters.filters(), after, limit, json).await?,
-        EventsAction::Show { seq } => events::show(&target, seq).await?,
+        EventsAction::Show { event, id } => events::show(&target, &event, id).await?,
         EventsAction::Replay {
             seq,
             source,

@@ -314,6 +314,13 @@ impl Admin {
             Ok(filter) => filter,
             Err(e) => return bad_request(e),
         };
+        if let Some(answer) = filter
+            .source
+            .as_deref()
+            .and_then(|s| self.unknown_source(s))
+        {
+            return answer;
+        }
         // Every match first (a seq is 8 bytes), so that an embedded replay that would
         // fill the backlog can be refused before it starts.
         let until = filter.until.unwrap_or(0);
@@ -394,6 +401,13 @@ impl Admin {
             Ok(asked) => asked,
             Err(e) => return bad_request(e),
         };
+        if let Some(answer) = filter
+            .source
+            .as_deref()
+            .and_then(|s| self.unknown_source(s))
+        {
+            return answer;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let mut stop = self.stop.clone();
         let (summaries, next_after) = loop {
@@ -420,6 +434,40 @@ impl Admin {
             StatusCode::OK,
             serde_json::to_vec(&body).expect("plain JSON"),
         )
+    }
+
+    /// A 400 `unknown_source` for a source filter that can match nothing: no source of
+    /// that name is configured or has events, and it is neither the gateway's own
+    /// source nor a subscription's (whose derived events carry its name). A typo then
+    /// says so instead of listing nothing.
+    fn unknown_source(&self, name: &str) -> Option<Response<Body>> {
+        let known = self.sources.contains(name)
+            || name == crate::journal::OPERATIONAL_SOURCE
+            || self.journal.counts().contains_key(name)
+            || self
+                .journal
+                .subscriptions()
+                .borrow()
+                .iter()
+                .any(|s| s.name == name);
+        if known {
+            return None;
+        }
+        let mut names: Vec<String> = self.sources.named().into_iter().map(|(n, _)| n).collect();
+        names.truncate(20);
+        let shown: String = name.chars().take(64).collect();
+        Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "unknown_source",
+            format!(
+                "no source `{shown}` is configured or has events; configured: {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ))
     }
 
     /// One page of the journal's listing, read off the async threads; on failure, the

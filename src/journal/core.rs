@@ -567,6 +567,7 @@ impl Core {
                 record::decode_summary(&bytes).map_err(|e| format!("event {cursor}: {e}"))?;
             let wanted = summary.received_at_ms >= filter.received_from_ms
                 && filter.source.as_deref().is_none_or(|s| s == summary.source)
+                && filter.id.as_deref().is_none_or(|id| id == summary.id)
                 && filter.status.is_none_or(|s| s == summary.status)
                 && filter
                     .event_type

@@ -954,6 +954,8 @@ pub enum ReadError {
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
     pub source: Option<String>,
+    /// Only events with exactly this id.
+    pub id: Option<String>,
     pub status: Option<Status>,
     pub event_type: Option<String>,
     pub after: u64,

@@ -249,6 +249,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         move |request| gateway.clone().handle(request),
         stopped.clone(),
         metrics.clone(),
+        refusals.clone(),
     )));
     let admin_limits = listen::Limits {
         max_connections: 256,
@@ -262,6 +263,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         move |request| admin_state.clone().handle(request),
         stopped.clone(),
         metrics,
+        refusals.clone(),
     )));
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));

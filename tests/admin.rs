@@ -126,7 +126,9 @@ async fn an_event_is_found_by_its_id_and_a_source_typo_is_an_error() {
     assert_eq!(seqs, [1], "exact, not a prefix: {found}");
     let none = admin_get(&gw, "/v1/events?id=find").await.json();
     assert_eq!(none["events"], json!([]));
-    let both = admin_get(&gw, "/v1/events?id=find-2&source=github").await.json();
+    let both = admin_get(&gw, "/v1/events?id=find-2&source=github")
+        .await
+        .json();
     assert_eq!(both["events"][0]["seq"], 3);
 
     let typo = admin_get(&gw, "/v1/events?source=githb").await;

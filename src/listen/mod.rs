@@ -50,6 +50,7 @@ pub async fn serve<H, Fut>(
     handler: H,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    refusals: Arc<crate::refuse::RefusalLog>,
 ) where
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -73,7 +74,13 @@ pub async fn serve<H, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let acceptor = tls.as_ref().map(|tls| {
+            let refused = conn::Refused {
+                listener: name,
+                log: refusals.clone(),
+            };
+            (tls.acceptor(), refused)
+        });
         let open = metrics.connection(name);
         let span = tracing::info_span!("conn", listener = name, %peer);
         let served = conn::serve(

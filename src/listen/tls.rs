@@ -132,6 +132,27 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| format!("{}: holds no private key", path.display()))
 }
 
+/// Why a handshake failed, as a short code for logs: `unknown_ca`,
+/// `certificate_expired`, `bad_certificate`, `no_client_certificate`, `client_alert`
+/// (the client refused ours), `incompatible`, or `handshake_failed`.
+pub fn refusal(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(error) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+        return "handshake_failed";
+    };
+    match error {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "certificate_expired",
+        Error::InvalidCertificate(_) => "bad_certificate",
+        Error::NoCertificatesPresented => "no_client_certificate",
+        Error::AlertReceived(_) => "client_alert",
+        Error::PeerIncompatible(_) => "incompatible",
+        _ => "handshake_failed",
+    }
+}
+
 /// The client's names from its certificate (already verified by the handshake): the SAN
 /// DNS names, or the subject's CN when there are none.
 pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<ClientIdentity> {

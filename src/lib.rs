@@ -96,10 +96,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    // Refused requests and refused TLS handshakes share one rate-limited log.
+    let refusals = Arc::new(refuse::RefusalLog::default());
     let load_tls = |table: &str, settings: &Option<config::TlsConfig>| match settings {
         None => Ok(None),
         Some(settings) => listen::tls::Tls::load(settings)
-            .map(|tls| Some(Arc::new(tls)))
+            .map(|tls| Some(Arc::new(tls.log_refusals_to(refusals.clone()))))
             .map_err(|e| anyhow::anyhow!("[{table}]: {e}")),
     };
     let tls = load_tls("server.tls", &config.server.tls)?;
@@ -164,7 +166,6 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     if log_bodies {
         tracing::warn!("HOOKGATE_LOG_BODIES is set: raw bodies are logged at debug level (target hookgate::bodies)");
     }
-    let refusals = Arc::new(refuse::RefusalLog::default());
     let sources = sources::Sources::new(sources);
     let gateway = Arc::new(Gateway {
         sources: sources.clone(),
@@ -249,7 +250,6 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         move |request| gateway.clone().handle(request),
         stopped.clone(),
         metrics.clone(),
-        refusals.clone(),
     )));
     let admin_limits = listen::Limits {
         max_connections: 256,
@@ -263,7 +263,6 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         move |request| admin_state.clone().handle(request),
         stopped.clone(),
         metrics,
-        refusals.clone(),
     )));
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));

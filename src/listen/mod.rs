@@ -50,7 +50,6 @@ pub async fn serve<H, Fut>(
     handler: H,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
-    refusals: Arc<crate::refuse::RefusalLog>,
 ) where
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -77,7 +76,7 @@ pub async fn serve<H, Fut>(
         let acceptor = tls.as_ref().map(|tls| {
             let refused = conn::Refused {
                 listener: name,
-                log: refusals.clone(),
+                log: tls.refusals(),
             };
             (tls.acceptor(), refused)
         });

@@ -38,6 +38,8 @@ struct Files {
 pub struct Tls {
     files: Files,
     current: RwLock<Arc<ServerConfig>>,
+    /// Where refused handshakes are counted and logged.
+    refusals: Arc<crate::refuse::RefusalLog>,
 }
 
 impl Tls {
@@ -53,7 +55,21 @@ impl Tls {
         Ok(Tls {
             files,
             current: RwLock::new(Arc::new(first)),
+            refusals: Arc::default(),
         })
+    }
+
+    /// Logs refused handshakes through `log` (shared with the listener's other refusals,
+    /// whose summaries it flushes) instead of a log of its own.
+    pub fn log_refusals_to(self, log: Arc<crate::refuse::RefusalLog>) -> Tls {
+        Tls {
+            refusals: log,
+            ..self
+        }
+    }
+
+    pub fn refusals(&self) -> Arc<crate::refuse::RefusalLog> {
+        self.refusals.clone()
     }
 
     /// Reads the files again. On an error the configuration in use stays.

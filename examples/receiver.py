@@ -40,7 +40,9 @@ class Receiver(http.server.BaseHTTPRequestHandler):
         status = SCRIPT.pop(0) if SCRIPT else 204
         first = self.headers["webhook-id"] not in seen
         seen.add(self.headers["webhook-id"])
-        print(status, self.headers["hookgate-delivery"], self.headers.get("hookgate-event-type"),
+        # `events tail --forward-to` sends no delivery id (there is no delivery): its seq.
+        about = self.headers.get("hookgate-delivery") or f'seq {self.headers["hookgate-seq"]}'
+        print(status, about, self.headers.get("hookgate-event-type"),
               "new" if first else "again", json.loads(body), flush=True)
         if cb := self.headers.get("hookgate-callback-url"):
             print("  callback:", cb, flush=True)

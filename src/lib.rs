@@ -10,7 +10,7 @@
 //!   fsync) -> [`answer`] (the one place errors become HTTP).
 //! - [`forward`]: with a `[broker]`, the outbox that takes queued events from the
 //!   journal to RabbitMQ and marks them delivered once the broker confirms them.
-//! - [`admin`]: health, readiness and the pull API over the journal.
+//! - [`admin`]: health, readiness, the pull API over the journal and its live stream.
 //! - [`config`] and [`source`]: the TOML file and each source at run time; [`sources`]
 //!   holds them as they run now, and [`reload`] replaces them on SIGHUP.
 //! - [`cli`]: the subcommands other than `serve`.
@@ -221,6 +221,8 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         ),
         None => None,
     };
+    let broadcaster =
+        admin::broadcast::Broadcaster::new(journal.clone(), admin::stream::MAX_STREAMS);
     let admin_state = Arc::new(admin::Admin {
         journal: journal.clone(),
         token,
@@ -231,6 +233,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         stop: stopped.clone(),
         clock: clock.clone(),
         deliverer: deliverer.clone(),
+        stream: broadcaster.clone(),
     });
     let reloader = Arc::new(reload::Reloader::new(
         config,
@@ -260,10 +263,11 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         admin,
         admin_limits,
         admin_tls.clone(),
-        move |request| admin_state.clone().handle(request),
+        move |request| admin_state.clone().serve(request),
         stopped.clone(),
         metrics,
     )));
+    tasks.push(tokio::spawn(broadcaster.feed(stopped.clone())));
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));
     }

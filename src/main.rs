@@ -186,15 +186,24 @@ enum EventsAction {
         #[arg(long, conflicts_with = "seq")]
         since: Option<String>,
     },
-    /// Print new events as they arrive, until interrupted.
+    /// Print new events as they arrive, until interrupted; with --forward-to, POST each
+    /// to a local app, signed like a subscription's delivery.
     Tail {
         #[command(flatten)]
         filters: EventFilters,
         /// Start after this seq instead of at the newest event.
         #[arg(long)]
         after: Option<u64>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "forward_to")]
         json: bool,
+        /// Follow the live stream and POST each event to this URL (e.g.
+        /// http://localhost:3000/webhooks), printing a line with the app's answer.
+        #[arg(long, value_name = "URL")]
+        forward_to: Option<String>,
+        /// The `whsec_…` secret to sign forwarded events with; without it one is made
+        /// and printed.
+        #[arg(long, requires = "forward_to", env = "HOOKGATE_FORWARD_SECRET")]
+        secret: Option<String>,
     },
 }
 
@@ -232,7 +241,28 @@ async fn events(
         EventsAction::Tail {
             filters,
             after,
+            json: _,
+            forward_to: Some(url),
+            secret,
+        } => {
+            if filters.status.is_some() {
+                anyhow::bail!("--forward-to follows the live stream, which filters by --source and --type only");
+            }
+            let asked = hookgate::cli::forward::Forward {
+                url: &url,
+                secret: secret.as_deref(),
+                source: filters.source.as_deref(),
+                event_type: filters.event_type.as_deref(),
+                after,
+            };
+            hookgate::cli::forward::run(&target, asked).await?
+        }
+        EventsAction::Tail {
+            filters,
+            after,
             json,
+            forward_to: None,
+            secret: _,
         } => events::tail(&target, &filters.filters(), after, json).await?,
     }
     Ok(true)

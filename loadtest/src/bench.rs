@@ -29,7 +29,7 @@ pub struct Row {
 
 const SECRET: &str = "bench-github-secret";
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

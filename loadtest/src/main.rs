@@ -6,6 +6,9 @@
 //! - `powercut`: QEMU guests killed with SIGKILL under load, a real power cut; then
 //!   verify ([`powercut`]).
 //! - `bench`: the baseline and hookgate under the same load, plain and mTLS ([`bench`]).
+//! - `deliveries`: ingest at a fixed rate with N subscriptions to a local sink:
+//!   deliveries/s, accept-to-delivery latency, and the acknowledgement latency with and
+//!   without subscriptions ([`deliveries`]).
 //! - `baseline`: a bare hyper server that reads each body and answers 200, the ceiling
 //!   hookgate is measured against.
 //! - `post`: GitHub pushes over plain HTTP or mTLS ([`https`]).
@@ -15,6 +18,7 @@
 mod balance;
 mod bench;
 mod crash;
+mod deliveries;
 mod https;
 mod powercut;
 mod run;
@@ -169,6 +173,46 @@ enum Command {
         /// Only mutual TLS.
         #[arg(long)]
         mtls_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ingest at a fixed rate with N subscriptions (every event) to a local sink, after
+    /// the same ingest with none; prints ingest and delivery rates, the acknowledgement
+    /// p99 with and without subscriptions, the latency from each event's 200 to its
+    /// arrival, and whether every delivery arrived. Exits 1 on any missing.
+    Deliveries {
+        /// The hookgate binary to start (each phase with a fresh journal).
+        #[arg(long, default_value = "target/release/hookgate")]
+        hookgate: PathBuf,
+        /// Use the running gateway of this config instead: subscriptions are made through
+        /// its admin API (its `[outbound] allow_private` must include 127.0.0.0/8) and
+        /// deleted afterwards.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// With --config: the source to send for (default: the first).
+        #[arg(long, requires = "config")]
+        source: Option<String>,
+        /// With --config: the admin token, if the gateway has one.
+        #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        subscriptions: usize,
+        /// Each subscription's max_in_flight (default: the gateway's).
+        #[arg(long)]
+        max_in_flight: Option<usize>,
+        /// Events per second (open loop).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// At most this many ingest connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 1600)]
+        size: usize,
+        /// How long deliveries may take to arrive after ingest ends.
+        #[arg(long, default_value = "30s")]
+        drain: String,
         #[arg(long)]
         json: bool,
     },
@@ -528,6 +572,41 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             .await?;
             bench::print(&rows, json);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliveries {
+            hookgate,
+            config,
+            source,
+            token,
+            subscriptions,
+            max_in_flight,
+            rate,
+            duration,
+            connections,
+            size,
+            drain,
+            json,
+        } => {
+            let parse = |flag: &str, text: &str| {
+                hookgate::config::units::parse_duration(text)
+                    .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+            };
+            let outcome = deliveries::run(deliveries::Options {
+                hookgate,
+                attach: config,
+                source,
+                token,
+                subscriptions,
+                max_in_flight,
+                rate,
+                duration: parse("duration", &duration)?,
+                connections,
+                size,
+                drain: parse("drain", &drain)?,
+            })
+            .await?;
+            deliveries::print(&outcome, json);
+            Ok(exit(outcome.ok()))
         }
         Command::Balance { listen, backends } => {
             let listener = TcpListener::bind(listen).await?;

@@ -89,6 +89,9 @@ pub struct Tally {
     pub unexpected: u64,
     /// Every fresh id sent, with its source and fate.
     pub ids: Vec<(String, String, Fate)>,
+    /// When each fresh id's `accepted` answer was read, for latencies that start at the
+    /// acknowledgement (the `deliveries` benchmark).
+    pub accepted_at: Vec<(String, Instant)>,
 }
 
 impl Tally {
@@ -100,6 +103,7 @@ impl Tally {
         self.errors += other.errors;
         self.unexpected += other.unexpected;
         self.ids.extend(other.ids);
+        self.accepted_at.extend(other.accepted_at);
     }
 }
 
@@ -374,6 +378,9 @@ impl Shared {
         };
         tally.sent += 1;
         let answer = send(sender, &self.plan, request).await;
+        if !repeat && answer.as_deref() == Some("accepted") {
+            tally.accepted_at.push((id.clone(), Instant::now()));
+        }
         let fate = match answer.as_deref() {
             None => {
                 tally.errors += 1;

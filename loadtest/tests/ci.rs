@@ -1,7 +1,8 @@
 //! The load tool as CI runs it: a short load through the real binary to the real
 //! RabbitMQ, then `verify` against the journal and the queue; five crash cycles (SIGKILL
 //! at random moments under load); and scale-out: three replicas behind a load balancer,
-//! one killed and restarted under load. All fail on any loss or unexpected answer, never
+//! one killed and restarted under load; deliveries to subscriptions, on a gateway the
+//! tool starts and on a running one. All fail on any loss or unexpected answer, never
 //! on speed.
 
 use std::path::{Path, PathBuf};
@@ -413,4 +414,72 @@ fn three_replicas_behind_a_balancer_lose_nothing_when_one_is_killed() {
         journal["duplicated"], 0,
         "each event is in one journal: {checked}"
     );
+}
+
+/// `deliveries` on a gateway it starts: every accepted event reached each subscription's
+/// sink, and the JSON report holds what BENCHMARKS.md quotes.
+#[test]
+fn deliveries_reach_every_subscription() {
+    let output = Command::new(loadtest())
+        .args(["deliveries", "--hookgate"])
+        .arg(hookgate())
+        .args(["--subscriptions", "2", "--rate", "200", "--duration", "2s"])
+        .args(["--drain", "30s", "--json"])
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    eprintln!("deliveries: {report}");
+    assert!(output.status.success(), "{report}");
+    let d = &report["deliveries"];
+    assert!(d["expected"].as_u64().unwrap() >= 2 * 390, "{report}");
+    assert_eq!(d["delivered"], d["expected"], "{report}");
+    assert_eq!(d["missing"], 0, "{report}");
+    assert_eq!(d["others"], 0, "{report}");
+    for key in ["alone", "with_subscriptions"] {
+        assert!(
+            report["ack_p99_ms"][key].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+    assert!(d["latency_ms"]["p99"].as_f64().is_some(), "{report}");
+}
+
+/// `deliveries --config` on a running gateway: its subscriptions are made through the
+/// admin API, all delivered, and deleted at the end.
+#[test]
+fn deliveries_on_a_running_gateway_leaves_no_subscription_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n[journal]\npath = \"{}\"\n\n[outbound]\nallow_private = [\"127.0.0.0/8\"]\n\n[[sources]]\nname = \"github\"\nscheme = \"github\"\nsecrets = [\"load-github-secret\"]\n",
+            free_port(),
+            free_port(),
+            dir.path().join("journal").display()
+        ),
+    )
+    .unwrap();
+    let (_gateway, admin) = start_gateway(&config);
+    let output = Command::new(loadtest())
+        .args(["deliveries", "--subscriptions", "2", "--rate", "100"])
+        .args(["--duration", "2s", "--drain", "30s", "--json", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    eprintln!("deliveries: {report}");
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["deliveries"]["missing"], 0, "{report}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let left = runtime
+        .block_on(hookgate::cli::client::get(&format!(
+            "{admin}/v1/subscriptions"
+        )))
+        .unwrap()
+        .json();
+    assert_eq!(left["subscriptions"], serde_json::json!([]), "{left}");
 }

@@ -1,8 +1,11 @@
 //! The admin listener (SPEC §7): `/healthz`, `/readyz`, `/metrics`, and under `/v1/` the
 //! API through which operators and workers find, read and replay events. Requests a
-//! browser could be tricked into are refused first ([`guard`]).
+//! browser could be tricked into are refused first ([`guard`]). `GET /v1/stream` is the
+//! live stream ([`stream`], fed by [`broadcast`]).
 
+pub mod broadcast;
 mod guard;
+pub mod stream;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -41,6 +44,8 @@ pub struct Admin {
     pub clock: Arc<dyn Clock>,
     /// Subscriptions' sending side: for test sends, secrets and the allowed targets.
     pub deliverer: Arc<crate::deliver::Deliverer>,
+    /// The live stream (`GET /v1/stream`); its feed task runs beside the listener.
+    pub stream: broadcast::Broadcaster,
 }
 
 /// The most a request body to the admin API may hold.
@@ -134,18 +139,38 @@ fn internal(message: String) -> Response<Body> {
 }
 
 impl Admin {
-    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body>
+    /// Every request to the admin listener: the live stream, whose body is streamed, or
+    /// one of the calls answered whole by [`Admin::handle`].
+    pub async fn serve<B>(self: Arc<Self>, request: Request<B>) -> Response<stream::AdminBody>
     where
         B: hyper::body::Body<Data = bytes::Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        if let Some(refused) = guard::refuse(&request, &self.hosts) {
-            return refused;
+        if request.uri().path() != "/v1/stream" {
+            return self.handle(request).await.map(http_body_util::Either::Left);
         }
-        let path = request.uri().path().to_string();
-        let query = request.uri().query().unwrap_or("").to_string();
-        let method = request.method().clone();
-        if path.starts_with("/v1/") && !self.authorised(request.headers()) {
+        if let Some(refused) = self.refuse(&request) {
+            return refused.map(http_body_util::Either::Left);
+        }
+        if request.method() != Method::GET {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on /v1/stream", request.method()),
+            )
+            .map(http_body_util::Either::Left);
+        }
+        let query = request.uri().query().unwrap_or("");
+        self.stream_response(query, request.headers().get("last-event-id"))
+    }
+
+    /// The answer refusing a request a browser was tricked into, or a `/v1/` call
+    /// without the token.
+    fn refuse<B>(&self, request: &Request<B>) -> Option<Response<Body>> {
+        if let Some(refused) = guard::refuse(request, &self.hosts) {
+            return Some(refused);
+        }
+        if request.uri().path().starts_with("/v1/") && !self.authorised(request.headers()) {
             let mut response = error_response(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -155,8 +180,22 @@ impl Admin {
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
             );
-            return response;
+            return Some(response);
         }
+        None
+    }
+
+    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if let Some(refused) = self.refuse(&request) {
+            return refused;
+        }
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
+        let method = request.method().clone();
         let (parts, body) = request.into_parts();
         drop(parts);
         if matches!(

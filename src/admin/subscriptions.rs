@@ -254,8 +254,8 @@ pub fn apply_fields(
     let mut new_secret = None;
     if let Some(v) = body.get("secret") {
         let secret = string("secret", v)?;
-        if !sign::valid_secret(&secret) {
-            return Err("`secret` must be `whsec_` followed by base64 of 24 to 64 bytes".into());
+        if !secret.starts_with("whsec_") || !sign::valid_secret(&secret) {
+            return Err("`secret` must be `whsec_` followed by base64 (as `whsec_` + base64 of 24 random bytes)".into());
         }
         new_secret = Some(secret);
     }
@@ -863,14 +863,20 @@ mod tests {
                 json!({"name": "a", "url": "http://x/", "events": ["*:*"], "colour": "red"}),
                 "unknown field `colour`",
             ),
-            (json!({"name": "a", "events": ["*:*"]}), "`url` is required"),
+            (
+                json!({"name": "a", "events": ["*:*"], "mode": "notify"}),
+                "`url` is required",
+            ),
             (
                 json!({"name": "a", "url": "http://x/", "events": ["*:*"], "mode": "pull"}),
                 "`mode` pull",
             ),
         ];
         for (body, expected) in cases {
-            let e = apply_fields(&mut blank(), &fields(body.clone()), true).unwrap_err();
+            let e = match apply_fields(&mut blank(), &fields(body.clone()), true) {
+                Err(e) => e,
+                Ok(_) => panic!("{body} was taken"),
+            };
             assert!(e.contains(expected), "{body}: {e}");
         }
     }

@@ -1,6 +1,6 @@
 //! A small HTTP/1.1 client over one connection, for `hookgate send`, the admin commands
-//! and the tests: `http://`, or `https://` with an optional CA file and client
-//! certificate (mTLS).
+//! (`events`, including its live stream) and the tests: `http://`, or `https://` with an
+//! optional CA file and client certificate (mTLS).
 //!
 //! A server may answer before it has read the whole body (a 413 for a body over its
 //! limit) and close the connection; writing the rest then fails with a broken pipe while
@@ -128,6 +128,36 @@ pub async fn request_with(
     body: Bytes,
     tls: &TlsArgs,
 ) -> anyhow::Result<Reply> {
+    let response = open_with(method, url, headers, body, tls).await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends one request on a new connection and answers as soon as the answer's head has
+/// come; its body is read as it arrives (a live stream).
+pub async fn open(
+    method: Method,
+    url: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+    open_with(method, url, headers, body, &TlsArgs::default()).await
+}
+
+/// [`open`], with TLS settings for an `https://` URL.
+pub async fn open_with(
+    method: Method,
+    url: &str,
+    headers: HeaderMap,
+    body: Bytes,
+    tls: &TlsArgs,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let uri: Uri = url
         .parse()
         .with_context(|| format!("`{url}` is not a URL"))?;
@@ -163,7 +193,7 @@ pub async fn request_with(
         builder = builder.header(name, value);
     }
     let request = builder.body(Full::new(body))?;
-    let exchanged = if https {
+    let sent = if https {
         let name = ServerName::try_from(bare.to_string())
             .with_context(|| format!("`{bare}` is not a host name"))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config()?));
@@ -171,33 +201,28 @@ pub async fn request_with(
             .connect(name, stream)
             .await
             .with_context(|| format!("TLS handshake with {address}"))?;
-        exchange(stream, request).await
+        send(stream, request).await
     } else {
-        exchange(stream, request).await
+        send(stream, request).await
     };
-    exchanged.map_err(|e| match failed.lock().expect("write error lock").take() {
+    sent.map_err(|e| match failed.lock().expect("write error lock").take() {
         // No answer came: the write error is what went wrong first.
         Some(write) => anyhow::anyhow!("{write} (and no answer came: {e:#})"),
         None => e,
     })
 }
 
-async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> anyhow::Result<Reply>
+async fn send<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    Ok(sender.send_request(request).await?)
 }
 
 pub async fn get(url: &str) -> anyhow::Result<Reply> {

@@ -90,6 +90,10 @@ impl Target {
         Target { tls, ..self }
     }
 
+    pub(crate) fn tls(&self) -> &client::TlsArgs {
+        &self.tls
+    }
+
     async fn call(&self, method: Method, path_and_query: &str) -> anyhow::Result<Value> {
         self.call_with(method, path_and_query, None).await
     }
@@ -102,12 +106,7 @@ impl Target {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
-        let mut headers = HeaderMap::new();
-        if let Some(token) = &self.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .context("the admin token cannot travel in an HTTP header")?;
-            headers.insert(http::header::AUTHORIZATION, value);
-        }
+        let (url, mut headers) = self.locate(path_and_query)?;
         let body = match body {
             Some(json) => {
                 headers.insert(
@@ -118,9 +117,20 @@ impl Target {
             }
             None => Bytes::new(),
         };
-        let url = format!("{}{path_and_query}", self.base);
         let reply = client::request_with(method, &url, headers, body, &self.tls).await?;
         answer(reply)
+    }
+
+    /// The URL of `path_and_query` on the admin API, and the headers that authenticate
+    /// a request to it.
+    pub(crate) fn locate(&self, path_and_query: &str) -> anyhow::Result<(String, HeaderMap)> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &self.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the admin token cannot travel in an HTTP header")?;
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        Ok((format!("{}{path_and_query}", self.base), headers))
     }
 }
 
@@ -135,17 +145,22 @@ pub struct ApiError {
 
 /// The JSON of a successful answer, or the admin API's own error message.
 fn answer(reply: Reply) -> anyhow::Result<Value> {
-    let body = reply.json();
     if reply.status.is_success() {
-        return Ok(body);
+        return Ok(reply.json());
     }
+    Err(api_error(reply.status, &reply.body))
+}
+
+/// The admin API's error in an answer with `status` and `body`.
+pub(crate) fn api_error(status: http::StatusCode, body: &[u8]) -> anyhow::Error {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = |name: &str, default: &str| body[name].as_str().unwrap_or(default).to_string();
-    Err(ApiError {
-        status: reply.status.as_u16(),
+    ApiError {
+        status: status.as_u16(),
         code: text("error", "error"),
         message: text("message", "the admin API refused the call"),
     }
-    .into())
+    .into()
 }
 
 #[derive(Default)]

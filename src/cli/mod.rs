@@ -6,6 +6,8 @@ mod check;
 pub mod client;
 pub mod deliveries;
 pub mod events;
+pub mod forward;
+pub mod sse;
 pub mod subscriptions;
 mod table;
 

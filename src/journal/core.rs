@@ -361,15 +361,20 @@ impl Core {
             .remove(&num)
     }
 
-    /// The pending deliveries of subscription `num` from seq `from` on, oldest first.
+    /// The pending deliveries of subscription `num` with seqs from `from` to `upto`,
+    /// oldest first.
     pub fn pending_deliveries(
         &self,
         num: u64,
         from: u64,
+        upto: u64,
         limit: usize,
     ) -> Result<Vec<Delivery>, String> {
-        let range = subscription::sub_key(num, from)..=subscription::sub_key(num, u64::MAX);
         let mut found = Vec::new();
+        if from > upto {
+            return Ok(found);
+        }
+        let range = subscription::sub_key(num, from)..=subscription::sub_key(num, upto);
         for item in self.trees.pending.range(range).keys().take(limit) {
             let key = item.map_err(|e| e.to_string())?;
             let Some((_, seq)) = subscription::split_key(&key) else {

@@ -375,7 +375,8 @@ impl Committer {
                 self.close_delivery(&mut delivery, DeliveryStatus::Delivered);
                 self.succeeded(num, at_ms)?;
                 if self.subs.get(num).is_some_and(|s| s.mode == Mode::Finish) {
-                    finished = Some(("succeeded", result, None));
+                    // Recovery reads the delivery's end from the `.finished` entry too.
+                    finished = Some(("succeeded", result, Some(DeliveryStatus::Delivered)));
                 }
             }
             Verdict::AwaitCallback { hash, deadline_ms } => {
@@ -504,10 +505,18 @@ impl Committer {
         .map(drop)
     }
 
-    /// A delivery failed for good: says so in an operational event.
+    /// A delivery failed for good: says so in an operational event, unless what failed
+    /// was itself an operational event (two failing subscriptions would otherwise tell
+    /// each other of their failures forever).
     fn delivery_failed(&mut self, delivery: &Delivery, at_ms: u64) -> Result<(), JournalError> {
         let last = delivery.log.last();
         tracing::warn!(delivery = %delivery.id(), seq = delivery.seq, attempts = delivery.attempts, "delivery failed; no attempts left");
+        let about_ours = self
+            .summary_of(delivery.seq)?
+            .is_some_and(|s| s.source == OPERATIONAL_SOURCE);
+        if about_ours {
+            return Ok(());
+        }
         let payload = json!({
             "delivery": delivery.id(),
             "subscription": sub_id(delivery.sub),

@@ -83,6 +83,13 @@ fn attempt(at_ms: u64, status: u16) -> DeliveryAttempt {
     }
 }
 
+/// Waits until what the last commands wrote is durable: readers (the workers, the
+/// admin API) see deliveries and events only up to the durable seq.
+async fn settled(journal: &Journal) {
+    // Compaction at time 0 removes nothing, and is answered after the flush.
+    journal.compact(0).await.unwrap();
+}
+
 fn statuses(journal: &Journal, seq: u64) -> Vec<(u64, DeliveryStatus)> {
     journal
         .event_deliveries(seq)
@@ -274,6 +281,7 @@ async fn a_finished_chain_between_two_subscriptions_stops_at_depth_four() {
             break;
         }
         journal.record_outcomes(outcomes).await.unwrap();
+        settled(&journal).await;
     }
     let (events, _) = journal
         .list(&ListFilter {
@@ -557,5 +565,51 @@ async fn gone_disables_the_subscription_and_says_so_in_an_operational_event() {
     // A disabled subscription gets no new deliveries.
     let next = accepted(&journal, event("s", "b", "t")).await;
     assert!(statuses(&journal, next).is_empty());
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn two_failing_subscriptions_do_not_tell_each_other_of_their_failures_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for name in ["a", "b"] {
+        journal
+            .put_subscription(subscription(name, &["*:*"], Mode::Notify))
+            .await
+            .unwrap();
+    }
+    accepted(&journal, event("s", "e", "t")).await;
+    // Fail every pending delivery at once, round after round.
+    for _ in 0..10 {
+        let mut outcomes = Vec::new();
+        for num in [1, 2] {
+            for d in journal.pending_deliveries(num, 0, 100).unwrap() {
+                outcomes.push(DeliveryOutcome {
+                    seq: d.seq,
+                    sub: num,
+                    attempt: attempt(NOW, 500),
+                    verdict: Verdict::Failed,
+                });
+            }
+        }
+        if outcomes.is_empty() {
+            break;
+        }
+        journal.record_outcomes(outcomes).await.unwrap();
+        settled(&journal).await;
+    }
+    let (ops, _) = journal
+        .list(&ListFilter {
+            source: Some(OPERATIONAL_SOURCE.into()),
+            limit: 100,
+            ..ListFilter::default()
+        })
+        .unwrap();
+    // One failure event each for the original event; each went to the other
+    // subscription only, and failing there made no more.
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    for op in &ops {
+        assert_eq!(journal.event_deliveries(op.seq).unwrap().len(), 1);
+    }
     journal.close().await;
 }

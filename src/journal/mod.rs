@@ -694,16 +694,22 @@ impl Journal {
         self.core().ok().and_then(|c| c.take_delivery_rewind(num))
     }
 
-    /// Pending deliveries of subscription `num` from seq `from` on, oldest first.
+    /// Pending deliveries of subscription `num` from seq `from` on, oldest first, of
+    /// durable events only. The committer puts a delivery in the index with its event,
+    /// before the group's log entries are written and synced: read earlier, the event's
+    /// content is not there yet (the attempt would find it "no longer in the journal"
+    /// and fail it for good), and it could be sent before its `200` and then lost in a
+    /// crash. [`Journal::last_seq`] moves only after the sync.
     pub fn pending_deliveries(
         &self,
         num: u64,
         from: u64,
         limit: usize,
     ) -> Result<Vec<Delivery>, String> {
+        let durable = *self.last_seq.borrow();
         self.core()
             .map_err(|e| e.to_string())?
-            .pending_deliveries(num, from, limit)
+            .pending_deliveries(num, from, durable, limit)
     }
 
     /// One delivery: of event `seq` to subscription `num`.

@@ -31,7 +31,26 @@ use tracing::Instrument;
 
 use super::tls::{self, ClientIdentity};
 use super::{stopped, Limits};
-use crate::answer::Body;
+
+/// What an answer's body may be: a whole body (`answer::Body`) or, on the admin
+/// listener, one that is streamed (server-sent events).
+pub trait AnswerBody:
+    hyper::body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> AnswerBody for B where
+    B: hyper::body::Body<
+            Data = bytes::Bytes,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Send
+        + Unpin
+        + 'static
+{
+}
 
 /// Where refused TLS handshakes are logged: the listener's name (the key of their
 /// rate limit) and the shared refusal log.
@@ -60,7 +79,7 @@ pub struct ClientAddr(pub SocketAddr);
 
 /// Serves one connection until it ends, the listener stops (then it gets
 /// `drain_timeout`), or it idles past its limit.
-pub async fn serve<H, Fut>(
+pub async fn serve<H, Fut, B>(
     stream: TcpStream,
     peer: SocketAddr,
     limits: Limits,
@@ -69,7 +88,8 @@ pub async fn serve<H, Fut>(
     stop: watch::Receiver<bool>,
 ) where
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: AnswerBody,
 {
     let (open, watched) = watch::channel(0usize);
     let open = Arc::new(open);
@@ -128,20 +148,21 @@ fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
 /// Wraps `handler` as a hyper service that hands each request the client's address and
 /// identity, and counts the requests open on the connection in `open`, from the request
 /// until its answer's body is sent (a streamed answer keeps its connection busy).
-fn service<H, Fut>(
+fn service<H, Fut, B>(
     handler: H,
     peer: SocketAddr,
     identity: Option<ClientIdentity>,
     open: Arc<watch::Sender<usize>>,
 ) -> impl hyper::service::Service<
     Request<HyperBody>,
-    Response = Response<Counted<Body>>,
+    Response = Response<Counted<B>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Counted<Body>>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Counted<B>>, Infallible>> + Send,
 > + Clone
 where
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: AnswerBody,
 {
     // HTTP/2 runs each request in a task of its own: without this, its log lines would
     // lose the connection's span (listener, peer) that HTTP/1.1 requests run in.

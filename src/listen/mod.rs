@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-use crate::answer::Body;
 use crate::metrics::Metrics;
 
 pub use conn::ClientAddr;
@@ -42,7 +41,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Serves `handler` on `listener` until `stop` turns true, then drains. Each request
 /// carries the client's [`ClientAddr`], and with `tls` its [`tls::ClientIdentity`] when it
 /// presented a certificate.
-pub async fn serve<H, Fut>(
+pub async fn serve<H, Fut, B>(
     name: &'static str,
     listener: TcpListener,
     limits: Limits,
@@ -52,7 +51,8 @@ pub async fn serve<H, Fut>(
     metrics: Arc<Metrics>,
 ) where
     H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: conn::AnswerBody,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {

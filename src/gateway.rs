@@ -7,10 +7,10 @@
 //! ([`crate::refuse::ByAddress`]). Refusals are logged through
 //! [`crate::refuse::RefusalLog`], a few in full and the rest counted.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use tracing::Instrument;
 
@@ -23,6 +23,7 @@ use crate::receive;
 use crate::receive::budget::{Budget, Held};
 use crate::refuse::{ByAddress, RefusalLog};
 use crate::source::Source;
+use crate::sources::Sources;
 use crate::verify::{self, Incoming, Scheme};
 
 /// Where "now" comes from; tests inject a fixed clock.
@@ -39,18 +40,54 @@ impl Clock for SystemClock {
 }
 
 pub struct Gateway {
-    pub sources: HashMap<String, Arc<Source>>,
+    pub sources: Sources,
     pub journal: Journal,
     pub clock: Arc<dyn Clock>,
-    pub request_timeout: Duration,
+    /// What a reload may change besides the sources.
+    pub limits: ArcSwap<IngestLimits>,
     pub metrics: Arc<Metrics>,
     /// Log each raw body at debug level (`HOOKGATE_LOG_BODIES=1`); off by default.
     pub log_bodies: bool,
-    /// `server.failures_per_address`, unless `off`.
-    pub by_address: Option<ByAddress>,
     pub refusals: Arc<RefusalLog>,
     /// `server.max_inflight_bytes`: body bytes held across every request.
     pub budget: Budget,
+}
+
+/// The ingest limits outside the sources that a reload may change.
+pub struct IngestLimits {
+    /// `server.request_timeout`.
+    pub request_timeout: Duration,
+    /// `server.failures_per_address` as written, so that a reload that leaves it alone
+    /// keeps the addresses' budgets.
+    pub failures_per_address: String,
+    /// Its limiter, unless `off`.
+    pub by_address: Option<Arc<ByAddress>>,
+}
+
+impl IngestLimits {
+    /// The limits of `server`; `current` lends its per-address budgets when the rate is
+    /// the same.
+    pub fn new(
+        server: &crate::config::ServerConfig,
+        current: Option<&IngestLimits>,
+    ) -> anyhow::Result<IngestLimits> {
+        let rate = server.failures_per_address.as_str();
+        let by_address = match current {
+            Some(current) if current.failures_per_address == rate => current.by_address.clone(),
+            _ if rate == "off" => None,
+            _ => Some(Arc::new(ByAddress::new(
+                crate::source::parse_rate(rate)
+                    .map_err(|e| anyhow::anyhow!("server.failures_per_address: {e}"))?,
+                crate::refuse::address::MAX_TRACKED,
+                std::time::Instant::now(),
+            ))),
+        };
+        Ok(IngestLimits {
+            request_timeout: server.request_timeout.0,
+            failures_per_address: rate.to_string(),
+            by_address,
+        })
+    }
 }
 
 impl Gateway {
@@ -67,7 +104,7 @@ impl Gateway {
         // Only configured names become a label or a log field; any other path is counted
         // as one unknown source.
         let source = match request.uri().path().strip_prefix("/hooks/") {
-            Some(name) if self.sources.contains_key(name) => name.to_string(),
+            Some(name) if self.sources.contains(name) => name.to_string(),
             _ => UNKNOWN_SOURCE.to_string(),
         };
         let span = tracing::info_span!(
@@ -114,7 +151,7 @@ impl Gateway {
     {
         let received_at = self.clock.now();
         // One deadline for the whole request: receiving the body and the journal's answer.
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let deadline = tokio::time::Instant::now() + self.limits.load().request_timeout;
         let (source, identity) = match self.route(&request) {
             Ok(routed) => routed,
             Err(rejection) => {
@@ -211,7 +248,9 @@ impl Gateway {
                 | Rejection::ClientCertificateRequired
                 | Rejection::ClientNotAllowed
         );
-        let (Some(limit), Some(ClientAddr(addr)), true) = (&self.by_address, client, failed) else {
+        let limits = self.limits.load();
+        let (Some(limit), Some(ClientAddr(addr)), true) = (&limits.by_address, client, failed)
+        else {
             return rejection;
         };
         match limit.failed(addr.ip(), std::time::Instant::now()) {
@@ -238,8 +277,7 @@ impl Gateway {
         let source = self
             .sources
             .get(name)
-            .ok_or_else(|| Rejection::UnknownSource(name.chars().take(64).collect()))?
-            .clone();
+            .ok_or_else(|| Rejection::UnknownSource(name.chars().take(64).collect()))?;
         if !source.methods.contains(request.method()) {
             return Err(Rejection::MethodNotAllowed {
                 method: request.method().to_string(),

@@ -4,11 +4,9 @@
 //! credentials, no transport headers. A source can drop more (`drop_headers`) or keep
 //! only a list (`keep_headers`), but never keep a signature or secret header.
 //!
-//! The same rule is applied when an event is read, so events journaled before it (or
-//! under another config) are shown and forwarded without those headers too.
-
-use std::collections::HashMap;
-use std::sync::Arc;
+//! The same rule is applied when an event is read ([`crate::sources::Sources::header_policy`]),
+//! so events journaled before it (or under another config) are shown and forwarded
+//! without those headers too.
 
 use http::HeaderName;
 
@@ -106,27 +104,6 @@ impl HeaderPolicy {
 fn parse(key: &str, name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{key}: `{name}` is not a header name"))
-}
-
-/// Every configured source's rule, by source name, for reading stored events. A source
-/// no longer configured gets the default rule (only [`never_kept`] headers dropped).
-#[derive(Debug, Clone, Default)]
-pub struct HeaderPolicies {
-    by_source: Arc<HashMap<String, HeaderPolicy>>,
-    default: HeaderPolicy,
-}
-
-impl HeaderPolicies {
-    pub fn new(by_source: HashMap<String, HeaderPolicy>) -> HeaderPolicies {
-        HeaderPolicies {
-            by_source: Arc::new(by_source),
-            default: HeaderPolicy::default(),
-        }
-    }
-
-    pub fn of(&self, source: &str) -> &HeaderPolicy {
-        self.by_source.get(source).unwrap_or(&self.default)
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //!   journal to RabbitMQ and marks them delivered once the broker confirms them.
 //! - [`admin`]: health, readiness, the pull API over the journal and its live stream.
 //! - [`console`]: the web console on the admin listener, a client of [`admin`]'s API.
-//! - [`config`] and [`source`]: the TOML file and each source at run time.
+//! - [`config`] and [`source`]: the TOML file and each source at run time; [`sources`]
+//!   holds them as they run now, and [`reload`] replaces them on SIGHUP.
 //! - [`cli`]: the subcommands other than `serve`.
 
 pub mod admin;
@@ -32,7 +33,9 @@ pub mod locator;
 pub mod metrics;
 pub mod receive;
 pub mod refuse;
+pub mod reload;
 pub mod source;
+pub mod sources;
 pub mod telemetry;
 pub mod verify;
 
@@ -56,6 +59,8 @@ pub struct Running {
     pub ingest_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub journal: Journal,
+    /// What SIGHUP calls; tests call it directly.
+    pub reloader: Arc<reload::Reloader>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -79,7 +84,7 @@ pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Arc<Sour
     for cfg in &config.sources {
         let source = Source::build(cfg, &config.server)
             .map_err(|e| anyhow::anyhow!("source `{}`: {e}", cfg.name))?;
-        if source.insecure {
+        if source.insecure && source.allowed_client_names.is_empty() {
             tracing::warn!(source = %source.name, "source verifies nothing (scheme none, insecure = true)");
         }
         sources.insert(source.name.clone(), Arc::new(source));
@@ -93,10 +98,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    // Refused requests and refused TLS handshakes share one rate-limited log.
+    let refusals = Arc::new(refuse::RefusalLog::default());
     let load_tls = |table: &str, settings: &Option<config::TlsConfig>| match settings {
         None => Ok(None),
         Some(settings) => listen::tls::Tls::load(settings)
-            .map(|tls| Some(Arc::new(tls)))
+            .map(|tls| Some(Arc::new(tls.log_refusals_to(refusals.clone()))))
             .map_err(|e| anyhow::anyhow!("[{table}]: {e}")),
     };
     let tls = load_tls("server.tls", &config.server.tls)?;
@@ -161,36 +168,17 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     if log_bodies {
         tracing::warn!("HOOKGATE_LOG_BODIES is set: raw bodies are logged at debug level (target hookgate::bodies)");
     }
-    let by_address = match config.server.failures_per_address.as_str() {
-        "off" => None,
-        rate => Some(refuse::ByAddress::new(
-            source::parse_rate(rate)
-                .map_err(|e| anyhow::anyhow!("server.failures_per_address: {e}"))?,
-            refuse::address::MAX_TRACKED,
-            std::time::Instant::now(),
-        )),
-    };
-    let refusals = Arc::new(refuse::RefusalLog::default());
+    let sources = sources::Sources::new(sources);
     let gateway = Arc::new(Gateway {
-        sources,
+        sources: sources.clone(),
         journal: journal.clone(),
         clock: clock.clone(),
-        request_timeout: config.server.request_timeout.0,
+        limits: arc_swap::ArcSwap::from_pointee(gateway::IngestLimits::new(&config.server, None)?),
         metrics: metrics.clone(),
         log_bodies,
-        by_address,
         refusals: refusals.clone(),
         budget: receive::budget::Budget::new(config.server.max_inflight_bytes.0),
     });
-    // Applied again when events are read, so that events journaled before a header was
-    // dropped are neither shown nor forwarded with it.
-    let header_policies = headers::HeaderPolicies::new(
-        gateway
-            .sources
-            .values()
-            .map(|s| (s.name.clone(), s.headers.clone()))
-            .collect(),
-    );
     let forwarder = match &config.broker {
         None => None,
         Some(broker) => {
@@ -219,8 +207,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
                     retry_initial: broker.retry.initial.0,
                     retry_max: broker.retry.max.0,
                 },
-                routes: forward::Forwarder::routes_of(gateway.sources.values()),
-                headers: header_policies.clone(),
+                sources: sources.clone(),
                 connected: broker_connected.clone(),
                 metrics: metrics.clone(),
             })
@@ -244,15 +231,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         hosts: config.admin.hosts.clone(),
         broker_connected: forwarder.as_ref().map(|_| broker_connected.clone()),
         metrics: metrics.clone(),
-        sources: {
-            let mut named: Vec<(String, String)> = config
-                .sources
-                .iter()
-                .map(|s| (s.name.clone(), s.scheme.clone()))
-                .collect();
-            named.sort();
-            named
-        },
+        sources,
         source_urls: {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let base = format!("{scheme}://{}", cli::reachable(ingest_addr));
@@ -275,10 +254,18 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         }),
         stop: stopped.clone(),
         clock: clock.clone(),
-        headers: header_policies,
         deliverer: deliverer.clone(),
         stream: broadcaster.clone(),
     });
+    let reloader = Arc::new(reload::Reloader::new(
+        config,
+        gateway.clone(),
+        deliverer.clone(),
+        journal.clone(),
+        metrics.clone(),
+        clock.clone(),
+        tls.iter().chain(&admin_tls).cloned().collect(),
+    ));
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(listen::serve(
         "ingest",
@@ -308,15 +295,12 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     }
     tasks.push(tokio::spawn(deliverer.run(stopped.clone())));
     // Always: without a handler, SIGHUP (`systemctl reload`) would end the process.
-    let reloadable: Vec<_> = tls.into_iter().chain(admin_tls).collect();
     // The handler is in place before the listeners are announced: a SIGHUP that came
     // before the task first ran would otherwise end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    tasks.push(tokio::spawn(reload_on_sighup(
-        hangups,
-        reloadable,
-        stopped.clone(),
-    )));
+    tasks.push(tokio::spawn(
+        reloader.clone().on_sighup(hangups, stopped.clone()),
+    ));
     tasks.push(tokio::spawn(heal_periodically(
         journal.clone(),
         stopped.clone(),
@@ -333,6 +317,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         ingest_addr,
         admin_addr,
         journal,
+        reloader,
         stop,
         tasks,
     })
@@ -365,7 +350,7 @@ fn deliverer(
         schedule: deliver::Schedule::new(config.outbound.retry()),
         callback_timeout: config.outbound.callback_timeout(),
         callback_base: config.callback_base_url(),
-        config_secrets,
+        config_secrets: arc_swap::ArcSwap::from_pointee(config_secrets),
         metrics: metrics.clone(),
     })
 }
@@ -440,38 +425,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("signal received; shutting down");
     running.stop().await;
     Ok(())
-}
-
-/// Reads the TLS certificate and key again on every SIGHUP; open connections keep theirs,
-/// and a bad new file leaves the old ones in use. Without TLS a SIGHUP only says so.
-async fn reload_on_sighup(
-    hangups: std::io::Result<tokio::signal::unix::Signal>,
-    listeners: Vec<Arc<listen::tls::Tls>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut hangups = match hangups {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates will not be reloaded");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = listen::stopped(&mut stop) => return,
-            _ = hangups.recv() => {
-                if listeners.is_empty() {
-                    tracing::info!("SIGHUP: no TLS is configured, so there is nothing to reload");
-                }
-                for tls in &listeners {
-                    match tls.reload() {
-                        Ok(()) => tracing::info!("TLS certificate and key reloaded"),
-                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the certificate in use"),
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Milliseconds since the epoch for a time.

@@ -64,6 +64,8 @@ enum Command {
         /// Where to send (default: the config's server.listen and /hooks/SOURCE).
         #[arg(long)]
         url: Option<String>,
+        #[command(flatten)]
+        tls: hookgate::cli::client::TlsArgs,
     },
     /// Find, read, replay and follow events through the admin API.
     Events {
@@ -89,6 +91,9 @@ enum Command {
             global = true
         )]
         token: Option<String>,
+        /// For [admin.tls]: the CA to trust and the client certificate to present.
+        #[command(flatten)]
+        tls: hookgate::cli::client::TlsArgs,
     },
     /// List, create, delete and test subscriptions through the admin API.
     Subscriptions {
@@ -162,8 +167,14 @@ enum EventsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Show one event: headers, payload and delivery attempts.
-    Show { seq: u64 },
+    /// Show one event: headers, payload and delivery attempts. EVENT is its seq, or its
+    /// id (the provider's delivery or event id).
+    Show {
+        event: String,
+        /// EVENT is an id even though it is a number.
+        #[arg(long)]
+        id: bool,
+    },
     /// Forward one event again, or every event the filters match.
     Replay {
         seq: Option<u64>,
@@ -201,9 +212,10 @@ async fn events(
     config: &std::path::Path,
     admin: Option<&str>,
     token: Option<&str>,
+    tls: hookgate::cli::client::TlsArgs,
 ) -> anyhow::Result<bool> {
     use hookgate::cli::events::{self, Filters, Target};
-    let target = Target::resolve(config, admin, token)?;
+    let target = Target::resolve(config, admin, token)?.with_tls(tls);
     match action {
         EventsAction::List {
             filters,
@@ -211,7 +223,7 @@ async fn events(
             limit,
             json,
         } => events::list(&target, &filters.filters(), after, limit, json).await?,
-        EventsAction::Show { seq } => events::show(&target, seq).await?,
+        EventsAction::Show { event, id } => events::show(&target, &event, id).await?,
         EventsAction::Replay {
             seq,
             source,
@@ -294,7 +306,14 @@ fn main() -> ExitCode {
             config,
             admin,
             token,
-        } => runtime().block_on(events(action, &config, admin.as_deref(), token.as_deref())),
+            tls,
+        } => runtime().block_on(events(
+            action,
+            &config,
+            admin.as_deref(),
+            token.as_deref(),
+            tls,
+        )),
         Command::Subscriptions { action, admin } => {
             runtime().block_on(hookgate::cli::subscriptions::run(action, &admin))
         }
@@ -320,6 +339,7 @@ fn main() -> ExitCode {
             event_type,
             id,
             url,
+            tls,
         } => runtime().block_on(hookgate::cli::send(hookgate::cli::SendArgs {
             config: &config,
             source: &source,
@@ -329,6 +349,7 @@ fn main() -> ExitCode {
             id: id.as_deref(),
             url: url.as_deref(),
             pad_to: None,
+            tls,
         })),
     };
     match result {

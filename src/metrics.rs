@@ -252,6 +252,43 @@ impl Metrics {
             "One fdatasync of the commit log (everything a group wrote)",
             stages.sync_seconds.clone(),
         );
+        for reason in FORWARD_ERRORS {
+            let _ = forward_errors.get_or_create(&ErrorLabels { reason });
+        }
+        for listener in ["ingest", "admin"] {
+            let _ = connections.get_or_create(&ListenerLabels { listener });
+        }
+        let metrics = Metrics {
+            registry,
+            requests,
+            events,
+            verify_failures,
+            refused_by_address,
+            ack_seconds,
+            backlog,
+            journal,
+            forward_published,
+            forward_errors,
+            broker_connected,
+            replayed,
+            connections,
+            broker,
+            stages,
+            deliveries,
+        };
+        metrics.add_sources(sources);
+        metrics
+    }
+
+    /// Starts each series of these sources at zero (at start, and for sources a reload
+    /// adds). A series of a source no longer configured stays, with its counts.
+    pub fn add_sources<'a>(&self, sources: impl IntoIterator<Item = &'a str>) {
+        let (requests, events, refused_by_address, verify_failures) = (
+            &self.requests,
+            &self.events,
+            &self.refused_by_address,
+            &self.verify_failures,
+        );
         for source in sources {
             let _ = requests.get_or_create(&RequestLabels {
                 source: source.to_string(),
@@ -272,30 +309,6 @@ impl Metrics {
                     reason,
                 });
             }
-        }
-        for reason in FORWARD_ERRORS {
-            let _ = forward_errors.get_or_create(&ErrorLabels { reason });
-        }
-        for listener in ["ingest", "admin"] {
-            let _ = connections.get_or_create(&ListenerLabels { listener });
-        }
-        Metrics {
-            registry,
-            requests,
-            events,
-            verify_failures,
-            refused_by_address,
-            ack_seconds,
-            backlog,
-            journal,
-            forward_published,
-            forward_errors,
-            broker_connected,
-            replayed,
-            connections,
-            broker,
-            stages,
-            deliveries,
         }
     }
 

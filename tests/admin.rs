@@ -62,8 +62,10 @@ async fn listing_filters_and_pages_with_a_cursor() {
 
     let issues = admin_get(&gw, "/v1/events?type=issues").await.json();
     assert_eq!(seqs(&issues), vec![2, 4, 6]);
-    let none = admin_get(&gw, "/v1/events?source=stripe").await.json();
-    assert_eq!(seqs(&none), Vec::<u64>::new());
+    // No stripe source is configured, and none has events: a 400, not an empty list.
+    let none = admin_get(&gw, "/v1/events?source=stripe").await;
+    assert_eq!(none.status, StatusCode::BAD_REQUEST);
+    assert_eq!(none.json()["error"], "unknown_source");
     let queued = admin_get(
         &gw,
         "/v1/events?source=github&status=queued&type=push&limit=2",
@@ -98,6 +100,60 @@ async fn listing_filters_and_pages_with_a_cursor() {
     assert_eq!(one["payload"], json!({"delivery": "l-1"}));
     assert_eq!(one["attempts_log"], json!([]));
     assert!(one["received_at"].as_str().unwrap().ends_with('Z'));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_is_found_by_its_id_and_a_source_typo_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    for id in ["find-1", "find-10", "find-2"] {
+        let r = post(
+            gw.ingest_addr,
+            "/hooks/github",
+            github(id, "push", "application/json", &delivery_body(id)),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let found = admin_get(&gw, "/v1/events?id=find-1").await.json();
+    let seqs: Vec<u64> = found["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1], "exact, not a prefix: {found}");
+    let none = admin_get(&gw, "/v1/events?id=find").await.json();
+    assert_eq!(none["events"], json!([]));
+    let both = admin_get(&gw, "/v1/events?id=find-2&source=github")
+        .await
+        .json();
+    assert_eq!(both["events"][0]["seq"], 3);
+
+    let typo = admin_get(&gw, "/v1/events?source=githb").await;
+    assert_eq!(typo.status, StatusCode::BAD_REQUEST);
+    assert_eq!(typo.json()["error"], "unknown_source");
+    assert!(
+        typo.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("configured: github"),
+        "{:?}",
+        typo.json()
+    );
+    // The gateway's own operational events have a source of their own.
+    let own = admin_get(&gw, "/v1/events?source=hookgate").await;
+    assert_eq!(own.status, StatusCode::OK);
+    let replay = hookgate::cli::client::request(
+        http::Method::POST,
+        &format!("http://{}/v1/replay?source=githb", gw.admin_addr),
+        http::HeaderMap::new(),
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
     gw.stop().await;
 }
 

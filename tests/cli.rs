@@ -97,6 +97,130 @@ fn check_config_names_what_is_wrong_and_exits_1() {
     );
 }
 
+/// `check-config` on `text`, with `env` set and nothing else of hookgate's: exit code
+/// and what it printed.
+fn check(dir: &std::path::Path, text: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = hookgate()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .env_remove("HOOKGATE_AMQP_URL")
+        .env_remove("HOOKGATE_ADMIN_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_config_resolves_what_serve_resolves_and_gives_one_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/hookgate.toml"),
+    )
+    .unwrap();
+    let secrets = [
+        ("GITHUB_WEBHOOK_SECRET", "g"),
+        ("STRIPE_WEBHOOK_SECRET", "s"),
+    ];
+    // The broker URL and the admin token unset: serve refuses it, so must this.
+    let (code, said) = check(dir.path(), &deploy, &secrets);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("broker.url env:HOOKGATE_AMQP_URL: error: environment variable HOOKGATE_AMQP_URL is not set"),
+        "{said}"
+    );
+    assert!(
+        said.contains("admin.token env:HOOKGATE_ADMIN_TOKEN: error:"),
+        "{said}"
+    );
+    assert!(
+        said.trim_end().ends_with("is not valid: 2 errors"),
+        "{said}"
+    );
+    assert!(!said.contains("is valid"), "{said}");
+    // Both listeners bind every interface, and are shown the same way.
+    for (name, port) in [("ingest", 8080), ("admin", 9090)] {
+        assert!(
+            said.contains(&format!("  {name}"))
+                && said.contains(&format!(
+                "binds 0.0.0.0:{port} (every interface); clients here use http://127.0.0.1:{port}"
+            )),
+            "{said}"
+        );
+    }
+    let all = [
+        secrets[0],
+        secrets[1],
+        ("HOOKGATE_AMQP_URL", "amqp://u:p@rabbitmq:5672/%2f"),
+        ("HOOKGATE_ADMIN_TOKEN", "t"),
+    ];
+    let (code, said) = check(dir.path(), &deploy, &all);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.trim_end().ends_with("is valid"), "{said}");
+    assert!(
+        !said.contains("amqp://u:p"),
+        "the broker URL was printed: {said}"
+    );
+
+    // An unset source secret: its error once, one verdict, last.
+    let (code, said) = check(
+        dir.path(),
+        "[[sources]]\nname = \"a\"\nscheme = \"github\"\nsecrets = [\"env:HOOKGATE_TEST_UNSET_SECRET\"]\n",
+        &[],
+    );
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(
+        said.matches("HOOKGATE_TEST_UNSET_SECRET is not set")
+            .count(),
+        1,
+        "{said}"
+    );
+    assert!(said.trim_end().ends_with("is not valid: 1 error"), "{said}");
+    assert!(!said.contains("is valid"), "{said}");
+}
+
+#[test]
+fn an_mtls_only_source_is_not_called_unverified() {
+    let dir = tempfile::tempdir().unwrap();
+    hookgate::cli::certs::gen_certs(dir.path(), "relay.internal").unwrap();
+    let tls = format!(
+        "[server.tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\nclient_ca = \"{d}/ca.pem\"\nclient_auth = \"optional\"\n",
+        d = dir.path().display()
+    );
+    let relay = "[[sources]]\nname = \"relay\"\nscheme = \"none\"\ninsecure = true\n";
+    let (code, said) = check(
+        dir.path(),
+        &format!("{tls}{relay}allowed_client_names = [\"relay.internal\"]\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(!said.contains("verifies nothing"), "{said}");
+    assert!(
+        said.contains("mTLS only: clients whose certificate names relay.internal"),
+        "{said}"
+    );
+    assert!(
+        said.contains("POST https://127.0.0.1:8080/hooks/relay"),
+        "{said}"
+    );
+    let (code, said) = check(dir.path(), &format!("{tls}{relay}"), &[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("warning: scheme none verifies nothing"),
+        "{said}"
+    );
+    assert!(said.trim_end().ends_with("is valid, 1 warning"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_signs_for_each_starter_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,4 +352,159 @@ fn a_fresh_init_has_a_token_that_the_events_commands_use() {
     assert!(said.contains("\"source\":\"github\""), "{said}");
     let _ = gw.child.kill();
     let _ = gw.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_one_journal_names_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    let config = hookgate::config::Config::parse(&starter).unwrap();
+    let gw = hookgate::start(&config).await.unwrap();
+    let second = tokio::task::spawn_blocking(move || {
+        hookgate()
+            .args(["serve", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains(&format!(
+            "another hookgate is using this journal (PID {})",
+            std::process::id()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("WouldBlock"), "{said}");
+    gw.stop().await;
+}
+
+/// `hookgate ARGS…` run off the async runtime; its exit code and stdout + stderr.
+async fn run(args: Vec<String>) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = hookgate().args(&args).output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_events_speak_https_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    hookgate::cli::certs::gen_certs(dir.path(), "client.local").unwrap();
+    let tls = |table: &str| {
+        format!(
+            "\n[{table}]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\nclient_ca = \"{d}/ca.pem\"\nclient_auth = \"required\"\n"
+        )
+    };
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    let text = format!("{starter}{}{}", tls("server.tls"), tls("admin.tls"));
+    std::fs::write(&path, text).unwrap();
+    let gw = common::spawn(&path);
+    let config = path.display().to_string();
+    let ca = format!("{d}/ca.pem");
+    let mtls = [
+        "--cacert".to_string(),
+        ca.clone(),
+        "--cert".to_string(),
+        format!("{d}/client.pem"),
+        "--key".to_string(),
+        format!("{d}/client-key.pem"),
+    ];
+    let url = format!("https://127.0.0.1:{}/hooks/github", gw.ingest.port());
+    let mut send = strings(&["send", "--source", "github", "-c", &config, "--url", &url]);
+    send.extend(mtls.iter().cloned());
+    let (code, said) = run(send).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("\"status\":\"accepted\""), "{said}");
+    // Without a client certificate the handshake is refused.
+    let (code, said) = run(strings(&[
+        "send", "--source", "github", "-c", &config, "--url", &url, "--cacert", &ca,
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{said}");
+    // --cacert is for https only.
+    let plain = format!("http://127.0.0.1:{}/hooks/github", gw.ingest.port());
+    let (code, said) = run(strings(&[
+        "send", "--source", "github", "-c", &config, "--url", &plain, "--cacert", &ca,
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("are for https:// URLs"), "{said}");
+
+    let admin = format!("https://127.0.0.1:{}", gw.admin.port());
+    let mut list = strings(&["events", "list", "-c", &config, "--admin", &admin]);
+    list.extend(mtls.iter().cloned());
+    let (code, said) = run(list).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("github") && said.contains("hookgate.test"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_prints_the_answer_to_a_body_over_the_limit_and_asks_for_a_content_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    let starter = starter.replacen("[server]\n", "[server]\nmax_inflight_bytes = \"2MiB\"\n", 1);
+    std::fs::write(&path, starter).unwrap();
+    let gw = common::spawn(&path);
+    let config = path.display().to_string();
+    let url = format!("http://{}/hooks/github", gw.ingest);
+    // Far over max_body (1 MiB): the gateway answers 413 before reading it and closes.
+    let big = dir.path().join("big.json");
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(16 << 20));
+    std::fs::write(&big, body).unwrap();
+    let big = big.display().to_string();
+    for _ in 0..5 {
+        let (code, said) = run(strings(&[
+            "send", "--source", "github", "-c", &config, "--url", &url, "--body", &big,
+        ]))
+        .await;
+        assert_eq!(code, Some(1), "{said}");
+        assert!(said.contains("-> 413 Payload Too Large"), "{said}");
+        assert!(said.contains("\"payload_too_large\""), "{said}");
+        assert!(!said.contains("Broken pipe"), "{said}");
+    }
+    let text = dir.path().join("p.txt");
+    std::fs::write(&text, "a=1").unwrap();
+    let text = text.display().to_string();
+    let (code, said) = run(strings(&[
+        "send", "--source", "github", "-c", &config, "--url", &url, "--body", &text,
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("pass --content-type"), "{said}");
+    let (code, said) = run(strings(&[
+        "send",
+        "--source",
+        "github",
+        "-c",
+        &config,
+        "--url",
+        &url,
+        "--body",
+        &text,
+        "--content-type",
+        "application/x-www-form-urlencoded",
+    ]))
+    .await;
+    assert_eq!(code, Some(0), "{said}");
 }

@@ -2,7 +2,8 @@
 //! deployment shares loads and agrees with the Kubernetes ConfigMap, and the systemd
 //! unit, the compose file and the Kubernetes manifests pass their own validators
 //! (`systemd-analyze`, `docker-compose config`, `kubernetes-validate`). `.ci/run`
-//! installs the validators; elsewhere a missing one is reported and its check skipped.
+//! installs the validators; elsewhere a missing one is reported (`SKIPPED …` in what
+//! `cargo test` prints) and its check skipped.
 //! The Docker image itself cannot be built here (no Docker engine).
 
 use std::path::{Path, PathBuf};
@@ -14,15 +15,21 @@ fn deploy(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// Whether `tool` runs; in CI a missing validator is a failure, not a skip.
-fn have(tool: &str) -> bool {
+/// Whether `tool` runs; in CI a missing validator is a failure, not a skip. A skip is
+/// written to the process's stderr itself, not through `eprintln!` (which the test
+/// harness captures and shows only for failures), so that `cargo test` shows it.
+fn have(tool: &str, test: &str) -> bool {
+    use std::io::Write;
     let found = Command::new(tool).arg("--version").output().is_ok();
     if !found {
         assert!(
             std::env::var_os("CI").is_none(),
             "{tool} is missing; .ci/run installs it"
         );
-        eprintln!("{tool} is not installed: its check is skipped");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {tool} is not installed (.ci/run installs it; in CI this fails)"
+        );
     }
     found
 }
@@ -64,7 +71,10 @@ fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
 
 #[test]
 fn the_systemd_unit_verifies_and_is_hardened() {
-    if !have("systemd-analyze") {
+    if !have(
+        "systemd-analyze",
+        "the_systemd_unit_verifies_and_is_hardened",
+    ) {
         return;
     }
     // verify wants ExecStart's binary to exist: point it at the one just built.
@@ -102,7 +112,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
 
 #[test]
 fn the_compose_file_is_valid() {
-    if !have("docker-compose") {
+    if !have("docker-compose", "the_compose_file_is_valid") {
         return;
     }
     let output = Command::new("docker-compose")
@@ -116,7 +126,10 @@ fn the_compose_file_is_valid() {
 
 #[test]
 fn the_kubernetes_manifests_validate_strictly() {
-    if !have("kubernetes-validate") {
+    if !have(
+        "kubernetes-validate",
+        "the_kubernetes_manifests_validate_strictly",
+    ) {
         return;
     }
     // rabbitmq.yaml (a RabbitmqCluster) and kustomization.yaml have no schema here.

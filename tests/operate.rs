@@ -497,14 +497,43 @@ async fn the_events_subcommand_lists_shows_replays_and_tails() {
         String::from_utf8_lossy(&list.stderr)
     );
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[0].contains("cli-1") && lines[0].contains("github") && lines[0].contains("push"));
-    assert!(lines[1].contains("cli-2"));
+    assert_eq!(lines.len(), 3, "a header and two events: {out}");
+    let columns: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        columns,
+        ["SEQ", "RECEIVED", "SOURCE", "TYPE", "STATUS", "ATTEMPTS", "ID"]
+    );
+    assert!(lines[1].contains("cli-1") && lines[1].contains("github") && lines[1].contains("push"));
+    assert!(lines[2].contains("cli-2"));
+    // Each value sits under its column's name.
+    for (name, value) in [("SOURCE", "github"), ("ID", "cli-2")] {
+        assert_eq!(lines[0].find(name), lines[2].find(value), "{out}");
+    }
 
     let show = run(&["show", "2"]).await.unwrap();
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).expect("show prints JSON");
     assert_eq!(shown["id"], "cli-2");
     assert_eq!(shown["payload"]["ref"], "main");
+    // By the provider's id too.
+    let show = run(&["show", "cli-1"]).await.unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).expect("show prints JSON");
+    assert_eq!(shown["seq"], 1);
+    let missing = run(&["show", "no-such-id"]).await.unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no event has the id `no-such-id`"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    // A source filter naming no source is an error, not "no events".
+    let typo = run(&["list", "--source", "githb"]).await.unwrap();
+    assert!(!typo.status.success());
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        said.contains("400 unknown_source") && said.contains("configured: github"),
+        "{said}"
+    );
 
     let replay = run(&["replay", "1"]).await.unwrap();
     assert!(replay.status.success());
@@ -551,6 +580,12 @@ async fn the_events_subcommand_lists_shows_replays_and_tails() {
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["id"], "cli-3");
     assert_eq!(event["seq"], 4);
+
+    let all = run(&["replay", "--source", "github"]).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&all.stdout).trim(),
+        "4 events queued again"
+    );
 
     let wrong = Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args(["events", "list", "--admin", &format!("http://{admin}")])

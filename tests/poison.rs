@@ -22,9 +22,9 @@ use common::*;
 use hookgate::config::{QueueKind, Secret};
 use hookgate::forward::amqp::{QueueSpec, Topology};
 use hookgate::forward::{Forwarder, Settings};
-use hookgate::headers::HeaderPolicies;
 use hookgate::journal::{self, Journal, NewEvent, Record, Status};
 use hookgate::metrics::Metrics;
+use hookgate::sources::Sources;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -264,10 +264,10 @@ async fn outbox(rabbit: &Rabbit, url: &str, events: Vec<NewEvent>) -> (Outbox, V
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(500),
         },
-        routes: [("s".to_string(), "{source}.{type}".to_string())].into(),
+        // No source configured: the default routing key `{source}.{type}`.
+        sources: Sources::default(),
         connected: Arc::default(),
         metrics: metrics.clone(),
-        headers: HeaderPolicies::default(),
     };
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(forwarder.run(stopped));

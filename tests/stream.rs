@@ -75,7 +75,7 @@ async fn open(gw: &Running, query: &str, last_event_id: Option<u64>) -> EventStr
         headers.insert("last-event-id", HeaderValue::from(id));
     }
     let url = format!("http://{}/v1/stream{query}", gw.admin_addr);
-    tokio::time::timeout(WAIT, EventStream::open(&url, headers))
+    tokio::time::timeout(WAIT, EventStream::open(&url, headers, &Default::default()))
         .await
         .expect("the stream answers in time")
         .expect("the stream opens")

@@ -784,3 +784,84 @@ async fn http2_streams_per_connection_are_limited() {
     assert_eq!(connection.max_concurrent_send_streams(), 100);
     running.stop().await;
 }
+
+/// The JSON log lines of `log` whose message is `message`.
+fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["fields"]["message"] == message)
+        .collect()
+}
+
+/// The `conn` span of a log line: its listener and peer.
+fn conn_span(entry: &serde_json::Value) -> Option<(String, String)> {
+    entry["spans"].as_array()?.iter().find_map(|span| {
+        (span["name"] == "conn").then(|| {
+            (
+                span["listener"].as_str().unwrap_or_default().to_string(),
+                span["peer"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_and_http2_requests_are_logged_with_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let config = dir.path().join("hookgate.toml");
+    let sources = format!("{}{GITHUB_SOURCE}", tls_table(dir.path(), &pki, "required"));
+    std::fs::write(&config, config_text(dir.path(), "", &sources)).unwrap();
+    let log = dir.path().join("log");
+    let (mut child, ingest, _) = spawn_logged(&config, &log, &[]);
+    let ca = pki.ca.issued().cert_pem;
+
+    for client in [&pki.foreign, &pki.expired] {
+        // TLS 1.3 reports the refusal at the client's first read, if not before.
+        if let Ok(mut conn) = connect(ingest, &ca, Some(client), &["http/1.1"]).await {
+            assert!(conn.get("/healthz").await.is_err());
+        }
+    }
+    let mut h2 = connect(ingest, &ca, Some(&pki.billing), &["h2"])
+        .await
+        .unwrap();
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+    let mut unsigned = github("h2-log", "push", "application/json", b"{}");
+    unsigned.0.remove("x-hub-signature-256");
+    let (status, _) = h2.post("/hooks/github", unsigned).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let started = std::time::Instant::now();
+    let (refused, rejected) = loop {
+        let refused = log_lines(&log, "TLS handshake refused");
+        let rejected = log_lines(&log, "request rejected");
+        if (refused.len() >= 2 && !rejected.is_empty())
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break (refused, rejected);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    let reasons: Vec<&str> = refused
+        .iter()
+        .map(|e| e["fields"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["unknown_ca", "certificate_expired"], "{text}");
+    for entry in refused.iter().chain(&rejected) {
+        assert_eq!(entry["level"], "INFO", "{entry}");
+        let (listener, peer) = conn_span(entry).unwrap_or_else(|| panic!("no conn span: {entry}"));
+        assert_eq!(listener, "ingest");
+        assert!(peer.starts_with("127.0.0.1:"), "{entry}");
+    }
+    assert_eq!(
+        rejected[0]["fields"]["reason"]
+            .as_str()
+            .map(|r| r.contains("x-hub-signature-256")),
+        Some(true),
+        "{text}"
+    );
+    assert!(terminate(&mut child).success());
+}

@@ -219,6 +219,7 @@ fn signed(source: &Source, id: &str, size: usize) -> anyhow::Result<(String, Hea
         id: Some(id),
         url: None,
         pad_to: Some(size),
+        tls: Default::default(),
     };
     let out = build_request(source, &args, SystemTime::now())?;
     let path = match &out.query {

@@ -19,7 +19,6 @@ use tokio::sync::watch;
 use crate::answer::{error_response, json, Body};
 use crate::config::Secret;
 use crate::gateway::Clock;
-use crate::headers::HeaderPolicies;
 use crate::journal::{Journal, ListFilter, ReadError, Record, SourceCounts, Summary};
 use crate::metrics::Metrics;
 use crate::verify::mac::same_token;
@@ -37,8 +36,8 @@ pub struct Admin {
     /// With a broker configured: whether the forwarder is connected.
     pub broker_connected: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub metrics: Arc<Metrics>,
-    /// The configured sources: name and scheme, sorted by name.
-    pub sources: Vec<(String, String)>,
+    /// The configured sources, as a reload leaves them.
+    pub sources: crate::sources::Sources,
     /// Each configured source's URL to give its provider: its `public_url`, else the
     /// ingest listener's address (reachable form) and `/hooks/NAME`.
     pub source_urls: std::collections::HashMap<String, String>,
@@ -48,8 +47,6 @@ pub struct Admin {
     pub stop: watch::Receiver<bool>,
     /// The time of replays and of `since`.
     pub clock: Arc<dyn Clock>,
-    /// Which kept headers of each source's events are shown.
-    pub headers: HeaderPolicies,
     /// Subscriptions' sending side: for test sends, secrets and the allowed targets.
     pub deliverer: Arc<crate::deliver::Deliverer>,
     /// The live stream (`GET /v1/stream`); its feed task runs beside the listener.
@@ -345,8 +342,12 @@ impl Admin {
         };
         let mut listed: Vec<serde_json::Value> = self
             .sources
-            .iter()
-            .map(|(name, scheme)| view(name, Some(scheme), counts.remove(name).unwrap_or_default()))
+            .named()
+            .into_iter()
+            .map(|(name, scheme)| {
+                let c = counts.remove(&name).unwrap_or_default();
+                view(&name, Some(&scheme), c)
+            })
             .collect();
         listed.extend(counts.into_iter().map(|(name, c)| view(&name, None, c)));
         let body = serde_json::json!({ "sources": listed });
@@ -385,6 +386,13 @@ impl Admin {
             Ok(filter) => filter,
             Err(e) => return bad_request(e),
         };
+        if let Some(answer) = filter
+            .source
+            .as_deref()
+            .and_then(|s| self.unknown_source(s))
+        {
+            return answer;
+        }
         // Every match first (a seq is 8 bytes), so that an embedded replay that would
         // fill the backlog can be refused before it starts.
         let until = filter.until.unwrap_or(0);
@@ -478,6 +486,13 @@ impl Admin {
             Ok(asked) => asked,
             Err(e) => return bad_request(e),
         };
+        if let Some(answer) = filter
+            .source
+            .as_deref()
+            .and_then(|s| self.unknown_source(s))
+        {
+            return answer;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let mut stop = self.stop.clone();
         let (summaries, next_after) = loop {
@@ -515,6 +530,40 @@ impl Admin {
         )
     }
 
+    /// A 400 `unknown_source` for a source filter that can match nothing: no source of
+    /// that name is configured or has events, and it is neither the gateway's own
+    /// source nor a subscription's (whose derived events carry its name). A typo then
+    /// says so instead of listing nothing.
+    fn unknown_source(&self, name: &str) -> Option<Response<Body>> {
+        let known = self.sources.contains(name)
+            || name == crate::journal::OPERATIONAL_SOURCE
+            || self.journal.counts().contains_key(name)
+            || self
+                .journal
+                .subscriptions()
+                .borrow()
+                .iter()
+                .any(|s| s.name == name);
+        if known {
+            return None;
+        }
+        let mut names: Vec<String> = self.sources.named().into_iter().map(|(n, _)| n).collect();
+        names.truncate(20);
+        let shown: String = name.chars().take(64).collect();
+        Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "unknown_source",
+            format!(
+                "no source `{shown}` is configured or has events; configured: {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ))
+    }
+
     /// One page of the journal's listing, read off the async threads; on failure, the
     /// answer to give.
     async fn page(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), Response<Body>> {
@@ -538,7 +587,7 @@ impl Admin {
         }
         let journal = self.journal.clone();
         match tokio::task::spawn_blocking(move || journal.get(seq)).await {
-            Ok(Ok(Some(record))) => match event_view(&record, &self.headers) {
+            Ok(Ok(Some(record))) => match event_view(&record, &self.sources) {
                 Ok(body) => json(StatusCode::OK, body),
                 Err(e) => internal(format!("event {seq} cannot be shown: {e}")),
             },
@@ -553,12 +602,13 @@ impl Admin {
     }
 }
 
-fn event_view(record: &Record, policies: &HeaderPolicies) -> Result<Vec<u8>, String> {
+fn event_view(record: &Record, sources: &crate::sources::Sources) -> Result<Vec<u8>, String> {
     let payload_text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
     let payload: &RawValue = serde_json::from_str(payload_text).map_err(|e| e.to_string())?;
     // A header sent more than once shows its values joined, as HTTP allows.
     let mut headers = serde_json::Map::new();
-    for (name, value) in policies.of(&record.summary.source).filter(&record.headers) {
+    let policy = sources.header_policy(&record.summary.source);
+    for (name, value) in policy.filter(&record.headers) {
         match headers.get_mut(name) {
             Some(serde_json::Value::String(joined)) => {
                 joined.push_str(", ");

@@ -42,7 +42,7 @@ pub fn parse_since(value: &str, now: SystemTime) -> Result<u64, String> {
     }
 }
 
-/// `GET /v1/events?source=&type=&status=&after=&before=&wait=&limit=`, looking at the
+/// `GET /v1/events?source=&id=&type=&status=&after=&before=&wait=&limit=`, looking at the
 /// events up to `until` (the last durable seq); the error is the 400's message. `before`
 /// (a seq or `latest`) pages back from the newest events, as a console's first page does.
 pub fn parse_list(query: &str, until: u64) -> Result<ListQuery, String> {
@@ -55,6 +55,7 @@ pub fn parse_list(query: &str, until: u64) -> Result<ListQuery, String> {
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match name.as_ref() {
             "source" => filter.source = Some(value.into_owned()),
+            "id" => filter.id = Some(value.into_owned()),
             "type" => filter.event_type = Some(value.into_owned()),
             "status" => filter.status = Some(Status::parse(&value).ok_or(bad_status(&value))?),
             "after" if value == "latest" => filter.after = until,
@@ -118,11 +119,12 @@ mod tests {
     #[test]
     fn a_listing_reads_every_parameter() {
         let q = parse_list(
-            "source=gh&type=push&status=failed&after=7&wait=2s&limit=5",
+            "source=gh&id=d-1&type=push&status=failed&after=7&wait=2s&limit=5",
             9,
         )
         .unwrap();
         assert_eq!(q.filter.source.as_deref(), Some("gh"));
+        assert_eq!(q.filter.id.as_deref(), Some("d-1"));
         assert_eq!(q.filter.event_type.as_deref(), Some("push"));
         assert_eq!(q.filter.status, Some(Status::Failed));
         assert_eq!(

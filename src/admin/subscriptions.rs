@@ -371,8 +371,7 @@ impl Admin {
     /// A name must not be a source's (a `.finished` event's source is its subscription's
     /// name) nor `hookgate` (the operational events' source).
     fn name_free(&self, name: &str) -> Result<(), String> {
-        if name == crate::journal::OPERATIONAL_SOURCE || self.sources.iter().any(|(s, _)| s == name)
-        {
+        if name == crate::journal::OPERATIONAL_SOURCE || self.sources.contains(name) {
             return Err(format!(
                 "`name` `{name}` is the name of a source; subscriptions and sources need different names"
             ));

@@ -19,6 +19,8 @@ const TAIL_WAIT: &str = "30s";
 pub struct Target {
     base: String,
     token: Option<String>,
+    /// For an https:// admin API ([admin.tls]).
+    tls: client::TlsArgs,
 }
 
 impl Target {
@@ -33,6 +35,7 @@ impl Target {
             return Ok(Target {
                 base: base.trim_end_matches('/').to_string(),
                 token: Some(token.to_string()),
+                tls: client::TlsArgs::default(),
             });
         }
         let loaded = if admin.is_some() && !config.exists() {
@@ -47,12 +50,15 @@ impl Target {
         };
         let base = match (admin, &loaded) {
             (Some(base), _) => base.trim_end_matches('/').to_string(),
-            (None, Some(config)) => {
+            (None, Some(config)) => format!(
+                "{}://{}",
                 if config.admin.tls.is_some() {
-                    bail!("[admin.tls] is set and this command speaks plain HTTP only; use curl with your client certificate");
-                }
-                format!("http://{}", super::reachable(config.admin.listen))
-            }
+                    "https"
+                } else {
+                    "http"
+                },
+                super::reachable(config.admin.listen)
+            ),
             (None, None) => unreachable!("the config is read when --admin is missing"),
         };
         let token = match (token, &loaded) {
@@ -71,7 +77,21 @@ impl Target {
             },
             (None, None) => None,
         };
-        Ok(Target { base, token })
+        Ok(Target {
+            base,
+            token,
+            tls: client::TlsArgs::default(),
+        })
+    }
+
+    /// The CA and client certificate for an https:// admin API (`--cacert`, `--cert`,
+    /// `--key`).
+    pub fn with_tls(self, tls: client::TlsArgs) -> Target {
+        Target { tls, ..self }
+    }
+
+    pub(crate) fn tls(&self) -> &client::TlsArgs {
+        &self.tls
     }
 
     async fn call(&self, method: Method, path_and_query: &str) -> anyhow::Result<Value> {
@@ -97,7 +117,7 @@ impl Target {
             }
             None => Bytes::new(),
         };
-        let reply = client::request(method, &url, headers, body).await?;
+        let reply = client::request_with(method, &url, headers, body, &self.tls).await?;
         answer(reply)
     }
 
@@ -171,23 +191,49 @@ impl Filters<'_> {
     }
 }
 
-/// One line per event: seq, time, source, type, status, attempts, id.
+/// The columns of a listing: seq, time, source, type, status, attempts, id.
+fn row(cells: [&str; 7]) -> String {
+    let [seq, received, source, event_type, status, attempts, id] = cells;
+    format!(
+        "{seq:>8}  {received:<24}  {source:<12} {event_type:<28} {status:<9} {attempts:>8}  {id}"
+    )
+}
+
+/// The header row above a listing's lines.
+fn header() -> String {
+    row([
+        "SEQ", "RECEIVED", "SOURCE", "TYPE", "STATUS", "ATTEMPTS", "ID",
+    ])
+}
+
+/// One line per event, under [`header`].
 fn line(event: &Value) -> String {
     let text = |name: &str| event[name].as_str().unwrap_or("-").to_string();
     let replay = match event["replay_of"].as_u64() {
         Some(of) => format!(" (replay of {of})"),
         None => String::new(),
     };
-    format!(
-        "{:>8}  {}  {:<12} {:<28} {:<9} {:>3}  {}{replay}",
-        event["seq"].as_u64().unwrap_or(0),
-        text("received_at"),
-        text("source"),
-        text("type"),
-        text("status"),
-        event["attempts"].as_u64().unwrap_or(0),
-        text("id"),
-    )
+    let seq = event["seq"].as_u64().unwrap_or(0).to_string();
+    let attempts = event["attempts"].as_u64().unwrap_or(0).to_string();
+    let id = format!("{}{replay}", text("id"));
+    row([
+        &seq,
+        &text("received_at"),
+        &text("source"),
+        &text("type"),
+        &text("status"),
+        &attempts,
+        &id,
+    ])
+}
+
+/// `1 event`, `2 events`.
+pub fn events(n: u64) -> String {
+    if n == 1 {
+        "1 event".to_string()
+    } else {
+        format!("{n} events")
+    }
 }
 
 fn print_events(page: &Value, as_json: bool) -> usize {
@@ -213,6 +259,10 @@ pub async fn list(
     let page = target
         .call(Method::GET, &format!("/v1/events?{query}"))
         .await?;
+    let listed = page["events"].as_array().is_some_and(|e| !e.is_empty());
+    if listed && !as_json {
+        println!("{}", header());
+    }
     let shown = print_events(&page, as_json);
     if !as_json {
         let next = page["next_after"].as_u64().unwrap_or(after);
@@ -225,12 +275,60 @@ pub async fn list(
     Ok(())
 }
 
-pub async fn show(target: &Target, seq: u64) -> anyhow::Result<()> {
+/// Shows one event, named by its seq or (when `by_id`, or when it is not a number) by
+/// its id. Several events may carry one id (sources of their own, replayed copies): the
+/// first is shown and the others are named.
+pub async fn show(target: &Target, event: &str, by_id: bool) -> anyhow::Result<()> {
+    let seq = match event.parse::<u64>() {
+        Ok(seq) if !by_id => seq,
+        _ => {
+            let found = find_id(target, event).await?;
+            let Some(first) = found.first() else {
+                bail!("no event has the id `{event}`");
+            };
+            if found.len() > 1 {
+                let others: Vec<String> = found[1..]
+                    .iter()
+                    .map(|e| format!("{} ({})", e["seq"], e["source"].as_str().unwrap_or("-")))
+                    .collect();
+                eprintln!(
+                    "{} have the id `{event}`; showing seq {}, also: {}",
+                    events(found.len() as u64),
+                    first["seq"],
+                    others.join(", ")
+                );
+            }
+            first["seq"].as_u64().unwrap_or(0)
+        }
+    };
     let event = target
         .call(Method::GET, &format!("/v1/events/{seq}"))
         .await?;
     println!("{}", serde_json::to_string_pretty(&event)?);
     Ok(())
+}
+
+/// Every event with the id `id`, oldest first (at most 100), page by page through the
+/// whole journal.
+async fn find_id(target: &Target, id: &str) -> anyhow::Result<Vec<Value>> {
+    let mut found = Vec::new();
+    let mut after = 0;
+    loop {
+        let query = Filters::default().query(&[
+            ("id", id.to_string()),
+            ("after", after.to_string()),
+            ("limit", "100".to_string()),
+        ]);
+        let page = target
+            .call(Method::GET, &format!("/v1/events?{query}"))
+            .await?;
+        found.extend(page["events"].as_array().cloned().unwrap_or_default());
+        let next = page["next_after"].as_u64().unwrap_or(after);
+        if next <= after || found.len() >= 100 {
+            return Ok(found);
+        }
+        after = next;
+    }
 }
 
 /// Replays one event, or with no seq every event the filters match.
@@ -258,8 +356,8 @@ pub async fn replay(
                 .call(Method::POST, &format!("/v1/replay?{query}"))
                 .await?;
             println!(
-                "{} events queued again",
-                done["replayed"].as_u64().unwrap_or(0)
+                "{} queued again",
+                events(done["replayed"].as_u64().unwrap_or(0))
             );
         }
     }
@@ -303,6 +401,47 @@ pub async fn tail(
                 failures = (failures + 1).min(5);
                 eprintln!("tail: {e:#}; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_singular_or_plural() {
+        assert_eq!(events(0), "0 events");
+        assert_eq!(events(1), "1 event");
+        assert_eq!(events(2), "2 events");
+    }
+
+    #[test]
+    fn the_header_names_each_column_above_it() {
+        let event = serde_json::json!({
+            "seq": 12, "received_at": "2026-01-02T03:04:05.678Z", "source": "github",
+            "type": "push", "status": "queued", "attempts": 3, "id": "d-1"
+        });
+        let (header, line) = (header(), line(&event));
+        for (name, value) in [
+            ("SEQ", "12"),
+            ("SOURCE", "github"),
+            ("TYPE", "push"),
+            ("ID", "d-1"),
+        ] {
+            assert_eq!(
+                header
+                    .find(name)
+                    .map(|at| at + name.len())
+                    .filter(|_| name == "SEQ"),
+                line.find(value)
+                    .map(|at| at + value.len())
+                    .filter(|_| name == "SEQ"),
+                "{header}\n{line}"
+            );
+            if name != "SEQ" {
+                assert_eq!(header.find(name), line.find(value), "{header}\n{line}");
             }
         }
     }

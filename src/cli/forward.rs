@@ -121,7 +121,7 @@ async fn follow(
     if let Some(seq) = *cursor {
         headers.insert("last-event-id", HeaderValue::from(seq));
     }
-    let mut stream = EventStream::open(&stream_url, headers).await?;
+    let mut stream = EventStream::open(&stream_url, headers, target.tls()).await?;
     eprintln!(
         "connected to {}; resuming after {}",
         stream_url.split('?').next().unwrap_or(&stream_url),

@@ -2,6 +2,7 @@
 //! `subscriptions`, `deliveries`, `health` and `gen-certs`.
 
 pub mod certs;
+mod check;
 pub mod client;
 pub mod deliveries;
 pub mod events;
@@ -9,6 +10,8 @@ pub mod forward;
 pub mod sse;
 pub mod subscriptions;
 mod table;
+
+pub use check::check_config;
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -25,90 +28,6 @@ use crate::verify::{Outgoing, Scheme};
 
 /// The starter config `init` writes; the same file the README runs.
 pub const STARTER: &str = include_str!("../../examples/hookgate.toml");
-
-/// Validates a config and reports each source; returns false if anything is wrong.
-pub fn check_config(path: &Path) -> anyhow::Result<bool> {
-    let config = Config::load(path)?;
-    let mut ok = true;
-    let base = base_url(&config);
-    println!("config {} is valid", path.display());
-    println!("  ingest  {base}");
-    println!("  admin   http://{}", config.admin.listen);
-    println!("  journal {}", config.journal.path.display());
-    println!(
-        "  mode    {}",
-        if config.broker.is_some() {
-            "broker (RabbitMQ)"
-        } else {
-            "embedded (no broker; pull API)"
-        }
-    );
-    if config.sources.is_empty() {
-        println!("warning: no [[sources]]: every request will get 404 unknown_source");
-    }
-    for cfg in &config.sources {
-        println!(
-            "source {}: POST {base}/hooks/{} scheme={}",
-            cfg.name, cfg.name, cfg.scheme
-        );
-        for (i, reference) in cfg.secrets.iter().enumerate() {
-            match reference.resolve() {
-                Ok(_) => println!("  secrets[{i}] {reference}: resolves"),
-                Err(e) => {
-                    ok = false;
-                    println!("  secrets[{i}] {reference}: error: {e}");
-                }
-            }
-        }
-        match Source::build(cfg, &config.server) {
-            Ok(source) if source.insecure => {
-                println!("  warning: scheme none verifies nothing; anyone can post events here")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                ok = false;
-                println!("  error: {e}");
-            }
-        }
-    }
-    ok &= report_subscriptions(&config);
-    Ok(ok)
-}
-
-/// Prints each configured subscription and whether its secret and CA file can be read;
-/// false if one cannot.
-fn report_subscriptions(config: &Config) -> bool {
-    let mut ok = true;
-    for sub in &config.subscriptions {
-        let target = match &sub.url {
-            Some(url) => format!("POST {url}"),
-            None => "pull (GET /v1/subscriptions/{id}/pull)".to_string(),
-        };
-        println!(
-            "subscription {}: {target} mode={} events={}{}",
-            sub.name,
-            sub.mode(),
-            sub.events.join(","),
-            if sub.active { "" } else { " (inactive)" }
-        );
-        if let Some(reference) = &sub.secret {
-            match reference.resolve() {
-                Ok(_) => println!("  secret {reference}: resolves"),
-                Err(e) => {
-                    ok = false;
-                    println!("  secret {reference}: error: {e}");
-                }
-            }
-        }
-        if let Some(ca) = &sub.ca {
-            if let Err(e) = std::fs::metadata(ca) {
-                ok = false;
-                println!("  ca {}: error: {}", ca.display(), e.kind());
-            }
-        }
-    }
-    ok
-}
 
 /// Writes the starter config, refusing to overwrite unless `force`.
 pub fn init(out: &Path, force: bool) -> anyhow::Result<()> {
@@ -178,8 +97,14 @@ pub fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
     addr
 }
 
+/// Where a client on this machine reaches the ingest listener.
 fn base_url(config: &Config) -> String {
-    format!("http://{}", reachable(config.server.listen))
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}", reachable(config.server.listen))
 }
 
 pub struct SendArgs<'a> {
@@ -192,6 +117,8 @@ pub struct SendArgs<'a> {
     pub url: Option<&'a str>,
     /// Pad a generated body to about this many bytes (for load tests).
     pub pad_to: Option<usize>,
+    /// For an https:// URL: the CA to trust and the client certificate to present.
+    pub tls: client::TlsArgs,
 }
 
 /// Builds a request for a source exactly as its provider would sign it.
@@ -215,12 +142,11 @@ pub fn build_request(
         Some(path) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            (
-                bytes,
-                args.content_type
-                    .map(str::to_string)
-                    .unwrap_or_else(|| guess_content_type(path)),
-            )
+            let content_type = match args.content_type {
+                Some(given) => given.to_string(),
+                None => guess_content_type(path)?,
+            };
+            (bytes, content_type)
         }
         None => {
             let (body, generated) =
@@ -325,13 +251,20 @@ fn generated_body(
     (body, "application/json".into())
 }
 
-fn guess_content_type(path: &Path) -> String {
-    match path.extension().and_then(|e| e.to_str()) {
+/// The content type of a body file from its extension; any other extension is refused
+/// rather than guessed, since a wrong guess is answered 400 or 415 for no visible reason.
+fn guess_content_type(path: &Path) -> anyhow::Result<String> {
+    let extension = path.extension().and_then(|e| e.to_str());
+    Ok(match extension.map(str::to_ascii_lowercase).as_deref() {
+        Some("json") => "application/json",
         Some("xml") => "application/xml",
-        Some("form") | Some("txt") => "application/x-www-form-urlencoded",
-        _ => "application/json",
+        Some("form") => "application/x-www-form-urlencoded",
+        _ => bail!(
+            "cannot tell the content type of {} from its extension (.json, .xml and .form are known); pass --content-type, e.g. --content-type application/json",
+            path.display()
+        ),
     }
-    .to_string()
+    .to_string())
 }
 
 /// Sets `value` at a JSON pointer, creating objects along the way.
@@ -380,11 +313,12 @@ pub async fn send(args: SendArgs<'_>) -> anyhow::Result<bool> {
         Some(query) => format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' }),
         None => url,
     };
-    let reply = client::request(
+    let reply = client::request_with(
         ::http::Method::POST,
         &url,
         out.headers,
         Bytes::from(out.body),
+        &args.tls,
     )
     .await?;
     println!("POST {url} -> {}", reply.status);

@@ -113,8 +113,12 @@ pub struct EventStream {
 impl EventStream {
     /// `GET url` with `headers`; fails unless the answer is `200 text/event-stream`,
     /// with the admin API's own error when it sent one.
-    pub async fn open(url: &str, headers: HeaderMap) -> anyhow::Result<EventStream> {
-        let response = client::open(Method::GET, url, headers, Bytes::new())
+    pub async fn open(
+        url: &str,
+        headers: HeaderMap,
+        tls: &client::TlsArgs,
+    ) -> anyhow::Result<EventStream> {
+        let response = client::open_with(Method::GET, url, headers, Bytes::new(), tls)
             .await
             .with_context(|| format!("cannot open {}", without_query(url)))?;
         let status = response.status();

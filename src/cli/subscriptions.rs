@@ -47,11 +47,17 @@ pub struct AdminArgs {
         global = true
     )]
     pub token: Option<String>,
+    /// For [admin.tls]: the CA to trust and the client certificate to present.
+    #[command(flatten)]
+    pub tls: super::client::TlsArgs,
 }
 
 impl AdminArgs {
     pub fn target(&self) -> anyhow::Result<Target> {
-        Target::resolve(&self.config, self.admin.as_deref(), self.token.as_deref())
+        Ok(
+            Target::resolve(&self.config, self.admin.as_deref(), self.token.as_deref())?
+                .with_tls(self.tls.clone()),
+        )
     }
 }
 
@@ -651,6 +657,7 @@ mod tests {
             config: PathBuf::from("/nonexistent/hookgate.toml"),
             admin: Some(url.to_string()),
             token: Some("tok".to_string()),
+            tls: Default::default(),
         }
     }
 

@@ -36,6 +36,9 @@ pub struct Config {
     pub outbound: OutboundConfig,
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// The file this was read from, when it was: a reload reads it again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +73,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -88,7 +91,7 @@ pub enum ClientAuth {
     Optional,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
@@ -101,7 +104,7 @@ pub struct AdminConfig {
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalConfig {
     #[serde(default = "default_journal_path")]
@@ -121,7 +124,7 @@ pub struct JournalConfig {
     pub min_free: Option<Floor>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     pub url: SecretRef,
@@ -135,7 +138,7 @@ pub struct BrokerConfig {
     pub queues: Vec<QueueConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     #[serde(default = "default_retry_initial")]
@@ -153,7 +156,7 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     pub name: String,
@@ -316,7 +319,10 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Config::parse(&text).with_context(|| format!("in config file {}", path.display()))
+        let mut config =
+            Config::parse(&text).with_context(|| format!("in config file {}", path.display()))?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates config text; everything but secret resolution is checked.

@@ -47,7 +47,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "expect",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Networks a subscription may reach besides public addresses; an address alone is

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -51,8 +52,8 @@ pub struct Deliverer {
     /// Where callbacks reach the ingest listener, without a trailing `/`.
     pub callback_base: String,
     /// The signing secrets of config-managed subscriptions, by name (theirs stay out of
-    /// the journal).
-    pub config_secrets: HashMap<String, Vec<String>>,
+    /// the journal); a reload replaces them.
+    pub config_secrets: ArcSwap<HashMap<String, Vec<String>>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -95,7 +96,7 @@ impl Deliverer {
     /// The secrets a subscription signs with now: a config-managed one's from the
     /// config; an API one's current secret and, for a day after a rotation, the old one.
     pub(crate) fn secrets(&self, sub: &Subscription, now_ms: u64) -> Vec<String> {
-        if let Some(secrets) = self.config_secrets.get(&sub.name) {
+        if let Some(secrets) = self.config_secrets.load().get(&sub.name) {
             if sub.managed == crate::journal::subscription::Managed::Config {
                 return secrets.clone();
             }

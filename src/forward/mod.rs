@@ -29,11 +29,10 @@ use tokio::time::Instant;
 use self::amqp::{Link, LinkError, Topology};
 use self::poison::Suspicion;
 use crate::config::Secret;
-use crate::headers::HeaderPolicies;
 use crate::journal::{Journal, Record};
 use crate::listen::stopped;
 use crate::metrics::Metrics;
-use crate::source::Source;
+use crate::sources::Sources;
 
 /// How long an unconfirmed publish may wait for its confirm before the link is presumed
 /// broken.
@@ -52,10 +51,8 @@ pub struct Settings {
 pub struct Forwarder {
     pub journal: Journal,
     pub settings: Settings,
-    /// Routing-key templates by source name.
-    pub routes: HashMap<String, String>,
-    /// Which kept headers each source's messages carry.
-    pub headers: HeaderPolicies,
+    /// Each source's routing-key template and kept headers, as configured now.
+    pub sources: Sources,
     /// Read by `/readyz` and `/metrics`.
     pub connected: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
@@ -88,15 +85,6 @@ type Confirmed = (u64, String, u32, Result<Confirmation, LinkError>);
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Confirmed> + Send>>;
 
 impl Forwarder {
-    pub fn routes_of<'a>(
-        sources: impl IntoIterator<Item = &'a Arc<Source>>,
-    ) -> HashMap<String, String> {
-        sources
-            .into_iter()
-            .map(|s| (s.name.clone(), s.routing_key.clone()))
-            .collect()
-    }
-
     /// Runs until `stop` turns true: connect, pump, and reconnect with backoff.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = self.settings.retry_initial;
@@ -144,13 +132,6 @@ impl Forwarder {
             }
             backoff = (backoff * 2).min(self.settings.retry_max);
         }
-    }
-
-    fn template(&self, source: &str) -> &str {
-        self.routes
-            .get(source)
-            .map(String::as_str)
-            .unwrap_or("{source}.{type}")
     }
 
     async fn pump(
@@ -314,7 +295,11 @@ impl Forwarder {
 
     fn message(&self, record: &Record) -> Result<message::Message, message::Unfit> {
         let source = &record.summary.source;
-        message::build(record, self.template(source), self.headers.of(source))
+        message::build(
+            record,
+            &self.sources.routing_key(source),
+            &self.sources.header_policy(source),
+        )
     }
 
     /// Writes the outcomes of confirmed publishes to the journal. A failure holds its

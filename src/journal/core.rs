@@ -46,7 +46,12 @@ impl Core {
         std::fs::create_dir_all(&log_dir).map_err(|e| {
             JournalError::Unwritable(format!("cannot create {}: {e}", log_dir.display()))
         })?;
-        let db = open_sled(&settings.path).map_err(unwritable)?;
+        let db = open_sled(&settings.path).map_err(|e| match e {
+            sled::Error::Io(e) if locked(&e) => JournalError::InUse {
+                pid: lock_holder(&db_path(&settings.path).join("db")),
+            },
+            e => unwritable(e),
+        })?;
         let trees = Trees {
             events: db.open_tree("events").map_err(unwritable)?,
             queued: db.open_tree("queued").map_err(unwritable)?,
@@ -580,6 +585,7 @@ impl Core {
                 record::decode_summary(&bytes).map_err(|e| format!("event {cursor}: {e}"))?;
             let wanted = summary.received_at_ms >= filter.received_from_ms
                 && filter.source.as_deref().is_none_or(|s| s == summary.source)
+                && filter.id.as_deref().is_none_or(|id| id == summary.id)
                 && filter.status.is_none_or(|s| s == summary.status)
                 && filter
                     .event_type
@@ -739,15 +745,34 @@ pub(super) fn open_sled(path: &Path) -> sled::Result<sled::Db> {
             .open();
         match opened {
             // sled says so only in the message (its kind is `Other`).
-            Err(sled::Error::Io(e))
-                if tries < 40 && e.to_string().starts_with("could not acquire lock") =>
-            {
+            Err(sled::Error::Io(e)) if tries < 40 && locked(&e) => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             other => return other,
         }
     }
+}
+
+/// Whether sled failed to open because another opening holds its lock (it says so only
+/// in the message: its kind is `Other`).
+fn locked(e: &std::io::Error) -> bool {
+    e.to_string().starts_with("could not acquire lock")
+}
+
+/// The process holding the `flock` on `file`, from the kernel's `/proc/locks` (Linux);
+/// `None` when it cannot be told.
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(file).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF`
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, id) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+        let same = id.rsplit(':').next()?.parse::<u64>().ok()? == inode;
+        (*kind == "FLOCK" && same).then(|| pid.parse().ok())?
+    })
 }
 
 pub(super) fn db_path(dir: &Path) -> PathBuf {

@@ -155,6 +155,10 @@ pub enum JournalError {
     Unwritable(String),
     #[error("the journal is shutting down")]
     Closed,
+    /// Another process holds the index's lock: two gateways on one journal would
+    /// each take the other's events for their own.
+    #[error("another hookgate is using this journal{}", pid.map(|pid| format!(" (PID {pid})")).unwrap_or_default())]
+    InUse { pid: Option<u32> },
     /// A change that contradicts what the journal holds (a name taken, a subscription
     /// gone).
     #[error("{0}")]
@@ -957,6 +961,8 @@ pub enum ReadError {
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
     pub source: Option<String>,
+    /// Only events with exactly this id.
+    pub id: Option<String>,
     pub status: Option<Status>,
     pub event_type: Option<String>,
     pub after: u64,

@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::tls::{self, ClientIdentity};
 use super::{stopped, Limits};
@@ -51,6 +52,27 @@ impl<B> AnswerBody for B where
 {
 }
 
+/// Where refused TLS handshakes are logged: the listener's name (the key of their
+/// rate limit) and the shared refusal log.
+#[derive(Clone)]
+pub struct Refused {
+    pub listener: &'static str,
+    pub log: Arc<crate::refuse::RefusalLog>,
+}
+
+impl Refused {
+    /// Logs a refused handshake at `info` inside the connection's span (listener and
+    /// peer), a few in full per reason and interval, like other refusals.
+    fn handshake(&self, reason: &'static str, error: &str) {
+        if self
+            .log
+            .admit(&format!("tls:{}", self.listener), reason, false)
+        {
+            tracing::info!(reason, error, "TLS handshake refused");
+        }
+    }
+}
+
 /// The client's address, put into every request's extensions (per-address limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
@@ -61,7 +83,7 @@ pub async fn serve<H, Fut, B>(
     stream: TcpStream,
     peer: SocketAddr,
     limits: Limits,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    acceptor: Option<(tokio_rustls::TlsAcceptor, Refused)>,
     handler: H,
     stop: watch::Receiver<bool>,
 ) where
@@ -71,7 +93,7 @@ pub async fn serve<H, Fut, B>(
 {
     let (open, watched) = watch::channel(0usize);
     let open = Arc::new(open);
-    let Some(acceptor) = acceptor else {
+    let Some((acceptor, refused)) = acceptor else {
         let service = service(handler, peer, None, open);
         let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
         return drive(connection, limits, watched, stop).await;
@@ -79,8 +101,8 @@ pub async fn serve<H, Fut, B>(
     let stream =
         match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-            Err(_) => return tracing::debug!("TLS handshake timed out"),
+            Ok(Err(e)) => return refused.handshake(tls::refusal(&e), &e.to_string()),
+            Err(_) => return refused.handshake("handshake_timeout", "no handshake in time"),
         };
     let (_, session) = stream.get_ref();
     let identity = tls::client_identity(session.peer_certificates());
@@ -142,8 +164,12 @@ where
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: AnswerBody,
 {
+    // HTTP/2 runs each request in a task of its own: without this, its log lines would
+    // lose the connection's span (listener, peer) that HTTP/1.1 requests run in.
+    let span = tracing::Span::current();
     service_fn(move |mut request: Request<HyperBody>| {
         let handler = handler.clone();
+        let span = span.clone();
         request.extensions_mut().insert(ClientAddr(peer));
         if let Some(identity) = &identity {
             request.extensions_mut().insert(identity.clone());
@@ -151,7 +177,7 @@ where
         // Dropped when the handler finishes or hyper drops it (a reset stream).
         let busy = Busy::new(open.clone());
         async move {
-            let response = handler(request).await;
+            let response = handler(request).instrument(span).await;
             Ok::<_, Infallible>(response.map(|body| Counted { body, _busy: busy }))
         }
     })

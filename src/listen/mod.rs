@@ -73,7 +73,13 @@ pub async fn serve<H, Fut, B>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let acceptor = tls.as_ref().map(|tls| {
+            let refused = conn::Refused {
+                listener: name,
+                log: tls.refusals(),
+            };
+            (tls.acceptor(), refused)
+        });
         let open = metrics.connection(name);
         let span = tracing::info_span!("conn", listener = name, %peer);
         let served = conn::serve(

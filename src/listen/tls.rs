@@ -38,6 +38,8 @@ struct Files {
 pub struct Tls {
     files: Files,
     current: RwLock<Arc<ServerConfig>>,
+    /// Where refused handshakes are counted and logged.
+    refusals: Arc<crate::refuse::RefusalLog>,
 }
 
 impl Tls {
@@ -53,7 +55,21 @@ impl Tls {
         Ok(Tls {
             files,
             current: RwLock::new(Arc::new(first)),
+            refusals: Arc::default(),
         })
+    }
+
+    /// Logs refused handshakes through `log` (shared with the listener's other refusals,
+    /// whose summaries it flushes) instead of a log of its own.
+    pub fn log_refusals_to(self, log: Arc<crate::refuse::RefusalLog>) -> Tls {
+        Tls {
+            refusals: log,
+            ..self
+        }
+    }
+
+    pub fn refusals(&self) -> Arc<crate::refuse::RefusalLog> {
+        self.refusals.clone()
     }
 
     /// Reads the files again. On an error the configuration in use stays.
@@ -130,6 +146,27 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|_| format!("{}: not a PEM private key", path.display()))?
         .ok_or_else(|| format!("{}: holds no private key", path.display()))
+}
+
+/// Why a handshake failed, as a short code for logs: `unknown_ca`,
+/// `certificate_expired`, `bad_certificate`, `no_client_certificate`, `client_alert`
+/// (the client refused ours), `incompatible`, or `handshake_failed`.
+pub fn refusal(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(error) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+        return "handshake_failed";
+    };
+    match error {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "certificate_expired",
+        Error::InvalidCertificate(_) => "bad_certificate",
+        Error::NoCertificatesPresented => "no_client_certificate",
+        Error::AlertReceived(_) => "client_alert",
+        Error::PeerIncompatible(_) => "incompatible",
+        _ => "handshake_failed",
+    }
 }
 
 /// The client's names from its certificate (already verified by the handshake): the SAN

@@ -88,7 +88,8 @@ pub enum VerifyError {
     MissingSignature { header: Cow<'static, str> },
     #[error("the {header} header does not match the body under any configured secret")]
     InvalidSignature { header: Cow<'static, str> },
-    #[error("the signed timestamp is {skew}s from now, outside the tolerance of {tolerance}s")]
+    /// `skew` is now minus the signed time: positive for an old timestamp.
+    #[error("the signed timestamp is {}, outside the tolerance of {tolerance} s", age(*skew))]
     TimestampOutOfTolerance { skew: i64, tolerance: u64 },
 }
 
@@ -337,6 +338,15 @@ impl Scheme {
     }
 }
 
+/// How far a signed time is from now, in words: `3600 s old`, `3600 s in the future`.
+fn age(skew: i64) -> String {
+    if skew >= 0 {
+        format!("{skew} s old")
+    } else {
+        format!("{} s in the future", skew.unsigned_abs())
+    }
+}
+
 /// Verifies `incoming` for a source: signature first, then the timestamp tolerance.
 pub fn verify(
     scheme: &Scheme,
@@ -483,6 +493,20 @@ mod tests {
                 skew: -301,
                 tolerance: 300
             })
+        );
+    }
+
+    #[test]
+    fn an_out_of_tolerance_timestamp_says_old_or_future() {
+        let old = within_tolerance(1_300 - 3_600, 1_300, Duration::from_secs(300)).unwrap_err();
+        assert_eq!(
+            old.to_string(),
+            "the signed timestamp is 3600 s old, outside the tolerance of 300 s"
+        );
+        let ahead = within_tolerance(1_300 + 3_600, 1_300, Duration::from_secs(300)).unwrap_err();
+        assert_eq!(
+            ahead.to_string(),
+            "the signed timestamp is 3600 s in the future, outside the tolerance of 300 s"
         );
     }
 }

@@ -35,6 +35,10 @@ pub(super) struct Worker {
     num: u64,
     /// The next seq to read from the pending set.
     cursor: u64,
+    /// The newest durable seq. A delivery is made in the committer step that accepts its
+    /// event, before the event's flush; until then the event cannot be read (it would
+    /// look gone), and a crash could still lose it. Deliveries past it wait.
+    durable: u64,
     /// Deliveries read and not in flight: (due time, seq).
     waiting: BTreeSet<(u64, u64)>,
     /// The seqs waiting or in flight.
@@ -50,6 +54,7 @@ impl Worker {
             deliverer,
             num,
             cursor: 0,
+            durable: 0,
             waiting: BTreeSet::new(),
             known: HashSet::new(),
             in_flight: FuturesUnordered::new(),
@@ -63,7 +68,7 @@ impl Worker {
         let mut rewinds = journal.delivery_rewinds();
         let mut subs = journal.subscriptions();
         loop {
-            durable.borrow_and_update();
+            self.durable = *durable.borrow_and_update();
             rewinds.borrow_and_update();
             subs.borrow_and_update();
             let Some(sub) = journal.subscription(self.num).filter(pushed) else {
@@ -208,6 +213,8 @@ impl Worker {
         match self.deliverer.journal.pending_deliveries(self.num, 0, 1) {
             Ok(head) => match head.first() {
                 None => Ok(None),
+                // Its event is not durable yet: woken when it is.
+                Some(d) if d.seq > self.durable => Ok(None),
                 Some(d) if d.next_attempt_at_ms <= now_ms => {
                     self.known.insert(d.seq);
                     Ok(Some(d.seq))
@@ -236,6 +243,9 @@ impl Worker {
                     return false;
                 }
             };
+        // Only deliveries of durable events; the rest are read again once they are.
+        let durable = self.durable;
+        let batch: Vec<_> = batch.into_iter().take_while(|d| d.seq <= durable).collect();
         let Some(last) = batch.last() else {
             return false;
         };

@@ -650,7 +650,16 @@ impl Committer {
         now_ms: u64,
     ) -> Result<Vec<Delivery>, JournalError> {
         let mut leased = Vec::new();
-        let range = sub::sub_key(num, 0)..=sub::sub_key(num, u64::MAX);
+        // A delivery exists from the step that accepts its event, before the event's
+        // flush; until then the event cannot be read (a pull would leave it out, and
+        // its lease would have to run out). Only deliveries of durable events are leased.
+        let durable = self
+            .shared
+            .durable
+            .lock()
+            .expect("durable lock")
+            .map_or(0, |mark| mark.last_seq);
+        let range = sub::sub_key(num, 0)..=sub::sub_key(num, durable);
         let keys: Vec<_> = self
             .trees
             .pending

@@ -864,7 +864,12 @@ mod tests {
                 json!({"name": "a", "url": "http://x/", "events": ["*:*"], "colour": "red"}),
                 "unknown field `colour`",
             ),
-            (json!({"name": "a", "events": ["*:*"]}), "`url` is required"),
+            // Without `url` and without a mode it is a pull subscription; a push mode
+            // needs one.
+            (
+                json!({"name": "a", "events": ["*:*"], "mode": "notify"}),
+                "`url` is required",
+            ),
             (
                 json!({"name": "a", "url": "http://x/", "events": ["*:*"], "mode": "pull"}),
                 "`mode` pull",

@@ -214,7 +214,13 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         }
     };
     let config_secrets = deliver::managed::sync(config, &journal, unix_ms(clock.now())).await?;
-    let deliverer = Arc::new(deliverer(config, &journal, &metrics, config_secrets)?);
+    let deliverer = Arc::new(deliverer(
+        config,
+        &journal,
+        &metrics,
+        config_secrets,
+        ingest_addr,
+    )?);
     let token = match &config.admin.token {
         Some(reference) => Some(
             reference
@@ -329,6 +335,7 @@ fn deliverer(
     journal: &Journal,
     metrics: &Arc<metrics::Metrics>,
     config_secrets: HashMap<String, Vec<String>>,
+    ingest_addr: SocketAddr,
 ) -> anyhow::Result<deliver::Deliverer> {
     let cidrs: Vec<String> = config
         .outbound
@@ -349,7 +356,7 @@ fn deliverer(
         allow,
         schedule: deliver::Schedule::new(config.outbound.retry()),
         callback_timeout: config.outbound.callback_timeout(),
-        callback_base: config.callback_base_url(),
+        callback_base: config.callback_base_url_at(ingest_addr),
         config_secrets: arc_swap::ArcSwap::from_pointee(config_secrets),
         metrics: metrics.clone(),
     })

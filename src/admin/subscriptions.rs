@@ -863,6 +863,8 @@ mod tests {
                 json!({"name": "a", "url": "http://x/", "events": ["*:*"], "colour": "red"}),
                 "unknown field `colour`",
             ),
+            // Without `url` and without a mode it is a pull subscription; a push mode
+            // needs one.
             (
                 json!({"name": "a", "events": ["*:*"], "mode": "notify"}),
                 "`url` is required",

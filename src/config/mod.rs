@@ -432,9 +432,15 @@ impl Config {
     /// Where callback URLs point (SPEC §10), without a trailing `/`:
     /// `outbound.callback_base_url`, else the ingest listener's own address.
     pub fn callback_base_url(&self) -> String {
+        self.callback_base_url_at(self.server.listen)
+    }
+
+    /// [`Config::callback_base_url`] once the ingest listener is bound at `bound`: with
+    /// `server.listen` on port 0 only the bound address says where callbacks reach it.
+    pub fn callback_base_url_at(&self, bound: SocketAddr) -> String {
         match &self.outbound.callback_base_url {
             Some(base) => base.trim_end_matches('/').to_string(),
-            None => outbound::default_callback_base(self.server.listen, self.server.tls.is_some()),
+            None => outbound::default_callback_base(bound, self.server.tls.is_some()),
         }
     }
 }

@@ -132,11 +132,15 @@ fn judged(
     callback: Option<Callback>,
 ) -> DeliveryOutcome {
     let jitter = jitter();
+    // The waits count from the end of the attempt, not its start: a `Retry-After` says
+    // how long after its answer, and a wait after a timed-out attempt must not be used
+    // up by the timeout. Rounded up, so that the next attempt is never early.
+    let ended_ms = crate::unix_ms(SystemTime::now()) + 1;
     let (verdict, next) = judge(
         sub.mode,
         delivery.attempts + 1,
         &attempted,
-        now_ms,
+        ended_ms,
         &deliverer.schedule,
         jitter,
         callback.map(|c| {
@@ -147,9 +151,9 @@ fn judged(
         }),
     );
     if let Some(error) = &attempted.error {
-        tracing::warn!(subscription = %sub.name, delivery = %delivery.id(), error = %error, next_attempt_ms = next.map(|n| n.saturating_sub(now_ms)), "delivery attempt failed");
+        tracing::warn!(subscription = %sub.name, delivery = %delivery.id(), error = %error, next_attempt_ms = next.map(|n| n.saturating_sub(ended_ms)), "delivery attempt failed");
     } else if let Some(code) = attempted.status.filter(|c| !(200..300).contains(c)) {
-        tracing::warn!(subscription = %sub.name, delivery = %delivery.id(), status = code, next_attempt_ms = next.map(|n| n.saturating_sub(now_ms)), "delivery attempt answered with an error status");
+        tracing::warn!(subscription = %sub.name, delivery = %delivery.id(), status = code, next_attempt_ms = next.map(|n| n.saturating_sub(ended_ms)), "delivery attempt answered with an error status");
     }
     let body = &attempted.body[..attempted.body.len().min(KEPT_BODY)];
     DeliveryOutcome {

@@ -35,6 +35,10 @@ pub(super) struct Worker {
     num: u64,
     /// The next seq to read from the pending set.
     cursor: u64,
+    /// The newest durable seq. A delivery is made in the committer step that accepts its
+    /// event, before the event's flush; until then the event cannot be read (it would
+    /// look gone), and a crash could still lose it. Deliveries past it wait.
+    durable: u64,
     /// Deliveries read and not in flight: (due time, seq).
     waiting: BTreeSet<(u64, u64)>,
     /// The seqs waiting or in flight.
@@ -50,6 +54,7 @@ impl Worker {
             deliverer,
             num,
             cursor: 0,
+            durable: 0,
             waiting: BTreeSet::new(),
             known: HashSet::new(),
             in_flight: FuturesUnordered::new(),
@@ -63,7 +68,7 @@ impl Worker {
         let mut rewinds = journal.delivery_rewinds();
         let mut subs = journal.subscriptions();
         loop {
-            durable.borrow_and_update();
+            self.durable = *durable.borrow_and_update();
             rewinds.borrow_and_update();
             subs.borrow_and_update();
             let Some(sub) = journal.subscription(self.num).filter(pushed) else {
@@ -205,12 +210,11 @@ impl Worker {
         if !self.in_flight.is_empty() {
             return Ok(None);
         }
-        let durable = *self.deliverer.journal.last_seq().borrow();
         match self.deliverer.journal.pending_deliveries(self.num, 0, 1) {
             Ok(head) => match head.first() {
                 None => Ok(None),
-                // Not durable yet: the worker wakes when it is.
-                Some(d) if d.seq > durable => Ok(None),
+                // Its event is not durable yet: woken when it is.
+                Some(d) if d.seq > self.durable => Ok(None),
                 Some(d) if d.next_attempt_at_ms <= now_ms => {
                     self.known.insert(d.seq);
                     Ok(Some(d.seq))
@@ -228,7 +232,7 @@ impl Worker {
     /// event (one whose flush is still running may yet be refused); answers whether there
     /// was any.
     fn read_more(&mut self) -> bool {
-        let durable = *self.deliverer.journal.last_seq().borrow();
+        let durable = self.durable;
         if self.cursor > durable {
             return false;
         }
@@ -244,7 +248,8 @@ impl Worker {
                     return false;
                 }
             };
-        let batch: Vec<_> = batch.into_iter().filter(|d| d.seq <= durable).collect();
+        // Only deliveries of durable events; the rest are read again once they are.
+        let batch: Vec<_> = batch.into_iter().take_while(|d| d.seq <= durable).collect();
         let Some(last) = batch.last() else {
             self.cursor = durable + 1;
             return false;

@@ -398,25 +398,7 @@ impl Admin {
             Ok(fields) => fields,
             Err(e) => return bad_request(e),
         };
-        let now_ms = self.now_ms();
-        let mut sub = Subscription {
-            num: 0,
-            name: String::new(),
-            url: None,
-            events: Vec::new(),
-            active: true,
-            mode: Mode::Notify,
-            ordered: false,
-            max_in_flight: 16,
-            rate_limit: None,
-            headers: Vec::new(),
-            secrets: Vec::new(),
-            ca: None,
-            managed: Managed::Api,
-            created_at_ms: now_ms,
-            disabled_reason: None,
-            failing_since_ms: None,
-        };
+        let mut sub = Subscription::new_api(self.now_ms());
         let secret = match apply_fields(&mut sub, &fields, true) {
             Ok(secret) => secret.unwrap_or_else(sign::new_secret),
             Err(e) => return bad_request(e),
@@ -792,24 +774,7 @@ mod tests {
     use super::*;
 
     fn blank() -> Subscription {
-        Subscription {
-            num: 0,
-            name: String::new(),
-            url: None,
-            events: Vec::new(),
-            active: true,
-            mode: Mode::Notify,
-            ordered: false,
-            max_in_flight: 16,
-            rate_limit: None,
-            headers: Vec::new(),
-            secrets: Vec::new(),
-            ca: None,
-            managed: Managed::Api,
-            created_at_ms: 0,
-            disabled_reason: None,
-            failing_since_ms: None,
-        }
+        Subscription::new_api(0)
     }
 
     fn fields(v: Value) -> Map<String, Value> {

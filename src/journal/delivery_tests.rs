@@ -90,6 +90,29 @@ async fn settled(journal: &Journal) {
     journal.compact(0).await.unwrap();
 }
 
+/// Answers every pending delivery of subscriptions 1 and 2 alike, round after round,
+/// until none is left (or `rounds` have passed).
+async fn answer_all(journal: &Journal, status: u16, verdict: Verdict, rounds: usize) {
+    for _ in 0..rounds {
+        let mut outcomes = Vec::new();
+        for num in [1, 2] {
+            for d in journal.pending_deliveries(num, 0, 100).unwrap() {
+                outcomes.push(DeliveryOutcome {
+                    seq: d.seq,
+                    sub: num,
+                    attempt: attempt(NOW, status),
+                    verdict: verdict.clone(),
+                });
+            }
+        }
+        if outcomes.is_empty() {
+            return;
+        }
+        journal.record_outcomes(outcomes).await.unwrap();
+        settled(journal).await;
+    }
+}
+
 fn statuses(journal: &Journal, seq: u64) -> Vec<(u64, DeliveryStatus)> {
     journal
         .event_deliveries(seq)
@@ -266,24 +289,7 @@ async fn a_finished_chain_between_two_subscriptions_stops_at_depth_four() {
     }
     accepted(&journal, event("s", "e", "t")).await;
     // Answer every pending delivery with success until nothing is pending.
-    for _ in 0..20 {
-        let mut outcomes = Vec::new();
-        for num in [1, 2] {
-            for d in journal.pending_deliveries(num, 0, 100).unwrap() {
-                outcomes.push(DeliveryOutcome {
-                    seq: d.seq,
-                    sub: num,
-                    attempt: attempt(NOW, 200),
-                    verdict: Verdict::Delivered { result: None },
-                });
-            }
-        }
-        if outcomes.is_empty() {
-            break;
-        }
-        journal.record_outcomes(outcomes).await.unwrap();
-        settled(&journal).await;
-    }
+    answer_all(&journal, 200, Verdict::Delivered { result: None }, 20).await;
     let (events, _) = journal
         .list(&ListFilter {
             limit: 1000,
@@ -581,24 +587,7 @@ async fn two_failing_subscriptions_do_not_tell_each_other_of_their_failures_fore
     }
     accepted(&journal, event("s", "e", "t")).await;
     // Fail every pending delivery at once, round after round.
-    for _ in 0..10 {
-        let mut outcomes = Vec::new();
-        for num in [1, 2] {
-            for d in journal.pending_deliveries(num, 0, 100).unwrap() {
-                outcomes.push(DeliveryOutcome {
-                    seq: d.seq,
-                    sub: num,
-                    attempt: attempt(NOW, 500),
-                    verdict: Verdict::Failed,
-                });
-            }
-        }
-        if outcomes.is_empty() {
-            break;
-        }
-        journal.record_outcomes(outcomes).await.unwrap();
-        settled(&journal).await;
-    }
+    answer_all(&journal, 500, Verdict::Failed, 10).await;
     let (ops, _) = journal
         .list(&ListFilter {
             source: Some(OPERATIONAL_SOURCE.into()),

@@ -94,6 +94,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A subscription made through the API, with the defaults the SPEC gives, before its
+    /// fields are filled in.
+    pub fn new_api(created_at_ms: u64) -> Subscription {
+        Subscription {
+            num: 0,
+            name: String::new(),
+            url: None,
+            events: Vec::new(),
+            active: true,
+            mode: Mode::Notify,
+            ordered: false,
+            max_in_flight: 16,
+            rate_limit: None,
+            headers: Vec::new(),
+            secrets: Vec::new(),
+            ca: None,
+            managed: Managed::Api,
+            created_at_ms,
+            disabled_reason: None,
+            failing_since_ms: None,
+        }
+    }
+
     pub fn id(&self) -> String {
         sub_id(self.num)
     }

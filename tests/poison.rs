@@ -21,7 +21,7 @@ use common::rabbit::{amqp_url, header, Collected, Rabbit, BROKER};
 use common::*;
 use hookgate::config::{QueueKind, Secret};
 use hookgate::forward::amqp::{QueueSpec, Topology};
-use hookgate::forward::{Forwarder, Settings};
+use hookgate::forward::{BrokerStatus, Forwarder, Node, Settings};
 use hookgate::headers::HeaderPolicies;
 use hookgate::journal::{self, Journal, NewEvent, Record, Status};
 use hookgate::metrics::Metrics;
@@ -248,10 +248,11 @@ async fn outbox(rabbit: &Rabbit, url: &str, events: Vec<NewEvent>) -> (Outbox, V
     }
     let queue = rabbit.queue("events");
     let metrics = Arc::new(Metrics::new(["s"], None));
+    let node = Node::parse(&Secret::new(url)).unwrap();
     let forwarder = Forwarder {
         journal: journal.clone(),
         settings: Settings {
-            url: Secret::new(url),
+            nodes: vec![node.clone()],
             topology: Topology {
                 exchange: rabbit.exchange(),
                 queues: vec![QueueSpec {
@@ -265,7 +266,7 @@ async fn outbox(rabbit: &Rabbit, url: &str, events: Vec<NewEvent>) -> (Outbox, V
             retry_max: Duration::from_millis(500),
         },
         routes: [("s".to_string(), "{source}.{type}".to_string())].into(),
-        connected: Arc::default(),
+        status: Arc::new(BrokerStatus::new(&[node])),
         metrics: metrics.clone(),
         headers: HeaderPolicies::default(),
     };

@@ -31,8 +31,8 @@ pub struct Admin {
     pub token: Option<Secret>,
     /// `admin.hosts`: Host names answered besides addresses and `localhost`.
     pub hosts: Vec<String>,
-    /// With a broker configured: whether the forwarder is connected.
-    pub broker_connected: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// With a broker configured: the node the forwarder is connected to, if any.
+    pub broker: Option<Arc<crate::forward::BrokerStatus>>,
     pub metrics: Arc<Metrics>,
     /// The configured sources: name and scheme, sorted by name.
     pub sources: Vec<(String, String)>,
@@ -365,21 +365,26 @@ impl Admin {
     }
 
     /// `/readyz`: whether new events are taken and, unless `scope=ingest` is asked
-    /// for, whether the broker is connected.
+    /// for, whether the broker is connected; when it is, which node (`host:port`).
     fn ready(&self, query: &str) -> Response<Body> {
         let ingest_only = form_urlencoded::parse(query.as_bytes())
             .any(|(name, value)| name == "scope" && value == "ingest");
-        let broker_down = !ingest_only
-            && self
-                .broker_connected
-                .as_ref()
-                .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire));
+        let node = self.broker.as_ref().map(|b| b.node());
         let reason = if let Some(why) = self.journal.unready() {
             why
-        } else if broker_down {
-            "the broker is unreachable; events are kept in the journal until it returns".into()
+        } else if !ingest_only && node == Some(None) {
+            let nodes = self.broker.as_ref().map_or(0, |b| b.nodes().len());
+            if nodes > 1 {
+                format!("no broker node answers (of {nodes}); events are kept in the journal until one does")
+            } else {
+                "the broker is unreachable; events are kept in the journal until it returns".into()
+            }
         } else {
-            return json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec());
+            let mut ready = serde_json::json!({ "status": "ready" });
+            if let Some(Some(node)) = node {
+                ready["broker"] = node.into();
+            }
+            return json(StatusCode::OK, ready.to_string().into_bytes());
         };
         error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
     }

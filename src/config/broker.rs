@@ -110,8 +110,8 @@ mod tests {
         assert_eq!(one.refs(), [SecretRef::Env("AMQP".into())]);
         assert_eq!(one.key(0), "broker.url");
 
-        let list = parse(r#"url = ["env:NODE1", "file:/run/node2", "amqp://g:pw@n3:5672/%2f"]"#)
-            .unwrap();
+        let list =
+            parse(r#"url = ["env:NODE1", "file:/run/node2", "amqp://g:pw@n3:5672/%2f"]"#).unwrap();
         assert_eq!(
             list.refs(),
             [
@@ -130,7 +130,10 @@ mod tests {
         let empty = parse("url = []").unwrap_err();
         assert!(empty.contains("at least one node"), "{empty}");
         let number = parse("url = 5672").unwrap_err();
-        assert!(number.contains("an AMQP URL, or a list of them"), "{number}");
+        assert!(
+            number.contains("an AMQP URL, or a list of them"),
+            "{number}"
+        );
         let nested = parse("url = [[\"a\"]]").unwrap_err();
         assert!(!nested.is_empty());
     }

@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::amqp::{Link, LinkError, Topology};
-pub use self::nodes::{BrokerStatus, Node};
 use self::nodes::Rotation;
+pub use self::nodes::{BrokerStatus, Node};
 use self::poison::Suspicion;
 use crate::headers::HeaderPolicies;
 use crate::journal::{Journal, Record};
@@ -153,7 +153,10 @@ impl Forwarder {
                 }
                 break;
             }
-            tracing::debug!(retry_in_ms = backoff.as_millis() as u64, "broker: next round of connects after the backoff");
+            tracing::debug!(
+                retry_in_ms = backoff.as_millis() as u64,
+                "broker: next round of connects after the backoff"
+            );
             tokio::select! {
                 _ = stopped(&mut stop) => return,
                 _ = tokio::time::sleep(backoff) => {}

@@ -28,8 +28,9 @@ impl Node {
     /// never any part of it.
     pub fn parse(url: &Secret) -> Result<Node, String> {
         let text = std::str::from_utf8(url.expose()).map_err(|_| "it is not UTF-8".to_string())?;
-        let parsed = url::Url::parse(text)
-            .map_err(|e| format!("not a URL ({e}); expected amqp://user:password@host:port/vhost"))?;
+        let parsed = url::Url::parse(text).map_err(|e| {
+            format!("not a URL ({e}); expected amqp://user:password@host:port/vhost")
+        })?;
         if !matches!(parsed.scheme(), "amqp" | "amqps") {
             return Err("the scheme must be amqp or amqps".into());
         }
@@ -181,7 +182,10 @@ mod tests {
             "amqp://u:hunter2@h:notaport/",
         ] {
             let err = node(bad).unwrap_err();
-            assert!(!err.contains("hunter2") && !err.contains("rabbit-0"), "{err}");
+            assert!(
+                !err.contains("hunter2") && !err.contains("rabbit-0"),
+                "{err}"
+            );
         }
         assert!(Node::parse(&Secret::new(vec![0xff, 0xfe])).is_err());
     }

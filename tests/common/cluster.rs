@@ -317,6 +317,16 @@ impl Cluster {
         self.members.iter().position(|m| m.addr() == addr)
     }
 
+    /// SIGSTOP to node `i`'s whole process group: it stops answering, its connections
+    /// stay open, and what is sent to it waits in its sockets.
+    pub fn freeze(&mut self, i: usize) {
+        if let Some(process) = &self.members[i].process {
+            let _ = Command::new("kill")
+                .args(["-STOP", "--", &format!("-{}", process.id())])
+                .status();
+        }
+    }
+
     /// SIGKILL to node `i`'s whole process group: the Erlang VM and its helpers, as in
     /// a machine's crash.
     pub fn kill(&mut self, i: usize) {

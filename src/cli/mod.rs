@@ -41,6 +41,7 @@ pub fn check_config(path: &Path) -> anyhow::Result<bool> {
             "embedded (no broker; pull API)"
         }
     );
+    ok &= report_broker(&config);
     if config.sources.is_empty() {
         println!("warning: no [[sources]]: every request will get 404 unknown_source");
     }
@@ -71,6 +72,29 @@ pub fn check_config(path: &Path) -> anyhow::Result<bool> {
     }
     ok &= report_subscriptions(&config);
     Ok(ok)
+}
+
+/// Prints each `broker.url` node by its `host:port` (never the URL, which holds a
+/// password); false if one cannot be read or is not an AMQP URL.
+fn report_broker(config: &Config) -> bool {
+    let Some(broker) = &config.broker else {
+        return true;
+    };
+    let mut ok = true;
+    for (i, reference) in broker.url.refs().iter().enumerate() {
+        let key = broker.url.key(i);
+        match reference
+            .resolve()
+            .and_then(|url| crate::forward::Node::parse(&url))
+        {
+            Ok(node) => println!("  {key} {reference}: node {}", node.name()),
+            Err(e) => {
+                ok = false;
+                println!("  {key} {reference}: error: {e}");
+            }
+        }
+    }
+    ok
 }
 
 /// Prints each configured subscription and whether its secret and CA file can be read;

@@ -93,9 +93,13 @@ impl Cluster {
                 let dir = home.path().join(format!("node{i}"));
                 std::fs::create_dir(&dir).unwrap();
                 let port = free_port();
+                // As the deploy kit's cluster (deploy/k8s/rabbitmq.yaml): queue leaders
+                // spread over the nodes, not all on the one the first client used.
                 std::fs::write(
                     dir.join("rabbitmq.conf"),
-                    format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
+                    format!(
+                        "listeners.tcp.default = 127.0.0.1:{port}\nqueue_leader_locator = balanced\n"
+                    ),
                 )
                 .unwrap();
                 Member {

@@ -187,6 +187,11 @@ struct Reading {
     published: u64,
     /// The node `hookgate_broker_node` marks 1.
     node: Option<String>,
+    /// `hookgate_forward_errors_total{reason="nacked"}`: publishes the broker refused
+    /// (a quorum queue without a leader nacks them).
+    nacked: u64,
+    /// `hookgate_journal_backlog`: events waiting for the broker.
+    backlog: u64,
 }
 
 fn read_metrics(admin: &str) -> Option<Reading> {
@@ -196,6 +201,12 @@ fn read_metrics(admin: &str) -> Option<Reading> {
     for line in text.lines() {
         if let Some(n) = line.strip_prefix("hookgate_forward_published_total ") {
             reading.published = n.trim().parse().ok()?;
+        }
+        if let Some(n) = line.strip_prefix("hookgate_journal_backlog ") {
+            reading.backlog = n.trim().parse().ok()?;
+        }
+        if let Some(n) = line.strip_prefix("hookgate_forward_errors_total{reason=\"nacked\"} ") {
+            reading.nacked = n.trim().parse().ok()?;
         }
         if let Some(rest) = line.strip_prefix("hookgate_broker_node{node=\"") {
             if let Some((node, value)) = rest.split_once("\"} ") {
@@ -265,45 +276,95 @@ struct Figures {
     acked: u64,
     lost: u64,
     duplicated: u64,
+    /// Publishes the broker nacked, all replicas together (each is published again).
+    nacked: u64,
     /// Per replica that was connected to the lost node: from its last reading on that
     /// node to its first on another ([`SAMPLE`] apart at least).
     reconnect_ms: Vec<u64>,
-    /// The longest time any replica went without a confirm while the load ran after the
-    /// loss: leader election and reconnect included.
-    pause_ms: u64,
+    /// After the loss, the longest time a replica had events waiting and none was
+    /// confirmed, with when (from the start of the load) it began and ended.
+    pause: Pause,
 }
 
-/// The longest time, from `from` to `to`, in which a replica's confirmed count did not
-/// grow; and, per replica on `lost` at `from`, how long it took to be seen on another
-/// node.
+impl Figures {
+    /// A row of docs/scaling.md's table.
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} ms | {} ms (replica {}, {:.1}-{:.1} s) |",
+            self.case,
+            self.requests,
+            self.acked,
+            self.lost,
+            self.duplicated,
+            self.nacked,
+            self.reconnect_ms
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.pause.ms(),
+            self.pause.replica,
+            self.pause.start.as_secs_f64(),
+            self.pause.end.as_secs_f64(),
+        )
+    }
+}
+
+/// The longest time a replica had events waiting and none was confirmed.
+#[derive(Debug, Default)]
+struct Pause {
+    replica: usize,
+    start: Duration,
+    end: Duration,
+}
+
+impl Pause {
+    fn ms(&self) -> u64 {
+        (self.end - self.start).as_millis() as u64
+    }
+}
+
+/// The longest pause in confirms from `from` to `to` (a replica with nothing to send
+/// is not paused); and, per replica on `lost` at `from`, how long it took to be seen on
+/// another node.
 fn measure(
     samples: &[(Duration, Vec<Option<Reading>>)],
     from: Duration,
     to: Duration,
     lost: &str,
-) -> (u64, Vec<u64>) {
+) -> (Pause, Vec<u64>) {
     let replicas = samples.first().map_or(0, |(_, r)| r.len());
-    let mut pause = Duration::ZERO;
+    let mut longest = Pause::default();
     let mut reconnects = Vec::new();
     for r in 0..replicas {
         let series: Vec<(Duration, &Reading)> = samples
             .iter()
             .filter_map(|(at, readings)| readings[r].as_ref().map(|reading| (*at, reading)))
             .collect();
-        let mut last_growth = from;
-        let mut before = series
-            .iter()
-            .rev()
-            .find(|(at, _)| *at <= from)
-            .map_or(0, |(_, reading)| reading.published);
-        for (at, reading) in series.iter().filter(|(at, _)| *at > from && *at <= to) {
-            if reading.published > before {
-                pause = pause.max(*at - last_growth);
-                last_growth = *at;
-                before = reading.published;
+        // From the reading before the first one with events waiting and no confirm
+        // since, to the next confirm.
+        let mut waiting_since: Option<Duration> = None;
+        for pair in series.windows(2) {
+            let ((was, before), (at, now)) = (pair[0], pair[1]);
+            if at <= from || was > to {
+                continue;
+            }
+            if now.published > before.published {
+                if let Some(start) = waiting_since.take() {
+                    if at - start > longest.end - longest.start {
+                        longest = Pause {
+                            replica: r,
+                            start,
+                            end: at,
+                        };
+                    }
+                }
+            } else if now.backlog > 0 {
+                waiting_since.get_or_insert(was.max(from));
+            } else {
+                waiting_since = None;
             }
         }
-        pause = pause.max(to.saturating_sub(last_growth));
         let was_on_lost = series
             .iter()
             .rev()
@@ -327,27 +388,7 @@ fn measure(
             reconnects.push((moved - last_on).as_millis() as u64);
         }
     }
-    (pause.as_millis() as u64, reconnects)
-}
-
-impl Figures {
-    /// A row of docs/scaling.md's table.
-    fn row(&self) -> String {
-        format!(
-            "| {} | {} | {} | {} | {} | {} ms | {} ms |",
-            self.case,
-            self.requests,
-            self.acked,
-            self.lost,
-            self.duplicated,
-            self.reconnect_ms
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.pause_ms
-        )
-    }
+    (longest, reconnects)
 }
 
 fn json_of(output: &std::process::Output) -> serde_json::Value {
@@ -479,7 +520,6 @@ fn case(cluster: &mut Cluster, victim: Victim, loss: Loss) -> Figures {
     );
 
     let run = load.wait_with_output().unwrap();
-    let load_ended = epoch.elapsed();
     let report = json_of(&run);
     eprintln!("{name}: run: {report}");
     assert!(run.status.success(), "{report}");
@@ -538,12 +578,7 @@ fn case(cluster: &mut Cluster, victim: Victim, loss: Loss) -> Figures {
         answers["accepted"].as_u64().unwrap() > u64::from(RATE) * LOAD.as_secs() / 2,
         "{report}"
     );
-    let (pause_ms, reconnect_ms) = measure(
-        &samples,
-        lost_at,
-        load_ended.saturating_sub(Duration::from_secs(1)),
-        &lost_addr,
-    );
+    let (pause, reconnect_ms) = measure(&samples, lost_at, Duration::MAX, &lost_addr);
     assert!(
         !reconnect_ms.is_empty(),
         "a replica was connected to node {lost}, and went on with another"
@@ -554,8 +589,17 @@ fn case(cluster: &mut Cluster, victim: Victim, loss: Loss) -> Figures {
         acked: checked["queue"]["acked"].as_u64().unwrap(),
         lost: checked["queue"]["lost"].as_u64().unwrap(),
         duplicated: checked["queue"]["duplicated"].as_u64().unwrap(),
+        nacked: (0..REPLICAS)
+            .filter_map(|r| {
+                samples
+                    .iter()
+                    .rev()
+                    .find_map(|(_, readings)| readings[r].as_ref())
+            })
+            .map(|reading| reading.nacked)
+            .sum(),
         reconnect_ms,
-        pause_ms,
+        pause,
     };
     eprintln!("{}", figures.row());
     figures
@@ -569,7 +613,7 @@ fn three_replicas_on_a_three_node_cluster_lose_nothing_when_a_node_is_lost() {
     let connected = case(&mut cluster, Victim::Connected, Loss::StopApp);
     eprintln!(
         "cluster: both cases in {:.0} s\n\
-         | case | requests | acknowledged | lost | duplicated | reconnect | longest pause in confirms |\n{}\n{}",
+         | case | requests | acknowledged | lost | duplicated | nacked | reconnect | longest pause in confirms |\n{}\n{}",
         started.elapsed().as_secs_f64(),
         leader.row(),
         connected.row()

@@ -117,6 +117,7 @@ impl Forwarder {
                 return;
             }
             // One round: each node in turn until one answers and its link is lost.
+            let mut answered = false;
             for index in rotation.round() {
                 let node = &nodes[index];
                 let opened = tokio::select! {
@@ -126,12 +127,12 @@ impl Forwarder {
                 let link = match opened {
                     Ok(link) => link,
                     Err(e) => {
-                        suspicion.connect_failed();
                         self.metrics.forward_error("connect");
                         tracing::warn!(node = %node.name(), error = %e, "broker unreachable");
                         continue;
                     }
                 };
+                answered = true;
                 self.status.set(Some(index));
                 tracing::info!(node = %node.name(), exchange = %self.settings.topology.exchange, "broker connected");
                 backoff = self.settings.retry_initial;
@@ -152,6 +153,11 @@ impl Forwarder {
                     }
                 }
                 break;
+            }
+            if !answered {
+                // The broker is down or out of reach: that explains the breaks so far.
+                // One node refusing, while another answers, explains nothing.
+                suspicion.connect_failed();
             }
             tracing::debug!(
                 retry_in_ms = backoff.as_millis() as u64,

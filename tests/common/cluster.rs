@@ -12,7 +12,8 @@
 //!
 //! Every node runs in a process group of its own under a small shell that kills the group
 //! once the test's end of the shell's stdin closes: a test that panics, or is itself
-//! killed, leaves no node behind.
+//! killed, leaves no node behind. (The hookgate replicas of tests/cluster.rs are killed
+//! when the test unwinds, as in loadtest/tests/ci.rs, but not if the test is killed.)
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -165,11 +166,12 @@ impl Cluster {
             .unwrap();
         // `cat` returns when the test's end of stdin closes (the test ended, however it
         // did); then the whole group goes. An asynchronous command's stdin is /dev/null
-        // unless redirected, hence fd 3.
+        // unless redirected, hence fd 3. SIGHUP is ignored: a group left without its
+        // parent while a member is stopped (a frozen node) gets SIGHUP from the kernel.
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg("exec 3<&0; \"$0\" </dev/null 3<&- & server=$!; (cat <&3 >/dev/null; kill -KILL 0) & wait $server")
+            .arg("exec 3<&0; \"$0\" </dev/null 3<&- & server=$!; (trap '' HUP; cat <&3 >/dev/null; kill -KILL 0) & wait $server")
             .arg(script("rabbitmq-server"))
             .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
@@ -321,14 +323,17 @@ impl Cluster {
         self.members.iter().position(|m| m.addr() == addr)
     }
 
-    /// SIGSTOP to node `i`'s whole process group: it stops answering, its connections
-    /// stay open, and what is sent to it waits in its sockets.
+    /// SIGSTOP to node `i`'s Erlang VM: it stops answering, its connections stay open,
+    /// and what is sent to it waits in its sockets. Only the VM: the shell that kills
+    /// the node when the test ends must stay awake.
     pub fn freeze(&mut self, i: usize) {
-        if let Some(process) = &self.members[i].process {
-            let _ = Command::new("kill")
-                .args(["-STOP", "--", &format!("-{}", process.id())])
-                .status();
-        }
+        let pid = std::fs::read_to_string(self.members[i].dir.join("pid"))
+            .expect("the node wrote its pid file");
+        let status = Command::new("kill")
+            .args(["-STOP", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "SIGSTOP to node {i} ({})", pid.trim());
     }
 
     /// SIGKILL to node `i`'s whole process group: the Erlang VM and its helpers, as in

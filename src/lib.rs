@@ -92,6 +92,18 @@ pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Arc<Sour
     Ok(sources)
 }
 
+/// `broker.url`'s nodes, resolved and parsed; the error names the entry at fault.
+fn broker_nodes(urls: &config::BrokerUrls) -> anyhow::Result<Vec<forward::Node>> {
+    let resolved = urls.resolve().map_err(|e| anyhow::anyhow!("{e}"))?;
+    resolved
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            forward::Node::parse(url).map_err(|e| anyhow::anyhow!("{}: {e}", urls.key(i)))
+        })
+        .collect()
+}
+
 /// Starts the gateway with the system clock.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     start_with_clock(config, Arc::new(SystemClock)).await
@@ -109,10 +121,16 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     let tls = load_tls("server.tls", &config.server.tls)?;
     let admin_tls = load_tls("admin.tls", &config.admin.tls)?;
     let sources = build_sources(config)?;
-    let broker_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let broker_nodes = match &config.broker {
+        None => None,
+        Some(broker) => Some(broker_nodes(&broker.url)?),
+    };
+    let broker_status = broker_nodes
+        .as_deref()
+        .map(|nodes| Arc::new(forward::BrokerStatus::new(nodes)));
     let metrics = Arc::new(metrics::Metrics::new(
         config.sources.iter().map(|s| s.name.as_str()),
-        config.broker.as_ref().map(|_| broker_connected.clone()),
+        broker_status.clone(),
     ));
     let journal = Journal::open(journal::Settings {
         path: config.journal.path.clone(),
@@ -179,13 +197,8 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         refusals: refusals.clone(),
         budget: receive::budget::Budget::new(config.server.max_inflight_bytes.0),
     });
-    let forwarder = match &config.broker {
-        None => None,
-        Some(broker) => {
-            let url = broker
-                .url
-                .resolve()
-                .map_err(|e| anyhow::anyhow!("broker.url: {e}"))?;
+    let forwarder = match (&config.broker, broker_nodes, &broker_status) {
+        (Some(broker), Some(nodes), Some(status)) => {
             let topology = forward::amqp::Topology {
                 exchange: broker.exchange.clone(),
                 queues: broker
@@ -201,17 +214,18 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             Some(forward::Forwarder {
                 journal: journal.clone(),
                 settings: forward::Settings {
-                    url,
+                    nodes,
                     topology,
                     max_in_flight: broker.max_in_flight,
                     retry_initial: broker.retry.initial.0,
                     retry_max: broker.retry.max.0,
                 },
                 sources: sources.clone(),
-                connected: broker_connected.clone(),
+                status: status.clone(),
                 metrics: metrics.clone(),
             })
         }
+        _ => None,
     };
     let config_secrets = deliver::managed::sync(config, &journal, unix_ms(clock.now())).await?;
     let deliverer = Arc::new(deliverer(
@@ -235,7 +249,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         journal: journal.clone(),
         token,
         hosts: config.admin.hosts.clone(),
-        broker_connected: forwarder.as_ref().map(|_| broker_connected.clone()),
+        broker: broker_status.clone(),
         metrics: metrics.clone(),
         sources,
         source_urls: {

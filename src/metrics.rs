@@ -2,7 +2,6 @@
 //! OpenMetrics text format. Counters are kept in memory from the start of the process;
 //! the backlog and the broker's state are read when scraped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::forward::BrokerStatus;
 use crate::journal::Journal;
 
 /// The `source` label of requests to a path that names no configured source, so that
@@ -53,6 +53,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// A `broker.url` node's `host:port`.
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SubscriptionLabels {
     pub subscription: String,
 }
@@ -83,10 +89,11 @@ pub struct Metrics {
     forward_published: Counter,
     forward_errors: Family<ErrorLabels, Counter>,
     broker_connected: Gauge,
+    broker_node: Family<NodeLabels, Gauge>,
     replayed: Counter,
     connections: Family<ListenerLabels, Gauge>,
-    /// With a broker: whether the forwarder is connected (read when scraped).
-    broker: Option<Arc<AtomicBool>>,
+    /// With a broker: the node the forwarder is connected to (read when scraped).
+    broker: Option<Arc<BrokerStatus>>,
     /// Group commit timings, filled by the journal.
     stages: crate::journal::Stages,
     deliveries: DeliveryMetrics,
@@ -160,7 +167,7 @@ impl Metrics {
     /// work without waiting for the first failure.
     pub fn new<'a>(
         sources: impl IntoIterator<Item = &'a str>,
-        broker: Option<Arc<AtomicBool>>,
+        broker: Option<Arc<BrokerStatus>>,
     ) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
@@ -176,6 +183,7 @@ impl Metrics {
         let forward_published = Counter::default();
         let forward_errors = Family::<ErrorLabels, Counter>::default();
         let broker_connected = Gauge::default();
+        let broker_node = Family::<NodeLabels, Gauge>::default();
         let replayed = Counter::default();
         let connections = Family::<ListenerLabels, Gauge>::default();
         // The library adds `_total` to counter names.
@@ -226,6 +234,11 @@ impl Metrics {
             broker_connected.clone(),
         );
         registry.register(
+            "hookgate_broker_node",
+            "1 for the broker node (host:port of broker.url) the forwarder is connected to, 0 for the other configured nodes",
+            broker_node.clone(),
+        );
+        registry.register(
             "hookgate_replayed",
             "Events queued again by a replay",
             replayed.clone(),
@@ -255,6 +268,9 @@ impl Metrics {
         for reason in FORWARD_ERRORS {
             let _ = forward_errors.get_or_create(&ErrorLabels { reason });
         }
+        for node in broker.iter().flat_map(|b| b.nodes()) {
+            let _ = broker_node.get_or_create(&NodeLabels { node: node.clone() });
+        }
         for listener in ["ingest", "admin"] {
             let _ = connections.get_or_create(&ListenerLabels { listener });
         }
@@ -270,6 +286,7 @@ impl Metrics {
             forward_published,
             forward_errors,
             broker_connected,
+            broker_node,
             replayed,
             connections,
             broker,
@@ -403,11 +420,13 @@ impl Metrics {
         self.backlog.set(journal.backlog() as i64);
         self.journal.read(journal);
         self.deliveries.read(journal);
-        let connected = self
-            .broker
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Acquire));
-        self.broker_connected.set(i64::from(connected));
+        let in_use = self.broker.as_ref().and_then(|b| b.node());
+        self.broker_connected.set(i64::from(in_use.is_some()));
+        for node in self.broker.iter().flat_map(|b| b.nodes()) {
+            self.broker_node
+                .get_or_create(&NodeLabels { node: node.clone() })
+                .set(i64::from(in_use == Some(node.as_str())));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -510,6 +510,92 @@ async fn a_broker_outage_during_ingest_loses_nothing() {
     running.stop().await;
 }
 
+/// The node `/readyz` names, once it names one.
+async fn wait_for_node(admin: std::net::SocketAddr, want: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let ready = admin_json(admin, "/readyz").await;
+        if ready["broker"] == want {
+            return ready;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "/readyz never named {want}: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `broker.url` as a list: a node that refuses connections, then two proxies to the
+/// broker (one through `env:`). The first that answers is used; when its link is lost
+/// the others are tried in turn from the next one, wrapping round; `/readyz` and
+/// `hookgate_broker_node` name the node in use, and never the credentials. (The three
+/// nodes of a real cluster, one of them killed under load: tests/cluster.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_nodes_fails_over_in_turn_and_names_the_node_in_use() {
+    let rabbit = Rabbit::connect("nodes").await;
+    let queue = rabbit.queue("events");
+    let (a, b) = (Proxy::start().await, Proxy::start().await);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = format!("HOOKGATE_TEST_NODE_B_{}", std::process::id());
+    std::env::set_var(&env, b.url());
+    let urls = format!(
+        "[\"{}\", \"{}\", \"env:{env}\"]",
+        common::rabbit::amqp_url(&dead.to_string()),
+        a.url()
+    );
+    let sources = format!(
+        "{}{GITHUB_SOURCE}",
+        broker("URLS", &rabbit, &quorum_queue(&queue, "github.#"))
+    )
+    .replace("\"URLS\"", &urls);
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), "", &sources).await;
+    let admin = running.admin_addr;
+    let (dead, a_addr, b_addr) = (dead.to_string(), a.addr.to_string(), b.addr.to_string());
+
+    // The dead node is skipped: the first that answers is a.
+    let ready = wait_for_node(admin, &a_addr).await;
+    let got = rabbit.collect(&queue).await;
+    assert!(!ready.to_string().contains("guest"), "{ready}");
+    let metrics = String::from_utf8_lossy(
+        &hookgate::cli::client::get(&format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .body,
+    )
+    .into_owned();
+    for (node, value) in [(&dead, 0), (&a_addr, 1), (&b_addr, 0)] {
+        let series = format!("hookgate_broker_node{{node=\"{node}\"}} {value}");
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
+    assert!(!metrics.contains("guest"));
+    let mut accepted = HashSet::new();
+    post_accepted(running.ingest_addr, "via-a", 50, &mut accepted).await;
+
+    // The link to a is lost, and a answers again at once: still, the next in turn, b,
+    // is tried first (a node that has just failed is tried last).
+    a.cut();
+    a.restore();
+    wait_for_node(admin, &b_addr).await;
+    post_accepted(running.ingest_addr, "via-b", 50, &mut accepted).await;
+    wait_for_all(&got, &accepted, "every event, through a then b").await;
+
+    // b is lost for good: from the node after it, wrapping round, the dead one is
+    // tried, then a.
+    b.cut();
+    wait_for_node(admin, &a_addr).await;
+    post_accepted(running.ingest_addr, "via-a-again", 50, &mut accepted).await;
+    wait_for_all(&got, &accepted, "every event, after the second failover").await;
+    wait_for_none_queued(admin).await;
+    assert!(b.connections.load(std::sync::atomic::Ordering::Acquire) >= 1);
+    running.stop().await;
+    std::env::remove_var(&env);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_forwarding_a_backlog_loses_nothing() {
     let Proxied {

@@ -42,17 +42,40 @@ fn said(output: &Output) -> String {
     )
 }
 
-#[test]
-fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
-    let output = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+/// `hookgate check-config` of `config` with the kit's environment.
+fn check_config(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args(["check-config", "-c"])
-        .arg(deploy("hookgate.toml"))
+        .arg(config)
         .env("HOOKGATE_ADMIN_TOKEN", "t")
         .env("HOOKGATE_AMQP_URL", "amqp://u:p@rabbitmq:5672/%2f")
+        .env(
+            "HOOKGATE_AMQP_URL_0",
+            "amqp://u:p@rabbitmq-server-0.rabbitmq-nodes:5672/%2f",
+        )
+        .env(
+            "HOOKGATE_AMQP_URL_1",
+            "amqp://u:p@rabbitmq-server-1.rabbitmq-nodes:5672/%2f",
+        )
+        .env(
+            "HOOKGATE_AMQP_URL_2",
+            "amqp://u:p@rabbitmq-server-2.rabbitmq-nodes:5672/%2f",
+        )
         .env("GITHUB_WEBHOOK_SECRET", "g")
         .env("STRIPE_WEBHOOK_SECRET", "s")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The broker.url line: one address in the shared config, the cluster's three nodes in
+/// the Kubernetes ConfigMap.
+const ONE_BROKER: &str = "url = \"env:HOOKGATE_AMQP_URL\"\n";
+const THREE_NODES: &str =
+    "url = [\"env:HOOKGATE_AMQP_URL_0\", \"env:HOOKGATE_AMQP_URL_1\", \"env:HOOKGATE_AMQP_URL_2\"]\n";
+
+#[test]
+fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
+    let output = check_config(&deploy("hookgate.toml"));
     assert!(output.status.success(), "{}", said(&output));
 
     let toml = std::fs::read_to_string(deploy("hookgate.toml")).unwrap();
@@ -63,10 +86,33 @@ fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
         .lines()
         .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
         .collect();
+    assert!(toml.contains(ONE_BROKER) && embedded.contains(THREE_NODES));
     assert_eq!(
-        embedded, toml,
-        "k8s/configmap.yaml differs from hookgate.toml"
+        embedded,
+        toml.replace(ONE_BROKER, THREE_NODES),
+        "k8s/configmap.yaml differs from hookgate.toml (but for broker.url)"
     );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("configmap.toml");
+    std::fs::write(&path, &embedded).unwrap();
+    let output = check_config(&path);
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(
+        said(&output).contains(
+            "broker.url[2] env:HOOKGATE_AMQP_URL_2: node rabbitmq-server-2.rabbitmq-nodes:5672"
+        ),
+        "{}",
+        said(&output)
+    );
+    // Each node's URL is set by the StatefulSet.
+    let statefulset = std::fs::read_to_string(deploy("k8s/statefulset.yaml")).unwrap();
+    for n in 0..3 {
+        assert!(
+            statefulset.contains(&format!("- name: HOOKGATE_AMQP_URL_{n}\n"))
+                && statefulset.contains(&format!("rabbitmq-server-{n}.rabbitmq-nodes:5672")),
+            "statefulset.yaml sets HOOKGATE_AMQP_URL_{n}"
+        );
+    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ use common::rabbit::{amqp_url, header, Collected, Rabbit, BROKER};
 use common::*;
 use hookgate::config::{QueueKind, Secret};
 use hookgate::forward::amqp::{QueueSpec, Topology};
-use hookgate::forward::{Forwarder, Settings};
+use hookgate::forward::{BrokerStatus, Forwarder, Node, Settings};
 use hookgate::journal::{self, Journal, NewEvent, Record, Status};
 use hookgate::metrics::Metrics;
 use hookgate::sources::Sources;
@@ -219,8 +219,8 @@ async fn an_oversized_header_set_is_capped_and_the_events_behind_it_are_delivere
     running.stop().await;
 }
 
-/// A real journal and a real forwarder to the local RabbitMQ (through `url`), with a
-/// classic queue for source `s`.
+/// A real journal and a real forwarder to the local RabbitMQ (through `urls`, the
+/// nodes of `broker.url`), with a classic queue for source `s`.
 struct Outbox {
     journal: Journal,
     metrics: Arc<Metrics>,
@@ -230,7 +230,7 @@ struct Outbox {
     _dir: tempfile::TempDir,
 }
 
-async fn outbox(rabbit: &Rabbit, url: &str, events: Vec<NewEvent>) -> (Outbox, Vec<u64>) {
+async fn outbox(rabbit: &Rabbit, urls: &[String], events: Vec<NewEvent>) -> (Outbox, Vec<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(journal::Settings {
         dedup_window: Duration::from_secs(3600),
@@ -248,10 +248,14 @@ async fn outbox(rabbit: &Rabbit, url: &str, events: Vec<NewEvent>) -> (Outbox, V
     }
     let queue = rabbit.queue("events");
     let metrics = Arc::new(Metrics::new(["s"], None));
+    let nodes: Vec<Node> = urls
+        .iter()
+        .map(|url| Node::parse(&Secret::new(url.as_str())).unwrap())
+        .collect();
     let forwarder = Forwarder {
         journal: journal.clone(),
         settings: Settings {
-            url: Secret::new(url),
+            nodes: nodes.clone(),
             topology: Topology {
                 exchange: rabbit.exchange(),
                 queues: vec![QueueSpec {
@@ -266,7 +270,7 @@ async fn outbox(rabbit: &Rabbit, url: &str, events: Vec<NewEvent>) -> (Outbox, V
         },
         // No source configured: the default routing key `{source}.{type}`.
         sources: Sources::default(),
-        connected: Arc::default(),
+        status: Arc::new(BrokerStatus::new(&nodes)),
         metrics: metrics.clone(),
     };
     let (stop, stopped) = watch::channel(false);
@@ -352,7 +356,7 @@ async fn the_forwarder_fails_an_unfit_event_and_goes_on() {
     let rabbit = Rabbit::connect("poison-unfit").await;
     // Past admission's bounds: as an older build, or another writer, may have journaled.
     let (events, after) = around(event("unfit", &"t".repeat(300), "{}"));
-    let (outbox, seqs) = outbox(&rabbit, &amqp_url(BROKER), events).await;
+    let (outbox, seqs) = outbox(&rabbit, &[amqp_url(BROKER)], events).await;
     let poison = seqs[3];
 
     let record = outbox.wait_for_status(poison, Status::Failed).await;
@@ -468,7 +472,7 @@ async fn an_event_that_breaks_the_link_three_times_is_failed_and_the_rest_go_on(
         std::str::from_utf8(MARKER).unwrap()
     );
     let (events, after) = around(event("breaker", "push", &body));
-    let (outbox, seqs) = outbox(&rabbit, &tripwire.url(), events).await;
+    let (outbox, seqs) = outbox(&rabbit, &[tripwire.url()], events).await;
     let poison = seqs[3];
 
     let record = outbox.wait_for_status(poison, Status::Failed).await;
@@ -506,5 +510,38 @@ async fn an_event_that_breaks_the_link_three_times_is_failed_and_the_rest_go_on(
             d.iter().any(|m| message_id(m) == "breaker")
         })
         .await;
+    outbox.stop().await;
+}
+
+/// With a cluster's nodes listed, one of them down: a failed connect to that node says
+/// nothing of the breaks on the others, so the poison event is still found (only a
+/// round in which no node answers starts the count again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_does_not_hide_a_poison_event() {
+    const MARKER: &[u8] = b"BREAKS-THE-LINK-c41d";
+    let rabbit = Rabbit::connect("poison-nodes").await;
+    let tripwire = Tripwire::start(MARKER).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let body = format!(
+        "{{\"marker\":\"{}\"}}",
+        std::str::from_utf8(MARKER).unwrap()
+    );
+    let (events, after) = around(event("breaker", "push", &body));
+    let urls = [tripwire.url(), amqp_url(&dead.to_string())];
+    let (outbox, seqs) = outbox(&rabbit, &urls, events).await;
+    let poison = seqs[3];
+
+    let record = outbox.wait_for_status(poison, Status::Failed).await;
+    let reason = &record.attempts_log.last().unwrap().outcome;
+    assert!(
+        reason.starts_with("poison: the broker link broke right after this event was published"),
+        "{reason}"
+    );
+    let mut all: Vec<String> = (0..3).map(|i| format!("before-{i}")).collect();
+    all.extend(after.iter().cloned());
+    arrived_in_order(&outbox.got, &all).await;
     outbox.stop().await;
 }

@@ -33,8 +33,8 @@ pub struct Admin {
     pub token: Option<Secret>,
     /// `admin.hosts`: Host names answered besides addresses and `localhost`.
     pub hosts: Vec<String>,
-    /// With a broker configured: whether the forwarder is connected.
-    pub broker_connected: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// With a broker configured: the node the forwarder is connected to, if any.
+    pub broker: Option<Arc<crate::forward::BrokerStatus>>,
     pub metrics: Arc<Metrics>,
     /// The configured sources, as a reload leaves them.
     pub sources: crate::sources::Sources,
@@ -445,26 +445,27 @@ impl Admin {
     }
 
     /// `/readyz`: whether new events are taken and, unless `scope=ingest` is asked
-    /// for, whether the broker is connected.
+    /// for, whether the broker is connected; when it is, which node (`host:port`).
     fn ready(&self, query: &str) -> Response<Body> {
         let ingest_only = form_urlencoded::parse(query.as_bytes())
             .any(|(name, value)| name == "scope" && value == "ingest");
-        let broker_down = !ingest_only
-            && self
-                .broker_connected
-                .as_ref()
-                .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire));
+        let node = self.broker.as_ref().map(|b| b.node());
         // Said in both answers, so that a person (the console's Health page) sees the
-        // broker's state; probes look at the status code only.
-        let broker = match &self.broker_connected {
-            None => "none",
-            Some(c) if c.load(std::sync::atomic::Ordering::Acquire) => "connected",
-            Some(_) => "unreachable",
+        // broker's state: `none` (embedded), `unreachable`, or the node in use.
+        let broker = match node {
+            None => "none".to_string(),
+            Some(None) => "unreachable".to_string(),
+            Some(Some(node)) => node.to_string(),
         };
         let reason = if let Some(why) = self.journal.unready() {
             why
-        } else if broker_down {
-            "the broker is unreachable; events are kept in the journal until it returns".into()
+        } else if !ingest_only && node == Some(None) {
+            let nodes = self.broker.as_ref().map_or(0, |b| b.nodes().len());
+            if nodes > 1 {
+                format!("no broker node answers (of {nodes}); events are kept in the journal until one does")
+            } else {
+                "the broker is unreachable; events are kept in the journal until it returns".into()
+            }
         } else {
             let body = serde_json::json!({ "status": "ready", "broker": broker });
             return json(StatusCode::OK, body.to_string().into_bytes());

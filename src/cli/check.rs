@@ -92,7 +92,17 @@ pub fn check_config(path: &Path) -> anyhow::Result<bool> {
     match &config.broker {
         Some(broker) => {
             println!("  mode     broker (RabbitMQ), exchange {}", broker.exchange);
-            report.reference("  ", "broker.url", &broker.url);
+            // Each node by its `host:port` (never the URL, which holds a password).
+            for (i, reference) in broker.url.refs().iter().enumerate() {
+                let key = broker.url.key(i);
+                match reference
+                    .resolve()
+                    .and_then(|url| crate::forward::Node::parse(&url))
+                {
+                    Ok(node) => println!("  {key} {reference}: resolves, node {}", node.name()),
+                    Err(e) => report.error(format!("  {key} {reference}: error: {e}")),
+                }
+            }
         }
         None => println!("  mode     embedded (no broker; pull API)"),
     }

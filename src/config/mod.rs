@@ -1,6 +1,7 @@
 //! The TOML configuration (SPEC §3): serde structs with `deny_unknown_fields`, defaults,
 //! and one [`Config::load`] that parses and validates, naming the key at fault.
 
+mod broker;
 mod outbound;
 mod secret;
 pub mod units;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+pub use broker::BrokerUrls;
 pub use outbound::{
     OutboundConfig, SubscriptionConfig, SubscriptionMode, MAX_IN_FLIGHT, MAX_RETRIES, OWN_SOURCE,
 };
@@ -127,7 +129,8 @@ pub struct JournalConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    pub url: SecretRef,
+    /// One address, or a cluster's nodes in the order they are tried.
+    pub url: BrokerUrls,
     #[serde(default = "default_exchange")]
     pub exchange: String,
     #[serde(default = "default_max_in_flight")]

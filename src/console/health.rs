@@ -219,9 +219,8 @@ pub async fn page(ctx: &Ctx<'_>) -> Response<Body> {
     };
     let broker = match text(&ready.body, "broker").as_str() {
         "none" => "not configured (embedded mode: workers use the pull API)".to_string(),
-        "connected" => "connected".to_string(),
         "unreachable" => "unreachable: events wait in the journal".to_string(),
-        other => other.to_string(),
+        node => format!("connected to {node}"),
     };
     let page = HealthPage {
         chrome: ctx.chrome("Health", "health"),

@@ -16,7 +16,8 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 
 use super::message::Message;
-use crate::config::{QueueKind, Secret};
+use super::nodes::Node;
+use crate::config::QueueKind;
 
 /// The most a single broker call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,16 +95,12 @@ pub struct Link {
 }
 
 impl Link {
-    /// Connects, enables publisher confirms and declares the topology.
-    pub async fn open(url: &Secret, topology: &Topology) -> Result<Link, LinkError> {
-        let url = std::str::from_utf8(url.expose()).map_err(|_| LinkError::Broker {
-            what: "reading broker.url",
-            reason: "it is not UTF-8".into(),
-        })?;
+    /// Connects to `node`, enables publisher confirms and declares the topology.
+    pub async fn open(node: &Node, topology: &Topology) -> Result<Link, LinkError> {
         let properties = ConnectionProperties::default().with_connection_name("hookgate".into());
         let connection = bounded(
             "connecting to the broker",
-            Connection::connect(url, properties),
+            Connection::connect_uri(node.uri(), properties),
         )
         .await?;
         let (report, broken) = watch::channel(None);

@@ -8,16 +8,21 @@
 //! (same `message_id`): delivery is at least once. The broker never slows ingest: events
 //! wait in the journal until `max_backlog`.
 //!
+//! `broker.url` may list a cluster's nodes ([`nodes`]): the forwarder connects to the
+//! first that answers and, when its link is lost, tries the others in turn, starting
+//! with the one after the node it lost; a round in which none answers is followed by the
+//! backoff. The exchange and queues are declared again on the node it reaches.
+//!
 //! An event that cannot be delivered as it is (a poison event) costs only itself: one
 //! that cannot be put into an AMQP message at all, or that breaks the link again and
 //! again ([`poison`]), is marked `failed` and the forwarder goes on with the next.
 
 pub mod amqp;
 pub mod message;
+pub mod nodes;
 pub mod poison;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,8 +32,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::amqp::{Link, LinkError, Topology};
+use self::nodes::Rotation;
+pub use self::nodes::{BrokerStatus, Node};
 use self::poison::Suspicion;
-use crate::config::Secret;
 use crate::journal::{Journal, Record};
 use crate::listen::stopped;
 use crate::metrics::Metrics;
@@ -41,7 +47,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Settings {
-    pub url: Secret,
+    /// `broker.url`'s nodes, in the order they are tried; at least one.
+    pub nodes: Vec<Node>,
     pub topology: Topology,
     pub max_in_flight: usize,
     pub retry_initial: Duration,
@@ -53,8 +60,8 @@ pub struct Forwarder {
     pub settings: Settings,
     /// Each source's routing-key template and kept headers, as configured now.
     pub sources: Sources,
-    /// Read by `/readyz` and `/metrics`.
-    pub connected: Arc<AtomicBool>,
+    /// The node in use, read by `/readyz` and `/metrics`.
+    pub status: Arc<BrokerStatus>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,6 +94,8 @@ type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Confirmed> + S
 impl Forwarder {
     /// Runs until `stop` turns true: connect, pump, and reconnect with backoff.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let nodes = &self.settings.nodes;
+        let mut rotation = Rotation::new(nodes.len());
         let mut backoff = self.settings.retry_initial;
         // Per source: the backoff after its latest failure, kept across reconnects.
         let mut backoffs = HashMap::new();
@@ -95,37 +104,53 @@ impl Forwarder {
             if *stop.borrow() {
                 return;
             }
-            let opened = tokio::select! {
-                _ = stopped(&mut stop) => return,
-                opened = Link::open(&self.settings.url, &self.settings.topology) => opened,
-            };
-            match opened {
-                Ok(link) => {
-                    self.connected.store(true, Ordering::Release);
-                    tracing::info!(exchange = %self.settings.topology.exchange, "broker connected");
-                    backoff = self.settings.retry_initial;
-                    let ended = self
-                        .pump(&link, &mut stop, &mut backoffs, &mut suspicion)
-                        .await;
-                    self.connected.store(false, Ordering::Release);
-                    match ended {
-                        Ended::Stopped => {
-                            link.close().await;
-                            return;
-                        }
-                        Ended::Lost { error, oldest } => {
-                            self.metrics.forward_error("link");
-                            tracing::warn!(error = %error, "broker link lost; reconnecting");
-                            self.suspect(&mut suspicion, &error, oldest).await;
-                        }
+            // One round: each node in turn until one answers and its link is lost.
+            let mut answered = false;
+            for index in rotation.round() {
+                let node = &nodes[index];
+                let opened = tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    opened = Link::open(node, &self.settings.topology) => opened,
+                };
+                let link = match opened {
+                    Ok(link) => link,
+                    Err(e) => {
+                        self.metrics.forward_error("connect");
+                        tracing::warn!(node = %node.name(), error = %e, "broker unreachable");
+                        continue;
+                    }
+                };
+                answered = true;
+                self.status.set(Some(index));
+                tracing::info!(node = %node.name(), exchange = %self.settings.topology.exchange, "broker connected");
+                backoff = self.settings.retry_initial;
+                let ended = self
+                    .pump(&link, &mut stop, &mut backoffs, &mut suspicion)
+                    .await;
+                self.status.set(None);
+                match ended {
+                    Ended::Stopped => {
+                        link.close().await;
+                        return;
+                    }
+                    Ended::Lost { error, oldest } => {
+                        self.metrics.forward_error("link");
+                        tracing::warn!(node = %node.name(), error = %error, "broker link lost; reconnecting");
+                        self.suspect(&mut suspicion, &error, oldest).await;
+                        rotation.lost(index);
                     }
                 }
-                Err(e) => {
-                    suspicion.connect_failed();
-                    self.metrics.forward_error("connect");
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unreachable")
-                }
+                break;
             }
+            if !answered {
+                // The broker is down or out of reach: that explains the breaks so far.
+                // One node refusing, while another answers, explains nothing.
+                suspicion.connect_failed();
+            }
+            tracing::debug!(
+                retry_in_ms = backoff.as_millis() as u64,
+                "broker: next round of connects after the backoff"
+            );
             tokio::select! {
                 _ = stopped(&mut stop) => return,
                 _ = tokio::time::sleep(backoff) => {}

@@ -9,8 +9,10 @@
 //! unconfirmed publish when the link broke [`POISON_BREAKS`] times in a row, each time
 //! after a successful connect and its publish, is a poison event: it is marked `failed`
 //! and forwarding goes on without it. A broker that is down is not evidence: a failed
-//! connect, a confirm timeout, or a break with nothing unconfirmed resets the count, and
-//! any answer from the broker for the suspect (or a later event) clears it.
+//! connect (to every node of `broker.url`: a cluster's node that is down says nothing of
+//! breaks on the others), a confirm timeout, or a break with nothing unconfirmed resets
+//! the count, and any answer from the broker for the suspect (or a later event) clears
+//! it.
 //!
 //! A broker that refuses every publish (say, a user without write permission on the
 //! exchange) breaks the link for every event alike. So that it does not fail the whole
@@ -64,8 +66,9 @@ impl Suspicion {
         }
     }
 
-    /// Connecting failed: the broker is down or unreachable, which explains the breaks
-    /// so far. The suspect stays (publishes stay one at a time) but starts again at 0.
+    /// Connecting failed, to every node of `broker.url`: the broker is down or
+    /// unreachable, which explains the breaks so far. The suspect stays (publishes stay
+    /// one at a time) but starts again at 0.
     pub fn connect_failed(&mut self) {
         self.reset();
     }

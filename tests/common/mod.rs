@@ -3,6 +3,7 @@
 //! own signing code.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod rabbit;
 pub mod receiver;
 

@@ -99,7 +99,7 @@ fn the_shared_config_loads_and_the_configmap_holds_it_word_for_word() {
     assert!(output.status.success(), "{}", said(&output));
     assert!(
         said(&output).contains(
-            "broker.url[2] env:HOOKGATE_AMQP_URL_2: node rabbitmq-server-2.rabbitmq-nodes:5672"
+            "broker.url[2] env:HOOKGATE_AMQP_URL_2: resolves, node rabbitmq-server-2.rabbitmq-nodes:5672"
         ),
         "{}",
         said(&output)

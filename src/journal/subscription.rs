@@ -66,8 +66,9 @@ impl Managed {
 }
 
 /// A subscription as the journal keeps it. Secrets of config-managed subscriptions stay
-/// in the config: theirs are kept empty here.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// in the config: theirs are kept empty here. `Debug` shows neither secrets nor header
+/// values (a header may carry a credential), so that no log or panic can.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
     /// Its number: part of its id (`sub_N`) and of its deliveries' keys. 0 in a new one.
     pub num: u64,
@@ -91,6 +92,36 @@ pub struct Subscription {
     pub disabled_reason: Option<String>,
     /// Since when every attempt has failed.
     pub failing_since_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("num", &self.num)
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("active", &self.active)
+            .field("mode", &self.mode)
+            .field("ordered", &self.ordered)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("rate_limit", &self.rate_limit)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("secrets", &self.secrets.len())
+            .field("ca", &self.ca.is_some())
+            .field("managed", &self.managed)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("failing_since_ms", &self.failing_since_ms)
+            .finish()
+    }
 }
 
 impl Subscription {
@@ -412,6 +443,19 @@ pub fn deadline_key(deadline_ms: u64, seq: u64, num: u64) -> [u8; 24] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_secret_nor_header_value() {
+        let mut sub = Subscription::new_api(0);
+        sub.secrets = vec![("whsec_c2VjcmV0c2VjcmV0".into(), None)];
+        sub.headers = vec![("authorization".into(), "Bearer t0ken".into())];
+        let shown = format!("{sub:?}");
+        assert!(
+            !shown.contains("whsec_") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+        assert!(shown.contains("authorization"));
+    }
 
     #[test]
     fn ids_round_trip() {

@@ -209,6 +209,22 @@ fn log_attempt(delivery: &mut Delivery, attempt: DeliveryAttempt) {
     }
 }
 
+/// What a callback (or its absence) came to, for a delivery's log: no HTTP attempt.
+fn callback_note(
+    at_ms: u64,
+    error: Option<String>,
+    response_body: Option<String>,
+) -> DeliveryAttempt {
+    DeliveryAttempt {
+        at_ms,
+        duration_ms: 0,
+        status_code: None,
+        error,
+        response_body,
+        next_attempt_at_ms: None,
+    }
+}
+
 /// How many `.finished` an event type ends with.
 fn finished_depth(event_type: &str) -> usize {
     let mut depth = 0;
@@ -314,14 +330,14 @@ impl Committer {
             let Some((_, seq)) = sub::split_key(&key) else {
                 continue;
             };
-            if let Some(delivery) = sub::get(&self.trees, seq, num).map_err(unwritable)? {
+            if let Some(mut delivery) = sub::get(&self.trees, seq, num).map_err(unwritable)? {
                 if delivery.status.open() {
                     dropped += 1;
                 }
                 if delivery.status == DeliveryStatus::Pending {
                     self.shared.unqueued(delivery.size);
                 }
-                sub::end_callback(&self.trees, &delivery).map_err(unwritable)?;
+                sub::end_callback(&self.trees, &mut delivery).map_err(unwritable)?;
             }
             self.trees
                 .deliveries
@@ -768,8 +784,7 @@ impl Committer {
         let Some(mut delivery) = sub::get(&self.trees, seq, num).map_err(unwritable)? else {
             return Ok(false);
         };
-        sub::end_callback(&self.trees, &delivery).map_err(unwritable)?;
-        delivery.callback_hash = None;
+        sub::end_callback(&self.trees, &mut delivery).map_err(unwritable)?;
         delivery.callback_deadline_ms = None;
         self.close_delivery(&mut delivery, DeliveryStatus::Pending);
         delivery.next_attempt_at_ms = now_ms;
@@ -792,7 +807,7 @@ impl Committer {
         let Some((seq, num)) = sub::split_key(&target) else {
             return Ok(CallbackAnswer::Unknown);
         };
-        let Some(mut delivery) = sub::get(&self.trees, seq, num).map_err(unwritable)? else {
+        let Some(delivery) = sub::get(&self.trees, seq, num).map_err(unwritable)? else {
             return Ok(CallbackAnswer::Unknown);
         };
         let same = delivery
@@ -801,33 +816,15 @@ impl Committer {
         if !same || delivery.status != DeliveryStatus::AwaitingCallback {
             return Ok(CallbackAnswer::Unknown);
         }
-        sub::end_callback(&self.trees, &delivery).map_err(unwritable)?;
         let status = if succeeded { "succeeded" } else { "failed" };
-        log_attempt(
-            &mut delivery,
-            DeliveryAttempt {
-                at_ms: now_ms,
-                duration_ms: 0,
-                status_code: None,
-                error: (!succeeded).then(|| "the task reported failure".to_string()),
-                response_body: Some(format!("callback: {status}")),
-                next_attempt_at_ms: None,
-            },
-        );
-        delivery.callback_hash = None;
-        self.close_delivery(&mut delivery, DeliveryStatus::Finished);
-        sub::put(&self.trees, &delivery).map_err(unwritable)?;
-        self.finished(
-            seq,
-            num,
-            status,
-            result,
-            Some(DeliveryStatus::Finished),
+        let said = callback_note(
             now_ms,
-        )?;
-        Ok(CallbackAnswer::Finished {
-            delivery: delivery.id(),
-        })
+            (!succeeded).then(|| "the task reported failure".to_string()),
+            Some(format!("callback: {status}")),
+        );
+        let id = delivery.id();
+        self.end_awaiting(delivery, DeliveryStatus::Finished, said, status, result)?;
+        Ok(CallbackAnswer::Finished { delivery: id })
     }
 
     /// Ends deliveries whose callback did not come by their deadline.
@@ -846,40 +843,38 @@ impl Committer {
             let Some((seq, num)) = key.get(8..).and_then(sub::split_key) else {
                 continue;
             };
-            let Some(mut delivery) = sub::get(&self.trees, seq, num).map_err(unwritable)? else {
+            let Some(delivery) = sub::get(&self.trees, seq, num).map_err(unwritable)? else {
                 continue;
             };
             if delivery.status != DeliveryStatus::AwaitingCallback {
                 continue;
             }
-            sub::end_callback(&self.trees, &delivery).map_err(unwritable)?;
-            delivery.callback_hash = None;
-            log_attempt(
-                &mut delivery,
-                DeliveryAttempt {
-                    at_ms: now_ms,
-                    duration_ms: 0,
-                    status_code: None,
-                    error: Some("no callback came in time".into()),
-                    response_body: None,
-                    next_attempt_at_ms: None,
-                },
-            );
-            self.close_delivery(&mut delivery, DeliveryStatus::TimedOut);
-            sub::put(&self.trees, &delivery).map_err(unwritable)?;
             self.failed(num, now_ms)?;
             tracing::warn!(delivery = %delivery.id(), "callback timed out");
-            self.finished(
-                seq,
-                num,
-                "timed_out",
-                None,
-                Some(DeliveryStatus::TimedOut),
-                now_ms,
-            )?;
+            let said = callback_note(now_ms, Some("no callback came in time".into()), None);
+            self.end_awaiting(delivery, DeliveryStatus::TimedOut, said, "timed_out", None)?;
             expired += 1;
         }
         Ok(expired)
+    }
+
+    /// Ends a delivery that awaited its callback as `to` (finished or timed out), with
+    /// `said` in its log, and appends `{type}.finished` with `status` and `result`.
+    fn end_awaiting(
+        &mut self,
+        mut delivery: Delivery,
+        to: DeliveryStatus,
+        said: DeliveryAttempt,
+        status: &str,
+        result: Option<Value>,
+    ) -> Result<(), JournalError> {
+        sub::end_callback(&self.trees, &mut delivery).map_err(unwritable)?;
+        let at_ms = said.at_ms;
+        log_attempt(&mut delivery, said);
+        self.close_delivery(&mut delivery, to);
+        sub::put(&self.trees, &delivery).map_err(unwritable)?;
+        let (seq, num) = (delivery.seq, delivery.sub);
+        self.finished(seq, num, status, result, Some(to), at_ms)
     }
 
     /// Whether an event still has a delivery open (retention keeps it).

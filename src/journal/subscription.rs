@@ -389,7 +389,7 @@ pub(super) fn reapply(trees: &Trees, created: &Created) -> Result<Vec<Delivery>,
     {
         if let Some(mut delivery) = get(trees, *from, *sub)? {
             if delivery.status.open() {
-                end_callback(trees, &delivery)?;
+                end_callback(trees, &mut delivery)?;
                 delivery.status = *status;
                 put(trees, &delivery)?;
             }
@@ -398,14 +398,15 @@ pub(super) fn reapply(trees: &Trees, created: &Created) -> Result<Vec<Delivery>,
     Ok(made)
 }
 
-/// Removes what awaits a delivery's callback.
-pub(super) fn end_callback(trees: &Trees, delivery: &Delivery) -> Result<(), sled::Error> {
+/// Removes what awaits a delivery's callback, and its token's hash: the callback URL is
+/// of no use from then on.
+pub(super) fn end_callback(trees: &Trees, delivery: &mut Delivery) -> Result<(), sled::Error> {
     if let Some(deadline) = delivery.callback_deadline_ms {
         trees
             .deadlines
             .remove(deadline_key(deadline, delivery.seq, delivery.sub))?;
     }
-    if let Some(hash) = &delivery.callback_hash {
+    if let Some(hash) = delivery.callback_hash.take() {
         trees.callbacks.remove(hash)?;
     }
     Ok(())
@@ -424,8 +425,8 @@ pub(super) fn remove_all_of(trees: &Trees, seq: u64) -> Result<Vec<Delivery>, sl
         };
         trees.sub_log.remove(sub_key(num, seq))?;
         trees.pending.remove(sub_key(num, seq))?;
-        if let Some(delivery) = decode::<Delivery>(&bytes) {
-            end_callback(trees, &delivery)?;
+        if let Some(mut delivery) = decode::<Delivery>(&bytes) {
+            end_callback(trees, &mut delivery)?;
             removed.push(delivery);
         }
     }

@@ -282,19 +282,7 @@ fn valid_header(name: &str, value: &str) -> Result<(), String> {
         .map_err(|_| format!("`headers`: `{name}` is not a header name"))?;
     http::HeaderValue::from_str(value)
         .map_err(|_| format!("`headers.{name}`: the value is not a valid header value"))?;
-    let lower = name.to_ascii_lowercase();
-    if lower.starts_with("webhook-")
-        || lower.starts_with("hookgate-")
-        || matches!(
-            lower.as_str(),
-            "content-type"
-                | "content-length"
-                | "host"
-                | "user-agent"
-                | "transfer-encoding"
-                | "connection"
-        )
-    {
+    if crate::deliver::reserved_header(&name.to_ascii_lowercase()) {
         return Err(format!("`headers`: `{name}` is set by hookgate itself"));
     }
     Ok(())

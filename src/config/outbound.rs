@@ -26,27 +26,6 @@ pub const MAX_RETRIES: usize = 100;
 /// The range of `max_in_flight`.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
-/// Headers hookgate sets on every attempt, which a subscription's `headers` may not
-/// replace: the Standard Webhooks signature, what describes the body, and transport.
-const RESERVED_HEADERS: &[&str] = &[
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "user-agent",
-    "content-type",
-    "content-length",
-    "content-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-];
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
@@ -373,7 +352,7 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), String> {
         let parsed = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("`{name}` is not a header name"))?;
         let lower = parsed.as_str();
-        if RESERVED_HEADERS.contains(&lower) || lower.starts_with("hookgate-") {
+        if crate::deliver::reserved_header(lower) {
             return Err(format!("`{name}` is set by hookgate on every attempt"));
         }
         if !seen.insert(parsed.clone()) {

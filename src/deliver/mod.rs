@@ -57,6 +57,32 @@ pub struct Deliverer {
     pub metrics: Arc<Metrics>,
 }
 
+/// Headers hookgate sets on every attempt, which a subscription's `headers` may not
+/// replace (from the config or the API alike): the Standard Webhooks signature, what
+/// describes the body, and transport; and every `webhook-*` and `hookgate-*` name.
+const RESERVED_HEADERS: &[&str] = &[
+    "user-agent",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// Whether a subscription may not set the header `lower` (a lowercase name).
+pub fn reserved_header(lower: &str) -> bool {
+    lower.starts_with("webhook-")
+        || lower.starts_with("hookgate-")
+        || RESERVED_HEADERS.contains(&lower)
+}
+
 /// Whether hookgate itself sends a subscription's deliveries.
 fn pushed(sub: &Subscription) -> bool {
     sub.url.is_some() && sub.mode != Mode::Pull

@@ -122,10 +122,10 @@ impl Deliverer {
     /// The secrets a subscription signs with now: a config-managed one's from the
     /// config; an API one's current secret and, for a day after a rotation, the old one.
     pub(crate) fn secrets(&self, sub: &Subscription, now_ms: u64) -> Vec<String> {
-        if let Some(secrets) = self.config_secrets.load().get(&sub.name) {
-            if sub.managed == crate::journal::subscription::Managed::Config {
-                return secrets.clone();
-            }
+        if sub.managed == crate::journal::subscription::Managed::Config {
+            // The journal keeps none of these (see `managed`).
+            let config = self.config_secrets.load();
+            return config.get(&sub.name).cloned().unwrap_or_default();
         }
         sub.secrets
             .iter()

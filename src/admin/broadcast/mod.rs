@@ -196,14 +196,14 @@ impl Broadcaster {
         ring.published = ring.published.max(end);
     }
 
-    /// A client's subscription to the events after `after` (`None`: the newest published
-    /// now) that pass `filter`. A start past the newest durable event (a journal that was
+    /// A client's subscription to the events after `after` (`None`: the newest durable
+    /// event now, which the feed may not have published yet) that pass `filter`. A start past the newest durable event (a journal that was
     /// started afresh) is taken as the newest.
     pub fn subscribe(&self, filter: Filter, after: Option<u64>) -> Subscription {
         let durable = *self.shared.journal.last_seq().borrow();
         let ring = self.ring();
         self.shared.clients.fetch_add(1, Ordering::AcqRel);
-        let position = after.map_or(ring.published, |after| after.min(durable));
+        let position = after.map_or(durable, |after| after.min(durable));
         let state = join(&ring, &self.shared.sender, position);
         drop(ring);
         Subscription::new(self.shared.clone(), filter, position, state)
@@ -290,6 +290,7 @@ mod tests {
             embedded: true,
             stages: None,
             delivery: Default::default(),
+            segment_bytes: crate::journal::SEGMENT_BYTES,
         })
         .unwrap()
     }

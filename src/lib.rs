@@ -149,6 +149,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             retry: config.outbound.retry(),
             disable_after: config.outbound.disable_after(),
         },
+        segment_bytes: config.journal.segment_size.0,
     })
     .with_context(|| {
         format!(
@@ -329,6 +330,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
     tasks.push(tokio::spawn(compact_periodically(
         journal.clone(),
         clock,
+        config.journal.compact_every.0,
         stopped,
     )));
     tracing::info!(addr = %ingest_addr, "ingest listening");
@@ -390,13 +392,15 @@ async fn summarise_refusals(refusals: Arc<refuse::RefusalLog>, mut stop: watch::
     refusals.flush();
 }
 
-/// Compacts the journal once a minute, a chunk at a time, until nothing remains.
+/// Compacts the journal every `every` (`journal.compact_every`), a chunk at a time,
+/// until nothing remains.
 async fn compact_periodically(
     journal: Journal,
     clock: Arc<dyn Clock>,
+    every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = listen::stopped(&mut stop) => return,

@@ -124,6 +124,12 @@ pub struct JournalConfig {
     /// 5% of the disk.
     #[serde(default)]
     pub min_free: Option<Floor>,
+    /// A commit log segment is closed, and the next one started, once it holds this much.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: Size,
+    /// How often compaction looks for events past retention and ids past the window.
+    #[serde(default = "default_compact_every")]
+    pub compact_every: Dur,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -255,6 +261,12 @@ fn default_journal_path() -> PathBuf {
 fn default_retention() -> Dur {
     Dur(Duration::from_secs(7 * 86_400))
 }
+fn default_segment_size() -> Size {
+    Size(64 * 1024 * 1024)
+}
+fn default_compact_every() -> Dur {
+    Dur(Duration::from_secs(60))
+}
 fn default_dedup_window() -> Dur {
     Dur(Duration::from_secs(72 * 3_600))
 }
@@ -312,6 +324,8 @@ impl Default for JournalConfig {
             max_backlog: default_max_backlog(),
             max_backlog_bytes: None,
             min_free: None,
+            segment_size: default_segment_size(),
+            compact_every: default_compact_every(),
         }
     }
 }
@@ -381,6 +395,13 @@ impl Config {
         }
         if self.journal.max_backlog == 0 {
             bail!("journal.max_backlog must be at least 1");
+        }
+        const SEGMENT_SIZES: std::ops::RangeInclusive<u64> = 64 * 1024..=1024 * 1024 * 1024;
+        if !SEGMENT_SIZES.contains(&self.journal.segment_size.0) {
+            bail!("journal.segment_size must be between 64KiB and 1GiB");
+        }
+        if self.journal.compact_every.0 < Duration::from_secs(1) {
+            bail!("journal.compact_every must be at least 1s");
         }
         // A body takes its whole length from the budget: one that could never fit would
         // wait until its request times out, every time.
@@ -484,6 +505,25 @@ mod tests {
         assert!(err.to_string().contains("admin.token"), "{err}");
         Config::parse("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"env:T\"\n").unwrap();
         Config::parse("[admin]\nlisten = \"[::1]:9090\"\n").unwrap();
+    }
+
+    #[test]
+    fn segment_size_and_compaction_interval_have_bounds() {
+        let journal = |keys: &str| Config::parse(&format!("[journal]\n{keys}\n"));
+        let config = journal("segment_size = \"1MiB\"\ncompact_every = \"2s\"").unwrap();
+        assert_eq!(config.journal.segment_size.0, 1 << 20);
+        assert_eq!(config.journal.compact_every.0, Duration::from_secs(2));
+        let default = journal("").unwrap();
+        assert_eq!(default.journal.segment_size.0, 64 << 20);
+        assert_eq!(default.journal.compact_every.0, Duration::from_secs(60));
+        for (keys, says) in [
+            ("segment_size = \"4KiB\"", "journal.segment_size"),
+            ("segment_size = \"2GiB\"", "journal.segment_size"),
+            ("compact_every = \"100ms\"", "journal.compact_every"),
+        ] {
+            let err = journal(keys).unwrap_err().to_string();
+            assert!(err.contains(says), "{keys}: {err}");
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Core {
         let subscriptions = subscription::all_subscriptions(&trees).map_err(unwritable)?;
         complete_the_queue(&trees)?;
         let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
-        let mut writer = log::Writer::open(&log_dir, Some(tail))
+        let mut writer = log::Writer::open_sized(&log_dir, Some(tail), settings.segment_bytes)
             .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
         if recovered.fresh_segment || (fresh && tail.1 > 0) {
             writer

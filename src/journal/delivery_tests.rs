@@ -24,6 +24,7 @@ fn settings(dir: &Path) -> Settings {
             retry: vec![Duration::from_secs(1)],
             disable_after: Duration::from_secs(3600),
         },
+        segment_bytes: SEGMENT_BYTES,
     }
 }
 

@@ -31,11 +31,12 @@ use std::sync::{Arc, Mutex};
 
 use super::record::Loc;
 
-/// A segment is closed and a new one started once it holds this much.
+/// A segment is closed and a new one started once it holds this much, unless
+/// `journal.segment_size` says otherwise.
 #[cfg(not(test))]
-const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 #[cfg(test)]
-const SEGMENT_BYTES: u64 = 4096;
+pub const SEGMENT_BYTES: u64 = 4096;
 const HEADER: usize = 24;
 /// The header of the first entry format: length and CRC.
 const HEADER_V1: usize = 8;
@@ -262,6 +263,8 @@ pub struct Writer {
     /// The next segment, being created (and its directory entry synced) on a thread of
     /// its own once this one is half full, so that a rotation does not stall a group.
     next: Option<std::thread::JoinHandle<io::Result<File>>>,
+    /// A segment is closed once it holds this much.
+    segment_bytes: u64,
 }
 
 /// Creates segment `n` and makes its directory entry durable.
@@ -279,9 +282,19 @@ fn create(dir: &Path, n: u64) -> io::Result<File> {
 const PENDING_KEEP: usize = 1 << 20;
 
 impl Writer {
-    /// Continues `segment` at `len` (cutting off anything after it), or starts segment 1
-    /// when there is none.
+    /// [`Writer::open_sized`] with the default segment size.
+    #[cfg(test)]
     pub fn open(dir: &Path, last: Option<(u64, u64)>) -> io::Result<Writer> {
+        Writer::open_sized(dir, last, SEGMENT_BYTES)
+    }
+
+    /// Continues `segment` at `len` (cutting off anything after it), or starts segment 1
+    /// when there is none; closes segments once they hold `segment_bytes`.
+    pub fn open_sized(
+        dir: &Path,
+        last: Option<(u64, u64)>,
+        segment_bytes: u64,
+    ) -> io::Result<Writer> {
         let (segment, len) = last.unwrap_or((1, 0));
         let file = OpenOptions::new()
             .read(true)
@@ -303,6 +316,7 @@ impl Writer {
             pending_at: len,
             unsynced: Vec::new(),
             next: None,
+            segment_bytes,
         })
     }
 
@@ -315,9 +329,9 @@ impl Writer {
     /// Like `append`, with `encode` writing the entry's bytes straight into the pending
     /// buffer (no copy of its own).
     pub fn append_with(&mut self, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<Loc> {
-        if self.len >= SEGMENT_BYTES {
+        if self.len >= self.segment_bytes {
             self.rotate()?;
-        } else if self.len >= SEGMENT_BYTES / 2 && self.next.is_none() {
+        } else if self.len >= self.segment_bytes / 2 && self.next.is_none() {
             let (dir, n) = (self.dir.clone(), self.segment + 1);
             self.next = std::thread::Builder::new()
                 .name("journal-segment".into())

@@ -40,6 +40,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use deliveries::{CallbackAnswer, DeliveryOutcome, SubStats, Verdict, OPERATIONAL_SOURCE};
 pub use disk::MinFree;
+pub use log::SEGMENT_BYTES;
 pub use record::{Attempt, Record, Status, Summary};
 pub use subscription::{Delivery, DeliveryAttempt, DeliveryStatus, Mode, Subscription};
 
@@ -67,6 +68,8 @@ pub struct Settings {
     pub stages: Option<Stages>,
     /// How deliveries to subscriptions retry, and when a failing one is disabled.
     pub delivery: DeliveryPolicy,
+    /// A commit log segment is closed once it holds this much.
+    pub segment_bytes: u64,
 }
 
 /// What the journal decides about deliveries itself (the workers decide the rest).

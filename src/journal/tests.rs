@@ -19,6 +19,7 @@ fn settings(dir: &Path) -> Settings {
         embedded: false,
         stages: None,
         delivery: Default::default(),
+        segment_bytes: SEGMENT_BYTES,
     }
 }
 
@@ -341,6 +342,35 @@ async fn reopening_keeps_records_sequence_and_dedup() {
         ["a", "b", "c"]
     );
     assert_eq!(next, 3);
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn segments_are_closed_at_the_configured_size_and_read_back_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let sized = || Settings {
+        segment_bytes: 64 * 1024,
+        ..settings(dir.path())
+    };
+    let journal = Journal::open(sized()).unwrap();
+    for n in 0..40 {
+        let mut e = event(&format!("e{n}"), 1);
+        e.body = Bytes::from(vec![b' '; 8 * 1024]);
+        journal.append(e).await.unwrap();
+    }
+    journal.close().await;
+    drop(journal);
+    let segments = log::segments(&dir.path().join("journal/log")).unwrap();
+    // 40 events of 8 KiB in segments of 64 KiB: at least five are closed.
+    assert!(segments.len() >= 5, "{segments:?}");
+    let journal = Journal::open(sized()).unwrap();
+    for seq in 1..=40 {
+        let record = journal
+            .get(seq)
+            .unwrap()
+            .expect("every event is still there");
+        assert_eq!(record.body.len(), 8 * 1024, "seq {seq}");
+    }
     journal.close().await;
 }
 

@@ -276,6 +276,7 @@ pub fn journal_settings(path: &Path, embedded: bool) -> hookgate::journal::Setti
         embedded,
         stages: None,
         delivery: Default::default(),
+        segment_bytes: hookgate::journal::SEGMENT_BYTES,
     }
 }
 

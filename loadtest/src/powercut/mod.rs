@@ -7,6 +7,7 @@
 
 mod guest;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,12 +23,23 @@ use guest::{Accel, Guest, Kit, Machine};
 /// one; only the host's loopback reaches it).
 const TOKEN: &str = "powercut-admin-token-0123456789";
 const AMQP_HOST: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// A journal segment is closed at 64 MiB (`SEGMENT_BYTES` in src/journal/log.rs).
-const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The guest's `journal.segment_size`: small, so that segments are closed and started
+/// in every cycle, not once in 64 MiB (the code that rotates is the same at any size).
+const SEGMENT_BYTES: u64 = 1024 * 1024;
 /// The index is flushed every 200 ms (`FLUSH_EVERY` in src/journal/index.rs).
 const FLUSH_MS: u64 = 200;
-/// The body size of the rotation moment: under the default 1 MiB `max_body`.
-const BIG_BODY: usize = 900_000;
+/// The body size of the load.
+const BODY: usize = 1600;
+/// What one event of `BODY` bytes takes in a segment, a little less than the 1,850 or so
+/// measured, so that the load goes past the boundary: the entry's header, the
+/// request's headers and the summary besides the body.
+const ENTRY_BYTES: u64 = 1_800;
+/// `journal.retention` of the compaction moment's guest: events older than this are
+/// removed while the load runs (`journal.compact_every` is 1 s there).
+const SHORT_RETENTION: Duration = Duration::from_secs(5);
+/// How much the guest's clock may run ahead of the host's: an event acknowledged less
+/// than `SHORT_RETENTION - CLOCK_SLACK` before the cut must be found after it.
+const CLOCK_SLACK: Duration = Duration::from_secs(2);
 
 pub struct Options {
     pub hookgate: PathBuf,
@@ -45,19 +57,28 @@ pub struct Options {
 pub enum Moment {
     /// Anywhere under load with some duplicates.
     Random,
-    /// While a segment is closed and the next one started: big bodies up to the 64 MiB
-    /// boundary of the newest segment (read from the guest's boot listing), then the cut.
+    /// While a segment is closed and the next one started: events up to the boundary of
+    /// the newest segment (its size read from the guest's boot listing), then the cut.
     Rotation,
     /// During the index's background flush (every 200 ms under load): after 2 s of load,
     /// at a random phase of the flush period.
     Flush,
     /// In a burst of duplicates: 90% of requests repeat an accepted id.
     Duplicates,
+    /// While compaction removes events and segments: the guest is booted with a 5 s
+    /// retention and compaction every second, so that every earlier event and the load's
+    /// own older ones are being removed (and their segments deleted) when the cut comes.
+    Compaction,
 }
 
-/// The default moments, in turn. Rotation is left out: 64 MiB of big bodies takes
-/// minutes in an emulated guest (ask for it with `--moment rotation`).
-const ALL: [Moment; 3] = [Moment::Random, Moment::Duplicates, Moment::Flush];
+/// The default moments, in turn.
+const ALL: [Moment; 5] = [
+    Moment::Random,
+    Moment::Duplicates,
+    Moment::Flush,
+    Moment::Rotation,
+    Moment::Compaction,
+];
 
 #[derive(Default)]
 pub struct Outcome {
@@ -68,6 +89,9 @@ pub struct Outcome {
     pub queue: Option<Counts>,
     /// Acknowledged ids answered anything but `duplicate` after a cut.
     pub forgotten: u64,
+    /// Acknowledged events that compaction removed, as the short retention allowed (they
+    /// are no longer looked for in the journal; their ids still must be `duplicate`).
+    pub compacted: u64,
     /// From each boot's start (QEMU spawned) to the first answer of `/healthz`.
     pub boots: Vec<Duration>,
     /// From `hookgate serve`'s start in the guest to the first answer of `/healthz`.
@@ -99,6 +123,7 @@ impl Outcome {
             "journal": self.journal.to_json(),
             "queue": self.queue.map(Counts::to_json),
             "forgotten_duplicates": self.forgotten,
+            "compacted": self.compacted,
             "boot_ms": ms(&self.boots),
             "recovery_ms": ms(&self.recoveries),
             "recovery_ms_p50": percentile(&self.recoveries, 0.5),
@@ -122,6 +147,10 @@ impl Outcome {
         println!(
             "acknowledged ids no longer answered `duplicate`: {}",
             self.forgotten
+        );
+        println!(
+            "acknowledged events removed by the compaction moment's retention: {}",
+            self.compacted
         );
         println!(
             "recovery (hookgate start to /healthz), ms: p50 {:.0}, max {:.0}; boot to /healthz p50 {:.0}",
@@ -153,8 +182,9 @@ fn free_ports() -> anyhow::Result<(u16, u16)> {
 }
 
 /// The guest's config: ingest and admin on all of the guest's addresses, the journal on
-/// the virtio disk and, with a broker, RabbitMQ through QEMU's guestfwd.
-fn config(broker: Option<&(String, String)>) -> String {
+/// the virtio disk with small segments and, with a broker, RabbitMQ through QEMU's
+/// guestfwd. With `compact`, the compaction moment's short retention.
+fn config(broker: Option<&(String, String)>, compact: bool) -> String {
     let sources = include_str!("../../load.toml");
     let sources = &sources[sources.find("[[sources]]").expect("load.toml has sources")..];
     let broker = match broker {
@@ -165,9 +195,19 @@ fn config(broker: Option<&(String, String)>) -> String {
         ),
         None => String::new(),
     };
+    let compaction = if compact {
+        format!(
+            "retention = \"{}s\"\ncompact_every = \"1s\"\n",
+            SHORT_RETENTION.as_secs()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "[server]\nlisten = \"0.0.0.0:8080\"\n\n[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"{TOKEN}\"\n\n\
-         [journal]\npath = \"/mnt/journal\"\nmax_backlog = 100000000\n\n{broker}\n{sources}"
+         [journal]\npath = \"/mnt/journal\"\nmax_backlog = 100000000\nsegment_size = \"{}KiB\"\n{compaction}\n\
+         {broker}\n{sources}",
+        SEGMENT_BYTES / 1024
     )
 }
 
@@ -180,6 +220,11 @@ struct Run {
     sources: Vec<Arc<hookgate::source::Source>>,
     names: Vec<String>,
     sent: Sent,
+    /// Acknowledged events the compaction moment's retention may have removed: those
+    /// missing at the next check leave `sent` for `compacted`.
+    expirable: HashSet<(String, String)>,
+    /// Acknowledged events compaction removed: their ids must still be `duplicate`.
+    compacted: Vec<(String, String)>,
     queued: Found,
     /// The broker's queue, with `--broker`.
     queue: Option<String>,
@@ -204,11 +249,12 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         let prefix = format!("hookgate-powercut.{}.{stamp}", std::process::id());
         (format!("{prefix}.x"), format!("{prefix}.q"))
     });
-    let text = config(names.as_ref());
+    let text = config(names.as_ref(), false);
     let host_config = dir.join("hookgate.toml");
     std::fs::write(&host_config, &text)?;
     let (_, sources) = run::sources(&host_config, &[])?;
-    let initramfs = guest::initramfs(&kit, &options.hookgate, &[("default", text)], &dir)?;
+    let configs = [("default", text), ("compact", config(names.as_ref(), true))];
+    let initramfs = guest::initramfs(&kit, &options.hookgate, &configs, &dir)?;
     let disk = dir.join("disk.img");
     guest::disk(&disk, 4 << 30)?;
     let (ingest_port, admin_port) = free_ports()?;
@@ -234,6 +280,8 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         names: sources.iter().map(|s| s.name.clone()).collect(),
         sources,
         sent: Sent::new(),
+        expirable: HashSet::new(),
+        compacted: Vec::new(),
         queued: Found::new(),
         queue: names.as_ref().map(|(_, q)| q.clone()),
         boots: 0,
@@ -268,7 +316,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
 
 async fn cycles(state: &mut Run, options: &Options, stamp: u128) -> anyhow::Result<()> {
     let mut rng = Rng::seeded();
-    let mut guest = boot(state).await?;
+    let mut guest = boot(state, "default").await?;
     for cycle in 0..options.cycles {
         let moments: &[Moment] = if options.moments.is_empty() {
             &ALL
@@ -276,9 +324,23 @@ async fn cycles(state: &mut Run, options: &Options, stamp: u128) -> anyhow::Resu
             &options.moments
         };
         let moment = moments[cycle as usize % moments.len()];
+        if moment == Moment::Compaction {
+            // Every event so far is older than the short retention by the time this
+            // guest is up: compaction is busy removing them when the load starts.
+            guest.cut()?;
+            state.expirable.extend(
+                state
+                    .sent
+                    .iter()
+                    .filter(|(_, fate)| **fate == Fate::Acked)
+                    .map(|(key, _)| key.clone()),
+            );
+            guest = boot(state, "compact").await?;
+        }
         let prefix = format!("pc{stamp}c{cycle}");
         let (report, wait) =
             load_and_cut(state, &mut guest, moment, &prefix, options, &mut rng).await?;
+        let cut = Instant::now();
         let acked: Vec<(String, String)> = report
             .tally
             .ids
@@ -286,10 +348,27 @@ async fn cycles(state: &mut Run, options: &Options, stamp: u128) -> anyhow::Resu
             .filter(|(_, _, f)| *f == Fate::Acked)
             .map(|(s, id, _)| (s.clone(), id.clone()))
             .collect();
+        if moment == Moment::Compaction {
+            // Only the events acknowledged within the retention before the cut must
+            // still be there.
+            let recent: HashSet<&str> = report
+                .tally
+                .accepted_at
+                .iter()
+                .filter(|(_, at)| cut.duration_since(*at) < SHORT_RETENTION - CLOCK_SLACK)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            state.expirable.extend(
+                acked
+                    .iter()
+                    .filter(|(_, id)| !recent.contains(id.as_str()))
+                    .cloned(),
+            );
+        }
         for (source, id, fate) in report.tally.ids {
             state.sent.insert((source, id), fate);
         }
-        guest = boot(state).await?;
+        guest = boot(state, "default").await?;
         check(state, &guest, &acked, &mut rng).await?;
         state.outcome.cycles = cycle + 1;
         eprintln!(
@@ -317,10 +396,10 @@ async fn cycles(state: &mut Run, options: &Options, stamp: u128) -> anyhow::Resu
 /// Boots the guest and waits for `/healthz`; the first boot falls back from KVM to TCG
 /// if a KVM guest does not come up, and from `cache=none` to `writeback` if the host's
 /// filesystem refuses O_DIRECT.
-async fn boot(state: &mut Run) -> anyhow::Result<Guest> {
+async fn boot(state: &mut Run, config: &str) -> anyhow::Result<Guest> {
     loop {
         state.boots += 1;
-        let mut guest = state.machine.boot(state.accel, "default", state.boots)?;
+        let mut guest = state.machine.boot(state.accel, config, state.boots)?;
         let limit = match state.accel {
             // A KVM guest that works answers in a few seconds; one that hits "emulation
             // failure" (nested virtualisation) hangs silently.
@@ -409,7 +488,7 @@ async fn load_and_cut(
         duration: None,
         count: None,
         duplicates: 0.2,
-        size: 1600,
+        size: BODY,
         prefix: prefix.to_string(),
         tls: None,
     };
@@ -417,13 +496,16 @@ async fn load_and_cut(
     let began = Instant::now();
     let report = match moment {
         Moment::Rotation => {
-            // Big bodies up to the newest segment's end and a few past it; the cut comes
-            // as the last of them is answered, while the segment is being changed.
+            // Events up to the newest segment's end and a few past it; the cut comes as
+            // the last of them is answered, while the segment is being changed.
             let newest = newest_segment_bytes(&guest.console_text());
             let left = SEGMENT_BYTES.saturating_sub(newest);
-            plan.size = BIG_BODY;
             plan.duplicates = 0.0;
-            plan.count = Some(left / (BIG_BODY as u64 + 600) + rng.next() % 4);
+            let count = left / ENTRY_BYTES + rng.next() % 8;
+            eprintln!(
+                "powercut: the newest segment holds {newest} bytes: {count} events to its end and past it"
+            );
+            plan.count = Some(count);
             plan.connections = options.connections.min(4);
             let load = tokio::spawn(run::run(plan, stop.clone()));
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -442,6 +524,9 @@ async fn load_and_cut(
                     plan.duplicates = 0.9;
                     2000 + rng.next() % 4000
                 }
+                // Past the short retention, so that the load's own first events are
+                // being removed too.
+                Moment::Compaction => 6000 + rng.next() % 4000,
                 _ => 1000 + rng.next() % 5000,
             };
             let load = tokio::spawn(run::run(plan, stop.clone()));
@@ -478,14 +563,25 @@ async fn check(
     let found = verify::journal(&state.admin, Some(TOKEN), &state.names)
         .await
         .with_context(|| format!("cannot read the journal\n{}", guest.tail(40)))?;
+    for key in std::mem::take(&mut state.expirable) {
+        if !found.contains_key(&key) && state.sent.remove(&key).is_some() {
+            state.compacted.push(key);
+            state.outcome.compacted += 1;
+        }
+    }
     state.outcome.journal = verify::check(&state.sent, &found);
-    let sample = 40.min(acked.len());
-    for _ in 0..sample {
-        let (source, id) = &acked[(rng.next() % acked.len() as u64) as usize];
+    // The last cycle's ids, and some whose events compaction removed.
+    let mut sample: Vec<&(String, String)> = (0..40.min(acked.len()))
+        .map(|_| &acked[(rng.next() % acked.len() as u64) as usize])
+        .collect();
+    for _ in 0..20.min(state.compacted.len()) {
+        sample.push(&state.compacted[(rng.next() % state.compacted.len() as u64) as usize]);
+    }
+    for (source, id) in sample {
         let Some(which) = state.sources.iter().find(|s| &s.name == source) else {
             continue;
         };
-        let answer = run::answer_once(&state.ingest, which, id, 1600).await;
+        let answer = run::answer_once(&state.ingest, which, id, BODY).await;
         if answer.as_deref() != Some("duplicate") {
             eprintln!(
                 "powercut: {source} {id} acknowledged before the cut, now answered {answer:?}"

@@ -27,7 +27,7 @@ pub struct Row {
     pub hookgate: Report,
 }
 
-const SECRET: &str = "bench-github-secret";
+pub(crate) const SECRET: &str = "bench-github-secret";
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -11,6 +11,8 @@
 //!   without subscriptions ([`deliveries`]).
 //! - `baseline`: a bare hyper server that reads each body and answers 200, the ceiling
 //!   hookgate is measured against.
+//! - `hmac` and `floor`: the baseline plus GitHub's signature check, and that plus an
+//!   append and one `fdatasync` per group before the 200 ([`floor`]).
 //! - `post`: GitHub pushes over plain HTTP or mTLS ([`https`]).
 //! - `queue-watch`: how long a RabbitMQ queue takes to reach a depth.
 //! - `balance`: a round-robin TCP load balancer for several replicas ([`balance`]).
@@ -19,6 +21,7 @@ mod balance;
 mod bench;
 mod crash;
 mod deliveries;
+mod floor;
 mod https;
 mod powercut;
 mod run;
@@ -221,6 +224,22 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
+    /// The CPU ceiling: reads the body, checks GitHub's X-Hub-Signature-256 with the
+    /// bench secret (401 if wrong), answers 200, keeps nothing.
+    Hmac {
+        #[arg(long, default_value = "127.0.0.1:8083")]
+        listen: SocketAddr,
+    },
+    /// The floor for durable acknowledgements: the hmac server's check, then one writer
+    /// thread appends each group of waiting bodies to DIR/floor.log with one write and one
+    /// fdatasync, and only then are the group's requests answered 200.
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:8084")]
+        listen: SocketAddr,
+        /// Where floor.log is created (empty); put it on the journal's filesystem.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// A round-robin TCP load balancer: each connection goes to the next --backend that
     /// accepts it (for trying several replicas on one machine).
     Balance {
@@ -327,9 +346,12 @@ async fn answer(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let _ = request.into_body().collect().await;
-    Ok(Response::new(Full::new(Bytes::from_static(
-        br#"{"status":"accepted"}"#,
-    ))))
+    Ok(accepted())
+}
+
+/// The 200 every stand-in server gives: the status a hookgate client counts as accepted.
+fn accepted() -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from_static(br#"{"status":"accepted"}"#)))
 }
 
 fn exit(ok: bool) -> std::process::ExitCode {
@@ -622,6 +644,22 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             let listener = TcpListener::bind(listen).await?;
             eprintln!("baseline listening on {}", listener.local_addr()?);
             bench::serve_baseline(listener, None).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hmac { listen } => {
+            let listener = TcpListener::bind(listen).await?;
+            eprintln!("hmac listening on {}", listener.local_addr()?);
+            floor::serve_hmac(listener).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Floor { listen, dir } => {
+            let listener = TcpListener::bind(listen).await?;
+            eprintln!(
+                "floor listening on {}, writing {}",
+                listener.local_addr()?,
+                dir.join("floor.log").display()
+            );
+            floor::serve_floor(listener, &dir).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

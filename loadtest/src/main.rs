@@ -5,7 +5,8 @@
 //! - `crash`: SIGKILL at random moments under load, restart, verify ([`crash`]).
 //! - `powercut`: QEMU guests killed with SIGKILL under load, a real power cut; then
 //!   verify ([`powercut`]).
-//! - `bench`: the baseline and hookgate under the same load, plain and mTLS ([`bench`]).
+//! - `bench`: the baseline, the floor and hookgate under the same load, plain and mTLS,
+//!   with each server's CPU per request ([`bench`]).
 //! - `deliveries`: ingest at a fixed rate with N subscriptions to a local sink:
 //!   deliveries/s, accept-to-delivery latency, and the acknowledgement latency with and
 //!   without subscriptions ([`deliveries`]).
@@ -19,6 +20,7 @@
 
 mod balance;
 mod bench;
+mod cpu;
 mod crash;
 mod deliveries;
 mod floor;
@@ -157,9 +159,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The baseline, then hookgate (a fresh journal, fsync before every 200), under the
-    /// same closed-loop load, in plain HTTP and in mutual TLS; prints req/s, p99 and
-    /// the ratio.
+    /// The baseline, the floor (plain HTTP only) and hookgate (a fresh journal, fsync
+    /// before every 200), each its own process, under the same closed-loop load, in plain
+    /// HTTP and in mutual TLS; prints req/s, p99, p99.9, each server's CPU per request
+    /// and hookgate's ratios to the baseline and the floor.
     Bench {
         /// The hookgate binary to run.
         #[arg(long, default_value = "target/release/hookgate")]
@@ -223,6 +226,11 @@ enum Command {
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+        /// Mutual TLS as hookgate sets it up, from this directory's server.pem,
+        /// server-key.pem and ca.pem (as `hookgate gen-certs` writes them); a client
+        /// certificate is required.
+        #[arg(long, value_name = "DIR")]
+        mtls: Option<PathBuf>,
     },
     /// The CPU ceiling: reads the body, checks GitHub's X-Hub-Signature-256 with the
     /// bench secret (401 if wrong), answers 200, keeps nothing.
@@ -640,10 +648,11 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             balance::serve(listener, backends).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Baseline { listen } => {
+        Command::Baseline { listen, mtls } => {
+            let tls = mtls.as_deref().map(bench::acceptor).transpose()?;
             let listener = TcpListener::bind(listen).await?;
             eprintln!("baseline listening on {}", listener.local_addr()?);
-            bench::serve_baseline(listener, None).await;
+            bench::serve_baseline(listener, tls).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Hmac { listen } => {

@@ -1,12 +1,20 @@
-//! `hookgate-loadtest bench`: the bare-hyper baseline and hookgate, one after the other
-//! under the same load from the same client, in plain HTTP and in mutual TLS, and the
-//! ratio of each pair. The baseline's TLS is hookgate's own (the same certificates, the
-//! same client-certificate check), so the ratio is the price of verifying, journaling
-//! and fsyncing, not of TLS.
+//! `hookgate-loadtest bench`: the bare-hyper baseline, the floor and hookgate, one after
+//! the other under the same load from the same client, in plain HTTP and in mutual TLS,
+//! and hookgate's ratio to each. The floor (see [`crate::floor`]) runs in plain HTTP only:
+//! it stands for the disk, which TLS does not change. The baseline's TLS is hookgate's own
+//! (the same certificates, the same client-certificate check), so the ratio is the price
+//! of verifying, journaling and fsyncing, not of TLS.
+//!
+//! Every server is a process of its own (the baseline and the floor are this binary's
+//! `baseline` and `floor`), so each one's CPU per request is measured alike: its user and
+//! system time from `/proc/PID/stat` across the load, over the requests sent. The load
+//! client's own CPU is in none of them.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -23,11 +31,18 @@ pub struct Options {
 
 pub struct Row {
     pub mode: &'static str,
-    pub baseline: Report,
-    pub hookgate: Report,
+    /// In the order they ran: `bare`, `floor` (plain only), `hookgate`.
+    pub servers: Vec<Measured>,
 }
 
-const SECRET: &str = "bench-github-secret";
+pub struct Measured {
+    pub server: &'static str,
+    pub report: Report,
+    /// The server process's CPU time over the load, per request sent, in microseconds.
+    pub cpu_per_request: f64,
+}
+
+pub(crate) const SECRET: &str = "bench-github-secret";
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -54,6 +69,19 @@ fn config(dir: &Path, mtls: bool) -> anyhow::Result<(PathBuf, SocketAddr, Socket
     let path = dir.join(if mtls { "mtls.toml" } else { "plain.toml" });
     std::fs::write(&path, text)?;
     Ok((path, ingest, admin))
+}
+
+/// hookgate's TLS with a required client certificate, from `dir`'s server.pem,
+/// server-key.pem and ca.pem.
+pub fn acceptor(dir: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let settings = hookgate::config::TlsConfig {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        client_ca: Some(dir.join("ca.pem")),
+        client_auth: hookgate::config::ClientAuth::Required,
+    };
+    let tls = hookgate::listen::tls::Tls::load(&settings).map_err(anyhow::Error::msg)?;
+    Ok(tls.acceptor())
 }
 
 /// The baseline server on `listener`, with hookgate's TLS when `tls` is set.
@@ -86,6 +114,40 @@ pub async fn serve_baseline(listener: TcpListener, tls: Option<tokio_rustls::Tls
     }
 }
 
+/// A server process, stopped when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts this binary with `args` (a `baseline` or `floor` command) and waits until
+/// `addr` takes connections.
+async fn start_own(args: Vec<OsString>, addr: SocketAddr) -> anyhow::Result<Server> {
+    let mut server = Server(
+        std::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let began = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = server.0.try_wait()? {
+            anyhow::bail!("the server on {addr} exited while starting: {status}");
+        }
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(10),
+            "nothing listened on {addr} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(server)
+}
+
 async fn load(
     config: &Path,
     addr: SocketAddr,
@@ -113,6 +175,29 @@ async fn load(
     Ok(run::run(plan, Default::default()).await)
 }
 
+/// Loads `addr`, served by `server`, and takes the server's CPU time across the load.
+async fn measure(
+    name: &'static str,
+    server: &Server,
+    config: &Path,
+    addr: SocketAddr,
+    options: &Options,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> anyhow::Result<Measured> {
+    let before = crate::cpu::ticks(server.0.id())?;
+    let report = load(config, addr, options, tls, name).await?;
+    let used = crate::cpu::ticks(server.0.id())? - before;
+    Ok(Measured {
+        server: name,
+        cpu_per_request: crate::cpu::micros(used) / report.tally.sent.max(1) as f64,
+        report,
+    })
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 pub async fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     let dir = std::env::temp_dir().join(format!("hookgate-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -123,89 +208,145 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Row>> {
             continue;
         }
         let (config, ingest, admin) = config(&dir, mtls)?;
-        let (acceptor, connector) = if mtls {
-            let settings = hookgate::config::TlsConfig {
-                cert: dir.join("server.pem"),
-                key: dir.join("server-key.pem"),
-                client_ca: Some(dir.join("ca.pem")),
-                client_auth: hookgate::config::ClientAuth::Required,
-            };
-            let tls = hookgate::listen::tls::Tls::load(&settings).map_err(anyhow::Error::msg)?;
-            let connector = crate::https::connector(
+        let connector = if mtls {
+            Some(crate::https::connector(
                 &dir.join("ca.pem"),
                 &dir.join("client.pem"),
                 &dir.join("client-key.pem"),
-            )?;
-            (Some(tls.acceptor()), Some(connector))
+            )?)
         } else {
-            (None, None)
+            None
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let base_addr = listener.local_addr()?;
-        let server = tokio::spawn(serve_baseline(listener, acceptor));
-        let baseline = load(&config, base_addr, &options, connector.clone(), "b").await?;
-        server.abort();
+        let mut servers = Vec::new();
 
-        let mut child = crate::crash::start(&options.hookgate, &config, None)?;
-        let measured = async {
-            crate::crash::answering(&format!("http://{admin}"), &mut child).await?;
-            load(&config, ingest, &options, connector, "h").await
+        let addr = local(free_port()?);
+        let mut args: Vec<OsString> = vec![
+            "baseline".into(),
+            "--listen".into(),
+            addr.to_string().into(),
+        ];
+        if mtls {
+            args.extend(["--mtls".into(), dir.clone().into()]);
         }
-        .await;
-        let _ = child.kill();
-        let _ = child.wait();
-        rows.push(Row {
-            mode,
-            baseline,
-            hookgate: measured?,
-        });
+        let bare = start_own(args, addr).await?;
+        servers.push(measure("bare", &bare, &config, addr, &options, connector.clone()).await?);
+        drop(bare);
+
+        if !mtls {
+            // Beside the journal, on the same filesystem.
+            let floor_dir = dir.join("floor");
+            std::fs::create_dir_all(&floor_dir)?;
+            let addr = local(free_port()?);
+            let args = vec![
+                "floor".into(),
+                "--listen".into(),
+                addr.to_string().into(),
+                "--dir".into(),
+                floor_dir.clone().into(),
+            ];
+            let floor = start_own(args, addr).await?;
+            servers.push(measure("floor", &floor, &config, addr, &options, None).await?);
+            drop(floor);
+            std::fs::remove_dir_all(&floor_dir)?;
+        }
+
+        let mut gate = Server(crate::crash::start(&options.hookgate, &config, None)?);
+        crate::crash::answering(&format!("http://{admin}"), &mut gate.0).await?;
+        servers.push(measure("hookgate", &gate, &config, ingest, &options, connector).await?);
+        drop(gate);
+        rows.push(Row { mode, servers });
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
 }
 
+fn rate(r: &Report) -> f64 {
+    r.tally.sent as f64 / r.elapsed.as_secs_f64().max(1e-9)
+}
+
+impl Row {
+    fn server(&self, name: &str) -> Option<&Measured> {
+        self.servers.iter().find(|m| m.server == name)
+    }
+
+    /// hookgate's rate over each other server's: `("hookgate/bare", 0.49)`, ….
+    fn ratios(&self) -> Vec<(String, f64)> {
+        let Some(gate) = self.server("hookgate") else {
+            return Vec::new();
+        };
+        self.servers
+            .iter()
+            .filter(|m| m.server != "hookgate")
+            .map(|m| {
+                let ratio = rate(&gate.report) / rate(&m.report).max(1e-9);
+                (format!("hookgate/{}", m.server), ratio)
+            })
+            .collect()
+    }
+}
+
 pub fn print(rows: &[Row], json: bool) {
-    let rate = |r: &Report| r.tally.sent as f64 / r.elapsed.as_secs_f64().max(1e-9);
-    let p99 = |r: &Report| r.latency.value_at_quantile(0.99) as f64 / 1000.0;
+    let ms = |r: &Report, q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
     if json {
         let rows: Vec<serde_json::Value> = rows
             .iter()
             .map(|row| {
-                serde_json::json!({
-                    "mode": row.mode,
-                    "baseline": row.baseline.to_json(),
-                    "hookgate": row.hookgate.to_json(),
-                    "ratio": rate(&row.hookgate) / rate(&row.baseline).max(1e-9),
-                })
+                let servers: serde_json::Map<String, serde_json::Value> = row
+                    .servers
+                    .iter()
+                    .map(|m| {
+                        let mut report = m.report.to_json();
+                        report["cpu_us_per_request"] = m.cpu_per_request.into();
+                        (m.server.to_string(), report)
+                    })
+                    .collect();
+                let ratios: serde_json::Map<String, serde_json::Value> = row
+                    .ratios()
+                    .into_iter()
+                    .map(|(name, ratio)| (name, ratio.into()))
+                    .collect();
+                serde_json::json!({ "mode": row.mode, "servers": servers, "ratios": ratios })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
-    println!("mode   baseline req/s (p99)     hookgate req/s (p99)     ratio");
+    println!("mode   server         req/s       p99     p99.9   CPU/request");
     for row in rows {
-        println!(
-            "{:<6} {:>10.0} ({:>6.2} ms)    {:>10.0} ({:>6.2} ms)    {:.2}x",
-            row.mode,
-            rate(&row.baseline),
-            p99(&row.baseline),
-            rate(&row.hookgate),
-            p99(&row.hookgate),
-            rate(&row.hookgate) / rate(&row.baseline).max(1e-9)
-        );
-        let refused: u64 = row
-            .hookgate
-            .tally
-            .answers
-            .iter()
-            .filter(|(kind, _)| kind.as_str() != "accepted")
-            .map(|(_, n)| n)
-            .sum();
-        if refused > 0 || row.hookgate.tally.errors > 0 {
+        for m in &row.servers {
             println!(
-                "       hookgate: {refused} answers other than accepted, {} without an answer",
-                row.hookgate.tally.errors
+                "{:<6} {:<9} {:>10.0} {:>6.2} ms {:>6.2} ms {:>8.1} µs",
+                row.mode,
+                m.server,
+                rate(&m.report),
+                ms(&m.report, 0.99),
+                ms(&m.report, 0.999),
+                m.cpu_per_request,
             );
+            let refused: u64 = m
+                .report
+                .tally
+                .answers
+                .iter()
+                .filter(|(kind, _)| kind.as_str() != "accepted")
+                .map(|(_, n)| n)
+                .sum();
+            if refused > 0 || m.report.tally.errors > 0 {
+                println!(
+                    "       {refused} answers other than accepted, {} without an answer",
+                    m.report.tally.errors
+                );
+            }
         }
+        let ratios: Vec<String> = row
+            .ratios()
+            .iter()
+            .map(|(name, ratio)| format!("{name} {ratio:.2}x"))
+            .collect();
+        println!("       {}", ratios.join(", "));
     }
+    println!(
+        "CPU/request: each server process's user+system time (/proc/PID/stat) over its load, \
+         divided by the requests sent; the load client is not counted."
+    );
 }

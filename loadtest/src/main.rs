@@ -5,20 +5,25 @@
 //! - `crash`: SIGKILL at random moments under load, restart, verify ([`crash`]).
 //! - `powercut`: QEMU guests killed with SIGKILL under load, a real power cut; then
 //!   verify ([`powercut`]).
-//! - `bench`: the baseline and hookgate under the same load, plain and mTLS ([`bench`]).
+//! - `bench`: the baseline, the floor and hookgate under the same load, plain and mTLS,
+//!   with each server's CPU per request ([`bench`]).
 //! - `deliveries`: ingest at a fixed rate with N subscriptions to a local sink:
 //!   deliveries/s, accept-to-delivery latency, and the acknowledgement latency with and
 //!   without subscriptions ([`deliveries`]).
 //! - `baseline`: a bare hyper server that reads each body and answers 200, the ceiling
 //!   hookgate is measured against.
+//! - `hmac` and `floor`: the baseline plus GitHub's signature check, and that plus an
+//!   append and one `fdatasync` per group before the 200 ([`floor`]).
 //! - `post`: GitHub pushes over plain HTTP or mTLS ([`https`]).
 //! - `queue-watch`: how long a RabbitMQ queue takes to reach a depth.
 //! - `balance`: a round-robin TCP load balancer for several replicas ([`balance`]).
 
 mod balance;
 mod bench;
+mod cpu;
 mod crash;
 mod deliveries;
+mod floor;
 mod https;
 mod powercut;
 mod run;
@@ -154,9 +159,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The baseline, then hookgate (a fresh journal, fsync before every 200), under the
-    /// same closed-loop load, in plain HTTP and in mutual TLS; prints req/s, p99 and
-    /// the ratio.
+    /// The baseline, the floor (plain HTTP only) and hookgate (a fresh journal, fsync
+    /// before every 200), each its own process, under the same closed-loop load, in plain
+    /// HTTP and in mutual TLS; prints req/s, p99, p99.9, each server's CPU per request
+    /// and hookgate's ratios to the baseline and the floor.
     Bench {
         /// The hookgate binary to run.
         #[arg(long, default_value = "target/release/hookgate")]
@@ -220,6 +226,27 @@ enum Command {
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+        /// Mutual TLS as hookgate sets it up, from this directory's server.pem,
+        /// server-key.pem and ca.pem (as `hookgate gen-certs` writes them); a client
+        /// certificate is required.
+        #[arg(long, value_name = "DIR")]
+        mtls: Option<PathBuf>,
+    },
+    /// The CPU ceiling: reads the body, checks GitHub's X-Hub-Signature-256 with the
+    /// bench secret (401 if wrong), answers 200, keeps nothing.
+    Hmac {
+        #[arg(long, default_value = "127.0.0.1:8083")]
+        listen: SocketAddr,
+    },
+    /// The floor for durable acknowledgements: the hmac server's check, then one writer
+    /// thread appends each group of waiting bodies to DIR/floor.log with one write and one
+    /// fdatasync, and only then are the group's requests answered 200.
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:8084")]
+        listen: SocketAddr,
+        /// Where floor.log is created (empty); put it on the journal's filesystem.
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// A round-robin TCP load balancer: each connection goes to the next --backend that
     /// accepts it (for trying several replicas on one machine).
@@ -327,9 +354,12 @@ async fn answer(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let _ = request.into_body().collect().await;
-    Ok(Response::new(Full::new(Bytes::from_static(
-        br#"{"status":"accepted"}"#,
-    ))))
+    Ok(accepted())
+}
+
+/// The 200 every stand-in server gives: the status a hookgate client counts as accepted.
+fn accepted() -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from_static(br#"{"status":"accepted"}"#)))
 }
 
 fn exit(ok: bool) -> std::process::ExitCode {
@@ -618,10 +648,27 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             balance::serve(listener, backends).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Baseline { listen } => {
+        Command::Baseline { listen, mtls } => {
+            let tls = mtls.as_deref().map(bench::acceptor).transpose()?;
             let listener = TcpListener::bind(listen).await?;
             eprintln!("baseline listening on {}", listener.local_addr()?);
-            bench::serve_baseline(listener, None).await;
+            bench::serve_baseline(listener, tls).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hmac { listen } => {
+            let listener = TcpListener::bind(listen).await?;
+            eprintln!("hmac listening on {}", listener.local_addr()?);
+            floor::serve_hmac(listener).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Floor { listen, dir } => {
+            let listener = TcpListener::bind(listen).await?;
+            eprintln!(
+                "floor listening on {}, writing {}",
+                listener.local_addr()?,
+                dir.join("floor.log").display()
+            );
+            floor::serve_floor(listener, &dir).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Runs the bare-hyper baseline and hookgate side by side under the same wrk load and
-# prints requests/s, p99 and the ratio to the baseline. Needs wrk (Debian package `wrk`)
-# and a release build: cargo build --release --workspace
+# hookgate and the servers its speed is measured against, one at a time under the same
+# wrk load, in one run:
+#   bare      hookgate-loadtest baseline: reads the body, answers 200 (the HTTP ceiling)
+#   hmac      hookgate-loadtest hmac: also checks GitHub's signature (the CPU ceiling)
+#   floor     hookgate-loadtest floor: also appends each group of waiting bodies to one
+#             file and fdatasyncs once per group before answering (the floor for durable
+#             acknowledgements)
+#   hookgate  target/release/hookgate with loadtest/wrk/bench.toml, on a fresh journal
+# For each: requests/s, p99, p99.9 (from github.lua's done hook) and the server process's
+# CPU time per request (utime + stime from /proc/PID/stat across the wrk run, over the
+# requests wrk counted), its rate over bare's, and hookgate/floor and hookgate/hmac.
+# Needs wrk (Debian package `wrk`) and a release build: cargo build --release --workspace
 # Usage: loadtest/wrk/compare.sh [SECONDS] [CONNECTIONS]
+# ROUNDS=N runs the servers N times in turn (bare, hmac, floor, hookgate, bare, ...) and
+# then prints the median of each figure, and of each ratio, over the rounds (default 1).
 # BEFORE=/path/to/an/older/hookgate also runs that build, on a fresh journal of its own.
 # WEBHOOK=1 also runs adnanh/webhook (Debian package `webhook`) with one HMAC rule and
 # /bin/true as its command (loadtest/wrk/webhook.json).
@@ -10,45 +21,115 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
 conns=${2:-64}
+rounds=${ROUNDS:-1}
 bin=target/release
-"$bin/hookgate-loadtest" baseline --listen 127.0.0.1:8081 2>/dev/null &
-base_pid=$!
-other_pid=
-trap 'kill $base_pid $other_pid 2>/dev/null || true' EXIT
-sleep 1
-run() { wrk -t1 -c"$conns" -d"${secs}s" --latency -s loadtest/wrk/github.lua "http://127.0.0.1:$1/hooks/github"; }
-rate() { awk '/Requests\/sec/{print $2}'; }
-p99() { awk '/ 99%/{print $2}'; }
-errors() { grep -E 'Non-2xx|Socket errors' || true; }
-# Starts a server (the command in "$@"), loads port $port, stops it.
-measure() {
-  "$@" >/dev/null 2>&1 &
-  other_pid=$!
-  sleep 1
-  run "$port"
-  kill "$other_pid"
-  wait "$other_pid" 2>/dev/null || true
-  other_pid=
-}
+clk_tck=$(getconf CLK_TCK)
+# The floor's file sits beside the journal (/tmp/hookgate-bench), on the same filesystem.
+floor_dir=$(mktemp -d /tmp/hookgate-floor.XXXXXX)
+# One line per server and round: round, server, req/s, p99 ms, p99.9 ms, CPU µs/request.
+results=$(mktemp /tmp/hookgate-compare.XXXXXX)
+server_pid=
+trap 'kill $server_pid 2>/dev/null || true; rm -rf "$floor_dir" "$results"' EXIT
+
+# The servers; each execs, so that $! is the server's own pid.
+bare() { exec "$bin/hookgate-loadtest" baseline --listen 127.0.0.1:8081; }
+hmac() { exec "$bin/hookgate-loadtest" hmac --listen 127.0.0.1:8083; }
+floor() { exec "$bin/hookgate-loadtest" floor --listen 127.0.0.1:8084 --dir "$floor_dir"; }
 gate() {
   rm -rf /tmp/hookgate-bench
   HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c loadtest/wrk/bench.toml 2>/tmp/hookgate-bench.log
 }
-line() { # name, wrk output
-  local r
-  r=$(rate <<<"$2")
-  printf '%-9s %10s req/s  p99 %-8s  %sx  %s\n' "$1:" "$r" "$(p99 <<<"$2")" \
-    "$(awk -v h="$r" -v b="$br" 'BEGIN{printf "%.2f", h/b}')" "$(errors <<<"$2")"
+webhook_rule() { exec webhook -hooks loadtest/wrk/webhook.json -ip 127.0.0.1 -port 8082 -nopanic; }
+
+# hookgate is ready when /healthz says so; the others once they take connections.
+ready() { # name port
+  case $1 in
+    hookgate | before) curl -sf -o /dev/null http://127.0.0.1:9090/healthz ;;
+    *) (: <"/dev/tcp/127.0.0.1/$2") 2>/dev/null ;;
+  esac
 }
-b=$(run 8081)
-br=$(rate <<<"$b")
-line baseline "$b"
-port=8080
-if [[ -n "${BEFORE:-}" ]]; then
-  line before "$(measure gate "$BEFORE")"
+# utime + stime (fields 14 and 15; the name in field 2 may hold spaces, so count from
+# its closing parenthesis, after which field 3 comes first).
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+# wrk's latencies ("850.00us", "1.23ms", "1.02s") in ms.
+in_ms() { awk '{ v = $1; if (v ~ /us$/) v /= 1000; else if (v ~ /ms$/) v += 0; else if (v ~ /s$/) v *= 1000; printf "%.2f\n", v }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# measure ROUND NAME PORT SERVER [ARG]: starts the server, loads it, stops it; prints and
+# records its figures.
+measure() {
+  local round=$1 name=$2 port=$3
+  shift 3
+  "$@" >/dev/null 2>&1 &
+  server_pid=$!
+  local waited=0
+  until ready "$name" "$port"; do
+    kill -0 "$server_pid" 2>/dev/null || { echo "$name exited while starting" >&2; exit 1; }
+    ((++waited < 400)) || { echo "$name did not start within 20 s" >&2; exit 1; }
+    sleep 0.05
+  done
+  local before after out
+  before=$(cpu_ticks "$server_pid")
+  out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s loadtest/wrk/github.lua "http://127.0.0.1:$port/hooks/github")
+  after=$(cpu_ticks "$server_pid")
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+  local rps requests p99 p999 cpu
+  rps=$(awk '/Requests\/sec/{ print $2 }' <<<"$out")
+  requests=$(awk '/requests in/{ print $1 }' <<<"$out")
+  p99=$(awk '/ 99%/{ print $2 }' <<<"$out" | in_ms)
+  p999=$(awk '/^Latency p99.9:/{ print $3 }' <<<"$out" | in_ms)
+  cpu=$(awk -v t="$((after - before))" -v hz="$clk_tck" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+  echo "$round $name $rps $p99 $p999 $cpu" >>"$results"
+  row "$name" "$rps" "$p99" "$p999" "$cpu" "$(awk -v r="$round" '$1 == r && $2 == "bare" { print $3 }' "$results")"
+  grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/          /' || true
+}
+header() { printf '%-9s %10s %8s %9s %12s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'x bare'; }
+row() { # name, req/s, p99, p99.9, CPU, bare's req/s
+  printf '%-9s %10.0f %8.2f %9.2f %12.1f %7.2fx\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(awk -v a="$2" -v b="$6" 'BEGIN { print a / b }')"
+}
+# The median over rounds of hookgate's figure in column $3 over server $1's (or $2's).
+ratio() { # a, b, column
+  awk -v a="$1" -v b="$2" -v c="$3" '$2 == a { x[$1] = $c } $2 == b { y[$1] = $c }
+    END { for (r in x) if (r in y) print x[r] / y[r] }' "$results" | median
+}
+
+servers=(bare hmac floor)
+[[ -n "${BEFORE:-}" ]] && servers+=(before)
+servers+=(hookgate)
+[[ -n "${WEBHOOK:-}" ]] && servers+=(webhook)
+echo "wrk -t1 -c$conns -d${secs}s -s loadtest/wrk/github.lua; CPU is the server process's user+system time per request"
+for ((round = 1; round <= rounds; round++)); do
+  ((rounds == 1)) || echo "round $round of $rounds"
+  header
+  for name in "${servers[@]}"; do
+    case $name in
+      bare) measure "$round" bare 8081 bare ;;
+      hmac) measure "$round" hmac 8083 hmac ;;
+      floor)
+        measure "$round" floor 8084 floor
+        rm -f "$floor_dir/floor.log"
+        ;;
+      before) measure "$round" before 8080 gate "$BEFORE" ;;
+      hookgate) measure "$round" hookgate 8080 gate "$bin/hookgate" ;;
+      webhook) measure "$round" webhook 8082 webhook_rule ;;
+    esac
+  done
+done
+if ((rounds > 1)); then
+  echo "median of $rounds rounds (x bare: the median of each round's ratio)"
+  header
+  for name in "${servers[@]}"; do
+    figures=()
+    for column in 3 4 5 6; do
+      figures+=("$(awk -v s="$name" -v c="$column" '$2 == s { print $c }' "$results" | median)")
+    done
+    printf '%-9s %10.0f %8.2f %9.2f %12.1f %7.2fx\n' "$name" "${figures[@]}" "$(ratio "$name" bare 3)"
+  done
 fi
-line hookgate "$(measure gate "$bin/hookgate")"
-if [[ -n "${WEBHOOK:-}" ]]; then
-  port=8082
-  line webhook "$(measure webhook -hooks loadtest/wrk/webhook.json -ip 127.0.0.1 -port 8082 -nopanic)"
-fi
+for base in floor hmac; do
+  printf 'hookgate/%-5s %5.2fx req/s, %5.2fx CPU per request\n' "$base" \
+    "$(ratio hookgate "$base" 3)" "$(ratio hookgate "$base" 6)"
+done

@@ -23,3 +23,7 @@ if limit then
     if answered >= limit then wrk.thread:stop() end
   end
 end
+-- wrk's --latency stops at p99; compare.sh reads p99.9 from this line.
+done = function(summary, latency, requests)
+  io.write(string.format("Latency p99.9: %.2fms\n", latency:percentile(99.9) / 1000))
+end

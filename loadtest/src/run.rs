@@ -92,6 +92,9 @@ pub struct Tally {
     /// When each fresh id's `accepted` answer was read, for latencies that start at the
     /// acknowledgement (the `deliveries` benchmark).
     pub accepted_at: Vec<(String, Instant)>,
+    /// When each fresh id's request was sent (a gateway that received it had it no
+    /// earlier), for `powercut`'s rule of what a short retention may have removed.
+    pub sent_at: Vec<(String, Instant)>,
 }
 
 impl Tally {
@@ -104,6 +107,7 @@ impl Tally {
         self.unexpected += other.unexpected;
         self.ids.extend(other.ids);
         self.accepted_at.extend(other.accepted_at);
+        self.sent_at.extend(other.sent_at);
     }
 }
 
@@ -377,6 +381,9 @@ impl Shared {
             }
         };
         tally.sent += 1;
+        if !repeat {
+            tally.sent_at.push((id.clone(), Instant::now()));
+        }
         let answer = send(sender, &self.plan, request).await;
         if !repeat && answer.as_deref() == Some("accepted") {
             tally.accepted_at.push((id.clone(), Instant::now()));

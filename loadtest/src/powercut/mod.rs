@@ -338,9 +338,10 @@ async fn cycles(state: &mut Run, options: &Options, stamp: u128) -> anyhow::Resu
             guest = boot(state, "compact").await?;
         }
         let prefix = format!("pc{stamp}c{cycle}");
-        let (report, wait) =
+        let began = Instant::now();
+        let (report, cut) =
             load_and_cut(state, &mut guest, moment, &prefix, options, &mut rng).await?;
-        let cut = Instant::now();
+        let wait = cut.duration_since(began).as_millis();
         let acked: Vec<(String, String)> = report
             .tally
             .ids
@@ -349,11 +350,11 @@ async fn cycles(state: &mut Run, options: &Options, stamp: u128) -> anyhow::Resu
             .map(|(s, id, _)| (s.clone(), id.clone()))
             .collect();
         if moment == Moment::Compaction {
-            // Only the events acknowledged within the retention before the cut must
-            // still be there.
+            // Only the events sent within the retention (less the clock's slack) before
+            // the cut must still be there: a gateway received them no earlier.
             let recent: HashSet<&str> = report
                 .tally
-                .accepted_at
+                .sent_at
                 .iter()
                 .filter(|(_, at)| cut.duration_since(*at) < SHORT_RETENTION - CLOCK_SLACK)
                 .map(|(id, _)| id.as_str())
@@ -471,7 +472,7 @@ async fn healthy(state: &mut Run, guest: &mut Guest, limit: Duration) -> anyhow:
 }
 
 /// Drives load at the guest and cuts its power at the moment's time; the load's report
-/// and when the cut came (ms after the load started).
+/// and when the cut came.
 async fn load_and_cut(
     state: &mut Run,
     guest: &mut Guest,
@@ -479,7 +480,7 @@ async fn load_and_cut(
     prefix: &str,
     options: &Options,
     rng: &mut Rng,
-) -> anyhow::Result<(run::Report, u64)> {
+) -> anyhow::Result<(run::Report, Instant)> {
     let mut plan = Plan {
         addr: state.ingest.clone(),
         sources: state.sources.clone(),
@@ -493,7 +494,7 @@ async fn load_and_cut(
         tls: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let began = Instant::now();
+    let cut;
     let report = match moment {
         Moment::Rotation => {
             // Events up to the newest segment's end and a few past it; the cut comes as
@@ -513,6 +514,7 @@ async fn load_and_cut(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             guest.cut()?;
+            cut = Instant::now();
             stop.store(true, Ordering::Release);
             load.await.context("the load task failed")?
         }
@@ -532,13 +534,14 @@ async fn load_and_cut(
             let load = tokio::spawn(run::run(plan, stop.clone()));
             tokio::time::sleep(Duration::from_millis(wait)).await;
             guest.cut()?;
+            cut = Instant::now();
             // Requests on the wire get no answer: they are `unknown`, not acknowledged.
             tokio::time::sleep(Duration::from_millis(100)).await;
             stop.store(true, Ordering::Release);
             load.await.context("the load task failed")?
         }
     };
-    Ok((report, began.elapsed().as_millis() as u64))
+    Ok((report, cut))
 }
 
 /// The size of the newest `.seg` file in the boot's `ls -l` of the journal.

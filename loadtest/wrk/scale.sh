@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Scale figures of the journal: fills a fresh journal with N events (wrk, github.lua,
+# unique ids), stops hookgate, and prints the journal's bytes per event and how long a
+# restart takes until /healthz answers and until the first new event is accepted; then
+# the same after a SIGKILL (the index rebuilt from the log's tail). Needs wrk and a
+# release build: cargo build --release --workspace
+# Usage: loadtest/wrk/scale.sh [EVENTS]   (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+events=${1:-1000000}
+bin=target/release/hookgate
+journal=/tmp/hookgate-bench/journal
+pid=
+trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true' EXIT
+start() {
+  HOOKGATE_LOG=${HOOKGATE_LOG:-warn} "$bin" serve -c loadtest/wrk/bench.toml 2>>/tmp/hookgate-scale.log &
+  pid=$!
+}
+# Seconds from now until the command in "$@" succeeds.
+until_ok() {
+  local t0
+  t0=$(date +%s.%N)
+  until "$@" >/dev/null 2>&1; do sleep 0.05; done
+  echo "$(date +%s.%N) - $t0" | bc
+}
+healthy() { curl -sf http://127.0.0.1:9090/healthz; }
+accepts() {
+  curl -sf -o /dev/null -H 'Content-Type: application/json' -H 'X-GitHub-Event: ping' \
+    -H "X-GitHub-Delivery: scale-$RANDOM-$RANDOM" \
+    -H "X-Hub-Signature-256: sha256=$(printf '{}' | openssl dgst -sha256 -hmac bench-github-secret | awk '{print $NF}')" \
+    --data '{}' http://127.0.0.1:8080/hooks/github
+}
+rm -rf /tmp/hookgate-bench /tmp/hookgate-scale.log
+start
+until_ok healthy >/dev/null
+echo "filling a fresh journal with $events events"
+HOOKGATE_BENCH_LIMIT=$events wrk -t1 -c64 -d1h -s loadtest/wrk/github.lua \
+  http://127.0.0.1:8080/hooks/github | grep -E 'requests in|Requests/sec'
+kill -TERM "$pid"; wait "$pid" || true; pid=
+bytes=$(du -sb "$journal" | awk '{print $1}')
+log=$(du -sb "$journal/log" | awk '{print $1}')
+echo "journal: $bytes bytes, $((bytes / events)) per event (commit log $((log / events)), index $(((bytes - log) / events)))"
+for how in "after a clean stop" "after SIGKILL"; do
+  start
+  echo "open $how: /healthz in $(until_ok healthy) s, first event accepted in $(until_ok accepts) s"
+  if [[ $how == "after a clean stop" ]]; then
+    # Load for a moment so that the log's tail is past the index's flushed mark.
+    HOOKGATE_BENCH_LIMIT=20000 wrk -t1 -c64 -d10s -s loadtest/wrk/github.lua \
+      http://127.0.0.1:8080/hooks/github >/dev/null
+    kill -KILL "$pid"
+  else
+    kill -TERM "$pid"
+  fi
+  wait "$pid" 2>/dev/null || true; pid=
+done
+echo "RSS is not measured here; see the soak in BENCHMARKS.md"

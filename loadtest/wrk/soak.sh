@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Memory over a long run: hookgate on a fresh journal under a steady wrk load (pick the
+# connections so that the rate is about half of compare.sh's), its RSS sampled every
+# 10 s. Prints the samples, then the rate and RSS at the start (after the first minute),
+# the end and the highest. Needs wrk and: cargo build --release --workspace
+# Usage: loadtest/wrk/soak.sh [SECONDS] [CONNECTIONS]   (default 600 s, 4 connections)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-600}
+conns=${2:-4}
+rm -rf /tmp/hookgate-bench
+HOOKGATE_LOG=${HOOKGATE_LOG:-warn} target/release/hookgate serve -c loadtest/wrk/bench.toml \
+  2>/tmp/hookgate-soak.log &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+sleep 1
+rss() { awk '/^VmRSS/{print $2}' "/proc/$pid/status"; }
+wrk -t1 -c"$conns" -d"${secs}s" -s loadtest/wrk/github.lua \
+  http://127.0.0.1:8080/hooks/github >/tmp/hookgate-soak.wrk &
+load=$!
+samples=()
+while kill -0 "$load" 2>/dev/null; do
+  samples+=("$(rss)")
+  sleep 10
+done
+echo "RSS every 10 s, KiB: ${samples[*]}"
+grep -E 'requests in|Requests/sec' /tmp/hookgate-soak.wrk
+first=${samples[6]:-${samples[0]}}
+last=${samples[-1]}
+high=$(printf '%s\n' "${samples[@]}" | sort -n | tail -1)
+echo "RSS after 1 min ${first} KiB, at the end ${last} KiB, highest ${high} KiB"

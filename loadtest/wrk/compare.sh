@@ -10,6 +10,10 @@
 # For each: requests/s, p99, p99.9 (from github.lua's done hook) and the server process's
 # CPU time per request (utime + stime from /proc/PID/stat across the wrk run, over the
 # requests wrk counted), its rate over bare's, and hookgate/floor and hookgate/hmac.
+# Every request is a new signed body (loadtest/wrk/sign.py writes the signatures, a
+# million by default, to $SIGS or /tmp/hookgate-sigs.txt once), so that hookgate journals
+# each one; after its run the script prints how many it accepted and how many it took
+# for duplicates.
 # Needs wrk (Debian package `wrk`) and a release build: cargo build --release --workspace
 # Usage: loadtest/wrk/compare.sh [SECONDS] [CONNECTIONS]
 # ROUNDS=N runs the servers N times in turn (bare, hmac, floor, hookgate, bare, ...) and
@@ -24,6 +28,8 @@ conns=${2:-64}
 rounds=${ROUNDS:-1}
 bin=target/release
 clk_tck=$(getconf CLK_TCK)
+export HOOKGATE_BENCH_SIGS=${SIGS:-/tmp/hookgate-sigs.txt}
+[[ -s $HOOKGATE_BENCH_SIGS ]] || python3 loadtest/wrk/sign.py 1000000 "$HOOKGATE_BENCH_SIGS"
 # The floor's file sits beside the journal (/tmp/hookgate-bench), on the same filesystem.
 floor_dir=$(mktemp -d /tmp/hookgate-floor.XXXXXX)
 # One line per server and round: round, server, req/s, p99 ms, p99.9 ms, CPU µs/request.
@@ -72,6 +78,12 @@ measure() {
   before=$(cpu_ticks "$server_pid")
   out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s loadtest/wrk/github.lua "http://127.0.0.1:$port/hooks/github")
   after=$(cpu_ticks "$server_pid")
+  local journaled=
+  case $name in
+    hookgate | before) journaled=$(curl -sf http://127.0.0.1:9090/metrics |
+      awk -F'[ ,"=}]+' '/^hookgate_events_total/ { n[$4] += $NF }
+        END { printf "journaled: accepted %d, duplicate %d", n["accepted"], n["duplicate"] }') ;;
+  esac
   kill "$server_pid"
   wait "$server_pid" 2>/dev/null || true
   server_pid=
@@ -84,6 +96,7 @@ measure() {
   echo "$round $name $rps $p99 $p999 $cpu" >>"$results"
   row "$name" "$rps" "$p99" "$p999" "$cpu" "$(awk -v r="$round" '$1 == r && $2 == "bare" { print $3 }' "$results")"
   grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/          /' || true
+  [[ -z $journaled ]] || echo "          $journaled"
 }
 header() { printf '%-9s %10s %8s %9s %12s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'x bare'; }
 row() { # name, req/s, p99, p99.9, CPU, bare's req/s

@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
 backlog=${2:-100000}
+# Every request a new signed body (see compare.sh), for the live run and the backlog.
+export HOOKGATE_BENCH_SIGS=${SIGS:-/tmp/hookgate-sigs.txt}
+[[ -s $HOOKGATE_BENCH_SIGS ]] || python3 loadtest/wrk/sign.py 1000000 "$HOOKGATE_BENCH_SIGS"
 bin=target/release
 amqp=amqp://guest:guest@127.0.0.1:5672/%2f
 work=/tmp/hookgate-forward

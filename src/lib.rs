@@ -150,6 +150,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             disable_after: config.outbound.disable_after(),
         },
         segment_bytes: config.journal.segment_size.0,
+        index_cache_bytes: config.journal.index_cache.0,
     })
     .with_context(|| {
         format!(

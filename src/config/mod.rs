@@ -130,6 +130,9 @@ pub struct JournalConfig {
     /// How often compaction looks for events past retention and ids past the window.
     #[serde(default = "default_compact_every")]
     pub compact_every: Dur,
+    /// How much of the index sled keeps in memory (its cache).
+    #[serde(default = "default_index_cache")]
+    pub index_cache: Size,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -264,6 +267,9 @@ fn default_retention() -> Dur {
 fn default_segment_size() -> Size {
     Size(64 * 1024 * 1024)
 }
+fn default_index_cache() -> Size {
+    Size(crate::journal::DEFAULT_INDEX_CACHE)
+}
 fn default_compact_every() -> Dur {
     Dur(Duration::from_secs(60))
 }
@@ -326,6 +332,7 @@ impl Default for JournalConfig {
             min_free: None,
             segment_size: default_segment_size(),
             compact_every: default_compact_every(),
+            index_cache: default_index_cache(),
         }
     }
 }
@@ -399,6 +406,9 @@ impl Config {
         const SEGMENT_SIZES: std::ops::RangeInclusive<u64> = 64 * 1024..=1024 * 1024 * 1024;
         if !SEGMENT_SIZES.contains(&self.journal.segment_size.0) {
             bail!("journal.segment_size must be between 64KiB and 1GiB");
+        }
+        if self.journal.index_cache.0 < 1024 * 1024 {
+            bail!("journal.index_cache must be at least 1MiB");
         }
         if self.journal.compact_every.0 < Duration::from_secs(1) {
             bail!("journal.compact_every must be at least 1s");
@@ -508,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn segment_size_and_compaction_interval_have_bounds() {
+    fn segment_size_compaction_interval_and_index_cache_have_bounds() {
         let journal = |keys: &str| Config::parse(&format!("[journal]\n{keys}\n"));
         let config = journal("segment_size = \"1MiB\"\ncompact_every = \"2s\"").unwrap();
         assert_eq!(config.journal.segment_size.0, 1 << 20);
@@ -516,10 +526,12 @@ mod tests {
         let default = journal("").unwrap();
         assert_eq!(default.journal.segment_size.0, 64 << 20);
         assert_eq!(default.journal.compact_every.0, Duration::from_secs(60));
+        assert_eq!(default.journal.index_cache.0, 1 << 30);
         for (keys, says) in [
             ("segment_size = \"4KiB\"", "journal.segment_size"),
             ("segment_size = \"2GiB\"", "journal.segment_size"),
             ("compact_every = \"100ms\"", "journal.compact_every"),
+            ("index_cache = \"64KiB\"", "journal.index_cache"),
         ] {
             let err = journal(keys).unwrap_err().to_string();
             assert!(err.contains(says), "{keys}: {err}");

@@ -46,7 +46,7 @@ impl Core {
         std::fs::create_dir_all(&log_dir).map_err(|e| {
             JournalError::Unwritable(format!("cannot create {}: {e}", log_dir.display()))
         })?;
-        let db = open_sled(&settings.path).map_err(|e| match e {
+        let db = open_sled(&settings.path, settings.index_cache_bytes).map_err(|e| match e {
             sled::Error::Io(e) if locked(&e) => JournalError::InUse {
                 pid: lock_holder(&db_path(&settings.path).join("db")),
             },
@@ -734,7 +734,7 @@ fn count_events(events: &sled::Tree) -> Result<Counted, JournalError> {
 /// last background write takes, so a lock held a moment (a reopening after a write
 /// failure, a quick restart) is waited for, up to two seconds; a lock held longer is
 /// another process's, and an error.
-pub(super) fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+pub(super) fn open_sled(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
     let mut tries = 0;
     loop {
         let opened = sled::Config::new()
@@ -742,6 +742,7 @@ pub(super) fn open_sled(path: &Path) -> sled::Result<sled::Db> {
             // The index is flushed by our own background thread; sled's periodic flush
             // on top of it only competes for the disk.
             .flush_every_ms(None)
+            .cache_capacity(cache_bytes)
             .open();
         match opened {
             // sled says so only in the message (its kind is `Other`).

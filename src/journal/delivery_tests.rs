@@ -25,6 +25,7 @@ fn settings(dir: &Path) -> Settings {
             disable_after: Duration::from_secs(3600),
         },
         segment_bytes: SEGMENT_BYTES,
+        index_cache_bytes: DEFAULT_INDEX_CACHE,
     }
 }
 
@@ -191,7 +192,7 @@ async fn deliveries_the_index_lost_are_rebuilt_from_the_commit_log() {
     // As if the index had lost every delivery and its cover mark (its flush lagging the
     // log's when the power went).
     {
-        let db = core::open_sled(&dir.path().join("journal")).unwrap();
+        let db = core::open_sled(&dir.path().join("journal"), DEFAULT_INDEX_CACHE).unwrap();
         for tree in ["deliveries", "pending", "sub_log"] {
             db.open_tree(tree).unwrap().clear().unwrap();
         }

@@ -70,7 +70,12 @@ pub struct Settings {
     pub delivery: DeliveryPolicy,
     /// A commit log segment is closed once it holds this much.
     pub segment_bytes: u64,
+    /// What sled may keep of the index in memory (its `cache_capacity`).
+    pub index_cache_bytes: u64,
 }
+
+/// sled's own default for its cache.
+pub const DEFAULT_INDEX_CACHE: u64 = 1 << 30;
 
 /// What the journal decides about deliveries itself (the workers decide the rest).
 #[derive(Clone, Debug)]

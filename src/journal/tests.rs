@@ -20,6 +20,7 @@ fn settings(dir: &Path) -> Settings {
         stages: None,
         delivery: Default::default(),
         segment_bytes: SEGMENT_BYTES,
+        index_cache_bytes: DEFAULT_INDEX_CACHE,
     }
 }
 
@@ -387,7 +388,7 @@ async fn appends_after_close_are_refused() {
 
 /// The sled trees of a closed journal, for tests that change the index behind its back.
 fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
-    let db = core::open_sled(&dir.join("journal")).unwrap();
+    let db = core::open_sled(&dir.join("journal"), DEFAULT_INDEX_CACHE).unwrap();
     let trees = Trees {
         events: db.open_tree("events").unwrap(),
         queued: db.open_tree("queued").unwrap(),

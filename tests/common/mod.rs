@@ -277,6 +277,7 @@ pub fn journal_settings(path: &Path, embedded: bool) -> hookgate::journal::Setti
         stages: None,
         delivery: Default::default(),
         segment_bytes: hookgate::journal::SEGMENT_BYTES,
+        index_cache_bytes: hookgate::journal::DEFAULT_INDEX_CACHE,
     }
 }
 

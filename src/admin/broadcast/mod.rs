@@ -291,6 +291,7 @@ mod tests {
             stages: None,
             delivery: Default::default(),
             segment_bytes: crate::journal::SEGMENT_BYTES,
+            index_cache_bytes: crate::journal::DEFAULT_INDEX_CACHE,
         })
         .unwrap()
     }

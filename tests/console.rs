@@ -291,6 +291,26 @@ async fn text_of(client: &Client, selector: &str) -> String {
     css(client, selector).await.text().await.unwrap()
 }
 
+/// The flash message once it holds `wanted`: after a click the old page, and its old
+/// flash, can still be there until the form's answer has loaded.
+async fn flash_saying(client: &Client, wanted: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let found = match client.find(Locator::Css(".flash")).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if found.contains(wanted) {
+            return found;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the flash never said `{wanted}`: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn path(client: &Client) -> String {
     client.current_url().await.unwrap().path().to_string()
 }
@@ -550,7 +570,7 @@ async fn subscriptions_from_the_form_to_the_delivery_log() {
         .click()
         .await
         .unwrap();
-    assert!(text_of(client, ".flash").await.contains("is now inactive"));
+    flash_saying(client, "is now inactive").await;
     assert_eq!(
         text_of(client, "#sub-sub_1 [data-active]").await,
         "inactive"
@@ -566,8 +586,7 @@ async fn subscriptions_from_the_form_to_the_delivery_log() {
     .click()
     .await
     .unwrap();
-    let said = text_of(client, ".flash").await;
-    assert!(said.contains("answered 500"), "{said}");
+    flash_saying(client, "answered 500").await;
     screenshot(client, "subscriptions").await;
 
     // View logs: the delivery to the receiver, with its code and answer.
@@ -590,7 +609,7 @@ async fn subscriptions_from_the_form_to_the_delivery_log() {
         .click()
         .await
         .unwrap();
-    assert!(text_of(client, ".flash").await.contains("attempted again"));
+    flash_saying(client, "attempted again").await;
     assert_eq!(path(client).await, "/subscriptions/sub_2/logs");
     let failed = receiver.failed.clone();
     until("the retried attempt", || failed.load(Ordering::SeqCst) >= 4).await;

@@ -77,7 +77,15 @@ stop_gate
 rm -rf "$work/journal"
 config "amqp://guest:guest@127.0.0.1:1/%2f" "$drain"
 start_gate
-HOOKGATE_BENCH_LIMIT=$backlog wrk -t1 -c64 -d600s -s loadtest/wrk/github.lua http://127.0.0.1:8080/hooks/github >/dev/null
+# wrk's threads stop sending at the limit, but wrk itself waits out its duration: stop it
+# once hookgate has accepted the backlog.
+HOOKGATE_BENCH_LIMIT=$backlog wrk -t1 -c64 -d600s -s loadtest/wrk/github.lua http://127.0.0.1:8080/hooks/github >/dev/null &
+fill_pid=$!
+until (($(curl -sf http://127.0.0.1:9090/metrics | awk '/^hookgate_events_total.*accepted/ { print $NF }' || echo 0) >= backlog)); do
+  sleep 0.5
+done
+kill -INT $fill_pid
+wait $fill_pid || true
 stop_gate
 config "$amqp" "$drain"
 t0=$(date +%s.%N)

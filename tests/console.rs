@@ -294,21 +294,7 @@ async fn text_of(client: &Client, selector: &str) -> String {
 /// The flash message once it holds `wanted`: after a click the old page, and its old
 /// flash, can still be there until the form's answer has loaded.
 async fn flash_saying(client: &Client, wanted: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let found = match client.find(Locator::Css(".flash")).await {
-            Ok(element) => element.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if found.contains(wanted) {
-            return found;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the flash never said `{wanted}`: {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    text_until(client, None, ".flash", wanted).await
 }
 
 async fn path(client: &Client) -> String {
@@ -318,9 +304,17 @@ async fn path(client: &Client) -> String {
 /// Reloads `url` until `selector`'s text holds `wanted` (state the server changes in
 /// the background, such as a delivery's status).
 async fn reload_until(client: &Client, url: &str, selector: &str, wanted: &str) -> String {
+    text_until(client, Some(url), selector, wanted).await
+}
+
+/// `selector`'s text once it holds `wanted`, looking again (after loading `reload`, if
+/// given) until then; a page still loading shows no text.
+async fn text_until(client: &Client, reload: Option<&str>, selector: &str, wanted: &str) -> String {
     let started = Instant::now();
     loop {
-        client.goto(url).await.unwrap();
+        if let Some(url) = reload {
+            client.goto(url).await.unwrap();
+        }
         let found = match client.find(Locator::Css(selector)).await {
             Ok(element) => element.text().await.unwrap_or_default(),
             Err(_) => String::new(),
@@ -330,9 +324,10 @@ async fn reload_until(client: &Client, url: &str, selector: &str, wanted: &str) 
         }
         assert!(
             started.elapsed() < PATIENCE,
-            "`{selector}` at {url} never showed `{wanted}`: {found}"
+            "`{selector}` never showed `{wanted}` ({reload:?}): {found}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pause = if reload.is_some() { 200 } else { 50 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 

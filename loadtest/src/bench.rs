@@ -323,14 +323,7 @@ pub fn print(rows: &[Row], json: bool) {
                 ms(&m.report, 0.999),
                 m.cpu_per_request,
             );
-            let refused: u64 = m
-                .report
-                .tally
-                .answers
-                .iter()
-                .filter(|(kind, _)| kind.as_str() != "accepted")
-                .map(|(_, n)| n)
-                .sum();
+            let refused = m.report.tally.not_accepted();
             if refused > 0 || m.report.tally.errors > 0 {
                 println!(
                     "       {refused} answers other than accepted, {} without an answer",

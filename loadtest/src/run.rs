@@ -98,6 +98,15 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Answers other than `accepted`.
+    pub fn not_accepted(&self) -> u64 {
+        self.answers
+            .iter()
+            .filter(|(kind, _)| kind.as_str() != "accepted")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     fn merge(&mut self, other: Tally) {
         self.sent += other.sent;
         for (kind, n) in other.answers {

@@ -245,13 +245,7 @@ pub fn print(outcome: &Outcome, json: bool) {
             ack_ms(report, 0.99),
             report.latency.max() as f64 / 1000.0
         );
-        let other: u64 = report
-            .tally
-            .answers
-            .iter()
-            .filter(|(kind, _)| kind.as_str() != "accepted")
-            .map(|(_, n)| n)
-            .sum();
+        let other = report.tally.not_accepted();
         if other > 0 || report.tally.errors > 0 {
             println!(
                 "  {other} answers other than accepted {:?}, {} without an answer",

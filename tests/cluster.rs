@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::cluster::Cluster;
+use common::free_port;
 
 const REPLICAS: usize = 3;
 /// Open-loop load through the balancer, in requests per second, and for how long.
@@ -52,14 +53,6 @@ fn loadtest() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process that is killed when dropped, so that a failing test leaves none.

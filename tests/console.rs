@@ -26,6 +26,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use common::free_port;
+
 const TOKEN: &str = "console-test-token";
 /// How long a test waits for something to show on a page.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -81,14 +83,6 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn browser() -> Option<Browser> {

@@ -22,21 +22,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use common::{delivery_body, github, post};
+use common::{delivery_body, free_port, github, post};
 use hookgate::config::{Config, Secret};
 use hookgate::verify::{Check, Scheme};
 use hookgate::Running;
 
 const TOKEN: &str = "forward-test-token";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn start_on(dir: &Path, ingest: u16, admin: u16) -> Running {
     let text = format!(

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// How long a node may take to start (three at once on two shared cores take about
 /// ten seconds here).
 const START: Duration = Duration::from_secs(180);
@@ -36,14 +38,6 @@ fn script(name: &str) -> PathBuf {
     } else {
         PathBuf::from(name)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub struct Member {

@@ -321,3 +321,12 @@ pub fn assert_none_lost<'a>(
         &lost[..lost.len().min(20)]
     );
 }
+
+/// A loopback port free now (the kernel may hand it out again once it is dropped).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -156,10 +156,7 @@ async fn load(
     label: &str,
 ) -> anyhow::Result<Report> {
     let (_, sources) = run::sources(config, &[])?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let stamp = run::stamp();
     let plan = Plan {
         addr: addr.to_string(),
         sources,

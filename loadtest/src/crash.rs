@@ -82,10 +82,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
     let mut rng = Rng::seeded();
     let mut sent = Sent::new();
     let mut recoveries = Vec::new();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let stamp = run::stamp();
     for cycle in 0..options.cycles {
         let mut child = start(&options.hookgate, &options.config, Some(&log))?;
         recoveries.push(answering(&admin, &mut child).await?);

@@ -93,12 +93,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         None => None,
     };
     let deadline = Instant::now() + Duration::from_secs(options.seconds);
-    // Delivery ids unique across runs against the same journal: the start time in ns.
-    let started_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let prefix = format!("{started_ns:x}");
+    let prefix = format!("{:x}", crate::run::stamp());
     let mut workers = Vec::new();
     for worker in 0..options.connections {
         let (tls, body, signature, prefix) =

@@ -401,10 +401,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 (None, Some(_)) => None,
                 (None, None) => Some(std::time::Duration::from_secs(10)),
             };
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
+            let stamp = run::stamp();
             let plan = run::Plan {
                 addr: target
                     .unwrap_or_else(|| hookgate::cli::reachable(loaded.server.listen).to_string()),

@@ -195,17 +195,22 @@ fn histogram() -> Histogram<u64> {
 /// A small, fast generator for the duplicate draw and the kill moments.
 pub struct Rng(u64);
 
+/// Nanoseconds since the Unix epoch: a stamp that makes ids (and names) unique across
+/// runs against the same journal or broker.
+pub fn stamp() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed | 1)
     }
 
     pub fn seeded() -> Rng {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(7);
-        Rng::new(nanos ^ u64::from(std::process::id()))
+        Rng::new(stamp() as u64 ^ u64::from(std::process::id()))
     }
 
     pub fn next(&mut self) -> u64 {

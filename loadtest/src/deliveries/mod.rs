@@ -233,10 +233,7 @@ async fn ingest_at(
     options: &Options,
     label: &str,
 ) -> Report {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let stamp = run::stamp();
     let plan = Plan {
         addr: addr.to_string(),
         sources,

@@ -248,10 +248,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         !options.broker || guest::which("socat").is_some(),
         "--broker needs socat (Debian: socat) to carry the guest's broker connections"
     );
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let stamp = run::stamp();
     let dir =
         std::env::temp_dir().join(format!("hookgate-powercut-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -7,15 +7,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::core::content;
 use super::deliveries::Subs;
 use super::disk::Floor;
 use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
 use super::index::{self, Mark, DEDUP_WALKED};
+use super::indexer::{self, Fingerprints, Overlay, Work};
 use super::log::{Reader, Writer};
-use super::record::{self, Content, Created, Status, Stored, Summary};
+use super::record::{self, Content, Created, Loc, Status, Stored, Summary};
 use super::{
     seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Outlets, ReadError,
     Replayed, Settings, Shared, Trees,
@@ -38,6 +39,11 @@ pub(super) struct Log {
     pub live: BTreeMap<u64, u64>,
 }
 
+/// The most events handed to the indexer and not yet written by it: past this, the
+/// committer waits for it (their memory, and how far the index may lag, stay bounded).
+const MAX_UNINDEXED: usize = 16_384;
+/// How long a command other than an append waits for the indexer before it goes on.
+const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The most commands applied before one flush; bounds the latency of a group.
 const MAX_GROUP: usize = 4096;
 /// The most event bytes in one group: with `MAX_GROUP`, bounds the log's write buffer
@@ -55,7 +61,6 @@ pub(super) struct Committer {
     pub(super) settings: Arc<Settings>,
     pub(super) log: Log,
     pub(super) last_seq: u64,
-    published: watch::Sender<u64>,
     pub(super) outlets: Outlets,
     /// The subscriptions, and what the active ones match.
     pub(super) subs: Subs,
@@ -65,6 +70,15 @@ pub(super) struct Committer {
     floor: Floor,
     /// Whether the last check found the disk below the floor.
     disk_low: bool,
+    /// Appended events for the indexer, handed over with the group.
+    handing: Vec<(Created, Loc)>,
+    /// The newest seq handed (or about to be handed) to the indexer.
+    handed_seq: u64,
+    /// What the indexer has been handed and not yet written, for decisions.
+    overlay: Overlay,
+    /// Which dedup keys the index may hold: most new ids are decided without sled.
+    prints: Fingerprints,
+    indexer: Option<(std::sync::mpsc::Sender<Work>, std::thread::JoinHandle<()>)>,
 }
 
 pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
@@ -149,9 +163,11 @@ fn answer_after_flush<T: Send + 'static>(
 }
 
 impl Committer {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         db: sled::Db,
         trees: Trees,
+        prints: Fingerprints,
         shared: Arc<Shared>,
         settings: Arc<Settings>,
         log: Log,
@@ -170,12 +186,16 @@ impl Committer {
             settings,
             log,
             last_seq,
-            published: outlets.published.clone(),
             outlets,
             subs: Subs::new(subscriptions),
             order_cursor: Vec::new(),
             compact_cursor: 0,
             disk_low: false,
+            handing: Vec::new(),
+            handed_seq: last_seq,
+            overlay: Overlay::default(),
+            prints,
+            indexer: None,
         }
     }
 
@@ -184,13 +204,21 @@ impl Committer {
         let queue = Arc::new(FlushQueue::default());
         let flusher = {
             let (queue, db, shared) = (queue.clone(), self.db.clone(), self.shared.clone());
-            let published = self.published.clone();
             let stages = self.settings.stages.clone();
             std::thread::Builder::new()
                 .name("journal-flusher".into())
-                .spawn(move || flusher::run(queue, db, shared, published, stages))
+                .spawn(move || flusher::run(queue, db, shared, stages))
                 .expect("the flusher thread starts")
         };
+        {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (trees, shared) = (self.trees.clone(), self.shared.clone());
+            let handle = std::thread::Builder::new()
+                .name("journal-indexer".into())
+                .spawn(move || indexer::run(rx, trees, shared))
+                .expect("the indexer thread starts");
+            self.indexer = Some((tx, handle));
+        }
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut appends: Vec<AppendReply> = Vec::with_capacity(MAX_GROUP);
         let mut updates: Vec<UpdateReply> = Vec::new();
@@ -215,6 +243,10 @@ impl Committer {
             let mut close = None;
             let commands_in_group = group.len();
             for command in group.drain(..) {
+                if !matches!(command, Command::Append { .. }) {
+                    // Everything but an append reads and writes the index itself.
+                    self.catch_up();
+                }
                 match command {
                     Command::Append { event, reply } => {
                         let result = self.append(*event);
@@ -379,6 +411,17 @@ impl Committer {
             offset,
             last_seq: self.last_seq,
         };
+        self.send_to_indexer();
+        if self.shared.healthy.load(Ordering::Acquire) {
+            self.give_indexer(Work::Mark(mark));
+        }
+        if close.is_some() {
+            // The index is complete before the last flush answers the close.
+            if let Some((tx, handle)) = self.indexer.take() {
+                drop(tx);
+                let _ = handle.join();
+            }
+        }
         queue.hand_over(
             appends,
             updates,
@@ -391,8 +434,81 @@ impl Committer {
         );
     }
 
-    /// Puts a new event in the log and the index under the next seq.
+    fn give_indexer(&mut self, work: Work) {
+        if let Some((tx, _)) = &self.indexer {
+            if tx.send(work).is_err() {
+                self.shared.fail("the indexer thread stopped".into());
+            }
+        }
+    }
+
+    /// Hands the events appended so far to the indexer.
+    fn send_to_indexer(&mut self) {
+        if !self.handing.is_empty() {
+            let events = std::mem::take(&mut self.handing);
+            self.give_indexer(Work::Apply(events));
+        }
+    }
+
+    /// Waits until the index holds every event handed over: the commands that read and
+    /// write sled themselves see what the appends before them decided.
+    fn catch_up(&mut self) {
+        self.send_to_indexer();
+        if let Err(e) = self.shared.index.wait_for(self.handed_seq, CATCH_UP_LIMIT) {
+            tracing::error!(error = %e, "the index did not catch up with the log");
+        }
+        self.overlay.prune(self.shared.index.indexed());
+    }
+
+    /// Puts an accepted event in the log under the next seq, and hands it to the
+    /// indexer: its answer waits for the log's sync, not for sled.
+    fn log_and_hand(&mut self, mut created: Created) -> Result<(), JournalError> {
+        let loc = self
+            .log
+            .writer
+            .append_with(created.summary.seq, |buf| {
+                record::encode_created(&created, buf)
+            })
+            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        let summary = &created.summary;
+        // A new event's deliveries are exactly those it matched (`index::apply` makes
+        // each, the subscriptions being unchanged until the indexer has caught up).
+        for &num in &created.deliveries {
+            self.shared.queued(summary.size);
+            self.stat(num, |s| s.pending += 1);
+        }
+        *self.log.live.entry(loc.segment).or_default() += 1;
+        if summary.status == Status::Queued {
+            self.shared.queued(summary.size);
+        }
+        self.shared.count(&summary.source, |c| c.add(summary));
+        self.last_seq = summary.seq;
+        self.handed_seq = summary.seq;
+        self.overlay.add(&created);
+        self.remember_prints(&created);
+        // The index needs where the content is, not the content.
+        created.content.body = bytes::Bytes::new();
+        created.content.normalised = None;
+        created.content.headers = Vec::new();
+        self.handing.push((created, loc));
+        if self.overlay.len() > MAX_UNINDEXED {
+            self.send_to_indexer();
+            let half = self
+                .overlay
+                .seq_at(MAX_UNINDEXED / 2)
+                .unwrap_or(self.handed_seq);
+            if let Err(e) = self.shared.index.wait_for(half, CATCH_UP_LIMIT) {
+                tracing::error!(error = %e, "the index did not catch up with the log");
+            }
+            self.overlay.prune(self.shared.index.indexed());
+        }
+        Ok(())
+    }
+
+    /// Puts a new event in the log and the index under the next seq, on this thread (for
+    /// commands other than appends, which run once the indexer has caught up).
     pub(super) fn log_and_index(&mut self, created: &Created) -> Result<(), JournalError> {
+        debug_assert!(self.handing.is_empty() && self.overlay.len() == 0);
         let loc = self
             .log
             .writer
@@ -421,7 +537,19 @@ impl Committer {
         }
         self.shared.count(&summary.source, |c| c.add(summary));
         self.last_seq = summary.seq;
+        self.handed_seq = summary.seq;
+        self.shared.index.indexed_to(summary.seq);
+        self.remember_prints(created);
         Ok(())
+    }
+
+    /// The dedup keys `created` writes into the index (as `index::apply` does).
+    fn remember_prints(&mut self, created: &Created) {
+        if created.remembered {
+            for key in index::dedup_keys(&created.summary, created.replay_key.as_deref()) {
+                self.prints.add(&key);
+            }
+        }
     }
 
     /// An event as stored in the index.
@@ -442,6 +570,7 @@ impl Committer {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return Err(JournalError::Unwritable("an earlier flush failed".into()));
         }
+        self.overlay.prune(self.shared.index.indexed());
         // The id, then what the signature covers where it does not cover the id: a
         // captured body posted again under a new id is a duplicate too.
         if let Some(seq) = self.remembered(&dedup_key(&event.source, &event.id), &event)? {
@@ -509,7 +638,7 @@ impl Committer {
         if !stale {
             created.deliveries = self.subs.matching(&created.summary, None);
         }
-        self.log_and_index(&created)?;
+        self.log_and_hand(created)?;
         Ok(if stale {
             Outcome::Stale(seq)
         } else {
@@ -520,15 +649,21 @@ impl Committer {
     /// The seq of the event a dedup key points at, while inside the dedup window.
     fn remembered(&self, key: &[u8], event: &NewEvent) -> Result<Option<u64>, JournalError> {
         let window_ms = self.settings.dedup_window.as_millis() as u64;
-        let Some(found) = self
-            .trees
-            .dedup
-            .get(key)
-            .map_err(|e| JournalError::Unwritable(e.to_string()))?
-        else {
-            return Ok(None);
+        // What the indexer has not written yet is newer than anything sled holds.
+        let found = match self.overlay.dedup(key) {
+            Some(value) => split_dedup_value(value),
+            None if !self.prints.may_hold(key) => return Ok(None),
+            None => match self
+                .trees
+                .dedup
+                .get(key)
+                .map_err(|e| JournalError::Unwritable(e.to_string()))?
+            {
+                Some(found) => split_dedup_value(&found),
+                None => return Ok(None),
+            },
         };
-        let (seq, first_seen) = split_dedup_value(&found).ok_or_else(|| {
+        let (seq, first_seen) = found.ok_or_else(|| {
             JournalError::Unwritable("a dedup entry in the index is damaged".into())
         })?;
         Ok((first_seen.saturating_add(window_ms) > event.received_at_ms).then_some(seq))
@@ -779,13 +914,17 @@ impl Committer {
 
     /// Whether an event at `ts` is older than the newest accepted for its order key.
     fn is_stale(&self, source: &str, order_key: &str, ts: i64) -> Result<bool, JournalError> {
-        let newest = self
-            .trees
-            .order
-            .get(dedup_key(source, order_key))
-            .map_err(|e| JournalError::Unwritable(e.to_string()))?
-            .and_then(|v| split_order_value(&v))
-            .map(|(ts, _)| ts);
+        let key = dedup_key(source, order_key);
+        let newest = match self.overlay.order(&key) {
+            Some(newest) => Some(newest),
+            None => self
+                .trees
+                .order
+                .get(key)
+                .map_err(|e| JournalError::Unwritable(e.to_string()))?
+                .and_then(|v| split_order_value(&v))
+                .map(|(ts, _)| ts),
+        };
         Ok(newest.is_some_and(|newest| ts < newest))
     }
 
@@ -807,10 +946,13 @@ impl Committer {
     }
 
     /// Forgets the event's dedup keys (see [`index::forget`]).
-    fn forget(&self, stored: &Stored) -> Result<(), JournalError> {
-        index::forget(&self.trees, stored.summary(), stored.replay_key())
-            .map(drop)
-            .map_err(|e| JournalError::Unwritable(e.to_string()))
+    fn forget(&mut self, stored: &Stored) -> Result<(), JournalError> {
+        let removed = index::forget(&self.trees, stored.summary(), stored.replay_key())
+            .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        for key in removed {
+            self.prints.remove(&key);
+        }
+        Ok(())
     }
 
     fn compact(&mut self, now_ms: u64) -> Result<bool, JournalError> {
@@ -929,6 +1071,7 @@ impl Committer {
                 // A key seen again after it expired has a newer entry: leave that one.
                 if split_dedup_value(&v).map(|(_, seen)| seen) == seq_from(first_seen) {
                     self.trees.dedup.remove(key).map_err(unwritable)?;
+                    self.prints.remove(key);
                 }
             }
             self.trees

@@ -138,6 +138,14 @@ impl Core {
                 offset: tail.1,
                 last_seq: last,
             })),
+            index: super::indexer::Progress::new(
+                index::Mark {
+                    segment: tail.0,
+                    offset: tail.1,
+                    last_seq: last,
+                },
+                outlets.published.clone(),
+            ),
             unreferenced: Mutex::new(Vec::new()),
             rewind: AtomicU64::new(u64::MAX),
             rewound: tokio::sync::Notify::new(),
@@ -152,9 +160,12 @@ impl Core {
             .subscriptions
             .send_replace(Arc::new(subscriptions.clone()));
         outlets.rewound.send_modify(|n| *n += 1);
+        let prints = super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?;
+        tracing::debug!(keys = prints.len(), "dedup fingerprints loaded");
         let committer = committer::Committer::new(
             db.clone(),
             trees.clone(),
+            prints,
             shared.clone(),
             settings.clone(),
             committer::Log {
@@ -337,6 +348,7 @@ impl Core {
 
     /// An event's summary, from the index alone.
     pub fn summary(&self, seq: u64) -> Option<Summary> {
+        self.shared.index.settle();
         let bytes = self.trees.events.get(seq_key(seq)).ok()??;
         record::decode_summary(&bytes).ok()
     }
@@ -400,6 +412,7 @@ impl Core {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<Delivery>, u64), String> {
+        self.shared.index.settle();
         let from = subscription::sub_key(num, after.saturating_add(1));
         let to = subscription::sub_key(num, u64::MAX);
         let mut found = Vec::new();
@@ -426,6 +439,7 @@ impl Core {
 
     /// Every delivery of one event.
     pub fn event_deliveries(&self, seq: u64) -> Result<Vec<Delivery>, String> {
+        self.shared.index.settle();
         let range = subscription::delivery_key(seq, 0)..=subscription::delivery_key(seq, u64::MAX);
         let mut found = Vec::new();
         for item in self.trees.deliveries.range(range) {
@@ -503,6 +517,19 @@ impl Core {
         &self.trees
     }
 
+    #[cfg(test)]
+    pub fn hold_index(&self, hold: bool) {
+        self.shared.index.hold(hold);
+    }
+
+    #[cfg(test)]
+    pub fn published(&self) -> (u64, u64) {
+        (
+            self.shared.index.indexed(),
+            self.durable().map_or(0, |m| m.last_seq),
+        )
+    }
+
     /// Undelivered events' bytes.
     pub fn backlog_bytes(&self) -> u64 {
         self.shared.backlog_bytes.load(Ordering::Acquire)
@@ -516,6 +543,7 @@ impl Core {
     /// The whole event. Finding its log entry damaged marks it `damaged` (see
     /// [`ReadError::Damaged`]).
     pub fn get(&self, seq: u64) -> Result<Option<Record>, ReadError> {
+        self.shared.index.settle();
         let other = |e: String| ReadError::Other { seq, why: e };
         let Some(bytes) = self
             .trees
@@ -553,6 +581,7 @@ impl Core {
 
     /// Summaries after `filter.after`, oldest first, and the cursor to continue from.
     pub fn list(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), String> {
+        self.shared.index.settle();
         let start = filter.after.saturating_add(1);
         let mut end = filter.until.unwrap_or(u64::MAX);
         if let Some(before) = filter.before {
@@ -610,6 +639,7 @@ impl Core {
 
     /// Where the journal keeps an event id for `source`, for tests and tools.
     pub fn remembers(&self, source: &str, id: &str) -> bool {
+        self.shared.index.settle();
         self.trees
             .dedup
             .contains_key(committer::dedup_key(source, id))

@@ -67,11 +67,15 @@ fn subscription(name: &str, events: &[&str], mode: Mode) -> Subscription {
     }
 }
 
+/// Appends `e` and waits, as a delivery worker does, until readers are told of it (the
+/// answer waits for the log's sync; the index follows a moment later).
 async fn accepted(journal: &Journal, e: NewEvent) -> u64 {
-    match journal.append(e).await.unwrap() {
+    let seq = match journal.append(e).await.unwrap() {
         Outcome::Accepted(seq) => seq,
         other => panic!("{other:?}"),
-    }
+    };
+    journal.last_seq().wait_for(|s| *s >= seq).await.unwrap();
+    seq
 }
 
 fn attempt(at_ms: u64, status: u16) -> DeliveryAttempt {

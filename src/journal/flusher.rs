@@ -8,7 +8,7 @@ use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::index::Mark;
 use super::{JournalError, Outcome, Shared, Stages};
@@ -101,7 +101,6 @@ pub(super) fn run(
     queue: Arc<FlushQueue>,
     db: sled::Db,
     shared: Arc<Shared>,
-    published: watch::Sender<u64>,
     stages: Option<Stages>,
 ) {
     let mut failed_before = false;
@@ -127,14 +126,9 @@ pub(super) fn run(
             Ok(()) => {
                 if let Some(mark) = group.mark {
                     *shared.durable.lock().expect("durable lock") = Some(mark);
-                    // Wakes readers only when there is a new event to read.
-                    published.send_if_modified(|last| {
-                        let newer = mark.last_seq > *last;
-                        if newer {
-                            *last = mark.last_seq;
-                        }
-                        newer
-                    });
+                    // Wakes readers only when there is a new event to read, and only
+                    // for events the indexer has written too.
+                    shared.index.synced(mark.last_seq);
                 }
                 None
             }

@@ -130,24 +130,24 @@ pub fn dedup_keys(summary: &Summary, replay_key: Option<&str>) -> Vec<Vec<u8>> {
 }
 
 /// Forgets an event's dedup keys, each unless its entry belongs to another event (a
-/// later delivery with the same id); answers whether the id's was forgotten.
+/// later delivery with the same id); answers the keys removed, the id's first.
 pub fn forget(
     trees: &Trees,
     summary: &Summary,
     replay_key: Option<&str>,
-) -> Result<bool, sled::Error> {
-    let mut id_forgotten = false;
-    for (n, key) in dedup_keys(summary, replay_key).into_iter().enumerate() {
+) -> Result<Vec<Vec<u8>>, sled::Error> {
+    let mut removed = Vec::new();
+    for key in dedup_keys(summary, replay_key) {
         let points_here = trees
             .dedup
             .get(&key)?
             .is_some_and(|v| v.get(..8).map(seq_of) == Some(summary.seq));
         if points_here {
             trees.dedup.remove(&key)?;
+            removed.push(key);
         }
-        id_forgotten |= n == 0 && points_here;
     }
-    Ok(id_forgotten)
+    Ok(removed)
 }
 
 /// What recovery found: where the log continues, and what it did.
@@ -302,7 +302,8 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             continue;
         };
         let summary = stored.summary();
-        if forget(trees, summary, stored.replay_key()).map_err(unwritable)? {
+        let removed = forget(trees, summary, stored.replay_key()).map_err(unwritable)?;
+        if removed.contains(&dedup_key(&summary.source, &summary.id)) {
             for dedup in dedup_keys(summary, stored.replay_key()) {
                 trees
                     .dedup_expiry
@@ -459,9 +460,19 @@ pub fn flush_in_background(
     let mut doomed: BTreeMap<u64, ()> = BTreeMap::new();
     loop {
         let stopping = stop.wait(FLUSH_EVERY);
-        // Only a mark the log has synced: the index must never claim more than the log
-        // holds.
-        let durable = *shared.durable.lock().expect("durable lock");
+        // Only a mark the log has synced and the indexer has written up to: the index
+        // must never claim more than the log holds, nor than it holds itself.
+        let synced = *shared.durable.lock().expect("durable lock");
+        let durable = match (synced, shared.index.mark()) {
+            (Some(synced), Some(indexed)) => Some(
+                if (indexed.segment, indexed.offset) < (synced.segment, synced.offset) {
+                    indexed
+                } else {
+                    synced
+                },
+            ),
+            _ => None,
+        };
         doomed.extend(
             std::mem::take(&mut *shared.unreferenced.lock().expect("unreferenced lock"))
                 .into_iter()

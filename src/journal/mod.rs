@@ -25,6 +25,7 @@ mod deliveries;
 mod disk;
 mod flusher;
 mod index;
+mod indexer;
 pub(crate) mod log;
 pub mod record;
 pub mod subscription;
@@ -313,6 +314,8 @@ struct Shared {
     disk_low: Mutex<Option<String>>,
     /// The log position the flusher has synced, for the index's background flush.
     durable: Mutex<Option<index::Mark>>,
+    /// How far the index follows the log (see [`indexer`]).
+    index: indexer::Progress,
     /// Log segments no event refers to any more, to delete once that is durable.
     unreferenced: Mutex<Vec<u64>>,
     /// The lowest seq put back into the queue by a replay since the forwarder last

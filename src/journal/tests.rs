@@ -386,6 +386,91 @@ async fn appends_after_close_are_refused() {
     );
 }
 
+#[tokio::test]
+async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    let core = journal.core().unwrap();
+    let published = journal.last_seq();
+    core.hold_index(true);
+    let answered = |append| async move {
+        tokio::time::timeout(Duration::from_secs(10), append)
+            .await
+            .expect("answered while the indexer is held")
+    };
+    assert_eq!(
+        answered(journal.append(event("a", HOUR_MS))).await,
+        Ok(Outcome::Accepted(1))
+    );
+    assert_eq!(
+        answered(journal.append(ordered("new", "k", 10))).await,
+        Ok(Outcome::Accepted(2))
+    );
+    // Both decided from what the indexer holds and sled does not have yet.
+    assert_eq!(
+        answered(journal.append(event("a", HOUR_MS + 1))).await,
+        Ok(Outcome::Duplicate(1))
+    );
+    assert_eq!(
+        answered(journal.append(ordered("old", "k", 5))).await,
+        Ok(Outcome::Stale(3))
+    );
+    let (indexed, synced) = core.published();
+    assert_eq!((indexed, synced), (0, 3), "synced, not indexed");
+    assert!(core
+        .trees()
+        .dedup
+        .get(committer::dedup_key("s", "a"))
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        *published.borrow(),
+        0,
+        "readers are not told of unindexed events"
+    );
+    // The index's background flush (every 200 ms) must not claim the log past what
+    // the indexer wrote: a crash now replays events 1-3 from the log at open.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let covered = core.trees().meta.get(b"log_covered").unwrap().unwrap();
+    assert_eq!(seq_of(&covered[16..24]), 0);
+
+    core.hold_index(false);
+    // A reader that starts after the answers sees their events.
+    assert_eq!(journal.get(2).unwrap().unwrap().summary.id, "new");
+    assert_eq!(
+        journal.get(3).unwrap().unwrap().summary.status,
+        Status::Stale
+    );
+    let mut published = published;
+    tokio::time::timeout(Duration::from_secs(10), published.wait_for(|s| *s >= 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(core
+        .trees()
+        .dedup
+        .get(committer::dedup_key("s", "a"))
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        journal.append(event("a", HOUR_MS + 2)).await,
+        Ok(Outcome::Duplicate(1)),
+        "and from sled once it has them"
+    );
+    assert_eq!(
+        journal.append(ordered("older", "k", 7)).await,
+        Ok(Outcome::Stale(4))
+    );
+    journal.close().await;
+    drop((core, journal));
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal.append(event("a", HOUR_MS + 3)).await,
+        Ok(Outcome::Duplicate(1))
+    );
+    journal.close().await;
+}
+
 /// The sled trees of a closed journal, for tests that change the index behind its back.
 fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
     let db = core::open_sled(&dir.join("journal"), DEFAULT_INDEX_CACHE).unwrap();

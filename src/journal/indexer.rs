@@ -1,0 +1,387 @@
+//! The indexer: the third thread of group commit. The committer decides dedup and
+//! ordering from the index plus what it has handed here and not yet seen applied (its
+//! [`Overlay`]), writes the log, and hands each accepted event to this thread, which
+//! writes it into sled behind the log while the flusher syncs and answers. So sled is off
+//! the path of an `accepted`: the answer waits for the log's sync, never for the index.
+//!
+//! Readers see an event once it is both synced and indexed (the `published` seq is the
+//! smaller of the two), and [`Progress::settle`] lets a reader that starts after an
+//! answer see what that answer acknowledged. The index's covered mark never passes what
+//! this thread applied, so a crash at any point replays the rest from the log at open.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::index::{self, Mark};
+use super::record::{Created, Loc, Status};
+use super::{committer::dedup_key, Shared, Trees};
+
+/// What the committer hands the indexer.
+pub(super) enum Work {
+    /// Events written to the log, in seq order, to write into the index.
+    Apply(Vec<(Created, Loc)>),
+    /// Everything handed over before this lies before `Mark` in the log.
+    Mark(Mark),
+}
+
+/// How far the index follows the log.
+pub(super) struct Progress {
+    /// The newest seq written into the index.
+    seq: AtomicU64,
+    /// The newest seq the flusher synced.
+    synced: AtomicU64,
+    state: Mutex<State>,
+    moved: Condvar,
+    /// The seq readers are told of: the newest both synced and indexed.
+    published: watch::Sender<u64>,
+    /// Tests hold the indexer to see what the journal does while sled lags.
+    #[cfg(test)]
+    held: Mutex<bool>,
+    #[cfg(test)]
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// The newest mark whose events are all in the index.
+    mark: Option<Mark>,
+    /// Why the index stopped following the log: a sled write failed.
+    failed: Option<String>,
+}
+
+impl Progress {
+    /// At open, the index covers the log up to `mark`.
+    pub(super) fn new(mark: Mark, published: watch::Sender<u64>) -> Progress {
+        Progress {
+            seq: AtomicU64::new(mark.last_seq),
+            synced: AtomicU64::new(mark.last_seq),
+            state: Mutex::new(State {
+                mark: Some(mark),
+                failed: None,
+            }),
+            moved: Condvar::new(),
+            published,
+            #[cfg(test)]
+            held: Mutex::new(false),
+            #[cfg(test)]
+            released: Condvar::new(),
+        }
+    }
+
+    /// Holds the indexer before its next write (`true`) or lets it go on.
+    #[cfg(test)]
+    pub(super) fn hold(&self, hold: bool) {
+        *self.held.lock().expect("hold lock") = hold;
+        self.released.notify_all();
+    }
+
+    #[cfg(test)]
+    fn wait_while_held(&self) {
+        let held = self.held.lock().expect("hold lock");
+        let _unused = self
+            .released
+            .wait_while(held, |held| *held)
+            .expect("hold lock");
+    }
+
+    /// The newest seq written into the index.
+    pub(super) fn indexed(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// The newest mark whose events are all in the index.
+    pub(super) fn mark(&self) -> Option<Mark> {
+        self.state.lock().expect("index progress lock").mark
+    }
+
+    /// Events up to `seq` are in the index. Readers are told before anyone waiting
+    /// for the indexer goes on, so that what they answer next is readable.
+    pub(super) fn indexed_to(&self, seq: u64) {
+        let _state = self.state.lock().expect("index progress lock");
+        self.seq.fetch_max(seq, Ordering::AcqRel);
+        self.publish();
+        self.moved.notify_all();
+    }
+
+    fn marked(&self, mark: Mark) {
+        let mut state = self.state.lock().expect("index progress lock");
+        state.mark = Some(mark);
+        self.seq.fetch_max(mark.last_seq, Ordering::AcqRel);
+        self.publish();
+        self.moved.notify_all();
+    }
+
+    fn fail(&self, why: String) {
+        let mut state = self.state.lock().expect("index progress lock");
+        state.failed.get_or_insert(why);
+        self.moved.notify_all();
+    }
+
+    /// The flusher synced the log up to `seq`.
+    pub(super) fn synced(&self, seq: u64) {
+        self.synced.fetch_max(seq, Ordering::AcqRel);
+        self.publish();
+    }
+
+    /// Waits until the index holds every event up to `seq`; `Err` says why it never
+    /// will (a sled write failed), or that `timeout` passed.
+    pub(super) fn wait_for(&self, seq: u64, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().expect("index progress lock");
+        loop {
+            if self.indexed() >= seq {
+                return Ok(());
+            }
+            if let Some(why) = &state.failed {
+                return Err(why.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the index is behind the log (at seq {}, waiting for {seq})",
+                    self.indexed()
+                ));
+            }
+            state = self
+                .moved
+                .wait_timeout(state, left)
+                .expect("index progress lock")
+                .0;
+        }
+    }
+
+    /// Lets a reader see every event acknowledged before it began: waits (briefly; the
+    /// index is a group or two behind at most) until the index covers what was synced.
+    pub(super) fn settle(&self) {
+        let synced = self.synced.load(Ordering::Acquire);
+        if self.indexed() < synced {
+            let _ = self.wait_for(synced, SETTLE_LIMIT);
+        }
+    }
+
+    /// Moves the seq readers see to the newest one both synced and indexed.
+    fn publish(&self) {
+        self.published.send_if_modified(|last| {
+            let now = self.indexed().min(self.synced.load(Ordering::Acquire));
+            let newer = now > *last;
+            if newer {
+                *last = now;
+            }
+            newer
+        });
+    }
+}
+
+/// The longest a reader waits for the index to catch up before reading anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Writes what the committer hands over into the index, in order, until the committer
+/// hangs up.
+pub(super) fn run(work: mpsc::Receiver<Work>, trees: Trees, shared: std::sync::Arc<Shared>) {
+    let mut failed = false;
+    for item in work {
+        match item {
+            Work::Apply(events) => {
+                if failed {
+                    continue;
+                }
+                let Some((last, _)) = events.last() else {
+                    continue;
+                };
+                let last = last.summary.seq;
+                #[cfg(test)]
+                shared.index.wait_while_held();
+                if let Err(e) = events
+                    .iter()
+                    .try_for_each(|(created, loc)| index::apply(&trees, created, *loc).map(drop))
+                {
+                    // The log holds these events and the covered mark stays before them:
+                    // the next opening writes them again. Until then nothing new is taken.
+                    failed = true;
+                    shared.fail(format!("an index write failed: {e}"));
+                    tracing::error!(error = %e, "index write failed; refusing new events until writes work again");
+                    shared.index.fail(e.to_string());
+                    continue;
+                }
+                shared.index.indexed_to(last);
+            }
+            Work::Mark(mark) => {
+                if !failed {
+                    shared.index.marked(mark);
+                }
+            }
+        }
+    }
+}
+
+/// What the committer accepted and the indexer has not yet written: the dedup and order
+/// entries a decision must see before sled has them.
+#[derive(Default)]
+pub(super) struct Overlay {
+    dedup: HashMap<Vec<u8>, [u8; 16]>,
+    /// Order key -> newest timestamp, and the seq of the event that set it.
+    order: HashMap<Vec<u8>, (i64, u64)>,
+    /// Each event handed over, oldest first, with the keys it put here.
+    handed: VecDeque<Handed>,
+}
+
+/// An event handed to the indexer: its seq, dedup keys and order key.
+type Handed = (u64, Vec<Vec<u8>>, Option<Vec<u8>>);
+
+impl Overlay {
+    /// Records what `created` will write to dedup and order once indexed (the same
+    /// entries as `index::apply`).
+    pub(super) fn add(&mut self, created: &Created) {
+        let summary = &created.summary;
+        let mut dedup = Vec::new();
+        if created.remembered {
+            let value = super::committer::dedup_value(summary.seq, summary.received_at_ms);
+            for key in index::dedup_keys(summary, created.replay_key.as_deref()) {
+                self.dedup.insert(key.clone(), value);
+                dedup.push(key);
+            }
+        }
+        let mut order = None;
+        if let (Some(order_key), Some(ts), Status::Queued) =
+            (&created.content.order_key, created.order_ts, summary.status)
+        {
+            let key = dedup_key(&summary.source, order_key);
+            self.order.insert(key.clone(), (ts, summary.seq));
+            order = Some(key);
+        }
+        self.handed.push_back((summary.seq, dedup, order));
+    }
+
+    /// A dedup entry not yet in the index: the seq and first-seen time it will hold.
+    pub(super) fn dedup(&self, key: &[u8]) -> Option<&[u8; 16]> {
+        self.dedup.get(key)
+    }
+
+    /// The newest order timestamp for `key` not yet in the index.
+    pub(super) fn order(&self, key: &[u8]) -> Option<i64> {
+        self.order.get(key).map(|&(ts, _)| ts)
+    }
+
+    /// How many events are handed over and not yet known to be indexed.
+    pub(super) fn len(&self) -> usize {
+        self.handed.len()
+    }
+
+    /// The seq of the `n`th oldest event not yet known to be indexed.
+    pub(super) fn seq_at(&self, n: usize) -> Option<u64> {
+        self.handed.get(n).map(|(seq, _, _)| *seq)
+    }
+
+    /// Drops what the index now holds (every event up to `indexed`): sled answers for
+    /// those keys from now on. A key a later event set again stays.
+    pub(super) fn prune(&mut self, indexed: u64) {
+        while let Some((seq, _, _)) = self.handed.front() {
+            if *seq > indexed {
+                break;
+            }
+            let Some((seq, dedup, order)) = self.handed.pop_front() else {
+                break;
+            };
+            for key in dedup {
+                if self
+                    .dedup
+                    .get(&key)
+                    .is_some_and(|v| v[..8] == seq.to_be_bytes())
+                {
+                    self.dedup.remove(&key);
+                }
+            }
+            if let Some(key) = order {
+                if self.order.get(&key).is_some_and(|&(_, by)| by == seq) {
+                    self.order.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Every dedup key the index holds, as a 64-bit fingerprint with a count: an id whose
+/// fingerprint is absent is new without a look into sled, which is what most appends
+/// are. A fingerprint present is only a hint (another key may share it), checked in
+/// sled. Counts go up on every key written and down on every key removed, so a count
+/// can be too high (a key written again over itself), never too low: a stale hint costs
+/// one sled read, a missing one would accept a duplicate.
+pub(super) struct Fingerprints {
+    counts: HashMap<u64, u32>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Fingerprints {
+    /// Reads every key of the `dedup` tree.
+    pub(super) fn load(dedup: &sled::Tree) -> Result<Fingerprints, sled::Error> {
+        let mut prints = Fingerprints {
+            counts: HashMap::with_capacity(dedup.len()),
+            hasher: Default::default(),
+        };
+        for item in dedup.iter().keys() {
+            prints.add(&item?);
+        }
+        Ok(prints)
+    }
+
+    fn print(&self, key: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, key)
+    }
+
+    pub(super) fn add(&mut self, key: &[u8]) {
+        *self.counts.entry(self.print(key)).or_default() += 1;
+    }
+
+    /// A key left the index.
+    pub(super) fn remove(&mut self, key: &[u8]) {
+        let print = self.print(key);
+        if let Some(count) = self.counts.get_mut(&print) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&print);
+            }
+        }
+    }
+
+    /// Whether the index may hold `key`; `false` means it does not.
+    pub(super) fn may_hold(&self, key: &[u8]) -> bool {
+        self.counts.contains_key(&self.print(key))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_goes_only_when_every_key_that_set_it_has_gone() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let dedup = db.open_tree("dedup").unwrap();
+        dedup.insert(b"s\0a", &[0u8; 16]).unwrap();
+        let mut prints = Fingerprints::load(&dedup).unwrap();
+        assert!(prints.may_hold(b"s\0a"), "loaded from the index");
+        assert!(!prints.may_hold(b"s\0b"));
+        // Written again over itself: counted twice, so one removal leaves a hint (a
+        // sled read too many), never a miss.
+        prints.add(b"s\0a");
+        prints.remove(b"s\0a");
+        assert!(prints.may_hold(b"s\0a"));
+        prints.remove(b"s\0a");
+        assert!(!prints.may_hold(b"s\0a"));
+        prints.remove(b"s\0a");
+        prints.add(b"s\0a");
+        assert!(
+            prints.may_hold(b"s\0a"),
+            "a removal too many does not hide a key"
+        );
+        assert_eq!(prints.len(), 1);
+    }
+}

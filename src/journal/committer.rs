@@ -1,7 +1,8 @@
-//! The one thread that writes the journal. It takes every command queued, applies them
-//! in order (appends go to the commit log and the index), writes the group's log entries
-//! at once, and hands the answers to the flusher, which answers after the fsync. Deciding
-//! dedup and ordering here, on one thread, is what makes "check then write" atomic.
+//! The one thread that decides what the journal holds. It takes every command queued,
+//! applies them in order (appends go to the commit log, and to the indexer, which writes
+//! them into sled behind the log), writes the group's log entries at once, and hands the
+//! answers to the flusher, which answers after the fsync. Deciding dedup and ordering
+//! here, on one thread, is what makes "check then write" atomic.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

@@ -310,20 +310,37 @@ impl Overlay {
 /// sled. Counts go up on every key written and down on every key removed, so a count
 /// can be too high (a key written again over itself), never too low: a stale hint costs
 /// one sled read, a missing one would accept a duplicate.
+///
+/// The table holds at most [`MAX_PRINTS`] keys (about 100 MB); a journal whose dedup
+/// window holds more drops it, and every id is looked up in sled as before, until an
+/// opening finds fewer keys again.
 pub(super) struct Fingerprints {
     counts: HashMap<u64, u32>,
     hasher: std::collections::hash_map::RandomState,
+    /// Too many keys to keep: every key may be in the index.
+    full: bool,
 }
+
+/// The most dedup keys the fingerprint table keeps.
+const MAX_PRINTS: usize = 4 << 20;
 
 impl Fingerprints {
     /// Reads every key of the `dedup` tree.
     pub(super) fn load(dedup: &sled::Tree) -> Result<Fingerprints, sled::Error> {
+        Fingerprints::load_up_to(dedup, MAX_PRINTS)
+    }
+
+    fn load_up_to(dedup: &sled::Tree, max: usize) -> Result<Fingerprints, sled::Error> {
         let mut prints = Fingerprints {
-            counts: HashMap::with_capacity(dedup.len()),
+            counts: HashMap::new(),
             hasher: Default::default(),
+            full: false,
         };
         for item in dedup.iter().keys() {
-            prints.add(&item?);
+            prints.add_up_to(&item?, max);
+            if prints.full {
+                break;
+            }
         }
         Ok(prints)
     }
@@ -332,7 +349,24 @@ impl Fingerprints {
         std::hash::BuildHasher::hash_one(&self.hasher, key)
     }
 
+    /// A key went into the index.
     pub(super) fn add(&mut self, key: &[u8]) {
+        self.add_up_to(key, MAX_PRINTS);
+    }
+
+    fn add_up_to(&mut self, key: &[u8], max: usize) {
+        if self.full {
+            return;
+        }
+        if self.counts.len() >= max {
+            tracing::info!(
+                keys = self.counts.len(),
+                "too many ids in the dedup window to keep their fingerprints; each is looked up in the index"
+            );
+            self.full = true;
+            self.counts = HashMap::new();
+            return;
+        }
         *self.counts.entry(self.print(key)).or_default() += 1;
     }
 
@@ -349,7 +383,7 @@ impl Fingerprints {
 
     /// Whether the index may hold `key`; `false` means it does not.
     pub(super) fn may_hold(&self, key: &[u8]) -> bool {
-        self.counts.contains_key(&self.print(key))
+        self.full || self.counts.contains_key(&self.print(key))
     }
 
     pub(super) fn len(&self) -> usize {
@@ -383,5 +417,24 @@ mod tests {
             "a removal too many does not hide a key"
         );
         assert_eq!(prints.len(), 1);
+    }
+
+    #[test]
+    fn past_its_limit_the_table_sends_every_id_to_the_index() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let dedup = db.open_tree("dedup").unwrap();
+        for key in [b"s\0a", b"s\0b", b"s\0c"] {
+            dedup.insert(key, &[0u8; 16]).unwrap();
+        }
+        let mut prints = Fingerprints::load_up_to(&dedup, 2).unwrap();
+        assert!(prints.may_hold(b"s\0z"), "full: anything may be there");
+        assert_eq!(prints.len(), 0, "and its memory is given back");
+        prints.remove(b"s\0a");
+        prints.add(b"s\0d");
+        assert!(prints.may_hold(b"s\0a"));
+        let mut prints = Fingerprints::load_up_to(&dedup, 3).unwrap();
+        assert!(!prints.may_hold(b"s\0z"));
+        prints.add_up_to(b"s\0d", 3);
+        assert!(prints.may_hold(b"s\0z"), "filled up while running");
     }
 }

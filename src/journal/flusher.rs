@@ -51,6 +51,9 @@ impl Waiting {
 pub(super) struct FlushQueue {
     waiting: Mutex<Waiting>,
     wake: Condvar,
+    /// Whether a sync is under way.
+    busy: Mutex<bool>,
+    idle: Condvar,
 }
 
 impl FlushQueue {
@@ -83,7 +86,19 @@ impl FlushQueue {
         while waiting.is_empty() {
             waiting = self.wake.wait(waiting).expect("flush queue lock");
         }
+        *self.busy.lock().expect("busy lock") = true;
         std::mem::take(&mut *waiting)
+    }
+
+    fn done(&self) {
+        *self.busy.lock().expect("busy lock") = false;
+        self.idle.notify_all();
+    }
+
+    /// Waits until no sync is under way.
+    pub(super) fn wait_idle(&self) {
+        let busy = self.busy.lock().expect("busy lock");
+        let _idle = self.idle.wait_while(busy, |busy| *busy).expect("busy lock");
     }
 }
 
@@ -149,6 +164,7 @@ pub(super) fn run(
         for answer in group.updates {
             answer(failed.as_ref());
         }
+        queue.done();
         if let Some(close) = group.close {
             let _ = close.send(());
             return;

@@ -866,6 +866,8 @@ async fn a_missing_entry_costs_its_own_seq_and_a_zero_filled_tail_is_cut() {
 
 /// Overwrites one byte of the log entry of `seq`, inside its payload.
 fn flip_a_byte_of(dir: &Path, journal: &Journal, seq: u64) {
+    // A read waits for the index to hold what was acknowledged; the trees do not.
+    assert!(journal.get(seq).unwrap().is_some());
     let record::Stored::Indexed(index) = record::decode_stored(
         &journal
             .core()

@@ -79,6 +79,8 @@ pub(super) struct Committer {
     overlay: Overlay,
     /// Which dedup keys the index may hold: most new ids are decided without sled.
     prints: Fingerprints,
+    /// Whether the indexer fell `MAX_UNINDEXED` behind (said once until it catches up).
+    index_behind: bool,
     indexer: Option<(std::sync::mpsc::Sender<Work>, std::thread::JoinHandle<()>)>,
 }
 
@@ -196,6 +198,7 @@ impl Committer {
             handed_seq: last_seq,
             overlay: Overlay::default(),
             prints,
+            index_behind: false,
             indexer: None,
         }
     }
@@ -461,8 +464,16 @@ impl Committer {
     /// write sled themselves see what the appends before them decided.
     fn catch_up(&mut self) {
         self.send_to_indexer();
-        if let Err(e) = self.shared.index.wait_for(self.handed_seq, CATCH_UP_LIMIT) {
-            tracing::error!(error = %e, "the index did not catch up with the log");
+        self.wait_for_indexer(self.handed_seq);
+    }
+
+    fn wait_for_indexer(&mut self, seq: u64) {
+        if let Err(e) = self.shared.index.wait_for(seq, CATCH_UP_LIMIT) {
+            // Once the indexer failed, the journal refuses new events until it is opened
+            // again (its fault says why), and every command would say so here too.
+            if self.shared.healthy.load(Ordering::Acquire) {
+                tracing::error!(error = %e, "the index did not catch up with the log");
+            }
         }
         self.overlay.prune(self.shared.index.indexed());
     }
@@ -499,15 +510,22 @@ impl Committer {
         created.content.headers = Vec::new();
         self.handing.push((created, loc));
         if self.overlay.len() > MAX_UNINDEXED {
+            if !self.index_behind {
+                self.index_behind = true;
+                tracing::warn!(
+                    events = self.overlay.len(),
+                    "the index is this far behind the commit log; new events wait for it"
+                );
+            }
             self.send_to_indexer();
             let half = self
                 .overlay
                 .seq_at(MAX_UNINDEXED / 2)
                 .unwrap_or(self.handed_seq);
-            if let Err(e) = self.shared.index.wait_for(half, CATCH_UP_LIMIT) {
-                tracing::error!(error = %e, "the index did not catch up with the log");
-            }
-            self.overlay.prune(self.shared.index.indexed());
+            self.wait_for_indexer(half);
+        } else if self.index_behind && self.overlay.len() < MAX_UNINDEXED / 4 {
+            self.index_behind = false;
+            tracing::info!("the index has caught up with the commit log");
         }
         Ok(())
     }

@@ -481,29 +481,12 @@ impl Committer {
     /// Puts an accepted event in the log under the next seq, and hands it to the
     /// indexer: its answer waits for the log's sync, not for sled.
     fn log_and_hand(&mut self, mut created: Created) -> Result<(), JournalError> {
-        let loc = self
-            .log
-            .writer
-            .append_with(created.summary.seq, |buf| {
-                record::encode_created(&created, buf)
-            })
-            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
-        let summary = &created.summary;
+        let loc = self.append_to_log(&created)?;
         // A new event's deliveries are exactly those it matched (`index::apply` makes
         // each, the subscriptions being unchanged until the indexer has caught up).
-        for &num in &created.deliveries {
-            self.shared.queued(summary.size);
-            self.stat(num, |s| s.pending += 1);
-        }
-        *self.log.live.entry(loc.segment).or_default() += 1;
-        if summary.status == Status::Queued {
-            self.shared.queued(summary.size);
-        }
-        self.shared.count(&summary.source, |c| c.add(summary));
-        self.last_seq = summary.seq;
-        self.handed_seq = summary.seq;
-        self.overlay.add(&created);
-        self.remember_prints(&created);
+        self.count_new(&created, loc, &created.deliveries);
+        let keys = self.remember_prints(&created);
+        self.overlay.add(&created, keys);
         // The index needs where the content is, not the content.
         created.content.body = bytes::Bytes::new();
         created.content.normalised = None;
@@ -534,13 +517,7 @@ impl Committer {
     /// commands other than appends, which run once the indexer has caught up).
     pub(super) fn log_and_index(&mut self, created: &Created) -> Result<(), JournalError> {
         debug_assert!(self.handing.is_empty() && self.overlay.len() == 0);
-        let loc = self
-            .log
-            .writer
-            .append_with(created.summary.seq, |buf| {
-                record::encode_created(created, buf)
-            })
-            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
+        let loc = self.append_to_log(created)?;
         let made = match index::apply(&self.trees, created, loc) {
             Ok(made) => made,
             Err(e) => {
@@ -551,30 +528,52 @@ impl Committer {
                 return Err(JournalError::Unwritable(e.to_string()));
             }
         };
-        for delivery in &made {
-            self.shared.queued(delivery.size);
-            self.stat(delivery.sub, |s| s.pending += 1);
+        let made: Vec<u64> = made.iter().map(|delivery| delivery.sub).collect();
+        self.count_new(created, loc, &made);
+        self.shared.index.indexed_to(created.summary.seq);
+        self.remember_prints(created);
+        Ok(())
+    }
+
+    /// Writes a new event's log entry.
+    fn append_to_log(&mut self, created: &Created) -> Result<Loc, JournalError> {
+        self.log
+            .writer
+            .append_with(created.summary.seq, |buf| {
+                record::encode_created(created, buf)
+            })
+            .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))
+    }
+
+    /// Counts a new event at `loc`, and a delivery of it for each subscription in
+    /// `deliveries`: the backlog, the per-source and per-subscription counts, the
+    /// segment's references, the last seq.
+    fn count_new(&mut self, created: &Created, loc: Loc, deliveries: &[u64]) {
+        let summary = &created.summary;
+        for &num in deliveries {
+            self.shared.queued(summary.size);
+            self.stat(num, |s| s.pending += 1);
         }
         *self.log.live.entry(loc.segment).or_default() += 1;
-        let summary = &created.summary;
         if summary.status == Status::Queued {
             self.shared.queued(summary.size);
         }
         self.shared.count(&summary.source, |c| c.add(summary));
         self.last_seq = summary.seq;
         self.handed_seq = summary.seq;
-        self.shared.index.indexed_to(summary.seq);
-        self.remember_prints(created);
-        Ok(())
     }
 
-    /// The dedup keys `created` writes into the index (as `index::apply` does).
-    fn remember_prints(&mut self, created: &Created) {
-        if created.remembered {
-            for key in index::dedup_keys(&created.summary, created.replay_key.as_deref()) {
-                self.prints.add(&key);
-            }
+    /// Notes the dedup keys `created` writes into the index (as `index::apply` does)
+    /// in the fingerprint table; answers them.
+    fn remember_prints(&mut self, created: &Created) -> Vec<Vec<u8>> {
+        if !created.remembered {
+            return Vec::new();
         }
+        let keys = index::dedup_keys(&created.summary, created.replay_key.as_deref());
+        for key in &keys {
+            self.prints.add(key);
+        }
+        keys
     }
 
     /// An event as stored in the index.

@@ -523,7 +523,7 @@ impl Core {
     }
 
     #[cfg(test)]
-    pub fn published(&self) -> (u64, u64) {
+    pub fn index_progress(&self) -> (u64, u64) {
         (
             self.shared.index.indexed(),
             self.durable().map_or(0, |m| m.last_seq),

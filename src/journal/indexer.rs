@@ -10,6 +10,7 @@
 //! this thread applied, so a crash at any point replays the rest from the log at open.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -233,17 +234,13 @@ pub(super) struct Overlay {
 type Handed = (u64, Vec<Vec<u8>>, Option<Vec<u8>>);
 
 impl Overlay {
-    /// Records what `created` will write to dedup and order once indexed (the same
-    /// entries as `index::apply`).
-    pub(super) fn add(&mut self, created: &Created) {
+    /// Records what `created` will write to dedup (its `dedup` keys, none if it is not
+    /// remembered) and order once indexed (the same entries as `index::apply`).
+    pub(super) fn add(&mut self, created: &Created, dedup: Vec<Vec<u8>>) {
         let summary = &created.summary;
-        let mut dedup = Vec::new();
-        if created.remembered {
-            let value = super::committer::dedup_value(summary.seq, summary.received_at_ms);
-            for key in index::dedup_keys(summary, created.replay_key.as_deref()) {
-                self.dedup.insert(key.clone(), value);
-                dedup.push(key);
-            }
+        let value = super::committer::dedup_value(summary.seq, summary.received_at_ms);
+        for key in &dedup {
+            self.dedup.insert(key.clone(), value);
         }
         let mut order = None;
         if let (Some(order_key), Some(ts), Status::Queued) =
@@ -315,10 +312,31 @@ impl Overlay {
 /// window holds more drops it, and every id is looked up in sled as before, until an
 /// opening finds fewer keys again.
 pub(super) struct Fingerprints {
-    counts: HashMap<u64, u32>,
+    counts: HashMap<u64, u32, BuildHasherDefault<Passthrough>>,
     hasher: std::collections::hash_map::RandomState,
     /// Too many keys to keep: every key may be in the index.
     full: bool,
+}
+
+/// The fingerprint table's own hasher: a fingerprint is already a keyed hash of its key,
+/// so it is used as it is rather than hashed a second time.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// The most dedup keys the fingerprint table keeps.
@@ -332,7 +350,7 @@ impl Fingerprints {
 
     fn load_up_to(dedup: &sled::Tree, max: usize) -> Result<Fingerprints, sled::Error> {
         let mut prints = Fingerprints {
-            counts: HashMap::new(),
+            counts: HashMap::default(),
             hasher: Default::default(),
             full: false,
         };
@@ -364,7 +382,7 @@ impl Fingerprints {
                 "too many ids in the dedup window to keep their fingerprints; each is looked up in the index"
             );
             self.full = true;
-            self.counts = HashMap::new();
+            self.counts = HashMap::default();
             return;
         }
         *self.counts.entry(self.print(key)).or_default() += 1;

@@ -415,7 +415,7 @@ async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_no
         answered(journal.append(ordered("old", "k", 5))).await,
         Ok(Outcome::Stale(3))
     );
-    let (indexed, synced) = core.published();
+    let (indexed, synced) = core.index_progress();
     assert_eq!((indexed, synced), (0, 3), "synced, not indexed");
     let sled_has_a = || {
         core.trees()

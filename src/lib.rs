@@ -61,6 +61,8 @@ pub struct Running {
     pub journal: Journal,
     /// What SIGHUP calls; tests call it directly.
     pub reloader: Arc<reload::Reloader>,
+    /// The live stream's one reader of the journal (its counts, for tests).
+    pub stream: admin::broadcast::Broadcaster,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -311,7 +313,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         stopped.clone(),
         metrics,
     )));
-    tasks.push(tokio::spawn(broadcaster.feed(stopped.clone())));
+    tasks.push(tokio::spawn(broadcaster.clone().feed(stopped.clone())));
     if let Some(forwarder) = forwarder {
         tasks.push(tokio::spawn(forwarder.run(stopped.clone())));
     }
@@ -341,6 +343,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         admin_addr,
         journal,
         reloader,
+        stream: broadcaster,
         stop,
         tasks,
     })

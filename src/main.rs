@@ -117,6 +117,9 @@ enum Command {
         /// Ask /readyz (journal open and, with a broker, connected) instead of /healthz.
         #[arg(long)]
         ready: bool,
+        /// For [admin.tls]: the CA to trust and the client certificate to present.
+        #[command(flatten)]
+        tls: hookgate::cli::client::TlsArgs,
     },
     /// Write a development CA, a server certificate for localhost/127.0.0.1/::1 and a
     /// client certificate, for trying HTTPS and mTLS.
@@ -320,8 +323,8 @@ fn main() -> ExitCode {
         Command::Deliveries { action, admin } => {
             runtime().block_on(hookgate::cli::deliveries::run(action, &admin))
         }
-        Command::Health { config, ready } => {
-            runtime().block_on(hookgate::cli::health(&config, ready))
+        Command::Health { config, ready, tls } => {
+            runtime().block_on(hookgate::cli::health(&config, ready, &tls))
         }
         Command::GenCerts { out, client_name } => {
             hookgate::cli::certs::gen_certs(&out, &client_name).map(|written| {

@@ -413,7 +413,9 @@ async fn send_and_events_speak_https_with_client_certificates() {
             "\n[{table}]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\nclient_ca = \"{d}/ca.pem\"\nclient_auth = \"required\"\n"
         )
     };
-    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    // A fixed admin port: `health` finds the admin listener in the config.
+    let admin_at = format!("127.0.0.1:{}", common::free_port());
+    let (starter, path) = write_starter(dir.path(), &admin_at);
     let text = format!("{starter}{}{}", tls("server.tls"), tls("admin.tls"));
     std::fs::write(&path, text).unwrap();
     let gw = common::spawn(&path);
@@ -457,6 +459,19 @@ async fn send_and_events_speak_https_with_client_certificates() {
         said.contains("github") && said.contains("hookgate.test"),
         "{said}"
     );
+    let mut show = strings(&["events", "show", "1", "-c", &config, "--admin", &admin]);
+    show.extend(mtls.iter().cloned());
+    let (code, said) = run(show).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("\"source\": \"github\""), "{said}");
+    // The health check speaks https under [admin.tls], with the same options.
+    let mut health = strings(&["health", "-c", &config]);
+    health.extend(mtls.iter().cloned());
+    let (code, said) = run(health).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("/healthz: 200"), "{said}");
+    let (code, said) = run(strings(&["health", "-c", &config, "--cacert", &ca])).await;
+    assert_eq!(code, Some(1), "no client certificate: {said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

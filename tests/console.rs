@@ -435,6 +435,21 @@ async fn sign_in_see_an_event_arrive_open_it_replay_it_and_sign_out() {
     client.set_window_size(390, 844).await.unwrap();
     client.goto(&format!("http://{admin}/")).await.unwrap();
     css(client, "#events").await;
+    // Each cell on a line of its own under its column's name, and nothing wider than
+    // the screen.
+    let laid_out = client
+        .execute(
+            "var td = document.querySelector('#events tbody td');\
+             return [getComputedStyle(td).display,\
+                     getComputedStyle(td, '::before').content,\
+                     document.documentElement.scrollWidth <= window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(laid_out[0], "grid", "{laid_out}");
+    assert_eq!(laid_out[1], "\"Seq\"", "{laid_out}");
+    assert_eq!(laid_out[2], true, "wider than a phone: {laid_out}");
     screenshot(client, "events-phone").await;
     client.set_window_size(1280, 900).await.unwrap();
 

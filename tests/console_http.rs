@@ -439,3 +439,130 @@ async fn the_api_pages_back_names_source_urls_and_the_broker() {
     );
     running.stop().await;
 }
+
+/// The status line and headers of an answer whose body does not end (a live stream).
+async fn head_of(addr: std::net::SocketAddr, path: &str, cookie: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let cookie = cookie
+        .map(|c| format!("cookie: {c}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{cookie}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert_eq!(read, 1, "the connection closed before the headers ended");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn every_page_is_hardened_shows_payloads_as_text_and_live_needs_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), true, now_clock()).await;
+    let hostile = r#"{"note":"<script>window.pwned = 1</script>"}"#;
+    let reply = common::post(
+        running.ingest_addr,
+        "/hooks/github",
+        common::github(
+            "hostile-1",
+            "<b>bold</b>",
+            "application/json",
+            hostile.as_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", body(&reply));
+    let mut bearer = HeaderMap::new();
+    bearer.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    let created = client::request(
+        Method::POST,
+        &format!("http://{}/v1/subscriptions", running.admin_addr),
+        bearer,
+        Bytes::from(r#"{"name":"workers","events":["*:*"]}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", body(&created));
+    let sub = created.json()["id"].as_str().unwrap().to_string();
+
+    // The live stream: nobody's without a session, nor a session not signed in.
+    let mut visitor = Visitor::new(&running);
+    let head = head_of(running.admin_addr, "/live", None).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    visitor.get("/login").await;
+    let unsigned = visitor.cookie.clone().expect("a session cookie");
+    let head = head_of(running.admin_addr, "/live", Some(&unsigned)).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    visitor.sign_in().await;
+    let signed = visitor.cookie.clone().unwrap();
+    let head = head_of(running.admin_addr, "/live", Some(&signed)).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+
+    // Every page: the policy, no frames, no inline script or style.
+    for path in [
+        "/".to_string(),
+        "/events/1".to_string(),
+        "/sources".to_string(),
+        "/subscriptions".to_string(),
+        format!("/subscriptions/{sub}/edit"),
+        format!("/subscriptions/{sub}/logs"),
+        "/health".to_string(),
+    ] {
+        let page = visitor.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", body(&page));
+        let csp = header(&page, "content-security-policy");
+        assert!(
+            csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
+        assert_eq!(header(&page, "x-frame-options"), "DENY", "{path}");
+        let html = body(&page);
+        assert!(
+            !html.contains("style=") && !html.contains("<style"),
+            "{path} has inline style"
+        );
+        for (at, _) in html.match_indices("<script") {
+            assert!(
+                html[at..].starts_with("<script src=\"/assets/console.js"),
+                "{path} has an inline script: {}",
+                &html[at..(at + 60).min(html.len())]
+            );
+        }
+    }
+
+    // The payload and the type are text, escaped, on the pages the server renders.
+    for path in ["/events/1", "/"] {
+        let html = body(&visitor.get(path).await);
+        let at = html.find("bold").unwrap_or(0);
+        assert!(
+            html.contains("&#60;b&#62;bold&#60;/b&#62;"),
+            "{path}: the type is not escaped: {}",
+            &html[at.saturating_sub(40)..(at + 40).min(html.len())]
+        );
+        assert!(
+            !html.contains("<b>bold</b>"),
+            "{path}: the type became markup"
+        );
+    }
+    let event = body(&visitor.get("/events/1").await);
+    assert!(
+        !event.contains("<script>window.pwned"),
+        "the payload became markup"
+    );
+    assert!(
+        event.contains("&#60;script&#62;window.pwned = 1&#60;/script&#62;"),
+        "{event}"
+    );
+    running.stop().await;
+}

@@ -219,6 +219,17 @@ async fn the_stream_needs_the_token_and_a_good_query() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query} {id:?}");
         assert_eq!(r.json()["error"], "bad_request");
     }
+    // A misspelt source is named, rather than followed for ever.
+    let r = client::request(
+        http::Method::GET,
+        &url("?source=githb"),
+        auth(),
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"], "unknown_source", "{:?}", r.body);
     let r = client::request(http::Method::POST, &url(""), auth(), Bytes::new())
         .await
         .unwrap();
@@ -385,6 +396,62 @@ async fn a_client_that_stops_reading_gets_an_overflow_and_resumes_from_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_is_cut_off_and_loses_nothing() {
+    const TOTAL: u64 = 4000;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path()).await;
+    let mut stalled = RawClient::open(gw.admin_addr, "/v1/stream?after=latest", None).await;
+    let mut witness = open(&gw, "", None).await;
+    start_of(&mut witness).await;
+    let witness = tokio::spawn(async move { seqs(&mut witness, TOTAL as usize).await });
+    append_many(&gw.journal, 0..TOTAL as usize, 4096).await;
+    assert_eq!(witness.await.unwrap(), (1..=TOTAL).collect::<Vec<_>>());
+
+    // Nothing read for longer than the gateway waits for a client far behind.
+    tokio::time::sleep(hookgate::admin::stream::STALLED + Duration::from_secs(3)).await;
+    while stalled.read().await > 0 {}
+    assert!(
+        !stalled.raw.ends_with(b"\r\n0\r\n\r\n"),
+        "the answer ended in order: the client was not cut off"
+    );
+    let start = stalled
+        .raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap()
+        + 4;
+    let mut body = Vec::new();
+    let mut raw = &stalled.raw[start..];
+    // Whole chunks only: the connection was cut, maybe inside one.
+    while let Some(line) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
+        if raw.len() < line + 2 + size + 2 {
+            break;
+        }
+        body.extend_from_slice(&raw[line + 2..line + 2 + size]);
+        raw = &raw[line + 2 + size + 2..];
+    }
+    let whole = &body[..body.windows(2).rposition(|w| w == b"\n\n").unwrap() + 2];
+    let got: Vec<u64> = Parser::default()
+        .feed(whole)
+        .unwrap()
+        .iter()
+        .filter(|m| !m.data.is_empty())
+        .map(|m| m.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    let last = *got.last().expect("some events before the cut");
+    assert_eq!(got, (1..=last).collect::<Vec<_>>());
+    assert!(last + 1000 < TOTAL, "cut off at {last}");
+
+    // Its Last-Event-ID brings the rest, once; and its place is free again.
+    let mut resumed = open(&gw, "", Some(last)).await;
+    assert_eq!(start_of(&mut resumed).await, last);
+    let rest = seqs(&mut resumed, (TOTAL - last) as usize).await;
+    assert_eq!(rest, (last + 1..=TOTAL).collect::<Vec<_>>());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_each_get_every_event() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start(dir.path()).await;
@@ -398,10 +465,13 @@ async fn a_hundred_clients_each_get_every_event() {
         .into_iter()
         .map(|mut stream| tokio::spawn(async move { seqs(&mut stream, 200).await }))
         .collect();
+    let read_before = gw.stream.events_read();
     append_many(&gw.journal, 0..200, 256).await;
     for reader in readers {
         assert_eq!(reader.await.unwrap(), (1..=200).collect::<Vec<_>>());
     }
+    // A hundred clients, one journal read per event.
+    assert_eq!(gw.stream.events_read() - read_before, 200);
     gw.stop().await;
 }
 

@@ -189,7 +189,11 @@ impl Admin {
             return crate::console::live(&self, &request);
         }
         let query = request.uri().query().unwrap_or("");
-        self.stream_response(query, request.headers().get("last-event-id"))
+        self.stream_response(
+            query,
+            request.headers().get("last-event-id"),
+            request.extensions().get::<crate::listen::CutOff>().cloned(),
+        )
     }
 
     /// The answer refusing a request a browser was tricked into, or a `/v1/` call
@@ -412,8 +416,8 @@ impl Admin {
         if settings.embedded && self.journal.backlog() + matched.len() as u64 > settings.max_backlog
         {
             return unavailable(format!(
-                "replaying {} events would take the backlog past max_backlog ({}), and providers would get 503; replay fewer",
-                matched.len(),
+                "replaying {} would take the backlog past max_backlog ({}), and providers would get 503; replay fewer",
+                crate::cli::events::events(matched.len() as u64),
                 settings.max_backlog
             ));
         }
@@ -422,7 +426,10 @@ impl Admin {
             match self.journal.replay(chunk.to_vec(), self.now_ms()).await {
                 Ok(done) => replayed += done.len() as u64,
                 Err(e) => {
-                    return unavailable(format!("replay stopped after {replayed} events: {e}"))
+                    return unavailable(format!(
+                        "replay stopped after {}: {e}",
+                        crate::cli::events::events(replayed)
+                    ))
                 }
             }
         }
@@ -535,7 +542,7 @@ impl Admin {
     /// that name is configured or has events, and it is neither the gateway's own
     /// source nor a subscription's (whose derived events carry its name). A typo then
     /// says so instead of listing nothing.
-    fn unknown_source(&self, name: &str) -> Option<Response<Body>> {
+    pub(crate) fn unknown_source(&self, name: &str) -> Option<Response<Body>> {
         let known = self.sources.contains(name)
             || name == crate::journal::OPERATIONAL_SOURCE
             || self.journal.counts().contains_key(name)

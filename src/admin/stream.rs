@@ -13,6 +13,10 @@
 //!   it got, which is the seq in `resume_after`.
 //! - A stopping gateway ends every stream (after a comment saying so), so the admin
 //!   listener's drain does not wait on them.
+//! - A client that has taken nothing for [`STALLED`] while more than
+//!   [`MAX_BEHIND`](super::broadcast::MAX_BEHIND) events behind has stopped reading: its
+//!   connection is cut off (no overflow event can reach it; its `Last-Event-ID` still
+//!   names the last event it got), which frees its place among the streams.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -24,10 +28,10 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Either;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::broadcast::{Filter, Item, Subscription};
+use super::broadcast::{Filter, Item, Subscription, MAX_BEHIND};
 use super::{bad_request, Admin};
 use crate::answer::{error_response, Body};
-use crate::listen::stopped;
+use crate::listen::{stopped, CutOff};
 
 /// The body of an admin answer: whole, or a live stream.
 pub type AdminBody = Either<Body, SseBody>;
@@ -42,6 +46,9 @@ const CLIENT_FRAMES: usize = 16;
 /// Streams open at once; the admin listener takes 256 connections, and the API must stay
 /// reachable while the streams are open.
 pub const MAX_STREAMS: usize = 192;
+/// How long a client far behind may take nothing before it counts as gone: long enough
+/// for a client on a slow link to take one large event.
+pub const STALLED: Duration = Duration::from_secs(30);
 
 /// What a client asked for.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,11 +97,21 @@ impl Admin {
         &self,
         query: &str,
         last_event_id: Option<&HeaderValue>,
+        cut: Option<CutOff>,
     ) -> Response<AdminBody> {
         let asked = match parse(query, last_event_id.map(HeaderValue::as_bytes)) {
             Ok(asked) => asked,
             Err(e) => return bad_request(e).map(Either::Left),
         };
+        // A misspelt source would otherwise wait for ever for events that cannot come.
+        if let Some(refused) = asked
+            .filter
+            .source
+            .as_deref()
+            .and_then(|s| self.unknown_source(s))
+        {
+            return refused.map(Either::Left);
+        }
         let Some(slot) = self.stream.slot() else {
             let mut refused = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -108,7 +125,7 @@ impl Admin {
         };
         let subscription = self.stream.subscribe(asked.filter, asked.after);
         let (frames, body) = mpsc::channel(CLIENT_FRAMES);
-        tokio::spawn(pump(subscription, frames, self.stop.clone(), slot));
+        tokio::spawn(pump(subscription, frames, self.stop.clone(), slot, cut));
         let mut response = Response::new(Either::Right(SseBody { frames: body }));
         let headers = response.headers_mut();
         headers.insert(
@@ -122,13 +139,14 @@ impl Admin {
     }
 }
 
-/// Writes one client's frames until it goes, overflows, or the gateway stops. Holds the
-/// client's `slot` while it runs.
+/// Writes one client's frames until it goes, overflows, stops reading, or the gateway
+/// stops. Holds the client's `slot` while it runs.
 async fn pump(
     mut subscription: Subscription,
     frames: mpsc::Sender<Bytes>,
     mut stop: watch::Receiver<bool>,
     slot: OwnedSemaphorePermit,
+    cut: Option<CutOff>,
 ) {
     let _slot = slot;
     let start = format!("retry: {RETRY_MS}\nid: {}\n\n", subscription.position());
@@ -163,8 +181,39 @@ async fn pump(
                 }
             },
         };
-        if !send(&frames, frame, &mut stop).await {
+        if !send_or_cut(&frames, frame, &mut stop, &subscription, cut.as_ref()).await {
             return;
+        }
+    }
+}
+
+/// As [`send`], and false too once the client has taken nothing for [`STALLED`] while
+/// more than [`MAX_BEHIND`] events behind: then its connection is cut off.
+async fn send_or_cut(
+    frames: &mpsc::Sender<Bytes>,
+    frame: Bytes,
+    stop: &mut watch::Receiver<bool>,
+    subscription: &Subscription,
+    cut: Option<&CutOff>,
+) -> bool {
+    let first = tokio::time::Instant::now() + STALLED;
+    let mut check = tokio::time::interval_at(first, Duration::from_secs(1));
+    let sent = frames.send(frame);
+    tokio::pin!(sent);
+    loop {
+        tokio::select! {
+            sent = &mut sent => return sent.is_ok(),
+            _ = stopped(stop) => return false,
+            _ = check.tick() => {
+                let behind = subscription.behind();
+                if behind > MAX_BEHIND as u64 {
+                    tracing::info!(behind, "a live stream's client stopped reading; its connection is closed");
+                    if let Some(cut) = cut {
+                        cut.cut();
+                    }
+                    return false;
+                }
+            }
         }
     }
 }

@@ -175,8 +175,10 @@ fn subscriptions(config: &Config, report: &mut Report) {
             (_, Ok(_)) => {}
         }
         if let Some(ca) = &sub.ca {
-            if let Err(e) = std::fs::metadata(ca) {
-                report.error(format!("  ca {}: error: {}", ca.display(), e.kind()));
+            // As `serve` reads it: the whole file, as PEM text.
+            match crate::deliver::managed::read_ca(ca) {
+                Ok(_) => println!("  ca {}: reads", ca.display()),
+                Err(e) => report.error(format!("  ca {}: error: {e}", ca.display())),
             }
         }
     }

@@ -65,15 +65,25 @@ fn starter_with_token() -> String {
 
 /// Asks the admin listener of the gateway that `path` configures for `/healthz` (or
 /// `/readyz` when `ready`); answers whether it said yes. Made for health checks in images
-/// that have no HTTP client of their own.
-pub async fn health(path: &Path, ready: bool) -> anyhow::Result<bool> {
+/// that have no HTTP client of their own. Under `[admin.tls]` it speaks https, trusting
+/// `tls`'s CA (and presenting its client certificate).
+pub async fn health(path: &Path, ready: bool, tls: &client::TlsArgs) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
-    if config.admin.tls.is_some() {
-        bail!("admin.tls is set; `hookgate health` speaks plain HTTP: ask /healthz with curl");
-    }
+    let scheme = if config.admin.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let which = if ready { "readyz" } else { "healthz" };
-    let url = format!("http://{}/{which}", reachable(config.admin.listen));
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), client::get(&url))
+    let url = format!("{scheme}://{}/{which}", reachable(config.admin.listen));
+    let asked = client::request_with(
+        http::Method::GET,
+        &url,
+        http::HeaderMap::new(),
+        bytes::Bytes::new(),
+        tls,
+    );
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), asked)
         .await
         .map_err(|_| anyhow::anyhow!("{url} did not answer within 5 s"))?
         .with_context(|| format!("cannot reach {url}"))?;

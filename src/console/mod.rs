@@ -83,6 +83,7 @@ pub fn live<B>(admin: &Arc<Admin>, request: &Request<B>) -> Response<AdminBody> 
         admin.stream_response(
             request.uri().query().unwrap_or(""),
             request.headers().get("last-event-id"),
+            request.extensions().get::<crate::listen::CutOff>().cloned(),
         )
     } else {
         page::plain(StatusCode::UNAUTHORIZED, "sign in to follow new events").map(Either::Left)

@@ -21,11 +21,16 @@ fn mode(mode: SubscriptionMode) -> Mode {
     }
 }
 
+/// A config entry's `ca` file, read as `serve` reads it (and `check-config` checks it).
+pub fn read_ca(path: &std::path::Path) -> std::io::Result<String> {
+    std::fs::read_to_string(path)
+}
+
 /// The journal's form of one config entry, with its CA read, before it meets the
 /// journal's copy (see [`adopt`]).
 fn from_config(cfg: &SubscriptionConfig, now_ms: u64) -> anyhow::Result<Subscription> {
     let ca = match &cfg.ca {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+        Some(path) => Some(read_ca(path).map_err(|e| {
             anyhow!(
                 "subscription `{}`: cannot read ca {}: {e}",
                 cfg.name,

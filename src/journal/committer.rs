@@ -363,12 +363,16 @@ impl Committer {
                         reply,
                     } => {
                         // Answered after the flush that makes the `.finished` event
-                        // durable: the callback is journaled before its 200.
+                        // durable: the callback is journaled before its 200. Past the
+                        // `.finished` depth limit no event is appended and the delivery's
+                        // end lives only in the index, so the index is flushed too.
                         let result = self.callback(&hash, succeeded, result, now_ms);
+                        index_flush |= result.is_ok();
                         updates.push(answer_after_flush(reply, result));
                     }
                     Command::ExpireCallbacks { now_ms, reply } => {
                         let result = self.expire_callbacks(now_ms);
+                        index_flush |= matches!(result, Ok(n) if n > 0);
                         updates.push(answer_after_flush(reply, result));
                     }
                     Command::Close { reply } => close = Some(reply),

@@ -665,8 +665,9 @@ impl Committer {
     }
 
     /// Pull: leases up to `max` due deliveries of `num`, oldest first. A lease that
-    /// expired counts as a failed attempt; after the schedule's last one the delivery is
-    /// `failed`.
+    /// expired counts as a failed attempt and is due again at once (a visibility
+    /// timeout, as SPEC §9 says: it returns to pending when it expires); after as many
+    /// expiries as the schedule has attempts the delivery is `failed`.
     pub(super) fn lease(
         &mut self,
         num: u64,
@@ -699,14 +700,11 @@ impl Committer {
             match delivery.lease_until_ms {
                 Some(until) if until > now_ms => continue,
                 Some(until) => {
-                    // The consumer took it and never acknowledged it.
-                    let delay = self
-                        .settings
-                        .delivery
-                        .retry
-                        .get(delivery.attempts.saturating_sub(1) as usize)
-                        .copied();
-                    let next = delay.map(|d| until + d.as_millis() as u64);
+                    // The consumer took it and never acknowledged it: due again now,
+                    // unless the schedule has no attempt left.
+                    let retries_left = (delivery.attempts.saturating_sub(1) as usize)
+                        < self.settings.delivery.retry.len();
+                    let next = retries_left.then_some(until);
                     log_attempt(
                         &mut delivery,
                         DeliveryAttempt {

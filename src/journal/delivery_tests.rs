@@ -396,14 +396,15 @@ async fn a_pull_lease_comes_back_after_it_expires_and_fails_after_the_schedule()
         journal.delivery(one, s.num).unwrap().unwrap().status,
         DeliveryStatus::Delivered
     );
-    // The unacknowledged one comes back after its lease and the schedule's first wait.
+    // The unacknowledged one comes back as soon as its lease has expired.
     assert!(journal
-        .lease(s.num, 10, 1_000, NOW + 1_500)
+        .lease(s.num, 10, 1_000, NOW + 999)
         .await
         .unwrap()
         .is_empty());
-    let again = journal.lease(s.num, 10, 1_000, NOW + 2_000).await.unwrap();
+    let again = journal.lease(s.num, 10, 1_000, NOW + 1_000).await.unwrap();
     assert_eq!((again[0].seq, again[0].attempts), (two, 2));
+    assert_eq!(again[0].lease_until_ms, Some(NOW + 2_000));
     // The schedule has one retry: the second expired lease fails it.
     assert!(journal
         .lease(s.num, 10, 1_000, NOW + 60_000)

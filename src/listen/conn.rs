@@ -77,6 +77,19 @@ impl Refused {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// A way to close the connection a request came on at once, put into every request's
+/// extensions: for an answer that runs until the client goes (the live stream) and finds
+/// that the client has stopped reading, when an orderly end can no longer be written.
+#[derive(Clone, Debug, Default)]
+pub struct CutOff(Arc<tokio::sync::Notify>);
+
+impl CutOff {
+    /// Closes the connection, whatever it is doing.
+    pub fn cut(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// Serves one connection until it ends, the listener stops (then it gets
 /// `drain_timeout`), or it idles past its limit.
 pub async fn serve<H, Fut, B>(
@@ -93,10 +106,11 @@ pub async fn serve<H, Fut, B>(
 {
     let (open, watched) = watch::channel(0usize);
     let open = Arc::new(open);
+    let cut = CutOff::default();
     let Some((acceptor, refused)) = acceptor else {
-        let service = service(handler, peer, None, open);
+        let service = service(handler, peer, None, open, cut.clone());
         let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
-        return drive(connection, limits, watched, stop).await;
+        return drive(connection, limits, watched, stop, cut).await;
     };
     let stream =
         match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
@@ -107,7 +121,7 @@ pub async fn serve<H, Fut, B>(
     let (_, session) = stream.get_ref();
     let identity = tls::client_identity(session.peer_certificates());
     let h2 = session.alpn_protocol() == Some(b"h2");
-    let service = service(handler, peer, identity, open);
+    let service = service(handler, peer, identity, open, cut.clone());
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
@@ -121,10 +135,10 @@ pub async fn serve<H, Fut, B>(
             .keep_alive_interval(limits.h2_ping_interval)
             .keep_alive_timeout(limits.h2_ping_interval);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        drive(connection, limits, watched, stop).await
+        drive(connection, limits, watched, stop, cut).await
     } else {
         let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
-        drive(connection, limits, watched, stop).await
+        drive(connection, limits, watched, stop, cut).await
     }
 }
 
@@ -145,14 +159,15 @@ fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
     builder
 }
 
-/// Wraps `handler` as a hyper service that hands each request the client's address and
-/// identity, and counts the requests open on the connection in `open`, from the request
+/// Wraps `handler` as a hyper service that hands each request the client's address,
+/// identity and the connection's [`CutOff`], and counts the requests open on the connection in `open`, from the request
 /// until its answer's body is sent (a streamed answer keeps its connection busy).
 fn service<H, Fut, B>(
     handler: H,
     peer: SocketAddr,
     identity: Option<ClientIdentity>,
     open: Arc<watch::Sender<usize>>,
+    cut: CutOff,
 ) -> impl hyper::service::Service<
     Request<HyperBody>,
     Response = Response<Counted<B>>,
@@ -171,6 +186,7 @@ where
         let handler = handler.clone();
         let span = span.clone();
         request.extensions_mut().insert(ClientAddr(peer));
+        request.extensions_mut().insert(cut.clone());
         if let Some(identity) = &identity {
             request.extensions_mut().insert(identity.clone());
         }
@@ -227,12 +243,14 @@ impl Drop for Busy {
 }
 
 /// Polls `connection` to its end; starts a graceful close when the listener stops or the
-/// connection idles past `header_read_timeout`, and drops it if that close takes too long.
+/// connection idles past `header_read_timeout`, and drops it if that close takes too long
+/// or a request's answer cuts it off.
 async fn drive<C>(
     connection: C,
     limits: Limits,
     mut open: watch::Receiver<usize>,
     mut stop: watch::Receiver<bool>,
+    cut: CutOff,
 ) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
@@ -240,6 +258,10 @@ async fn drive<C>(
     let mut connection = pin!(connection);
     let grace = tokio::select! {
         ended = connection.as_mut() => return report(ended),
+        _ = cut.0.notified() => {
+            tracing::debug!("connection cut off by its answer");
+            return;
+        }
         _ = stopped(&mut stop) => limits.drain_timeout,
         _ = idle(&mut open, limits.header_read_timeout) => {
             tracing::debug!("idle connection closed");
@@ -247,9 +269,12 @@ async fn drive<C>(
         }
     };
     connection.as_mut().graceful_shutdown();
-    match tokio::time::timeout(grace, connection).await {
-        Ok(ended) => report(ended),
-        Err(_) => tracing::debug!("connection did not close in time; dropped"),
+    tokio::select! {
+        ended = tokio::time::timeout(grace, connection) => match ended {
+            Ok(ended) => report(ended),
+            Err(_) => tracing::debug!("connection did not close in time; dropped"),
+        },
+        _ = cut.0.notified() => tracing::debug!("connection cut off by its answer"),
     }
 }
 

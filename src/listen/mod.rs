@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::metrics::Metrics;
 
-pub use conn::ClientAddr;
+pub use conn::{ClientAddr, CutOff};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

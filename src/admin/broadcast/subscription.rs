@@ -68,6 +68,16 @@ impl Subscription {
         self.position
     }
 
+    /// How many events the feed has published past this subscription's position.
+    pub fn behind(&self) -> u64 {
+        let ring = self
+            .shared
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ring.published.saturating_sub(self.position)
+    }
+
     /// The next event that passes the filter, an overflow, or `None` when the stream has
     /// ended (the gateway is stopping). Cancel-safe: nothing changes until a read is done.
     pub async fn next(&mut self) -> Result<Option<Item>, String> {

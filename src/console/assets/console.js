@@ -146,7 +146,7 @@
       fetch(url.toString(), { credentials: 'same-origin', headers: { Accept: 'text/event-stream' } })
         .then(function (response) {
           var type = response.headers.get('content-type') || '';
-          if (response.redirected) {
+          if (response.redirected || response.status === 401) {
             stopped = true;
             show('Signed out: reload the page to see new events.');
             return null;

@@ -612,6 +612,138 @@ async fn ordered_keeps_journal_order_under_failures() {
     gw.stop().await;
 }
 
+/// A metric's value for one subscription, from `/metrics`.
+async fn sub_metric(admin: SocketAddr, series: &str, name: &str) -> Option<f64> {
+    let metrics = call(admin, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let found = text
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!("{series}{{")) && l.contains(&format!("subscription=\"{name}\""))
+        })?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_per_subscription_and_a_dead_endpoint_delays_no_one() {
+    const EVENTS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let outbound = OUTBOUND.replace("retry = ", "disable_after = \"1s\"\nretry = ");
+    let gw = gateway(dir.path(), &outbound, "").await;
+    // Each request held 300 ms: at most `max_in_flight` of them at once.
+    let wide = Receiver::start(|_| Answer::ok().after(Duration::from_millis(300))).await;
+    let paced = Receiver::ok().await;
+    // Never answers within the 500 ms timeout.
+    let dead = Receiver::start(|_| Answer::ok().after(Duration::from_secs(30))).await;
+    let mut ids = HashMap::new();
+    for (name, receiver, extra) in [
+        ("wide", &wide, json!({"max_in_flight": 3})),
+        ("paced", &paced, json!({"rate_limit": "5/s"})),
+        ("dead", &dead, json!({})),
+    ] {
+        let mut body = json!({"name": name, "url": receiver.url("/"), "events": ["github:push"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let created = create(gw.admin_addr, body).await;
+        ids.insert(name, created["id"].as_str().unwrap().to_string());
+    }
+
+    // Ingest answers at once while the dead endpoint times out.
+    let mut accepted_at = HashMap::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..EVENTS {
+        let id = format!("lim-{i}");
+        let began = Instant::now();
+        push(gw.ingest_addr, &id).await;
+        slowest = slowest.max(began.elapsed());
+        accepted_at.insert(id, Instant::now());
+    }
+    assert!(slowest < 2 * SECOND, "an ingest request took {slowest:?}");
+
+    // max_in_flight: three at a time, never more; and none waits on the dead endpoint.
+    let got = wide.wait_for(EVENTS, 10 * SECOND).await;
+    assert_eq!(wide.most_in_flight(), 3, "max_in_flight = 3");
+    for seen in &got {
+        let waited = seen.at - accepted_at[seen.id()];
+        assert!(
+            waited < 3 * SECOND,
+            "{} reached the endpoint {waited:?} after it was accepted",
+            seen.id()
+        );
+    }
+
+    // rate_limit = 5/s: a burst of five, then one each 200 ms.
+    let got = paced.wait_for(EVENTS, 10 * SECOND).await;
+    let span = got[EVENTS - 1].at - got[0].at;
+    assert!(
+        span >= Duration::from_millis(900),
+        "{EVENTS} deliveries in {span:?} at 5/s"
+    );
+
+    // The dead one: every attempt failed for disable_after (1 s), so it is disabled with
+    // a reason, its deliveries wait, and the metrics say so.
+    let dead_sub = &ids["dead"];
+    let disabled = eventually(
+        "the dead endpoint's subscription is disabled",
+        10 * SECOND,
+        async || {
+            let sub = get_json(gw.admin_addr, &format!("/v1/subscriptions/{dead_sub}")).await;
+            match sub["active"].as_bool() {
+                Some(false) => Ok(sub),
+                _ => Err(sub.to_string()),
+            }
+        },
+    )
+    .await;
+    let reason = disabled["disabled_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("every attempt failed for 1s"), "{disabled}");
+    assert_eq!(
+        sub_metric(gw.admin_addr, "hookgate_subscription_disabled", "dead").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sub_metric(gw.admin_addr, "hookgate_subscription_disabled", "wide").await,
+        Some(0.0)
+    );
+    let pending = sub_metric(gw.admin_addr, "hookgate_delivery_pending", "dead")
+        .await
+        .unwrap();
+    assert!(
+        pending >= 1.0,
+        "the dead endpoint's deliveries wait: {pending}"
+    );
+    // The wide one's attempts have all ended: none pending, one latency each.
+    eventually(
+        "the wide subscription's attempts are counted",
+        5 * SECOND,
+        async || {
+            let pending = sub_metric(gw.admin_addr, "hookgate_delivery_pending", "wide").await;
+            let timed = sub_metric(
+                gw.admin_addr,
+                "hookgate_delivery_attempt_seconds_count",
+                "wide",
+            )
+            .await;
+            match (pending, timed) {
+                (Some(p), Some(t)) if p == 0.0 && t == EVENTS as f64 => Ok(()),
+                other => Err(format!("pending and timed attempts: {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(dead
+        .wait_for(1, SECOND)
+        .await
+        .iter()
+        .all(|s| s.answered_with.is_none()));
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Attempts exhausted, then a manual retry
 // ---------------------------------------------------------------------------------------

@@ -544,6 +544,12 @@ fn case(cluster: &mut Cluster, victim: Victim, loss: Loss) -> Figures {
         replica.process.terminate();
         let log = std::fs::read_to_string(&replica.log).unwrap_or_default();
         assert!(!log.contains("guest"), "credentials in the log:\n{log}");
+        // Its log names the node it connected to, by address.
+        assert!(
+            log.lines().any(|l| l.contains("broker connected")
+                && cluster.members.iter().any(|m| l.contains(&m.addr()))),
+            "no `broker connected` line names a node:\n{log}"
+        );
         for line in log.lines().filter(|l| l.contains("broker")) {
             logs.push_str(line);
             logs.push('\n');

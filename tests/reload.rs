@@ -208,14 +208,24 @@ events = ["*:*"]
     let done = logged(&log, "config reloaded");
     assert_eq!(done[1]["fields"]["added"], "relay", "{:?}", done[1]);
 
-    // A new listener address is reported and waits for a restart; the rest applies.
-    reloaded(&path, config(d, "127.0.0.1:1", "2KiB", &["new"], ""));
+    // A new listener address and a new journal path are reported and wait for a
+    // restart; the rest applies, and events still go to the journal in use.
+    let journal = d.join("journal").display().to_string();
+    let moved = d.join("elsewhere").display().to_string();
+    reloaded(
+        &path,
+        config(d, "127.0.0.1:1", "2KiB", &["new"], "").replace(&journal, &moved),
+    );
     let waiting = logged(
         &log,
         "these changes take effect only after a restart; the running values stay",
     );
     assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0]["fields"]["keys"], "server.listen");
+    assert_eq!(waiting[0]["fields"]["keys"], "server.listen, [journal]");
+    assert!(
+        !d.join("elsewhere").exists(),
+        "a journal was opened at the new path"
+    );
     assert_eq!(
         status(ingest, "new-secret", "r-8", 10).await,
         StatusCode::OK

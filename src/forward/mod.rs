@@ -266,10 +266,14 @@ impl Forwarder {
                 pipe.cursor = up_to + 1;
                 return Ok(());
             }
+            // What this batch publishes: (seq, source, replays, message).
+            let mut ready = Vec::new();
+            let mut full = false;
             for record in batch {
                 let seq = record.summary.seq;
-                if seq > up_to || pipe.in_flight.len() >= max_in_flight {
-                    return Ok(());
+                if seq > up_to || pipe.in_flight.len() + ready.len() >= max_in_flight {
+                    full = true;
+                    break;
                 }
                 pipe.cursor = seq + 1;
                 if pipe.in_flight_seqs.contains_key(&seq) {
@@ -293,12 +297,26 @@ impl Forwarder {
                         continue;
                     }
                 };
-                let source = record.summary.source;
-                let replays = record.replays;
+                ready.push((seq, record.summary.source, record.replays, message));
+            }
+            // Each publish queues its frames for lapin's I/O thread when first polled,
+            // in journal order, then waits until they are written. Waiting for each
+            // before queuing the next would wake that thread, and wait for it, once per
+            // event: so queue the whole batch, then wait.
+            let mut publishes = Vec::with_capacity(ready.len());
+            for (seq, source, replays, message) in &ready {
                 // Noted before the publish: if the publish itself fails, it is the
                 // oldest unconfirmed one the break is counted against.
-                pipe.in_flight_seqs.insert(seq, (source.clone(), replays));
-                let confirm = link.publish(&message).await?;
+                pipe.in_flight_seqs.insert(*seq, (source.clone(), *replays));
+                let mut publish = Box::pin(link.publish(message));
+                let first = futures_util::poll!(publish.as_mut());
+                publishes.push((*seq, source.clone(), *replays, first, publish));
+            }
+            for (seq, source, replays, first, publish) in publishes {
+                let confirm = match first {
+                    std::task::Poll::Ready(sent) => sent,
+                    std::task::Poll::Pending => publish.await,
+                }?;
                 pipe.in_flight.push(Box::pin(async move {
                     let result = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
                         Ok(Ok(confirmation)) => Ok(confirmation),
@@ -313,6 +331,9 @@ impl Forwarder {
                     };
                     (seq, source, replays, result)
                 }));
+            }
+            if full {
+                return Ok(());
             }
         }
         Ok(())

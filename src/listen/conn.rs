@@ -160,8 +160,9 @@ fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
 }
 
 /// Wraps `handler` as a hyper service that hands each request the client's address,
-/// identity and the connection's [`CutOff`], and counts the requests open on the connection in `open`, from the request
-/// until its answer's body is sent (a streamed answer keeps its connection busy).
+/// identity and the connection's [`CutOff`], and counts the requests open on the
+/// connection in `open`, from the request until its answer's body is sent (a streamed
+/// answer keeps its connection busy).
 fn service<H, Fut, B>(
     handler: H,
     peer: SocketAddr,

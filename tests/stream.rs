@@ -329,27 +329,29 @@ impl RawClient {
     /// Reads to the end of the answer; its messages.
     async fn messages(mut self) -> Vec<Message> {
         while self.read().await > 0 && !self.raw.ends_with(b"\r\n0\r\n\r\n") {}
+        Parser::default().feed(&self.body()).unwrap()
+    }
+
+    /// The body read so far: its whole chunks (a connection cut off may end inside one).
+    fn body(&self) -> Vec<u8> {
         let start = self.raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let body = dechunk(&self.raw[start..]);
-        Parser::default().feed(&body).unwrap()
+        dechunk(&self.raw[start..])
     }
 }
 
-/// The body of a chunked HTTP/1.1 answer.
+/// The body of a chunked HTTP/1.1 answer, up to its last chunk or the last whole chunk
+/// read.
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
-    loop {
-        let line = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("a chunk size");
+    while let Some(line) = raw.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
-        if size == 0 {
-            return body;
+        if size == 0 || raw.len() < line + 2 + size + 2 {
+            break;
         }
         body.extend_from_slice(&raw[line + 2..line + 2 + size]);
         raw = &raw[line + 2 + size + 2..];
     }
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,23 +416,7 @@ async fn a_client_that_never_reads_again_is_cut_off_and_loses_nothing() {
         !stalled.raw.ends_with(b"\r\n0\r\n\r\n"),
         "the answer ended in order: the client was not cut off"
     );
-    let start = stalled
-        .raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap()
-        + 4;
-    let mut body = Vec::new();
-    let mut raw = &stalled.raw[start..];
-    // Whole chunks only: the connection was cut, maybe inside one.
-    while let Some(line) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
-        if raw.len() < line + 2 + size + 2 {
-            break;
-        }
-        body.extend_from_slice(&raw[line + 2..line + 2 + size]);
-        raw = &raw[line + 2 + size + 2..];
-    }
+    let body = stalled.body();
     let whole = &body[..body.windows(2).rposition(|w| w == b"\n\n").unwrap() + 2];
     let got: Vec<u64> = Parser::default()
         .feed(whole)

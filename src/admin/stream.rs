@@ -196,6 +196,12 @@ async fn send_or_cut(
     subscription: &Subscription,
     cut: Option<&CutOff>,
 ) -> bool {
+    // Most frames find room at once: no timer for them.
+    let frame = match frames.try_send(frame) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(frame)) => frame,
+    };
     let first = tokio::time::Instant::now() + STALLED;
     let mut check = tokio::time::interval_at(first, Duration::from_secs(1));
     let sent = frames.send(frame);

@@ -385,7 +385,10 @@ impl Admin {
 
     /// `POST /v1/replay?source=&status=&since=`: every matching event that exists now.
     async fn replay_matching(&self, query: &str) -> Response<Body> {
-        let last = *self.journal.last_seq().borrow();
+        let last = match self.readable_seq().await {
+            Ok(last) => last,
+            Err(answer) => return answer,
+        };
         let mut filter = match parse_replay(query, last, self.clock.now()) {
             Ok(filter) => filter,
             Err(e) => return bad_request(e),
@@ -489,7 +492,12 @@ impl Admin {
         // Registered before the first read, so that an event made durable after it wakes
         // the wait below.
         let mut durable = self.journal.last_seq();
-        let last = *durable.borrow_and_update();
+        durable.borrow_and_update();
+        // Up to every event acknowledged before this call.
+        let last = match self.readable_seq().await {
+            Ok(last) => last,
+            Err(answer) => return answer,
+        };
         let ListQuery { mut filter, wait } = match parse_list(query, last) {
             Ok(asked) => asked,
             Err(e) => return bad_request(e),
@@ -574,6 +582,14 @@ impl Admin {
 
     /// One page of the journal's listing, read off the async threads; on failure, the
     /// answer to give.
+    /// [`Journal::readable_seq`], off the runtime's threads (it may wait for the index).
+    async fn readable_seq(&self) -> Result<u64, Response<Body>> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.readable_seq())
+            .await
+            .map_err(|e| internal(format!("cannot read the journal: {e}")))
+    }
+
     async fn page(&self, filter: &ListFilter) -> Result<(Vec<Summary>, u64), Response<Body>> {
         let journal = self.journal.clone();
         let page = filter.clone();
@@ -589,12 +605,15 @@ impl Admin {
             return bad_request(format!("`{seq}` is not a sequence number"));
         };
         // Like the listing, only what is durable: an event whose flush is still running
-        // may yet be refused.
-        if seq > *self.journal.last_seq().borrow() {
-            return not_found(format!("there is no event {seq}"));
-        }
+        // may yet be refused. Every event acknowledged before this call is readable.
         let journal = self.journal.clone();
-        match tokio::task::spawn_blocking(move || journal.get(seq)).await {
+        let read = tokio::task::spawn_blocking(move || {
+            if seq > journal.readable_seq() {
+                return Ok(None);
+            }
+            journal.get(seq)
+        });
+        match read.await {
             Ok(Ok(Some(record))) => match event_view(&record, &self.sources) {
                 Ok(body) => json(StatusCode::OK, body),
                 Err(e) => internal(format!("event {seq} cannot be shown: {e}")),

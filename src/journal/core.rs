@@ -346,6 +346,11 @@ impl Core {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// Waits (briefly) until the index covers every event acknowledged before now.
+    pub fn settle(&self) {
+        self.shared.index.settle();
+    }
+
     /// An event's summary, from the index alone.
     pub fn summary(&self, seq: u64) -> Option<Summary> {
         self.shared.index.settle();

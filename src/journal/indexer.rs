@@ -159,7 +159,10 @@ impl Progress {
     /// index is a group or two behind at most) until the index covers what was synced.
     pub(super) fn settle(&self) {
         let synced = self.synced.load(Ordering::Acquire);
-        if self.indexed() < synced {
+        // The published seq, not the indexed one: `indexed_to` moves the latter before it
+        // publishes, and a reader gated on the published seq must not pass in between
+        // (`wait_for` looks under the lock both are moved under).
+        if *self.published.borrow() < synced {
             let _ = self.wait_for(synced, SETTLE_LIMIT);
         }
     }

@@ -938,6 +938,16 @@ impl Journal {
         self.last_seq.clone()
     }
 
+    /// The newest seq a reader may show, once it covers every event acknowledged before
+    /// this call: [`Journal::last_seq`] after the index has caught up (briefly; see
+    /// `Progress::settle`). For a read that must find what a client was just told about.
+    pub fn readable_seq(&self) -> u64 {
+        if let Ok(core) = self.core() {
+            core.settle();
+        }
+        *self.last_seq.borrow()
+    }
+
     /// The whole event. Finding its log entry damaged marks it `damaged` (see
     /// [`ReadError::Damaged`]).
     pub fn get(&self, seq: u64) -> Result<Option<Record>, ReadError> {

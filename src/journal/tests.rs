@@ -468,6 +468,29 @@ async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_no
     journal.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_starts_after_an_answer_is_shown_its_event() {
+    // The admin API shows events up to `readable_seq`: it must cover an event answered
+    // before the call even while the indexer has not written it yet.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    let core = journal.core().unwrap();
+    core.hold_index(true);
+    assert_eq!(
+        journal.append(event("a", HOUR_MS)).await,
+        Ok(Outcome::Accepted(1))
+    );
+    assert_eq!(*journal.last_seq().borrow(), 0, "not indexed yet");
+    let reader = {
+        let journal = journal.clone();
+        tokio::task::spawn_blocking(move || journal.readable_seq())
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    core.hold_index(false);
+    assert_eq!(reader.await.unwrap(), 1, "the answered event is readable");
+    journal.close().await;
+}
+
 /// The sled trees of a closed journal, for tests that change the index behind its back.
 fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
     let db = core::open_sled(&dir.join("journal"), DEFAULT_INDEX_CACHE).unwrap();

@@ -13,12 +13,18 @@
 # Every request is a new signed body (loadtest/wrk/sign.py writes the signatures, a
 # million by default, to $SIGS or /tmp/hookgate-sigs.txt once), so that hookgate journals
 # each one; after its run the script prints how many it accepted and how many it took
-# for duplicates.
+# for duplicates, its syncs' average time and how many committer groups took long
+# (from /metrics, counting the warm-up too).
 # Needs wrk (Debian package `wrk`) and a release build: cargo build --release --workspace
 # Usage: loadtest/wrk/compare.sh [SECONDS] [CONNECTIONS]
 # ROUNDS=N runs the servers N times in turn (bare, hmac, floor, hookgate, bare, ...) and
 # then prints the median of each figure, and of each ratio, over the rounds (default 1).
 # BEFORE=/path/to/an/older/hookgate also runs that build, on a fresh journal of its own.
+# CONFIG=FILE runs hookgate (and BEFORE) with FILE instead of loadtest/wrk/bench.toml;
+# loadtest/wrk/steady.toml is a journal in its steady state (short retention, small
+# segments: compaction removes what comes in and the log writes over retired segments).
+# WARMUP=SECONDS loads hookgate (and BEFORE) that long, unmeasured, before its run (with
+# other bodies, so that the measured run's are still new).
 # WEBHOOK=1 also runs adnanh/webhook (Debian package `webhook`) with one HMAC rule and
 # /bin/true as its command (loadtest/wrk/webhook.json).
 set -euo pipefail
@@ -43,7 +49,7 @@ hmac() { exec "$bin/hookgate-loadtest" hmac --listen 127.0.0.1:8083; }
 floor() { exec "$bin/hookgate-loadtest" floor --listen 127.0.0.1:8084 --dir "$floor_dir"; }
 gate() {
   rm -rf /tmp/hookgate-bench
-  HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c loadtest/wrk/bench.toml 2>/tmp/hookgate-bench.log
+  HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c "${CONFIG:-loadtest/wrk/bench.toml}" 2>/tmp/hookgate-bench.log
 }
 webhook_rule() { exec webhook -hooks loadtest/wrk/webhook.json -ip 127.0.0.1 -port 8082 -nopanic; }
 
@@ -74,15 +80,26 @@ measure() {
     ((++waited < 400)) || { echo "$name did not start within 20 s" >&2; exit 1; }
     sleep 0.05
   done
-  local before after out
+  local before after out first=0
+  case $name in
+    hookgate | before)
+      if ((${WARMUP:-0} > 0)); then
+        wrk -t1 -c"$conns" -d"${WARMUP}s" -s loadtest/wrk/github.lua "http://127.0.0.1:$port/hooks/github" >/dev/null
+        first=500000
+      fi
+      ;;
+  esac
   before=$(cpu_ticks "$server_pid")
-  out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s loadtest/wrk/github.lua "http://127.0.0.1:$port/hooks/github")
+  out=$(HOOKGATE_BENCH_FIRST=$first wrk -t1 -c"$conns" -d"${secs}s" --latency -s loadtest/wrk/github.lua "http://127.0.0.1:$port/hooks/github")
   after=$(cpu_ticks "$server_pid")
   local journaled=
   case $name in
     hookgate | before) journaled=$(curl -sf http://127.0.0.1:9090/metrics |
       awk -F'[ ,"=}]+' '/^hookgate_events_total/ { n[$4] += $NF }
-        END { printf "journaled: accepted %d, duplicate %d", n["accepted"], n["duplicate"] }') ;;
+        /^hookgate_journal_sync_seconds_sum/ { sum = $NF } /^hookgate_journal_sync_seconds_count/ { count = $NF }
+        /^hookgate_journal_group_seconds_bucket\{le="0.0064"\}/ { quick = $NF }
+        /^hookgate_journal_group_seconds_bucket\{le="0.0256"\}/ { slow = $NF } /^hookgate_journal_group_seconds_count/ { groups = $NF }
+        END { printf "journaled: accepted %d, duplicate %d; %d syncs, %.3f ms each on average; of %d committer groups, %d took over 6.4 ms, %d over 25.6 ms", n["accepted"], n["duplicate"], count, count ? sum * 1000 / count : 0, groups, groups - quick, groups - slow }') ;;
   esac
   kill "$server_pid"
   wait "$server_pid" 2>/dev/null || true

@@ -54,6 +54,18 @@ const MAX_GROUP_BYTES: usize = 16 << 20;
 const MAX_ATTEMPTS_LOGGED: usize = 20;
 /// The most records one compaction step removes, so that appends are not held up.
 const COMPACT_CHUNK: usize = 2_000;
+/// How long one compaction step may hold the committer (and with it every append):
+/// a step stops at the first multiple of `COMPACT_CHECK` records past it. With a
+/// journal in its steady state, where compaction removes as many events as come in,
+/// steps of 2,000 records held appends for 60-100 ms each.
+const COMPACT_STEP: std::time::Duration = std::time::Duration::from_millis(4);
+const COMPACT_CHECK: usize = 64;
+
+/// Whether a compaction step that has done `done` records of one walk should stop.
+fn step_over(done: usize, deadline: std::time::Instant) -> bool {
+    done >= COMPACT_CHUNK
+        || (done > 0 && done.is_multiple_of(COMPACT_CHECK) && std::time::Instant::now() >= deadline)
+}
 
 pub(super) struct Committer {
     db: sled::Db,
@@ -988,6 +1000,7 @@ impl Committer {
         let retention_cutoff = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
         let dedup_cutoff = now_ms.saturating_sub(self.settings.dedup_window.as_millis() as u64);
         let mut more = false;
+        let deadline = std::time::Instant::now() + COMPACT_STEP;
 
         // Ids past the dedup window, found by walking the events in seq order (which is
         // receive order) from where the last walk stopped.
@@ -1006,7 +1019,7 @@ impl Committer {
                 if stored.summary().received_at_ms >= dedup_cutoff {
                     break;
                 }
-                if forgotten >= COMPACT_CHUNK {
+                if step_over(forgotten, deadline) {
                     more = true;
                     break;
                 }
@@ -1038,7 +1051,7 @@ impl Committer {
                 break;
             }
             looked += 1;
-            if looked > COMPACT_CHUNK * 4 || removed >= COMPACT_CHUNK {
+            if looked > COMPACT_CHUNK * 4 || step_over(removed, deadline) {
                 self.compact_cursor = summary.seq;
                 more = true;
                 break;
@@ -1084,13 +1097,14 @@ impl Committer {
 
         // Ids whose events were compacted inside their window (and every id of a
         // journal written before the commit log), by first-seen time.
+        let expired_from = forgotten;
         for item in self
             .trees
             .dedup_expiry
             .range(..dedup_cutoff.to_be_bytes().to_vec())
         {
             let (expiry_key, _) = item.map_err(unwritable)?;
-            if forgotten >= COMPACT_CHUNK {
+            if forgotten >= COMPACT_CHUNK || step_over(forgotten - expired_from, deadline) {
                 more = true;
                 break;
             }
@@ -1114,7 +1128,7 @@ impl Committer {
         let start = std::mem::take(&mut self.order_cursor);
         for (walked, item) in self.trees.order.range(start..).enumerate() {
             let (key, value) = item.map_err(unwritable)?;
-            if walked >= COMPACT_CHUNK {
+            if step_over(walked, deadline) {
                 self.order_cursor = key.to_vec();
                 more = true;
                 break;

@@ -98,7 +98,7 @@ impl Core {
             // A record this build cannot read may refer to any segment: delete none.
             if unreadable == 0 && segment < tail.0 && !live.contains_key(&segment) {
                 reader
-                    .remove(segment)
+                    .retire(segment, true)
                     .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
             }
         }

@@ -184,15 +184,25 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         .map_err(unwritable)?
         .and_then(|v| Mark::decode(&v));
     let mut segments = log::segments(dir).map_err(io)?;
-    // A segment created ahead of need and never written: not part of the log.
-    while let Some(&last) = segments.last() {
+    // A segment created ahead of need and never written: not part of the log. A new one
+    // is empty; a retired one taken for reuse still holds what it held before, entries
+    // older than the segment before it.
+    while let [.., before, last] = segments[..] {
         let path = log::segment_path(dir, last);
-        if segments.len() > 1 && std::fs::metadata(&path).map_err(io)?.len() == 0 {
+        if std::fs::metadata(&path).map_err(io)?.len() == 0 {
             std::fs::remove_file(&path).map_err(io)?;
-            segments.pop();
+        } else if let (Some(first), Some(before)) = (
+            log::first_seq(dir, last).map_err(io)?,
+            log::first_seq(dir, before).map_err(io)?,
+        ) {
+            if first >= before {
+                break;
+            }
+            log::Reader::new(dir).retire(last, true).map_err(io)?;
         } else {
             break;
         }
+        segments.pop();
     }
     let covered_seq = covered.map_or(0, |m| m.last_seq);
     let mut last_seq = covered_seq;
@@ -210,23 +220,26 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             Some(m) if segment == m.segment => m.offset,
             _ => 0,
         };
+        let mut from = from;
         let mut scanned = log::scan(dir, segment, from).map_err(io)?;
         if from > scanned.len {
             // The mark claims more than the segment holds: read all of it again, and
             // learn from it which seqs the log really holds.
-            scanned = log::scan(dir, segment, 0).map_err(io)?;
+            from = 0;
+            scanned = log::scan(dir, segment, from).map_err(io)?;
             expected = None;
         }
+        // Where the last entry of this life of the segment ends, and damaged bytes after
+        // it, reported once a later entry shows they are not the segment's end.
+        let mut end = from;
+        let mut unreported: Vec<(u64, u64)> = Vec::new();
+        // Whether the segment's end is an entry older than the log before it: a retired
+        // segment taken for reuse, holding its former entries past the new ones.
+        let mut former = false;
         for found in scanned.found {
             let entry = match found {
                 Found::Damaged { offset, len } => {
-                    tracing::error!(
-                        segment,
-                        offset,
-                        bytes = len,
-                        "damaged bytes in the commit log; reading on from the next whole entry"
-                    );
-                    spot.get_or_insert(Spot { segment, offset });
+                    unreported.push((offset, len));
                     continue;
                 }
                 Found::Entry(entry) => entry,
@@ -235,14 +248,25 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
                 Ok(created) if entry.seq.is_none_or(|seq| seq == created.summary.seq) => created,
                 // Whole, yet not readable as what it says it is: damaged too.
                 _ => {
-                    spot.get_or_insert(Spot {
-                        segment,
-                        offset: entry.loc.offset,
-                    });
+                    unreported.push((entry.loc.offset, entry.loc.len as u64));
                     continue;
                 }
             };
             let seq = created.summary.seq;
+            if expected.is_some_and(|e| seq < e) {
+                former = true;
+                break;
+            }
+            for (offset, len) in unreported.drain(..) {
+                tracing::error!(
+                    segment,
+                    offset,
+                    bytes = len,
+                    "damaged bytes in the commit log; reading on from the next whole entry"
+                );
+                spot.get_or_insert(Spot { segment, offset });
+            }
+            end = entry.loc.offset + log::entry_size(entry.loc.len, entry.seq.is_some());
             if let Some(first_missing) = expected.filter(|e| seq > *e) {
                 damage.between(first_missing..seq, spot, created.summary.received_at_ms);
             }
@@ -256,27 +280,40 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         File::open(log::segment_path(dir, segment))
             .and_then(|f| f.sync_data())
             .map_err(io)?;
-        tail = Some((segment, scanned.end));
-        if scanned.end < scanned.len {
+        if !former {
+            end = scanned.end;
+            for (offset, len) in unreported.drain(..) {
+                tracing::error!(
+                    segment,
+                    offset,
+                    bytes = len,
+                    "damaged bytes in the commit log; reading on from the next whole entry"
+                );
+                spot.get_or_insert(Spot { segment, offset });
+            }
+        }
+        tail = Some((segment, end));
+        // Past a reused segment's new entries: what it held before, not damage.
+        let clean_end = former && unreported.is_empty();
+        if end < scanned.len && !clean_end {
             let newest = i + 1 == segments.len();
             // The index covered entries past this point: they were answered, so this is
             // damage, not a write a crash interrupted.
-            let covered_past = covered.is_some_and(|m| {
-                m.segment > segment || (m.segment == segment && m.offset > scanned.end)
-            });
+            let covered_past = covered
+                .is_some_and(|m| m.segment > segment || (m.segment == segment && m.offset > end));
             if newest && !covered_past {
                 // Nothing after the last whole entry of the newest segment was ever
                 // answered: each group is answered only after its writes were synced.
                 tracing::warn!(
                     segment,
-                    offset = scanned.end,
-                    bytes = scanned.len - scanned.end,
+                    offset = end,
+                    bytes = scanned.len - end,
                     "cutting a torn write off the end of the commit log (a crash in the middle of a write)"
                 );
             } else {
                 spot.get_or_insert(Spot {
                     segment,
-                    offset: scanned.end,
+                    offset: end,
                 });
                 if newest {
                     tail = Some((segment, scanned.len));
@@ -491,10 +528,18 @@ pub fn flush_in_background(
                     // log has moved on past it.
                     let past = durable.map_or(0, |m| m.segment);
                     let ready: Vec<u64> = doomed.range(..past).map(|(s, _)| *s).collect();
+                    // Short of space, retired segments give it back instead of waiting
+                    // to be written over.
+                    let low = shared.disk_low.lock().expect("disk lock").is_some();
+                    if low && !ready.is_empty() {
+                        if let Err(e) = log::drop_free(reader.dir()) {
+                            tracing::warn!(error = %e, "cannot delete retired commit log segments");
+                        }
+                    }
                     for segment in ready {
                         doomed.remove(&segment);
-                        match reader.remove(segment) {
-                            Ok(()) => tracing::debug!(segment, "commit log segment removed"),
+                        match reader.retire(segment, !low) {
+                            Ok(()) => tracing::debug!(segment, "commit log segment retired"),
                             Err(e) => {
                                 tracing::warn!(segment, error = %e, "cannot remove a commit log segment")
                             }

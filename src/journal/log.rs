@@ -51,14 +51,48 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016}.seg"))
 }
 
+/// Where a segment nothing refers to any more waits to be used again.
+fn free_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:016}.free"))
+}
+
+/// How many retired segments are kept for reuse; past that they are deleted. One is
+/// retired for each one filled once retention is steady, so two are enough.
+pub const KEEP_FREE: usize = 2;
+
+/// The retired segments in `dir` that wait to be used again, oldest first.
+pub fn free_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    numbered(dir, ".free")
+}
+
+/// Deletes every retired segment (the disk is short of space); answers how many.
+pub fn drop_free(dir: &Path) -> io::Result<usize> {
+    let free = free_segments(dir)?;
+    for n in &free {
+        match std::fs::remove_file(free_path(dir, *n)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !free.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(free.len())
+}
+
 /// The segments in `dir`, oldest first.
 pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    numbered(dir, ".seg")
+}
+
+fn numbered(dir: &Path, suffix: &str) -> io::Result<Vec<u64>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
         if let Some(n) = name
-            .strip_suffix(".seg")
+            .strip_suffix(suffix)
             .and_then(|stem| stem.parse::<u64>().ok())
         {
             found.push(n);
@@ -81,6 +115,12 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut b = [0; 8];
     b.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(b)
+}
+
+/// The bytes an entry of `len` takes in its segment, header included (`seq`: whether it
+/// is of the current format, which names its seq).
+pub fn entry_size(len: u32, seq: bool) -> u64 {
+    (if seq { HEADER } else { HEADER_V1 }) as u64 + u64::from(len)
 }
 
 /// The CRC of an entry: header bytes 0..20 and the entry's bytes.
@@ -267,15 +307,53 @@ pub struct Writer {
     segment_bytes: u64,
 }
 
-/// Creates segment `n` and makes its directory entry durable.
+/// Creates segment `n` and makes its directory entry durable. A retired segment, when
+/// there is one, becomes segment `n`: appends then overwrite blocks that were written
+/// long ago, and their `fdatasync` has no new size or blocks to commit (on ext4 it takes
+/// about half as long as one that appends). What it held before stays readable past
+/// what is written into it, so readers check each entry's seq against the one expected
+/// ([`Reader::read`], [`first_seq`], and recovery's check of consecutive seqs).
 fn create(dir: &Path, n: u64) -> io::Result<File> {
+    let path = segment_path(dir, n);
+    if let Some(free) = free_segments(dir)?.first() {
+        std::fs::rename(free_path(dir, *free), &path)?;
+        sync_dir(dir)?;
+        tracing::debug!(segment = n, retired = free, "commit log segment reused");
+        return OpenOptions::new().read(true).write(true).open(&path);
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(segment_path(dir, n))?;
+        .open(path)?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// The seq that the first entry of `segment` names, if it is a whole entry of the
+/// current format. A segment whose first entry is older than its predecessor's first was
+/// retired and taken for reuse, and nothing was written into it yet.
+pub fn first_seq(dir: &Path, segment: u64) -> io::Result<Option<u64>> {
+    let file = File::open(segment_path(dir, segment))?;
+    let mut header = [0u8; HEADER];
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if header[..4] != MAGIC {
+        return Ok(None);
+    }
+    let len = u32_at(&header, 16);
+    if len == 0 || len > MAX_ENTRY || u64::from(len) + HEADER as u64 > file.metadata()?.len() {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; HEADER + len as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(match parse_at(&bytes, 0) {
+        At::Whole { seq, .. } => seq,
+        At::Newer(_) | At::Bad => None,
+    })
 }
 
 /// What the pending buffer keeps of its capacity after a large group.
@@ -535,14 +613,26 @@ impl Reader {
         }
     }
 
-    /// Deletes a segment nothing refers to any more.
-    pub fn remove(&self, segment: u64) -> io::Result<()> {
+    /// Retires a segment nothing refers to any more: with `keep`, it is kept for reuse
+    /// as a later segment while fewer than [`KEEP_FREE`] are; otherwise it is deleted.
+    pub fn retire(&self, segment: u64, keep: bool) -> io::Result<()> {
         self.forget(segment);
-        match std::fs::remove_file(segment_path(&self.dir, segment)) {
+        let path = segment_path(&self.dir, segment);
+        let outcome = if keep && free_segments(&self.dir)?.len() < KEEP_FREE {
+            std::fs::rename(&path, free_path(&self.dir, segment))
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match outcome {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Drops the open handle on a segment (it was cut back or emptied).
@@ -770,7 +860,81 @@ mod tests {
         }
         File::create(dir.path().join("other.txt")).unwrap();
         assert_eq!(segments(dir.path()).unwrap(), vec![1, 2, 3]);
-        Reader::new(dir.path()).remove(2).unwrap();
+        let reader = Reader::new(dir.path());
+        reader.retire(2, true).unwrap();
         assert_eq!(segments(dir.path()).unwrap(), vec![1, 3]);
+        assert_eq!(free_segments(dir.path()).unwrap(), vec![2]);
+        reader.retire(1, true).unwrap();
+        // Past KEEP_FREE retired segments, one more is deleted.
+        reader.retire(3, true).unwrap();
+        assert!(segments(dir.path()).unwrap().is_empty());
+        assert_eq!(free_segments(dir.path()).unwrap(), vec![1, 2]);
+        assert!(!segment_path(dir.path(), 3).exists());
+        assert_eq!(drop_free(dir.path()).unwrap(), 2);
+        assert!(free_segments(dir.path()).unwrap().is_empty());
+        File::create(segment_path(dir.path(), 4)).unwrap();
+        reader.retire(4, false).unwrap();
+        assert!(free_segments(dir.path()).unwrap().is_empty());
+        assert!(segments(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_retired_segment_is_written_over_and_its_former_entries_are_told_apart() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Writer::open(dir.path(), None).unwrap();
+        let entry = [7u8; 1000];
+        let mut locs = Vec::new();
+        for seq in 1..=5 {
+            locs.push(writer.append(seq, &entry).unwrap());
+            writer.write().unwrap();
+        }
+        // Segment 1 is full, 2 is being written; 1 is retired, and becomes segment 3
+        // when 2 is half full.
+        assert_eq!(locs[4].segment, 2);
+        let reader = Reader::new(dir.path());
+        let retired = std::fs::metadata(segment_path(dir.path(), 1))
+            .unwrap()
+            .ino();
+        reader.retire(1, true).unwrap();
+        for seq in 6..=8 {
+            locs.push(writer.append(seq, &entry).unwrap());
+            writer.write().unwrap();
+        }
+        // Fewer bytes than it held.
+        for seq in 9..=11 {
+            locs.push(writer.append(seq, &[9u8; 600]).unwrap());
+            writer.write().unwrap();
+        }
+        let reused = (2..=4)
+            .find(|n| {
+                std::fs::metadata(segment_path(dir.path(), *n)).is_ok_and(|m| m.ino() == retired)
+            })
+            .expect("a later segment is the retired file");
+        assert!(free_segments(dir.path()).unwrap().is_empty());
+        // What was written into it reads back; what it held before is still there after
+        // it, entries older than the log before them.
+        let new: Vec<_> = (9..=11u64)
+            .zip(&locs[8..])
+            .filter(|(_, loc)| loc.segment == reused)
+            .collect();
+        assert!(!new.is_empty());
+        for (seq, loc) in &new {
+            assert_eq!(reader.read(**loc, *seq).unwrap().unwrap(), [9u8; 600]);
+        }
+        let scanned = scan(dir.path(), reused, 0).unwrap();
+        let seqs: Vec<u64> = entries(&scanned).iter().filter_map(|e| e.1).collect();
+        assert_eq!(
+            &seqs[..new.len()],
+            &new.iter().map(|n| n.0).collect::<Vec<_>>()[..]
+        );
+        assert!(
+            seqs[new.len()..].iter().all(|seq| *seq < 9),
+            "former entries follow: {seqs:?}"
+        );
+        assert_eq!(first_seq(dir.path(), reused).unwrap(), Some(new[0].0));
+        // A read of a former entry's place under a new seq is refused.
+        let former = entries(&scanned)[new.len()].0;
+        assert!(reader.read(former, 11).is_err());
     }
 }

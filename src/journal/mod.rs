@@ -837,6 +837,11 @@ impl Journal {
         let Ok(mut healing) = self.healing.try_lock() else {
             return false;
         };
+        // Retired log segments wait to be written over; a disk short of space needs
+        // their room now.
+        if let Err(e) = log::drop_free(&self.settings.path.join("log")) {
+            tracing::warn!(error = %e, "cannot delete retired commit log segments");
+        }
         let tried = disk::space(&self.settings.path)
             .map_err(|e| e.to_string())
             .and_then(|space| {

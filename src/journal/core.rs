@@ -103,12 +103,15 @@ impl Core {
             }
         }
         live.entry(tail.0).or_insert(0);
+        // Never a seq again that an event had, even one compacted since: readers follow
+        // seqs, and the log tells a reused segment's former entries by their lower seqs.
         let last = trees
             .events
             .last()
             .map_err(unwritable)?
             .map(|(k, _)| seq_of(&k))
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(recovered.last_seq);
         // What recovery wrote is durable before anything new is accepted.
         index::cover(
             &meta,

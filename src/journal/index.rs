@@ -161,6 +161,9 @@ pub struct Recovered {
     pub next_segment: u64,
     pub replayed: usize,
     pub dropped: usize,
+    /// The highest seq the log or the covered mark holds: seqs go on after it even when
+    /// compaction has removed every event up to it.
+    pub last_seq: u64,
     /// Events whose log entries were found damaged.
     pub damaged: u64,
 }
@@ -293,14 +296,17 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             }
         }
         tail = Some((segment, end));
-        // Past a reused segment's new entries: what it held before, not damage.
-        let clean_end = former && unreported.is_empty();
+        // The index covered entries past this point: they were answered, so this is
+        // damage, not a write a crash interrupted.
+        let covered_past = covered
+            .is_some_and(|m| m.segment > segment || (m.segment == segment && m.offset > end));
+        // Past a reused segment's new entries: what it held before (the first bytes may
+        // be the rest of an entry written over, or a write a crash tore, which no answer
+        // covered), not damage. Were an answered entry among them, the seq the next
+        // segment starts at would show it missing.
+        let clean_end = former && !covered_past;
         if end < scanned.len && !clean_end {
             let newest = i + 1 == segments.len();
-            // The index covered entries past this point: they were answered, so this is
-            // damage, not a write a crash interrupted.
-            let covered_past = covered
-                .is_some_and(|m| m.segment > segment || (m.segment == segment && m.offset > end));
             if newest && !covered_past {
                 // Nothing after the last whole entry of the newest segment was ever
                 // answered: each group is answered only after its writes were synced.
@@ -375,6 +381,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
         next_segment,
         replayed,
         dropped: dropped.len(),
+        last_seq,
         damaged,
     })
 }
@@ -495,6 +502,7 @@ pub fn flush_in_background(
 ) {
     let mut flushed: Option<Mark> = None;
     let mut doomed: BTreeMap<u64, ()> = BTreeMap::new();
+    let mut was_low = false;
     loop {
         let stopping = stop.wait(FLUSH_EVERY);
         // Only a mark the log has synced and the indexer has written up to: the index
@@ -531,11 +539,12 @@ pub fn flush_in_background(
                     // Short of space, retired segments give it back instead of waiting
                     // to be written over.
                     let low = shared.disk_low.lock().expect("disk lock").is_some();
-                    if low && !ready.is_empty() {
+                    if low && !was_low {
                         if let Err(e) = log::drop_free(reader.dir()) {
                             tracing::warn!(error = %e, "cannot delete retired commit log segments");
                         }
                     }
+                    was_low = low;
                     for segment in ready {
                         doomed.remove(&segment);
                         match reader.retire(segment, !low) {

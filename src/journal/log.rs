@@ -316,10 +316,25 @@ pub struct Writer {
 fn create(dir: &Path, n: u64) -> io::Result<File> {
     let path = segment_path(dir, n);
     if let Some(free) = free_segments(dir)?.first() {
-        std::fs::rename(free_path(dir, *free), &path)?;
-        sync_dir(dir)?;
-        tracing::debug!(segment = n, retired = free, "commit log segment reused");
-        return OpenOptions::new().read(true).write(true).open(&path);
+        // Never over a segment of that name (a journal opened again after a failed
+        // write may have made it while this was pending).
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            free_path(dir, *free),
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {
+                sync_dir(dir)?;
+                tracing::debug!(segment = n, retired = free, "commit log segment reused");
+                return OpenOptions::new().read(true).write(true).open(&path);
+            }
+            Err(e) if e == rustix::io::Errno::EXIST => return Err(e.into()),
+            // Deleted meanwhile (the disk is short of space), or a filesystem that
+            // cannot rename this way: a new file.
+            Err(_) => {}
+        }
     }
     let file = OpenOptions::new()
         .read(true)
@@ -623,6 +638,9 @@ impl Reader {
         } else {
             std::fs::remove_file(&path)
         };
+        // A read that opened it meanwhile must not keep it: the file becomes another
+        // segment.
+        self.forget(segment);
         match outcome {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -876,6 +894,31 @@ mod tests {
         reader.retire(4, false).unwrap();
         assert!(free_segments(dir.path()).unwrap().is_empty());
         assert!(segments(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_retired_segment_never_takes_the_place_of_a_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(segment_path(dir.path(), 5), b"live").unwrap();
+        std::fs::write(free_path(dir.path(), 2), b"retired").unwrap();
+        let err = create(dir.path(), 5).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(segment_path(dir.path(), 5)).unwrap(), b"live");
+        assert_eq!(free_segments(dir.path()).unwrap(), vec![2]);
+        create(dir.path(), 6).unwrap();
+        assert_eq!(
+            std::fs::read(segment_path(dir.path(), 6)).unwrap(),
+            b"retired"
+        );
+        assert!(free_segments(dir.path()).unwrap().is_empty());
+        // With none retired, a new file.
+        create(dir.path(), 7).unwrap();
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 7))
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

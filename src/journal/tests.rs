@@ -1424,3 +1424,40 @@ async fn short_of_disk_space_retired_segments_are_deleted_not_kept() {
     );
     journal.close().await;
 }
+
+#[tokio::test]
+async fn seqs_go_on_after_every_event_was_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = || Settings {
+        embedded: true,
+        ..settings(dir.path())
+    };
+    let journal = Journal::open(embedded()).unwrap();
+    for n in 1..=3 {
+        journal
+            .append(event(&format!("e{n}"), HOUR_MS))
+            .await
+            .unwrap();
+    }
+    while journal
+        .compact(HOUR_MS + 7 * 24 * HOUR_MS + 1)
+        .await
+        .unwrap()
+    {}
+    assert!(journal.get(3).unwrap().is_none());
+    journal.close().await;
+    drop(journal);
+    // Twice: the first open must also keep the mark for the next.
+    for next in [4, 5] {
+        let journal = Journal::open(embedded()).unwrap();
+        assert_eq!(
+            journal
+                .append(event(&format!("n{next}"), 9 * 24 * HOUR_MS))
+                .await,
+            Ok(Outcome::Accepted(next)),
+            "a seq an event had is never given again"
+        );
+        journal.compact(30 * 24 * HOUR_MS).await.unwrap();
+        journal.close().await;
+    }
+}

@@ -168,6 +168,20 @@ pub struct Recovered {
     pub damaged: u64,
 }
 
+/// Logs damaged stretches of `segment` found between whole entries, and remembers the
+/// first as where the next missing seqs went.
+fn report_damage(segment: u64, stretches: &mut Vec<(u64, u64)>, spot: &mut Option<Spot>) {
+    for (offset, len) in stretches.drain(..) {
+        tracing::error!(
+            segment,
+            offset,
+            bytes = len,
+            "damaged bytes in the commit log; reading on from the next whole entry"
+        );
+        spot.get_or_insert(Spot { segment, offset });
+    }
+}
+
 /// Where recovery found damaged bytes, while the seqs they held are not yet known.
 #[derive(Clone, Copy)]
 struct Spot {
@@ -260,15 +274,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
                 former = true;
                 break;
             }
-            for (offset, len) in unreported.drain(..) {
-                tracing::error!(
-                    segment,
-                    offset,
-                    bytes = len,
-                    "damaged bytes in the commit log; reading on from the next whole entry"
-                );
-                spot.get_or_insert(Spot { segment, offset });
-            }
+            report_damage(segment, &mut unreported, &mut spot);
             end = entry.loc.offset + log::entry_size(entry.loc.len, entry.seq.is_some());
             if let Some(first_missing) = expected.filter(|e| seq > *e) {
                 damage.between(first_missing..seq, spot, created.summary.received_at_ms);
@@ -285,15 +291,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             .map_err(io)?;
         if !former {
             end = scanned.end;
-            for (offset, len) in unreported.drain(..) {
-                tracing::error!(
-                    segment,
-                    offset,
-                    bytes = len,
-                    "damaged bytes in the commit log; reading on from the next whole entry"
-                );
-                spot.get_or_insert(Spot { segment, offset });
-            }
+            report_damage(segment, &mut unreported, &mut spot);
         }
         tail = Some((segment, end));
         // The index covered entries past this point: they were answered, so this is

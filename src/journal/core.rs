@@ -90,6 +90,7 @@ impl Core {
                 .map_err(|e| JournalError::Unwritable(format!("commit log: {e}")))?;
         }
         let tail = writer.position();
+        tracing::info!(segment = tail.0, offset = tail.1, "commit log continues");
         let reader = Arc::new(log::Reader::new(&log_dir));
         // Segments before the one being written that no event refers to.
         for segment in log::segments(&log_dir)

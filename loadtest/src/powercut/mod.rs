@@ -575,15 +575,40 @@ async fn load_and_cut(
     Ok((report, cut))
 }
 
-/// The size of the newest `.seg` file in the boot's `ls -l` of the journal.
+/// How much the newest segment holds after this boot: the offset in hookgate's
+/// `commit log continues` line, or else the size of the newest `.seg` file in the boot's
+/// `ls -l` of the journal. (A segment that was a retired file written over is longer on
+/// disk than what it holds until hookgate has opened it.)
 fn newest_segment_bytes(console: &str) -> u64 {
-    let listing = console.rsplit("powercut: segments").next().unwrap_or("");
-    listing
+    let boot = console.rsplit("powercut: segments").next().unwrap_or("");
+    let logged = boot
         .lines()
-        .filter(|line| line.trim_end().ends_with(".seg"))
-        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<u64>().ok())
-        .next_back()
-        .unwrap_or(0)
+        .rfind(|line| line.contains("commit log continues"))
+        .and_then(|line| number_after(line, "offset"));
+    logged.unwrap_or_else(|| {
+        boot.lines()
+            .filter(|line| line.trim_end().ends_with(".seg"))
+            .filter_map(|line| line.split_whitespace().nth(4)?.parse::<u64>().ok())
+            .next_back()
+            .unwrap_or(0)
+    })
+}
+
+/// The number in `name=N` in a log line, colour codes aside.
+fn number_after(line: &str, name: &str) -> Option<u64> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let key = format!("{name}=");
+    let rest = &plain[plain.rfind(&key)? + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// After a boot: every event sent so far against the journal (and the queue), and the
@@ -692,4 +717,28 @@ async fn delete_broker_names(exchange: &str, queue: &str) {
             .await;
     }
     let _ = connection.close(200, "done").await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_segment_is_read_from_the_log_line_then_the_listing() {
+        let listing = "powercut: segments\n\
+            -rw-r--r--    1 0 0   1048600 Dec  2 18:00 0000000000000003.seg\n\
+            -rw-r--r--    1 0 0   1048590 Dec  2 18:00 0000000000000004.seg\n\
+            -rw-r--r--    1 0 0   1048576 Dec  2 18:00 0000000000000002.free\n";
+        assert_eq!(newest_segment_bytes(listing), 1_048_590);
+        let logged = format!(
+            "{listing}2026-12-02T18:00:01Z  INFO hookgate::journal::core: commit log continues \
+             \u{1b}[3msegment\u{1b}[0m\u{1b}[2m=\u{1b}[0m4 \u{1b}[3moffset\u{1b}[0m\u{1b}[2m=\u{1b}[0m5120\n"
+        );
+        assert_eq!(newest_segment_bytes(&logged), 5120);
+        // A line of an earlier boot does not count.
+        assert_eq!(
+            newest_segment_bytes(&format!("{logged}powercut: segments\n")),
+            0
+        );
+    }
 }

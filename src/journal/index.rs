@@ -516,6 +516,15 @@ pub fn flush_in_background(
             ),
             _ => None,
         };
+        // Short of space, retired segments give it back instead of waiting to be
+        // written over (while new events are refused, nothing else may change here).
+        let low = shared.disk_low.lock().expect("disk lock").is_some();
+        if low && !was_low {
+            if let Err(e) = log::drop_free(reader.dir()) {
+                tracing::warn!(error = %e, "cannot delete retired commit log segments");
+            }
+        }
+        was_low = low;
         doomed.extend(
             std::mem::take(&mut *shared.unreferenced.lock().expect("unreferenced lock"))
                 .into_iter()
@@ -534,15 +543,6 @@ pub fn flush_in_background(
                     // log has moved on past it.
                     let past = durable.map_or(0, |m| m.segment);
                     let ready: Vec<u64> = doomed.range(..past).map(|(s, _)| *s).collect();
-                    // Short of space, retired segments give it back instead of waiting
-                    // to be written over.
-                    let low = shared.disk_low.lock().expect("disk lock").is_some();
-                    if low && !was_low {
-                        if let Err(e) = log::drop_free(reader.dir()) {
-                            tracing::warn!(error = %e, "cannot delete retired commit log segments");
-                        }
-                    }
-                    was_low = low;
                     for segment in ready {
                         doomed.remove(&segment);
                         match reader.retire(segment, !low) {

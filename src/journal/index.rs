@@ -215,7 +215,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             if first >= before {
                 break;
             }
-            log::Reader::new(dir).retire(last, true).map_err(io)?;
+            log::retire(dir, last, true).map_err(io)?;
         } else {
             break;
         }

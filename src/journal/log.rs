@@ -81,6 +81,22 @@ pub fn drop_free(dir: &Path) -> io::Result<usize> {
     Ok(free.len())
 }
 
+/// Retires a segment nothing refers to any more: with `keep`, it is kept for reuse as a
+/// later segment while fewer than [`KEEP_FREE`] are; otherwise it is deleted.
+pub fn retire(dir: &Path, segment: u64, keep: bool) -> io::Result<()> {
+    let path = segment_path(dir, segment);
+    let outcome = if keep && free_segments(dir)?.len() < KEEP_FREE {
+        std::fs::rename(&path, free_path(dir, segment))
+    } else {
+        std::fs::remove_file(&path)
+    };
+    match outcome {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The segments in `dir`, oldest first.
 pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     numbered(dir, ".seg")
@@ -628,24 +644,13 @@ impl Reader {
         }
     }
 
-    /// Retires a segment nothing refers to any more: with `keep`, it is kept for reuse
-    /// as a later segment while fewer than [`KEEP_FREE`] are; otherwise it is deleted.
+    /// [`retire`]s a segment and drops any handle on it, including one a read opened
+    /// meanwhile: the file becomes another segment.
     pub fn retire(&self, segment: u64, keep: bool) -> io::Result<()> {
         self.forget(segment);
-        let path = segment_path(&self.dir, segment);
-        let outcome = if keep && free_segments(&self.dir)?.len() < KEEP_FREE {
-            std::fs::rename(&path, free_path(&self.dir, segment))
-        } else {
-            std::fs::remove_file(&path)
-        };
-        // A read that opened it meanwhile must not keep it: the file becomes another
-        // segment.
+        let retired = retire(&self.dir, segment, keep);
         self.forget(segment);
-        match outcome {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        retired
     }
 
     /// The log's directory.

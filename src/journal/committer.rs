@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::core::content;
+use super::census::{self, Census};
+use super::core::{content, fingerprints_path};
 use super::deliveries::Subs;
 use super::disk::Floor;
 use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
@@ -38,6 +39,9 @@ pub(super) struct Log {
     pub reader: Arc<Reader>,
     /// How many events refer to each segment; a segment at 0 can go.
     pub live: BTreeMap<u64, u64>,
+    /// How many records the opening found that this build cannot read: they may refer
+    /// to any segment, so a close leaves no census and the next opening counts again.
+    pub unreadable: usize,
 }
 
 /// The most events handed to the indexer and not yet written by it: past this, the
@@ -447,6 +451,7 @@ impl Committer {
                 drop(tx);
                 let _ = handle.join();
             }
+            self.leave_census(mark);
         }
         queue.hand_over(
             appends,
@@ -458,6 +463,43 @@ impl Committer {
             },
             close,
         );
+    }
+
+    /// At a clean close, with every event written and indexed up to `mark`: records
+    /// what the next opening would otherwise count by walking the whole index.
+    fn leave_census(&self, mark: Mark) {
+        if !self.shared.healthy.load(Ordering::Acquire) || self.log.unreadable > 0 {
+            return;
+        }
+        let pending_bytes = match super::deliveries::count_pending(&self.trees) {
+            Ok((_, bytes)) => bytes,
+            Err(e) => {
+                tracing::warn!(error = %e, "no census left at close; the next opening counts every event");
+                return;
+            }
+        };
+        let census = Census::new(
+            mark,
+            self.shared.counts.lock().expect("counts lock").clone(),
+            self.log.live.clone(),
+            self.shared
+                .backlog_bytes
+                .load(Ordering::Acquire)
+                .saturating_sub(pending_bytes),
+            &self.shared.sub_stats.lock().expect("sub stats lock"),
+        );
+        // The table first: a census in the index says the table saved with its mark
+        // is whole.
+        if let Err(e) = self
+            .prints
+            .save(&fingerprints_path(&self.settings.path), mark)
+        {
+            tracing::warn!(error = %e, "no census left at close; the next opening counts every event");
+            return;
+        }
+        if let Err(e) = census::write(&self.trees, &census) {
+            tracing::warn!(error = %e, "no census left at close; the next opening counts every event");
+        }
     }
 
     fn give_indexer(&mut self, work: Work) {
@@ -775,7 +817,7 @@ impl Committer {
             .insert(seq_key(seq), stored.encode())
             .map_err(unwritable)?;
         if delivered {
-            self.dequeue(seq, stored.summary().size)?;
+            self.leave_queue(stored.summary(), Status::Queued)?;
         }
         Ok(())
     }

@@ -13,9 +13,9 @@ use super::deliveries::SubStats;
 use super::record::{self, Record, Status, Summary};
 use super::subscription::{Delivery, DeliveryStatus};
 use super::{
-    committer, index, log, seq_key, seq_of, subscription, Command, JournalError, ListFilter,
-    NewEvent, Outcome, Outlets, ReadError, Replayed, Settings, Shared, SourceCounts, Trees,
-    MAX_SCAN, QUEUE_DEPTH,
+    census, committer, index, log, seq_key, seq_of, subscription, Command, JournalError,
+    ListFilter, NewEvent, Outcome, Outlets, ReadError, Replayed, Settings, Shared, SourceCounts,
+    Trees, MAX_SCAN, QUEUE_DEPTH,
 };
 
 /// One opening of the journal: its index, its threads and its log. [`super::Journal`]
@@ -28,6 +28,9 @@ pub(super) struct Core {
     index_flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
     stop_index: Arc<index::Stop>,
     reader: Arc<log::Reader>,
+    /// Whether this opening counted from a census (or walked the index).
+    #[cfg_attr(not(test), allow(dead_code))]
+    counted_from_census: bool,
 }
 
 impl Core {
@@ -68,6 +71,9 @@ impl Core {
             keep_queue: !settings.embedded,
         };
         let meta = trees.meta.clone();
+        // Read before recovery moves it: a census is good for this mark only.
+        let covered = index::covered(&meta).map_err(unwritable)?;
+        let census = census::take(&trees).map_err(unwritable)?;
         let recovered = index::recover(&trees, &meta, &log_dir)?;
         if recovered.replayed > 0 || recovered.dropped > 0 || recovered.damaged > 0 {
             tracing::info!(
@@ -77,8 +83,47 @@ impl Core {
                 "index brought up to the commit log"
             );
         }
-        let (counts, mut live, unreadable, backlog_bytes) = count_events(&trees.events)?;
-        let (sub_stats, pending, pending_bytes) = super::deliveries::count(&trees)?;
+        let began = std::time::Instant::now();
+        let untouched = recovered.replayed == 0
+            && recovered.dropped == 0
+            && recovered.damaged == 0
+            && !recovered.fresh_segment;
+        // The census and the fingerprints saved with it describe the index as the last
+        // close left it: both are used, or neither (deleting the saved fingerprints
+        // makes the next opening count everything again).
+        let census = census.filter(|census| untouched && census.covers(covered));
+        let saved = super::indexer::Fingerprints::load_saved(
+            &fingerprints_path(&settings.path),
+            covered.filter(|_| census.is_some()),
+        );
+        let census = census.filter(|_| saved.is_some());
+        let (counts, mut live, unreadable, backlog_bytes, sub_stats, counted_from_census) =
+            match census {
+                Some(census) => (
+                    census.counts,
+                    census.live,
+                    0,
+                    census.queued_bytes,
+                    census.sub_stats.into_iter().collect(),
+                    true,
+                ),
+                None => {
+                    let (counts, live, unreadable, bytes) = count_events(&trees.events)?;
+                    let stats = super::deliveries::count_stats(&trees)?;
+                    (counts, live, unreadable, bytes, stats, false)
+                }
+            };
+        let (pending, pending_bytes) = super::deliveries::count_pending(&trees)?;
+        tracing::info!(
+            from = if counted_from_census {
+                "the census of the last close"
+            } else {
+                "a walk of every event"
+            },
+            events = counts.values().map(|c| c.total()).sum::<u64>(),
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "journal counted"
+        );
         let subscriptions = subscription::all_subscriptions(&trees).map_err(unwritable)?;
         complete_the_queue(&trees)?;
         let tail = recovered.tail.unwrap_or((recovered.next_segment, 0));
@@ -164,8 +209,16 @@ impl Core {
             .subscriptions
             .send_replace(Arc::new(subscriptions.clone()));
         outlets.rewound.send_modify(|n| *n += 1);
-        let prints = super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?;
-        tracing::debug!(keys = prints.len(), "dedup fingerprints loaded");
+        let began = std::time::Instant::now();
+        let prints = match saved {
+            Some(prints) => prints,
+            None => super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?,
+        };
+        tracing::debug!(
+            keys = prints.len(),
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "dedup fingerprints loaded"
+        );
         let committer = committer::Committer::new(
             db.clone(),
             trees.clone(),
@@ -176,6 +229,7 @@ impl Core {
                 writer,
                 reader: reader.clone(),
                 live,
+                unreadable,
             },
             last,
             outlets,
@@ -202,6 +256,7 @@ impl Core {
             index_flusher: Arc::new(Mutex::new(Some(index_flusher))),
             stop_index,
             reader,
+            counted_from_census,
         })
     }
 
@@ -527,6 +582,17 @@ impl Core {
     }
 
     #[cfg(test)]
+    pub fn counted_from_census(&self) -> bool {
+        self.counted_from_census
+    }
+
+    /// The census the index holds; an open journal has none.
+    #[cfg(test)]
+    pub fn census_left(&self) -> Option<census::Census> {
+        census::take(&self.trees).expect("sled reads")
+    }
+
+    #[cfg(test)]
     pub fn hold_index(&self, hold: bool) {
         self.shared.index.hold(hold);
     }
@@ -731,15 +797,15 @@ fn unix_ms_now() -> u64 {
 }
 
 /// Events by log segment.
-type Live = BTreeMap<u64, u64>;
+pub(super) type Live = BTreeMap<u64, u64>;
 
 /// What [`count_events`] found: counts by source and status, events by log segment,
 /// records it could not read, and the bytes of queued events.
-type Counted = (BTreeMap<String, SourceCounts>, Live, usize, u64);
+pub(super) type Counted = (BTreeMap<String, SourceCounts>, Live, usize, u64);
 
 /// Counts the events of each source by status, and of each log segment; the records it
 /// could not read; and the queued events' bytes.
-fn count_events(events: &sled::Tree) -> Result<Counted, JournalError> {
+pub(super) fn count_events(events: &sled::Tree) -> Result<Counted, JournalError> {
     let mut counts: BTreeMap<String, SourceCounts> = BTreeMap::new();
     let mut live = Live::new();
     let mut unreadable = 0;
@@ -813,6 +879,11 @@ fn lock_holder(file: &Path) -> Option<u32> {
         let same = id.rsplit(':').next()?.parse::<u64>().ok()? == inode;
         (*kind == "FLOCK" && same).then(|| pid.parse().ok())?
     })
+}
+
+/// Where a clean close saves the dedup fingerprint table for the next opening.
+pub(super) fn fingerprints_path(dir: &Path) -> PathBuf {
+    dir.join("fingerprints")
 }
 
 pub(super) fn db_path(dir: &Path) -> PathBuf {

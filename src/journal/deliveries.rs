@@ -33,7 +33,7 @@ pub const OPERATIONAL_SOURCE: &str = "hookgate";
 const NEXT_SUB: &[u8] = b"next_subscription";
 
 /// A subscription's deliveries by status, and when it last succeeded and failed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubStats {
     pub pending: u64,
     /// Delivered, or finished.
@@ -163,10 +163,9 @@ impl Subs {
     }
 }
 
-/// Counts deliveries at open: per subscription by status, and the pending ones (and
-/// their events' bytes) for the backlog.
-pub(super) fn count(trees: &Trees) -> Result<(HashMap<u64, SubStats>, u64, u64), JournalError> {
-    let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+/// Counts deliveries at open: per subscription by status, and when each last
+/// succeeded and failed (a walk of every delivery record, which a census spares).
+pub(super) fn count_stats(trees: &Trees) -> Result<HashMap<u64, SubStats>, JournalError> {
     let mut stats: HashMap<u64, SubStats> = HashMap::new();
     for item in trees.deliveries.iter() {
         let (_, bytes) = item.map_err(unwritable)?;
@@ -184,6 +183,11 @@ pub(super) fn count(trees: &Trees) -> Result<(HashMap<u64, SubStats>, u64, u64),
             }
         }
     }
+    Ok(stats)
+}
+
+/// The pending deliveries, and their events' bytes, for the backlog.
+pub(super) fn count_pending(trees: &Trees) -> Result<(u64, u64), JournalError> {
     let (mut pending, mut bytes) = (0, 0);
     for item in trees.pending.iter() {
         let (_, size) = item.map_err(unwritable)?;
@@ -194,7 +198,7 @@ pub(super) fn count(trees: &Trees) -> Result<(HashMap<u64, SubStats>, u64, u64),
             .map(u64::from_be_bytes)
             .unwrap_or(0);
     }
-    Ok((stats, pending, bytes))
+    Ok((pending, bytes))
 }
 
 fn unwritable(e: sled::Error) -> JournalError {

@@ -610,3 +610,56 @@ async fn two_failing_subscriptions_do_not_tell_each_other_of_their_failures_fore
     }
     journal.close().await;
 }
+
+/// What an opening counted of the deliveries: per subscription, and the backlog.
+fn delivery_tally(journal: &Journal) -> (SubStats, SubStats, u64, u64) {
+    (
+        journal.sub_stats(1),
+        journal.sub_stats(2),
+        journal.backlog(),
+        journal.backlog_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn the_census_of_a_clean_close_counts_deliveries_as_a_walk_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (name, events) in [("all", "*:*"), ("pushes", "github:push")] {
+        journal
+            .put_subscription(subscription(name, &[events], Mode::Notify))
+            .await
+            .unwrap();
+    }
+    accepted(&journal, event("github", "a", "push")).await;
+    accepted(&journal, event("github", "b", "issues")).await;
+    answer_all(&journal, 200, Verdict::Delivered { result: None }, 1).await;
+    // One more, pending for both: the backlog holds it twice, and the event once.
+    accepted(&journal, event("github", "c", "push")).await;
+    let before = delivery_tally(&journal);
+    assert_eq!((before.0.delivered, before.0.pending), (2, 1), "{before:?}");
+    assert_eq!((before.1.delivered, before.1.pending), (1, 1), "{before:?}");
+    assert!(before.0.last_success_ms.is_some());
+    journal.close().await;
+    drop(journal);
+
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert!(journal.core().unwrap().counted_from_census());
+    assert_eq!(delivery_tally(&journal), before);
+    journal.close().await;
+    drop(journal);
+    {
+        let db = core::open_sled(&dir.path().join("journal"), DEFAULT_INDEX_CACHE).unwrap();
+        assert!(db
+            .open_tree("meta")
+            .unwrap()
+            .remove(b"census")
+            .unwrap()
+            .is_some());
+        db.flush().unwrap();
+    }
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert!(!journal.core().unwrap().counted_from_census());
+    assert_eq!(delivery_tally(&journal), before, "a walk counts the same");
+    journal.close().await;
+}

@@ -196,10 +196,7 @@ struct Spot {
 pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered, JournalError> {
     let io = |e: std::io::Error| JournalError::Unwritable(format!("commit log: {e}"));
     let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-    let covered = meta
-        .get(COVERED)
-        .map_err(unwritable)?
-        .and_then(|v| Mark::decode(&v));
+    let covered = covered(meta).map_err(unwritable)?;
     let mut segments = log::segments(dir).map_err(io)?;
     // A segment created ahead of need and never written: not part of the log. A new one
     // is empty; a retired one taken for reuse still holds what it held before, entries
@@ -458,6 +455,11 @@ impl Damage {
         }
         Ok(marked)
     }
+}
+
+/// The log position the index covers, if it records one.
+pub fn covered(meta: &sled::Tree) -> Result<Option<Mark>, sled::Error> {
+    Ok(meta.get(COVERED)?.and_then(|v| Mark::decode(&v)))
 }
 
 /// Records `mark` as covered; it is durable with the next flush.

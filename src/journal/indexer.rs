@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -316,7 +317,9 @@ impl Overlay {
 /// opening finds fewer keys again.
 pub(super) struct Fingerprints {
     counts: HashMap<u64, u32, BuildHasherDefault<Passthrough>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// The hasher's seed: random for each table, and saved with it (see [`Self::save`]).
+    seed: u64,
+    hasher: foldhash::quality::FixedState,
     /// Too many keys to keep: every key may be in the index.
     full: bool,
 }
@@ -351,12 +354,24 @@ impl Fingerprints {
         Fingerprints::load_up_to(dedup, MAX_PRINTS)
     }
 
-    fn load_up_to(dedup: &sled::Tree, max: usize) -> Result<Fingerprints, sled::Error> {
-        let mut prints = Fingerprints {
+    /// An empty table with a seed of its own.
+    fn empty(seed: u64) -> Fingerprints {
+        Fingerprints {
             counts: HashMap::default(),
-            hasher: Default::default(),
+            seed,
+            hasher: foldhash::quality::FixedState::with_seed(seed),
             full: false,
-        };
+        }
+    }
+
+    fn load_up_to(dedup: &sled::Tree, max: usize) -> Result<Fingerprints, sled::Error> {
+        let mut seed = [0; 8];
+        // Without the operating system's randomness the seed is the time: the table
+        // stays correct, only guessing its collisions gets easier.
+        if getrandom::fill(&mut seed).is_err() {
+            seed = crate::unix_ms(std::time::SystemTime::now()).to_le_bytes();
+        }
+        let mut prints = Fingerprints::empty(u64::from_le_bytes(seed));
         for item in dedup.iter().keys() {
             prints.add_up_to(&item?, max);
             if prints.full {
@@ -410,7 +425,84 @@ impl Fingerprints {
     pub(super) fn len(&self) -> usize {
         self.counts.len()
     }
+
+    /// Writes the table to `path` at a clean close, tied to the log position `mark` the
+    /// index then covers, so that the next opening need not walk every dedup key (3 s at
+    /// a million events). The file is synced; the census written after it says whether
+    /// the index is still as the table describes.
+    pub(super) fn save(&self, path: &Path, mark: Mark) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(64 + self.counts.len() * 12);
+        out.extend_from_slice(SAVED_MAGIC);
+        for n in [mark.segment, mark.offset, mark.last_seq, self.seed] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&self.print(SAVED_CHECK).to_le_bytes());
+        out.push(u8::from(self.full));
+        out.extend_from_slice(&(self.counts.len() as u64).to_le_bytes());
+        for (print, count) in &self.counts {
+            out.extend_from_slice(&print.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out.extend_from_slice(&crc32fast::hash(&out).to_le_bytes());
+        let temporary = path.with_extension("new");
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, &out)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    }
+
+    /// The table a clean close saved at `path`, if it was saved when the index covered
+    /// `mark` and reads back whole with this build's hasher. The file is deleted either
+    /// way: it describes the index at one moment only.
+    pub(super) fn load_saved(path: &Path, mark: Option<Mark>) -> Option<Fingerprints> {
+        let bytes = std::fs::read(path).ok()?;
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot delete the saved dedup fingerprints");
+            return None;
+        }
+        let mark = mark?;
+        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return None;
+        }
+        let mut rest = body.strip_prefix(SAVED_MAGIC)?;
+        let u64_of = |rest: &mut &[u8]| -> Option<u64> {
+            let (n, tail) = rest.split_first_chunk::<8>()?;
+            *rest = tail;
+            Some(u64::from_le_bytes(*n))
+        };
+        let saved = [u64_of(&mut rest)?, u64_of(&mut rest)?, u64_of(&mut rest)?];
+        if saved != [mark.segment, mark.offset, mark.last_seq] {
+            return None;
+        }
+        let mut prints = Fingerprints::empty(u64_of(&mut rest)?);
+        // A build whose hasher differs would miss every saved key.
+        if u64_of(&mut rest)? != prints.print(SAVED_CHECK) {
+            return None;
+        }
+        let (&full, mut rest) = rest.split_first()?;
+        let n = u64_of(&mut rest)?;
+        if rest.len() as u64 != n.checked_mul(12)? {
+            return None;
+        }
+        prints.full = full != 0;
+        prints.counts.reserve(n as usize);
+        for entry in rest.chunks_exact(12) {
+            let (print, count) = entry.split_at(8);
+            prints.counts.insert(
+                u64::from_le_bytes(print.try_into().ok()?),
+                u32::from_le_bytes(count.try_into().ok()?),
+            );
+        }
+        Some(prints)
+    }
 }
+
+/// The first bytes of a saved fingerprint table, with its format's version.
+const SAVED_MAGIC: &[u8] = b"hookgate-fingerprints-1\n";
+/// Hashed into a saved table and again when it is read: a build whose hasher gives
+/// another value does not use it.
+const SAVED_CHECK: &[u8] = b"hookgate dedup fingerprint check";
 
 #[cfg(test)]
 mod tests {
@@ -457,5 +549,62 @@ mod tests {
         assert!(!prints.may_hold(b"s\0z"));
         prints.add_up_to(b"s\0d", 3);
         assert!(prints.may_hold(b"s\0z"), "filled up while running");
+    }
+
+    #[test]
+    fn a_saved_table_is_read_back_only_whole_and_for_its_own_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fingerprints");
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let dedup = db.open_tree("dedup").unwrap();
+        let keys: Vec<Vec<u8>> = (0..1000).map(|n| format!("s\0{n}").into_bytes()).collect();
+        for key in &keys {
+            dedup.insert(key, &[0u8; 16]).unwrap();
+        }
+        let prints = Fingerprints::load(&dedup).unwrap();
+        let mark = Mark {
+            segment: 3,
+            offset: 4096,
+            last_seq: 1000,
+        };
+        let unknown = (0..1000)
+            .filter(|n| !prints.may_hold(format!("t\0{n}").as_bytes()))
+            .count();
+        assert!(unknown > 990, "{unknown}");
+
+        prints.save(&path, mark).unwrap();
+        let read = Fingerprints::load_saved(&path, Some(mark)).unwrap();
+        assert!(!path.exists(), "read once");
+        assert_eq!(read.len(), 1000);
+        assert!(keys.iter().all(|key| read.may_hold(key)));
+        let unknown_after = (0..1000)
+            .filter(|n| !read.may_hold(format!("t\0{n}").as_bytes()))
+            .count();
+        assert_eq!(unknown_after, unknown, "the same hasher, the same answers");
+
+        prints.save(&path, mark).unwrap();
+        let other = Mark {
+            last_seq: 1001,
+            ..mark
+        };
+        assert!(Fingerprints::load_saved(&path, Some(other)).is_none());
+        assert!(!path.exists(), "deleted when not used too");
+        prints.save(&path, mark).unwrap();
+        assert!(Fingerprints::load_saved(&path, None).is_none());
+
+        // Any byte changed, or a file cut short, and the table is walked instead.
+        prints.save(&path, mark).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        for at in [0, 30, 60, whole.len() / 2, whole.len() - 1] {
+            let mut bytes = whole.clone();
+            bytes[at] ^= 0x10;
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(
+                Fingerprints::load_saved(&path, Some(mark)).is_none(),
+                "{at}"
+            );
+        }
+        std::fs::write(&path, &whole[..whole.len() - 12]).unwrap();
+        assert!(Fingerprints::load_saved(&path, Some(mark)).is_none());
     }
 }

@@ -23,6 +23,7 @@
 //! written into it again. Reads go straight to sled and the log, once the index covers
 //! what was acknowledged before them.
 
+mod census;
 mod committer;
 mod core;
 mod deliveries;
@@ -369,7 +370,7 @@ impl Shared {
 }
 
 /// What the journal holds for one source, by status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceCounts {
     pub queued: u64,
     pub delivered: u64,

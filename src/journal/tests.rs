@@ -1195,6 +1195,10 @@ async fn a_short_dedup_value_in_the_index_is_an_error_not_a_panic() {
             .order
             .insert(committer::dedup_key("s", "k"), &[9])
             .unwrap();
+        // The close's census (and the fingerprints saved with it) describe the index
+        // before this change: an index changed behind the journal's back is counted
+        // and walked again.
+        census::take(&trees).unwrap();
         db.flush().unwrap();
     }
     let journal = Journal::open(settings(dir.path())).unwrap();
@@ -1471,4 +1475,133 @@ async fn seqs_go_on_after_every_event_was_compacted() {
         journal.compact(30 * 24 * HOUR_MS).await.unwrap();
         journal.close().await;
     }
+}
+
+/// What an opening counted: by source and status, the backlog and its bytes.
+fn tally(journal: &Journal) -> (BTreeMap<String, SourceCounts>, u64, u64) {
+    (journal.counts(), journal.backlog(), journal.backlog_bytes())
+}
+
+#[tokio::test]
+async fn a_clean_close_leaves_a_census_that_only_the_next_opening_counts_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = || Settings {
+        embedded: true,
+        ..settings(dir.path())
+    };
+    let counted_from_census = |journal: &Journal| journal.core().unwrap().counted_from_census();
+    let journal = Journal::open(embedded()).unwrap();
+    assert!(
+        !counted_from_census(&journal),
+        "a new journal has no census"
+    );
+    let recent = 8 * 24 * HOUR_MS;
+    for n in 1..=4 {
+        let at = if n <= 2 { HOUR_MS } else { recent };
+        journal.append(event(&format!("e{n}"), at)).await.unwrap();
+    }
+    let other = NewEvent {
+        source: "t".into(),
+        body: Bytes::from_static(b"{\"bigger\":true}"),
+        ..event("t1", recent)
+    };
+    journal.append(other).await.unwrap();
+    journal.append(event("e3", recent)).await.unwrap();
+    journal.append(ordered("o1", "k", 200)).await.unwrap();
+    assert_eq!(
+        journal.append(ordered("o2", "k", 100)).await,
+        Ok(Outcome::Stale(7))
+    );
+    journal.mark_delivered(vec![(3, 0)], recent).await.unwrap();
+    // Events 1 and 2 are past retention: compaction removes them.
+    while journal.compact(recent + HOUR_MS).await.unwrap() {}
+    let before = tally(&journal);
+    let s = &before.0["s"];
+    assert_eq!((s.queued, s.delivered, s.stale), (2, 1, 1), "{before:?}");
+    assert_eq!(before.0["t"].queued, 1);
+    journal.close().await;
+    drop(journal);
+
+    // The census of that close is what the next opening counts from, and it counts
+    // what a walk of the index would.
+    let journal = Journal::open(embedded()).unwrap();
+    assert!(counted_from_census(&journal));
+    assert_eq!(tally(&journal), before);
+    assert!(
+        !core::fingerprints_path(&dir.path().join("journal")).exists(),
+        "the saved fingerprints are read once"
+    );
+    // The fingerprints saved at the close still know every id: a duplicate is one.
+    for (id, seq) in [("e3", 3), ("e4", 4)] {
+        assert_eq!(
+            journal.append(event(id, recent)).await,
+            Ok(Outcome::Duplicate(seq)),
+            "{id}"
+        );
+    }
+    journal.append(event("e9", recent)).await.unwrap();
+    let after = tally(&journal);
+    assert_eq!(after.0["s"].queued, 3);
+    journal.close().await;
+    drop(journal);
+    {
+        let (_db, trees, _meta) = raw_index(dir.path());
+        let census = census::take(&trees)
+            .unwrap()
+            .expect("each clean close leaves one");
+        // Which segments hold events decides which an opening deletes: the census must
+        // say what a walk finds.
+        let (_, live, _, _) = core::count_events(&trees.events).unwrap();
+        assert_eq!(census.live, live);
+        assert!(!live.is_empty());
+    }
+    let journal = Journal::open(embedded()).unwrap();
+    assert!(!counted_from_census(&journal), "the census was taken out");
+    assert_eq!(tally(&journal), after, "a walk counts what the census said");
+    journal.close().await;
+    drop(journal);
+
+    // An opening takes the census out, durably, before anything new is accepted: a
+    // crash after it leaves none to count from.
+    let journal = Journal::open(embedded()).unwrap();
+    assert!(counted_from_census(&journal));
+    assert!(journal.core().unwrap().census_left().is_none());
+    journal.close().await;
+    drop(journal);
+
+    // Without the fingerprints saved with it, a census is not used either: deleting
+    // them is how an operator makes the next opening count everything again.
+    std::fs::remove_file(core::fingerprints_path(&dir.path().join("journal"))).unwrap();
+    let journal = Journal::open(embedded()).unwrap();
+    assert!(!counted_from_census(&journal));
+    assert_eq!(tally(&journal), after);
+    journal.close().await;
+    drop(journal);
+
+    // A census written when the index covered another position is not the index's.
+    {
+        let (_db, trees, meta) = raw_index(dir.path());
+        let covered = index::covered(&meta).unwrap().unwrap();
+        index::cover(
+            &meta,
+            index::Mark {
+                last_seq: covered.last_seq + 5,
+                ..covered
+            },
+        )
+        .unwrap();
+        assert!(census::take(&trees).unwrap().is_some());
+        let census = census::Census::new(
+            covered,
+            BTreeMap::new(),
+            BTreeMap::new(),
+            0,
+            &Default::default(),
+        );
+        census::write(&trees, &census).unwrap();
+    }
+    let journal = Journal::open(embedded()).unwrap();
+    assert!(!counted_from_census(&journal));
+    assert_eq!(tally(&journal), after);
+    journal.close().await;
 }

@@ -421,6 +421,7 @@ impl Committer {
         index_flush: bool,
         close: Option<oneshot::Sender<()>>,
     ) {
+        self.release_emptied();
         if let Err(e) = self.log.writer.write() {
             // The index already holds this group's events; refusing everything from now
             // on (and dropping them from the index at the next open) keeps a retry from
@@ -478,10 +479,13 @@ impl Committer {
                 return;
             }
         };
+        // A segment at no events stays in `live` while it is the one written; a walk
+        // would not find it, and once the log moved on nothing would release it.
+        let live = self.log.live.iter().filter(|(_, n)| **n > 0);
         let census = Census::new(
             mark,
             self.shared.counts.lock().expect("counts lock").clone(),
-            self.log.live.clone(),
+            live.map(|(segment, n)| (*segment, *n)).collect(),
             self.shared
                 .backlog_bytes
                 .load(Ordering::Acquire)
@@ -855,7 +859,7 @@ impl Committer {
             .events
             .insert(seq_key(seq), stored.encode())
             .map_err(|e| JournalError::Unwritable(e.to_string()))?;
-        self.dequeue(seq, stored.summary().size)
+        self.leave_queue(stored.summary(), Status::Queued)
     }
 
     /// Marks an event whose log entry a read found damaged: it leaves the queue and is
@@ -1008,6 +1012,24 @@ impl Committer {
                 .map(|(ts, _)| ts),
         };
         Ok(newest.is_some_and(|newest| ts < newest))
+    }
+
+    /// Lets go of the segments whose events were all compacted while each was still the
+    /// one written ([`Self::release`] keeps those), now that the log has moved past them.
+    fn release_emptied(&mut self) {
+        let current = self.log.writer.position().0;
+        let emptied: Vec<u64> = (self.log.live.range(..current))
+            .filter(|(_, events)| **events == 0)
+            .map(|(segment, _)| *segment)
+            .collect();
+        for segment in emptied {
+            self.log.live.remove(&segment);
+            self.shared
+                .unreferenced
+                .lock()
+                .expect("unreferenced lock")
+                .push(segment);
+        }
     }
 
     /// One event less refers to `segment`; a closed segment nothing refers to goes once

@@ -210,9 +210,10 @@ impl Core {
             .send_replace(Arc::new(subscriptions.clone()));
         outlets.rewound.send_modify(|n| *n += 1);
         let began = std::time::Instant::now();
+        // A table that was full is built again: the dedup window may hold fewer ids now.
         let prints = match saved {
-            Some(prints) => prints,
-            None => super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?,
+            Some(prints) if !prints.is_full() => prints,
+            _ => super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?,
         };
         tracing::debug!(
             keys = prints.len(),

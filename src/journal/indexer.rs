@@ -426,6 +426,11 @@ impl Fingerprints {
         self.counts.len()
     }
 
+    /// Whether the table gave up: every id is looked up in the index.
+    pub(super) fn is_full(&self) -> bool {
+        self.full
+    }
+
     /// Writes the table to `path` at a clean close, tied to the log position `mark` the
     /// index then covers, so that the next opening need not walk every dedup key (3 s at
     /// a million events). The file is synced; the census written after it says whether
@@ -448,7 +453,11 @@ impl Fingerprints {
         let mut file = std::fs::File::create(&temporary)?;
         std::io::Write::write_all(&mut file, &out)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, path)
+        std::fs::rename(&temporary, path)?;
+        match path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
     }
 
     /// The table a clean close saved at `path`, if it was saved when the index covered

@@ -1605,3 +1605,44 @@ async fn a_clean_close_leaves_a_census_that_only_the_next_opening_counts_from() 
     assert_eq!(tally(&journal), after);
     journal.close().await;
 }
+
+#[tokio::test]
+async fn a_segment_emptied_while_it_was_written_is_not_carried_by_the_census() {
+    let dir = tempfile::tempdir().unwrap();
+    let sized = || Settings {
+        embedded: true,
+        segment_bytes: 64 * 1024,
+        ..settings(dir.path())
+    };
+    let big = |id: &str, at: u64| NewEvent {
+        body: Bytes::from(vec![b' '; 8 * 1024]),
+        ..event(id, at)
+    };
+    let journal = Journal::open(sized()).unwrap();
+    // Eight events of 8 KiB fill the first segment (the log moves on at the next
+    // append); compaction then removes them all while it is still the one written, and
+    // the next event starts another.
+    for n in 0..8 {
+        journal
+            .append(big(&format!("old{n}"), HOUR_MS))
+            .await
+            .unwrap();
+    }
+    let recent = 8 * 24 * HOUR_MS;
+    while journal.compact(recent).await.unwrap() {}
+    journal.append(big("new", recent)).await.unwrap();
+    journal.close().await;
+    drop(journal);
+    {
+        let (_db, trees, _meta) = raw_index(dir.path());
+        let census = census::take(&trees)
+            .unwrap()
+            .expect("a clean close leaves one");
+        let (_, live, _, _) = core::count_events(&trees.events).unwrap();
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(census.live, live, "the emptied segment is not kept alive");
+    }
+    // Nor by the run itself: the segment was retired once the log had moved past it.
+    let segments = log::segments(&dir.path().join("journal/log")).unwrap();
+    assert_eq!(segments, vec![2]);
+}

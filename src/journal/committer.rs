@@ -1023,13 +1023,19 @@ impl Committer {
             .map(|(segment, _)| *segment)
             .collect();
         for segment in emptied {
-            self.log.live.remove(&segment);
-            self.shared
-                .unreferenced
-                .lock()
-                .expect("unreferenced lock")
-                .push(segment);
+            self.unreference(segment);
         }
+    }
+
+    /// No event refers to `segment` any more: it goes once the index flusher has made
+    /// that durable.
+    fn unreference(&mut self, segment: u64) {
+        self.log.live.remove(&segment);
+        self.shared
+            .unreferenced
+            .lock()
+            .expect("unreferenced lock")
+            .push(segment);
     }
 
     /// One event less refers to `segment`; a closed segment nothing refers to goes once
@@ -1040,12 +1046,7 @@ impl Committer {
         };
         *count = count.saturating_sub(1);
         if *count == 0 && segment < self.log.writer.position().0 {
-            self.log.live.remove(&segment);
-            self.shared
-                .unreferenced
-                .lock()
-                .expect("unreferenced lock")
-                .push(segment);
+            self.unreference(segment);
         }
     }
 

@@ -144,13 +144,18 @@ async fn tls_stream(
     Ok(tls)
 }
 
+/// The longest a test waits for one handshake or one answer.
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+
 async fn connect(
     addr: SocketAddr,
     ca_pem: &str,
     client: Option<&Issued>,
     alpn: &[&str],
 ) -> Result<Conn, String> {
-    let tls = tls_stream(addr, ca_pem, client, alpn).await?;
+    let tls = tokio::time::timeout(STEP_LIMIT, tls_stream(addr, ca_pem, client, alpn))
+        .await
+        .map_err(|_| format!("no TLS handshake within {STEP_LIMIT:?}"))??;
     let (_, session) = tls.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let server_cert = session.peer_certificates().unwrap()[0].to_vec();
@@ -202,7 +207,26 @@ impl Conn {
             .await
     }
 
+    /// [`Conn::exchange`], failing instead of waiting for ever: a hung connection
+    /// says so in the test's output rather than holding CI until its limit.
     async fn send(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        request: (HeaderMap, Bytes),
+    ) -> Result<(StatusCode, serde_json::Value), String> {
+        let ended = self.ended.clone();
+        tokio::time::timeout(STEP_LIMIT, self.exchange(method, path, request))
+            .await
+            .unwrap_or_else(|_| {
+                let ended = ended.lock().unwrap().clone();
+                Err(format!(
+                    "no answer within {STEP_LIMIT:?} (connection: {ended:?})"
+                ))
+            })
+    }
+
+    async fn exchange(
         &mut self,
         method: http::Method,
         path: &str,

@@ -26,36 +26,13 @@ const VERSION: u8 = 1;
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Census {
     /// The log position the index covered at the close.
-    pub covered: (u64, u64, u64),
+    pub covered: Mark,
     pub counts: BTreeMap<String, SourceCounts>,
     /// Events per log segment.
     pub live: BTreeMap<u64, u64>,
     /// The bytes of the queued events (without pending deliveries).
     pub queued_bytes: u64,
-    pub sub_stats: BTreeMap<u64, SubStats>,
-}
-
-impl Census {
-    pub fn new(
-        covered: Mark,
-        counts: BTreeMap<String, SourceCounts>,
-        live: BTreeMap<u64, u64>,
-        queued_bytes: u64,
-        sub_stats: &HashMap<u64, SubStats>,
-    ) -> Census {
-        Census {
-            covered: (covered.segment, covered.offset, covered.last_seq),
-            counts,
-            live,
-            queued_bytes,
-            sub_stats: sub_stats.iter().map(|(k, v)| (*k, *v)).collect(),
-        }
-    }
-
-    /// Whether the census was written when the index covered `mark`.
-    pub fn covers(&self, mark: Option<Mark>) -> bool {
-        mark.is_some_and(|m| self.covered == (m.segment, m.offset, m.last_seq))
-    }
+    pub sub_stats: HashMap<u64, SubStats>,
 }
 
 /// Records the census; the close's last index flush makes it durable.

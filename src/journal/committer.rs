@@ -472,38 +472,39 @@ impl Committer {
         if !self.shared.healthy.load(Ordering::Acquire) || self.log.unreadable > 0 {
             return;
         }
-        let pending_bytes = match super::deliveries::count_pending(&self.trees) {
-            Ok((_, bytes)) => bytes,
-            Err(e) => {
-                tracing::warn!(error = %e, "no census left at close; the next opening counts every event");
-                return;
-            }
-        };
+        if let Err(e) = self.write_census(mark) {
+            tracing::warn!(error = %e, "no census left at close; the next opening counts every event");
+        }
+    }
+
+    fn write_census(&self, mark: Mark) -> Result<(), String> {
+        let (_, pending_bytes) =
+            super::deliveries::count_pending(&self.trees).map_err(|e| e.to_string())?;
         // A segment at no events stays in `live` while it is the one written; a walk
         // would not find it, and once the log moved on nothing would release it.
         let live = self.log.live.iter().filter(|(_, n)| **n > 0);
-        let census = Census::new(
-            mark,
-            self.shared.counts.lock().expect("counts lock").clone(),
-            live.map(|(segment, n)| (*segment, *n)).collect(),
-            self.shared
+        let census = Census {
+            covered: mark,
+            counts: self.shared.counts.lock().expect("counts lock").clone(),
+            live: live.map(|(segment, n)| (*segment, *n)).collect(),
+            queued_bytes: self
+                .shared
                 .backlog_bytes
                 .load(Ordering::Acquire)
                 .saturating_sub(pending_bytes),
-            &self.shared.sub_stats.lock().expect("sub stats lock"),
-        );
+            sub_stats: self
+                .shared
+                .sub_stats
+                .lock()
+                .expect("sub stats lock")
+                .clone(),
+        };
         // The table first: a census in the index says the table saved with its mark
         // is whole.
-        if let Err(e) = self
-            .prints
+        self.prints
             .save(&fingerprints_path(&self.settings.path), mark)
-        {
-            tracing::warn!(error = %e, "no census left at close; the next opening counts every event");
-            return;
-        }
-        if let Err(e) = census::write(&self.trees, &census) {
-            tracing::warn!(error = %e, "no census left at close; the next opening counts every event");
-        }
+            .map_err(|e| e.to_string())?;
+        census::write(&self.trees, &census).map_err(|e| e.to_string())
     }
 
     fn give_indexer(&mut self, work: Work) {

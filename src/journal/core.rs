@@ -91,7 +91,7 @@ impl Core {
         // The census and the fingerprints saved with it describe the index as the last
         // close left it: both are used, or neither (deleting the saved fingerprints
         // makes the next opening count everything again).
-        let census = census.filter(|census| untouched && census.covers(covered));
+        let census = census.filter(|census| untouched && covered == Some(census.covered));
         let saved = super::indexer::Fingerprints::load_saved(
             &fingerprints_path(&settings.path),
             covered.filter(|_| census.is_some()),
@@ -104,7 +104,7 @@ impl Core {
                     census.live,
                     0,
                     census.queued_bytes,
-                    census.sub_stats.into_iter().collect(),
+                    census.sub_stats,
                     true,
                 ),
                 None => {

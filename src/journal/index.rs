@@ -26,7 +26,7 @@ pub const DEDUP_WALKED: &[u8] = b"dedup_walked";
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// A position in the log and the last seq written before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mark {
     pub segment: u64,
     pub offset: u64,

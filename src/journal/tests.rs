@@ -1598,13 +1598,13 @@ async fn a_clean_close_leaves_a_census_that_only_the_next_opening_counts_from() 
         )
         .unwrap();
         assert!(census::take(&trees).unwrap().is_some());
-        let census = census::Census::new(
+        let census = census::Census {
             covered,
-            BTreeMap::new(),
-            BTreeMap::new(),
-            0,
-            &Default::default(),
-        );
+            counts: BTreeMap::new(),
+            live: BTreeMap::new(),
+            queued_bytes: 0,
+            sub_stats: Default::default(),
+        };
         census::write(&trees, &census).unwrap();
     }
     let journal = Journal::open(embedded()).unwrap();

@@ -1,7 +1,7 @@
 //! The one thread that decides what the journal holds. It takes every command queued,
 //! applies them in order (appends go to the commit log, and to the indexer, which writes
-//! them into sled behind the log), writes the group's log entries at once, and hands the
-//! answers to the flusher, which answers after the fsync. Deciding dedup and ordering
+//! them into sled behind the log), writes the group's log entries at once, and has the
+//! flusher sync them before it answers. Deciding dedup and ordering
 //! here, on one thread, is what makes "check then write" atomic.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use super::census::{self, Census};
 use super::core::{content, fingerprints_path};
 use super::deliveries::Subs;
 use super::disk::Floor;
-use super::flusher::{self, AppendReply, FlushQueue, UpdateReply};
+use super::flusher::{self, AppendReply, Flusher, UpdateReply};
 use super::index::{self, Mark, DEDUP_WALKED};
 use super::indexer::{self, Fingerprints, Overlay, Work};
 use super::log::{Reader, Writer};
@@ -219,17 +219,14 @@ impl Committer {
         }
     }
 
-    /// Applies commands as they come and hands their answers to the flusher thread.
+    /// Applies commands as they come, a group at a time, and answers each group once
+    /// its writes are synced.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let queue = Arc::new(FlushQueue::default());
-        let flusher = {
-            let (queue, db, shared) = (queue.clone(), self.db.clone(), self.shared.clone());
-            let stages = self.settings.stages.clone();
-            std::thread::Builder::new()
-                .name("journal-flusher".into())
-                .spawn(move || flusher::run(queue, db, shared, stages))
-                .expect("the flusher thread starts")
-        };
+        let mut flusher = Flusher::new(
+            self.db.clone(),
+            self.shared.clone(),
+            self.settings.stages.clone(),
+        );
         {
             let (tx, rx) = std::sync::mpsc::channel();
             let (trees, shared) = (self.trees.clone(), self.shared.clone());
@@ -247,10 +244,12 @@ impl Committer {
         while !closing {
             // While a sync runs, what arrives waits for the next one whenever it is
             // written: so take it all as one group once the sync is done (one write, one
-            // hand-over, and no wake-up of this thread per request). With sled off this
+            // sync, and no wake-up of this thread per request). With sled off this
             // thread, a group takes a fraction of a sync, so little overlap is lost;
-            // measured, it cost nothing at 64 connections and gained 11% at 256.
-            queue.wait_idle();
+            // measured, waiting for the sync cost nothing at 64 connections and gained
+            // 11% at 256 over writing the next group during it, and then running the
+            // sync here rather than on a thread of its own saved that thread's two
+            // wake-ups per group (BENCHMARKS.md).
             let Some(first) = commands.blocking_recv() else {
                 break;
             };
@@ -395,32 +394,34 @@ impl Committer {
                 }
             }
             closing = close.is_some();
-            self.hand_over(&queue, &mut appends, &mut updates, index_flush, close);
+            let sync = self.write_group(&mut appends, index_flush || closing, closing);
             index_flush = false;
             if let Some(stages) = &self.settings.stages {
                 stages.group_seconds.observe(began.elapsed().as_secs_f64());
                 stages.group_commands.observe(commands_in_group as f64);
             }
+            flusher.flush(&mut appends, &mut updates, sync);
+            if let Some(close) = close {
+                let _ = close.send(());
+            }
         }
         if !closing {
             // Every handle is gone without a close: still end with a sync.
-            let (last, _) = oneshot::channel();
-            self.hand_over(&queue, &mut appends, &mut updates, true, Some(last));
+            let sync = self.write_group(&mut appends, true, true);
+            flusher.flush(&mut appends, &mut updates, sync);
         }
-        let _ = flusher.join();
         tracing::debug!("journal committer stopped");
     }
 
-    /// Writes the group's log entries and hands its answers to the flusher, which syncs
-    /// what was written before answering.
-    fn hand_over(
+    /// Writes the group's log entries, hands its events to the indexer, and says what the
+    /// flusher must sync before the group is answered. `last` ends the indexer first and
+    /// leaves the census.
+    fn write_group(
         &mut self,
-        queue: &FlushQueue,
-        appends: &mut Vec<AppendReply>,
-        updates: &mut Vec<UpdateReply>,
+        appends: &mut [AppendReply],
         index_flush: bool,
-        close: Option<oneshot::Sender<()>>,
-    ) {
+        last: bool,
+    ) -> flusher::Sync {
         self.release_emptied();
         if let Err(e) = self.log.writer.write() {
             // The index already holds this group's events; refusing everything from now
@@ -446,7 +447,7 @@ impl Committer {
         if self.shared.healthy.load(Ordering::Acquire) {
             self.give_indexer(Work::Mark(mark));
         }
-        if close.is_some() {
+        if last {
             // The index is complete before the last flush answers the close.
             if let Some((tx, handle)) = self.indexer.take() {
                 drop(tx);
@@ -454,16 +455,11 @@ impl Committer {
             }
             self.leave_census(mark);
         }
-        queue.hand_over(
-            appends,
-            updates,
-            flusher::Sync {
-                files: self.log.writer.take_unsynced(),
-                mark,
-                index: index_flush || close.is_some(),
-            },
-            close,
-        );
+        flusher::Sync {
+            files: self.log.writer.take_unsynced(),
+            mark,
+            index: index_flush,
+        }
     }
 
     /// At a clean close, with every event written and indexed up to `mark`: records

@@ -1,7 +1,7 @@
-//! The indexer: the third thread of group commit. The committer decides dedup and
+//! The indexer: the second thread of group commit. The committer decides dedup and
 //! ordering from the index plus what it has handed here and not yet seen applied (its
 //! [`Overlay`]), writes the log, and hands each accepted event to this thread, which
-//! writes it into sled behind the log while the flusher syncs and answers. So sled is off
+//! writes it into sled behind the log while the committer syncs and answers. So sled is off
 //! the path of an `accepted`: the answer waits for the log's sync, never for the index.
 //!
 //! Readers see an event once it is both synced and indexed (the `published` seq is the

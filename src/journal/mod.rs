@@ -10,18 +10,17 @@
 //!   dedup window ended, and in journals written before the commit log).
 //!
 //! Writes go through one committer thread ([`committer`]) that decides everything
-//! queued, writes the group's log entries with one `write`, and hands the answers to a
-//! flusher thread ([`flusher`]), which runs one `fdatasync` for all that was handed over
-//! (group commit) and only then answers, and the accepted events to an indexer thread
-//! ([`indexer`]), which writes them into sled behind the log. So an answer of `accepted`
-//! or `duplicate` always follows an fsync that covers its event and never waits for
-//! sled, and because one thread decides (from the index plus what the indexer has not
-//! written yet), the dedup check and the write are one step: two copies of an event can
-//! never both be accepted. Commands other than appends wait for the indexer first and
-//! work on sled directly. Sled is flushed in the background, never claiming more of the
-//! log than the indexer wrote; at open, log entries the index had not durably covered are
-//! written into it again. Reads go straight to sled and the log, once the index covers
-//! what was acknowledged before them.
+//! queued, writes the group's log entries with one `write`, runs one `fdatasync` for the
+//! group ([`flusher`]: group commit) and only then answers, and hands the accepted events
+//! to an indexer thread ([`indexer`]), which writes them into sled behind the log. So an
+//! answer of `accepted` or `duplicate` always follows an fsync that covers its event and
+//! never waits for sled, and because one thread decides (from the index plus what the
+//! indexer has not written yet), the dedup check and the write are one step: two copies
+//! of an event can never both be accepted. Commands other than appends wait for the
+//! indexer first and work on sled directly. Sled is flushed in the background, never
+//! claiming more of the log than the indexer wrote; at open, log entries the index had
+//! not durably covered are written into it again. Reads go straight to sled and the log,
+//! once the index covers what was acknowledged before them.
 
 mod census;
 mod committer;

@@ -83,8 +83,15 @@ impl HeaderPolicy {
 
     /// Whether a header named `name` (any case) stays with the event.
     pub fn keeps(&self, name: &str) -> bool {
-        let name = name.to_ascii_lowercase();
-        !never_kept(&name)
+        // A request's names are lowercase already (`HeaderName`); only a stored one
+        // written otherwise is copied.
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        let name = name.as_ref();
+        !never_kept(name)
             && !self.drop.iter().any(|d| d.as_str() == name)
             && self
                 .keep

@@ -9,7 +9,10 @@
 #   hookgate  target/release/hookgate with loadtest/wrk/bench.toml, on a fresh journal
 # For each: requests/s, p99, p99.9 (from github.lua's done hook) and the server process's
 # CPU time per request (utime + stime from /proc/PID/stat across the wrk run, over the
-# requests wrk counted), its rate over bare's, and hookgate/floor and hookgate/hmac.
+# requests wrk counted), its rate over bare's, and hookgate/floor and hookgate/hmac;
+# for hookgate, that CPU time by thread too, by the kernel's 15-character names
+# (tokio-rt-worker is the request path, journal-committ the committer: the log and its
+# syncs, journal-indexer, journal-index (its background flush) and sled-io the index).
 # Every request is a new signed body (loadtest/wrk/sign.py writes the signatures, a
 # million by default, to $SIGS or /tmp/hookgate-sigs.txt once), so that hookgate journals
 # each one; after its run the script prints how many it accepted and how many it took
@@ -63,6 +66,23 @@ ready() { # name port
 # utime + stime (fields 14 and 15; the name in field 2 may hold spaces, so count from
 # its closing parenthesis, after which field 3 comes first).
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+# Each thread of $1 as "tid name ticks", the name without a trailing number (sled-io-3
+# is sled-io).
+thread_ticks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    awk -v tid="${t##*/}" '{ n = $0; sub(/^[^(]*\(/, "", n); sub(/\) [^)]*$/, "", n)
+      gsub(/ /, "_", n); sub(/-[0-9]+$/, "", n); sub(/.*\) /, ""); print tid, n, $12 + $13 }' "$t/stat" 2>/dev/null
+  done
+}
+# CPU µs per request by thread name between two thread_ticks lists; what threads that
+# ended in between used is counted in the process's total only.
+by_thread() { # before-list after-list requests
+  awk -v hz="$clk_tck" -v n="$3" 'FNR == NR { was[$1] = $3; next }
+    { used[$2] += $3 - was[$1] }
+    END { for (k in used) if (used[k] > 0) printf "%s %.1f\n", k, used[k] * 1e6 / hz / n }' \
+    <(echo "$1") <(echo "$2") | sort -k2 -gr | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }'
+}
 # wrk's latencies ("850.00us", "1.23ms", "1.02s") in ms.
 in_ms() { awk '{ v = $1; if (v ~ /us$/) v /= 1000; else if (v ~ /ms$/) v += 0; else if (v ~ /s$/) v *= 1000; printf "%.2f\n", v }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -89,9 +109,12 @@ measure() {
       fi
       ;;
   esac
+  local threads_before threads_after
   before=$(cpu_ticks "$server_pid")
+  threads_before=$(thread_ticks "$server_pid")
   out=$(HOOKGATE_BENCH_FIRST=$first wrk -t1 -c"$conns" -d"${secs}s" --latency -s loadtest/wrk/github.lua "http://127.0.0.1:$port/hooks/github")
   after=$(cpu_ticks "$server_pid")
+  threads_after=$(thread_ticks "$server_pid")
   local journaled=
   case $name in
     hookgate | before) journaled=$(curl -sf http://127.0.0.1:9090/metrics |
@@ -114,6 +137,9 @@ measure() {
   row "$name" "$rps" "$p99" "$p999" "$cpu" "$(awk -v r="$round" '$1 == r && $2 == "bare" { print $3 }' "$results")"
   grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/          /' || true
   [[ -z $journaled ]] || echo "          $journaled"
+  case $name in
+    hookgate | before) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
+  esac
 }
 header() { printf '%-9s %10s %8s %9s %12s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'x bare'; }
 row() { # name, req/s, p99, p99.9, CPU, bare's req/s

@@ -111,8 +111,9 @@ pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
 /// The dedup key of a replay key (see `Scheme::replay_key`): a NUL after the source's
 /// NUL keeps it apart from every id a header can carry.
 pub(super) fn replay_dedup_key(source: &str, replay_key: &str) -> Vec<u8> {
-    let mut key = dedup_key(source, "");
-    key.push(0);
+    let mut key = Vec::with_capacity(source.len() + replay_key.len() + 2);
+    key.extend_from_slice(source.as_bytes());
+    key.extend_from_slice(&[0, 0]);
     key.extend_from_slice(replay_key.as_bytes());
     key
 }
@@ -539,12 +540,24 @@ impl Committer {
 
     /// Puts an accepted event in the log under the next seq, and hands it to the
     /// indexer: its answer waits for the log's sync, not for sled.
-    fn log_and_hand(&mut self, mut created: Created) -> Result<(), JournalError> {
+    /// `keys` are the dedup keys it is remembered under (`index::dedup_keys`), as the
+    /// append looked them up.
+    fn log_and_hand(
+        &mut self,
+        mut created: Created,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<(), JournalError> {
+        debug_assert!(
+            created.remembered
+                && keys == index::dedup_keys(&created.summary, created.replay_key.as_deref())
+        );
         let loc = self.append_to_log(&created)?;
         // A new event's deliveries are exactly those it matched (`index::apply` makes
         // each, the subscriptions being unchanged until the indexer has caught up).
         self.count_new(&created, loc, &created.deliveries);
-        let keys = self.remember_prints(&created);
+        for key in &keys {
+            self.prints.add(key);
+        }
         self.overlay.add(&created, keys);
         // The index needs where the content is, not the content.
         created.content.body = bytes::Bytes::new();
@@ -590,7 +603,11 @@ impl Committer {
         let made: Vec<u64> = made.iter().map(|delivery| delivery.sub).collect();
         self.count_new(created, loc, &made);
         self.shared.index.indexed_to(created.summary.seq);
-        self.remember_prints(created);
+        if created.remembered {
+            for key in index::dedup_keys(&created.summary, created.replay_key.as_deref()) {
+                self.prints.add(&key);
+            }
+        }
         Ok(())
     }
 
@@ -622,19 +639,6 @@ impl Committer {
         self.handed_seq = summary.seq;
     }
 
-    /// Notes the dedup keys `created` writes into the index (as `index::apply` does)
-    /// in the fingerprint table; answers them.
-    fn remember_prints(&mut self, created: &Created) -> Vec<Vec<u8>> {
-        if !created.remembered {
-            return Vec::new();
-        }
-        let keys = index::dedup_keys(&created.summary, created.replay_key.as_deref());
-        for key in &keys {
-            self.prints.add(key);
-        }
-        keys
-    }
-
     /// An event as stored in the index.
     fn stored(&self, seq: u64) -> Result<Option<Stored>, JournalError> {
         let found = self
@@ -656,12 +660,14 @@ impl Committer {
         self.overlay.prune(self.shared.index.indexed());
         // The id, then what the signature covers where it does not cover the id: a
         // captured body posted again under a new id is a duplicate too.
-        if let Some(seq) = self.remembered(&dedup_key(&event.source, &event.id), &event)? {
-            return Ok(Outcome::Duplicate(seq));
-        }
+        // The keys are those `index::dedup_keys` gives, made once here for the lookups,
+        // the fingerprints and the overlay.
+        let mut keys = vec![dedup_key(&event.source, &event.id)];
         if let Some(replay_key) = &event.replay_key {
-            let key = replay_dedup_key(&event.source, replay_key);
-            if let Some(seq) = self.remembered(&key, &event)? {
+            keys.push(replay_dedup_key(&event.source, replay_key));
+        }
+        for key in &keys {
+            if let Some(seq) = self.remembered(key, &event)? {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
@@ -721,7 +727,7 @@ impl Committer {
         if !stale {
             created.deliveries = self.subs.matching(&created.summary, None);
         }
-        self.log_and_hand(created)?;
+        self.log_and_hand(created, keys)?;
         Ok(if stale {
             Outcome::Stale(seq)
         } else {

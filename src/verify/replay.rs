@@ -40,7 +40,15 @@ pub fn covers_id(scheme: &Scheme, id: &Locator) -> bool {
 /// parameters, so reordered parameters verify the same; the generic scheme signs its
 /// template). `None` when there is no signature to go by.
 pub fn replay_key(scheme: &Scheme, incoming: &Incoming) -> Option<String> {
-    let digest = |bytes: &[u8]| format!("signed:{}", hex::encode(Sha256::digest(bytes)));
+    let digest = |bytes: &[u8]| {
+        let mut hex = [0; 64];
+        // 32 bytes always fit in 64 hex digits.
+        let _ = hex::encode_to_slice(Sha256::digest(bytes), &mut hex);
+        let mut key = String::with_capacity(7 + hex.len());
+        key.push_str("signed:");
+        key.extend(hex.iter().map(|&b| char::from(b)));
+        key
+    };
     match scheme {
         Scheme::Token(_) | Scheme::None | Scheme::Gitlab => None,
         Scheme::Twilio(_) => {

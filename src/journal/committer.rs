@@ -547,10 +547,6 @@ impl Committer {
         mut created: Created,
         keys: Vec<Vec<u8>>,
     ) -> Result<(), JournalError> {
-        debug_assert!(
-            created.remembered
-                && keys == index::dedup_keys(&created.summary, created.replay_key.as_deref())
-        );
         let loc = self.append_to_log(&created)?;
         // A new event's deliveries are exactly those it matched (`index::apply` makes
         // each, the subscriptions being unchanged until the indexer has caught up).
@@ -660,12 +656,8 @@ impl Committer {
         self.overlay.prune(self.shared.index.indexed());
         // The id, then what the signature covers where it does not cover the id: a
         // captured body posted again under a new id is a duplicate too.
-        // The keys are those `index::dedup_keys` gives, made once here for the lookups,
-        // the fingerprints and the overlay.
-        let mut keys = vec![dedup_key(&event.source, &event.id)];
-        if let Some(replay_key) = &event.replay_key {
-            keys.push(replay_dedup_key(&event.source, replay_key));
-        }
+        // Made once here for the lookups, the fingerprints and the overlay.
+        let keys = index::keys_for(&event.source, &event.id, event.replay_key.as_deref());
         for key in &keys {
             if let Some(seq) = self.remembered(key, &event)? {
                 return Ok(Outcome::Duplicate(seq));

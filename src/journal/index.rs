@@ -122,9 +122,14 @@ fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
 /// The dedup keys of an event: its id, and its replay key when it has one (a second key
 /// where the signature does not cover the id: see `Scheme::replay_key`).
 pub fn dedup_keys(summary: &Summary, replay_key: Option<&str>) -> Vec<Vec<u8>> {
-    let mut keys = vec![dedup_key(&summary.source, &summary.id)];
+    keys_for(&summary.source, &summary.id, replay_key)
+}
+
+/// [`dedup_keys`] of an event of `source` with `id`, before it has a summary.
+pub fn keys_for(source: &str, id: &str, replay_key: Option<&str>) -> Vec<Vec<u8>> {
+    let mut keys = vec![dedup_key(source, id)];
     if let Some(replay_key) = replay_key {
-        keys.push(replay_dedup_key(&summary.source, replay_key));
+        keys.push(replay_dedup_key(source, replay_key));
     }
     keys
 }

@@ -1,6 +1,7 @@
 //! The promise under a crash: the real binary acknowledges a burst of events, is killed
 //! with SIGKILL right after the last answer, and after a restart every acknowledged event
-//! is listed and still recognised as a duplicate.
+//! is listed and still recognised as a duplicate, under its own id or (a captured body
+//! posted again) under a new one.
 
 mod common;
 
@@ -71,6 +72,26 @@ async fn every_acknowledged_event_survives_sigkill() {
         )
         .await;
         assert_eq!(reply.json()["status"], "duplicate", "{id} was forgotten");
+    }
+    // The signature covers the body, not the delivery id: a captured body under a new
+    // id is a duplicate too, its replay key found again from the events after the kill.
+    for i in (0..300).step_by(11) {
+        let reply = post(
+            gw.ingest,
+            "/hooks/github",
+            github(
+                &format!("forged-{i}"),
+                "push",
+                "application/json",
+                format!("{{\"n\":{i}}}").as_bytes(),
+            ),
+        )
+        .await;
+        assert_eq!(
+            reply.json()["status"],
+            "duplicate",
+            "the body of crash-{i} was taken again under a new id"
+        );
     }
     gw.child.kill().unwrap();
     gw.child.wait().unwrap();

@@ -554,6 +554,16 @@ impl Committer {
         for key in &keys {
             self.prints.add(key);
         }
+        // `keys_for` puts the replay key second.
+        if let Some(key) = keys.get(1) {
+            if !self
+                .prints
+                .keep_replay(key, created.summary.seq, self.replay_cap())
+            {
+                // The indexer writes it (and every one after it) into sled.
+                self.trees.replays_in_sled.store(true, Ordering::Release);
+            }
+        }
         self.overlay.add(&created, keys);
         // The index needs where the content is, not the content.
         created.content.body = bytes::Bytes::new();
@@ -603,8 +613,34 @@ impl Committer {
             for key in index::dedup_keys(&created.summary, created.replay_key.as_deref()) {
                 self.prints.add(&key);
             }
+            if let Some(replay_key) = &created.replay_key {
+                let summary = &created.summary;
+                let key = replay_dedup_key(&summary.source, replay_key);
+                if !self
+                    .prints
+                    .keep_replay(&key, summary.seq, self.replay_cap())
+                {
+                    self.trees.replays_in_sled.store(true, Ordering::Release);
+                    self.trees
+                        .dedup
+                        .insert(key, &dedup_value(summary.seq, summary.received_at_ms))
+                        .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The most replay keys kept in memory (tests lower it).
+    fn replay_cap(&self) -> usize {
+        #[cfg(test)]
+        {
+            self.shared.replay_cap.load(Ordering::Acquire)
+        }
+        #[cfg(not(test))]
+        {
+            indexer::MAX_REPLAYS
+        }
     }
 
     /// Writes a new event's log entry.
@@ -658,8 +694,13 @@ impl Committer {
         // captured body posted again under a new id is a duplicate too.
         // Made once here for the lookups, the fingerprints and the overlay.
         let keys = index::keys_for(&event.source, &event.id, event.replay_key.as_deref());
-        for key in &keys {
-            if let Some(seq) = self.remembered(key, &event)? {
+        for (n, key) in keys.iter().enumerate() {
+            let replay_key = if n == 1 {
+                event.replay_key.as_deref()
+            } else {
+                None
+            };
+            if let Some(seq) = self.remembered(key, replay_key, &event)? {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
@@ -728,26 +769,81 @@ impl Committer {
     }
 
     /// The seq of the event a dedup key points at, while inside the dedup window.
-    fn remembered(&self, key: &[u8], event: &NewEvent) -> Result<Option<u64>, JournalError> {
+    /// `replay_key` is given when `key` is the event's replay key.
+    fn remembered(
+        &self,
+        key: &[u8],
+        replay_key: Option<&str>,
+        event: &NewEvent,
+    ) -> Result<Option<u64>, JournalError> {
         let window_ms = self.settings.dedup_window.as_millis() as u64;
+        let damaged = || JournalError::Unwritable("a dedup entry in the index is damaged".into());
         // What the indexer has not written yet is newer than anything sled holds.
         let found = match self.overlay.dedup(key) {
-            Some(value) => split_dedup_value(value),
+            Some(value) => split_dedup_value(value).ok_or_else(damaged)?,
             None if !self.prints.may_hold(key) => return Ok(None),
-            None => match self
-                .trees
-                .dedup
-                .get(key)
-                .map_err(|e| JournalError::Unwritable(e.to_string()))?
-            {
-                Some(found) => split_dedup_value(&found),
-                None => return Ok(None),
-            },
+            None => {
+                let in_sled = match self
+                    .trees
+                    .dedup
+                    .get(key)
+                    .map_err(|e| JournalError::Unwritable(e.to_string()))?
+                {
+                    Some(found) => Some(split_dedup_value(&found).ok_or_else(damaged)?),
+                    None => None,
+                };
+                let in_memory = match replay_key {
+                    Some(replay_key) => self.replay_owner(key, &event.source, replay_key)?,
+                    None => None,
+                };
+                // Both may know the key (a journal written before replay keys left sled,
+                // or filled past the table): the newer event decides.
+                match in_sled.into_iter().chain(in_memory).max() {
+                    Some(found) => found,
+                    None => return Ok(None),
+                }
+            }
         };
-        let (seq, first_seen) = found.ok_or_else(|| {
-            JournalError::Unwritable("a dedup entry in the index is damaged".into())
-        })?;
+        let (seq, first_seen) = found;
         Ok((first_seen.saturating_add(window_ms) > event.received_at_ms).then_some(seq))
+    }
+
+    /// The newest indexed event whose replay key is `replay_key` of `source` (`key` is
+    /// its dedup key), from the table in memory checked against each candidate's own
+    /// entry: its seq and when it was received.
+    fn replay_owner(
+        &self,
+        key: &[u8],
+        source: &str,
+        replay_key: &str,
+    ) -> Result<Option<(u64, u64)>, JournalError> {
+        let mut newest = None;
+        for seq in self.prints.replay_seqs(key) {
+            let found = self
+                .trees
+                .events
+                .get(seq_key(seq))
+                .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+            let Some(bytes) = found else {
+                continue;
+            };
+            match record::decode_stored(&bytes) {
+                Ok(stored)
+                    if stored.summary().source == source
+                        && stored.replay_key() == Some(replay_key) =>
+                {
+                    newest = newest.max(Some((seq, stored.summary().received_at_ms)));
+                }
+                Ok(_) => {}
+                // It cannot vouch for the key: the new event is taken (a duplicate
+                // delivered is better than an event lost), and the damage is reported
+                // where the entry is read.
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "an event's index entry cannot be read to check a replay key")
+                }
+            }
+        }
+        Ok(newest)
     }
 
     /// Refuses a new event of `size` bytes while free disk space is below the floor.
@@ -1045,12 +1141,37 @@ impl Committer {
         }
     }
 
-    /// Forgets the event's dedup keys (see [`index::forget`]).
+    /// Forgets the event's dedup keys (see [`index::forget`]), its replay key in memory
+    /// too.
     fn forget(&mut self, stored: &Stored) -> Result<(), JournalError> {
         let removed = index::forget(&self.trees, stored.summary(), stored.replay_key())
             .map_err(|e| JournalError::Unwritable(e.to_string()))?;
-        for key in removed {
-            self.prints.remove(&key);
+        for key in &removed {
+            self.prints.remove(key);
+        }
+        if let Some(replay_key) = stored.replay_key() {
+            let summary = stored.summary();
+            let key = replay_dedup_key(&summary.source, replay_key);
+            if self.prints.forget_replay(&key, summary.seq) && !removed.contains(&key) {
+                self.prints.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before an event inside its dedup window leaves the index, its replay key goes
+    /// into sled: its entry can no longer vouch for it.
+    fn keep_replay_in_index(&mut self, stored: &Stored) -> Result<(), JournalError> {
+        let Some(replay_key) = stored.replay_key() else {
+            return Ok(());
+        };
+        let summary = stored.summary();
+        let key = replay_dedup_key(&summary.source, replay_key);
+        if self.prints.forget_replay(&key, summary.seq) {
+            self.trees
+                .dedup
+                .insert(key, &dedup_value(summary.seq, summary.received_at_ms))
+                .map_err(|e| JournalError::Unwritable(e.to_string()))?;
         }
         Ok(())
     }
@@ -1119,6 +1240,12 @@ impl Committer {
             let keep = (summary.status == Status::Queued && !self.settings.embedded)
                 || self.has_open_deliveries(summary.seq)?;
             if !keep {
+                // The walk below can no longer find this event: an id still inside its
+                // window keeps an entry of its own, written before the event goes.
+                let in_window = summary.seq > walked && summary.received_at_ms >= dedup_cutoff;
+                if in_window {
+                    self.keep_replay_in_index(&stored)?;
+                }
                 self.trees.events.remove(&key).map_err(unwritable)?;
                 self.drop_deliveries(summary.seq)?;
                 self.shared
@@ -1137,10 +1264,9 @@ impl Committer {
                         self.shared.unqueued(summary.size);
                     }
                 }
-                // The walk above can no longer find this event: an id still inside its
-                // window gets an expiry entry of its own.
+                // ... and an expiry entry for each of its keys.
                 if summary.seq > walked {
-                    if summary.received_at_ms < dedup_cutoff {
+                    if !in_window {
                         self.forget(&stored)?;
                     } else {
                         for dedup in index::dedup_keys(summary, stored.replay_key()) {

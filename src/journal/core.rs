@@ -69,6 +69,7 @@ impl Core {
             callbacks: db.open_tree("callbacks").map_err(unwritable)?,
             deadlines: db.open_tree("deadlines").map_err(unwritable)?,
             keep_queue: !settings.embedded,
+            replays_in_sled: Arc::default(),
         };
         let meta = trees.meta.clone();
         // Read before recovery moves it: a census is good for this mark only.
@@ -202,6 +203,8 @@ impl Core {
             sub_stats: Mutex::new(sub_stats),
             // Whatever a worker knew of its pending set is read again.
             sub_rewinds: Mutex::new(subscriptions.iter().map(|s| (s.num, 0)).collect()),
+            #[cfg(test)]
+            replay_cap: super::indexer::MAX_REPLAYS.into(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         outlets.published.send_replace(last);
@@ -213,10 +216,25 @@ impl Core {
         // A table that was full is built again: the dedup window may hold fewer ids now.
         let prints = match saved {
             Some(prints) if !prints.is_full() => prints,
-            _ => super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?,
+            _ => {
+                let mut prints =
+                    super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?;
+                // Replay keys are not in sled: the events inside the dedup window hold
+                // them (those the expiry walk has passed are forgotten already).
+                let walked = trees
+                    .meta
+                    .get(index::DEDUP_WALKED)
+                    .map_err(unwritable)?
+                    .map_or(0, |v| seq_of(&v));
+                prints
+                    .load_replays(&trees, walked + 1, super::indexer::MAX_REPLAYS)
+                    .map_err(unwritable)?;
+                prints
+            }
         };
         tracing::debug!(
             keys = prints.len(),
+            replay_keys = prints.replay_count(),
             elapsed_ms = began.elapsed().as_millis() as u64,
             "dedup fingerprints loaded"
         );
@@ -596,6 +614,12 @@ impl Core {
     #[cfg(test)]
     pub fn hold_index(&self, hold: bool) {
         self.shared.index.hold(hold);
+    }
+
+    /// Keeps at most `max` replay keys in memory from now on.
+    #[cfg(test)]
+    pub fn limit_replays(&self, max: usize) {
+        self.shared.replay_cap.store(max, Ordering::Release);
     }
 
     #[cfg(test)]

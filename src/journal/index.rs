@@ -112,8 +112,21 @@ fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
     // events.
     if created.remembered {
         let value = dedup_value(summary.seq, summary.received_at_ms);
-        for key in dedup_keys(summary, created.replay_key.as_deref()) {
-            trees.dedup.insert(key, &value)?;
+        trees
+            .dedup
+            .insert(dedup_key(&summary.source, &summary.id), &value)?;
+        // The replay key is kept in memory by the committer, and the event's own entry
+        // (written above) is what it is found again from after a crash; only once that
+        // table is full does it go here as ids do.
+        if let Some(replay_key) = &created.replay_key {
+            if trees
+                .replays_in_sled
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                trees
+                    .dedup
+                    .insert(replay_dedup_key(&summary.source, replay_key), &value)?;
+            }
         }
     }
     Ok(())

@@ -315,8 +315,24 @@ impl Overlay {
 /// The table holds at most [`MAX_PRINTS`] keys (about 100 MB); a journal whose dedup
 /// window holds more drops it, and every id is looked up in sled as before, until an
 /// opening finds fewer keys again.
+///
+/// It also holds the replay keys themselves, which sled does not: for each, the seq of
+/// the event it belongs to, whose index entry records the key and is what a hit is
+/// checked against (a sled insert fewer per event, a third of the indexer's work). A
+/// clean close saves them with the counts; after a crash they are read again from the
+/// events still inside the dedup window. Past [`MAX_REPLAYS`] keys, new ones go into
+/// sled's `dedup` tree as ids do ([`Trees::replays_in_sled`]) until an opening finds
+/// fewer again.
 pub(super) struct Fingerprints {
     counts: HashMap<u64, u32, BuildHasherDefault<Passthrough>>,
+    /// Replay key fingerprint -> seq of its event.
+    replays: HashMap<u64, u64, BuildHasherDefault<Passthrough>>,
+    /// Replay keys whose fingerprint `replays` already holds for another event: (print,
+    /// seq). Rare: a key accepted again after its window, before the walk forgot the
+    /// old one, or two keys sharing a fingerprint.
+    shared_prints: Vec<(u64, u64)>,
+    /// More replay keys than the table keeps: new ones go into the index.
+    spilled: bool,
     /// The hasher's seed: random for each table, and saved with it (see [`Self::save`]).
     seed: u64,
     hasher: foldhash::quality::FixedState,
@@ -347,6 +363,10 @@ impl Hasher for Passthrough {
 
 /// The most dedup keys the fingerprint table keeps.
 const MAX_PRINTS: usize = 4 << 20;
+/// The most replay keys the table keeps (16 bytes each, about 70 MB with the map's
+/// slack): a dedup window of two million events with replay keys, when the counts are
+/// full too.
+pub(super) const MAX_REPLAYS: usize = 2 << 20;
 
 impl Fingerprints {
     /// Reads every key of the `dedup` tree.
@@ -358,6 +378,9 @@ impl Fingerprints {
     fn empty(seed: u64) -> Fingerprints {
         Fingerprints {
             counts: HashMap::default(),
+            replays: HashMap::default(),
+            shared_prints: Vec::new(),
+            spilled: false,
             seed,
             hasher: foldhash::quality::FixedState::with_seed(seed),
             full: false,
@@ -426,9 +449,115 @@ impl Fingerprints {
         self.counts.len()
     }
 
-    /// Whether the table gave up: every id is looked up in the index.
+    /// Whether the table gave up on some keys: every id is looked up in the index, or
+    /// new replay keys go there. An opening builds such a table again.
     pub(super) fn is_full(&self) -> bool {
-        self.full
+        self.full || self.spilled
+    }
+
+    /// Keeps `key`, the replay key of the event `seq`, unless the table already holds
+    /// `max` of them: then it answers `false`, and the key (and every new one after it)
+    /// must go into the index.
+    pub(super) fn keep_replay(&mut self, key: &[u8], seq: u64, max: usize) -> bool {
+        if self.spilled || self.replays.len() + self.shared_prints.len() >= max {
+            if !self.spilled {
+                tracing::info!(
+                    keys = self.replays.len(),
+                    "too many replay keys in the dedup window to keep in memory; new ones go into the index"
+                );
+            }
+            self.spilled = true;
+            return false;
+        }
+        let print = self.print(key);
+        match self.replays.entry(print) {
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(seq);
+            }
+            std::collections::hash_map::Entry::Occupied(taken) => {
+                if *taken.get() != seq && !self.shared_prints.contains(&(print, seq)) {
+                    self.shared_prints.push((print, seq));
+                }
+            }
+        }
+        true
+    }
+
+    /// The seqs of the events whose replay key may be `key` (each to be checked against
+    /// the event's entry).
+    pub(super) fn replay_seqs(&self, key: &[u8]) -> Vec<u64> {
+        let print = self.print(key);
+        let mut seqs: Vec<u64> = self.replays.get(&print).copied().into_iter().collect();
+        if !self.shared_prints.is_empty() {
+            seqs.extend(
+                self.shared_prints
+                    .iter()
+                    .filter(|(p, _)| *p == print)
+                    .map(|(_, seq)| *seq),
+            );
+        }
+        seqs
+    }
+
+    /// Lets go of `key` as the replay key of the event `seq`; answers whether the table
+    /// held it.
+    pub(super) fn forget_replay(&mut self, key: &[u8], seq: u64) -> bool {
+        let print = self.print(key);
+        if let Some(at) = self.shared_prints.iter().position(|&e| e == (print, seq)) {
+            self.shared_prints.swap_remove(at);
+            return true;
+        }
+        if self.replays.get(&print) != Some(&seq) {
+            return false;
+        }
+        match self.shared_prints.iter().position(|(p, _)| *p == print) {
+            Some(at) => {
+                let (_, other) = self.shared_prints.swap_remove(at);
+                self.replays.insert(print, other);
+            }
+            None => {
+                self.replays.remove(&print);
+            }
+        }
+        true
+    }
+
+    /// How many replay keys the table holds.
+    pub(super) fn replay_count(&self) -> usize {
+        self.replays.len() + self.shared_prints.len()
+    }
+
+    /// Reads the replay keys of the events from `from_seq` on (those the dedup window's
+    /// walk has not forgotten) into the table, up to `max`; any past it are written into
+    /// the `dedup` tree, where new ones then go too.
+    pub(super) fn load_replays(
+        &mut self,
+        trees: &Trees,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<(), sled::Error> {
+        for item in trees.events.range(super::seq_key(from_seq)..) {
+            let (_, bytes) = item?;
+            // An entry that cannot be read is reported where it is read; it vouches for
+            // nothing here.
+            let Ok(stored) = super::record::decode_stored(&bytes) else {
+                continue;
+            };
+            let Some(replay_key) = stored.replay_key() else {
+                continue;
+            };
+            let summary = stored.summary();
+            let key = super::committer::replay_dedup_key(&summary.source, replay_key);
+            self.add(&key);
+            if !self.keep_replay(&key, summary.seq, max) {
+                trees.replays_in_sled.store(true, Ordering::Release);
+                if !trees.dedup.contains_key(&key)? {
+                    let value = super::committer::dedup_value(summary.seq, summary.received_at_ms);
+                    trees.dedup.insert(key, &value)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the table to `path` at a clean close, tied to the log position `mark` the
@@ -436,7 +565,7 @@ impl Fingerprints {
     /// a million events). The file is synced; the census written after it says whether
     /// the index is still as the table describes.
     pub(super) fn save(&self, path: &Path, mark: Mark) -> std::io::Result<()> {
-        let mut out = Vec::with_capacity(64 + self.counts.len() * 12);
+        let mut out = Vec::with_capacity(64 + self.counts.len() * 12 + self.replay_count() * 16);
         out.extend_from_slice(SAVED_MAGIC);
         for n in [mark.segment, mark.offset, mark.last_seq, self.seed] {
             out.extend_from_slice(&n.to_le_bytes());
@@ -447,6 +576,16 @@ impl Fingerprints {
         for (print, count) in &self.counts {
             out.extend_from_slice(&print.to_le_bytes());
             out.extend_from_slice(&count.to_le_bytes());
+        }
+        out.push(u8::from(self.spilled));
+        out.extend_from_slice(&(self.replay_count() as u64).to_le_bytes());
+        for (print, seq) in self
+            .replays
+            .iter()
+            .chain(self.shared_prints.iter().map(|(p, s)| (p, s)))
+        {
+            out.extend_from_slice(&print.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
         }
         out.extend_from_slice(&crc32fast::hash(&out).to_le_bytes());
         let temporary = path.with_extension("new");
@@ -490,25 +629,40 @@ impl Fingerprints {
             return None;
         }
         let (&full, mut rest) = rest.split_first()?;
-        let n = u64_of(&mut rest)?;
-        if rest.len() as u64 != n.checked_mul(12)? {
-            return None;
-        }
+        let n = usize::try_from(u64_of(&mut rest)?).ok()?;
+        let (counts, rest) = rest.split_at_checked(n.checked_mul(12)?)?;
         prints.full = full != 0;
-        prints.counts.reserve(n as usize);
-        for entry in rest.chunks_exact(12) {
+        prints.counts.reserve(n);
+        for entry in counts.chunks_exact(12) {
             let (print, count) = entry.split_at(8);
             prints.counts.insert(
                 u64::from_le_bytes(print.try_into().ok()?),
                 u32::from_le_bytes(count.try_into().ok()?),
             );
         }
+        let (&spilled, mut rest) = rest.split_first()?;
+        let n = u64_of(&mut rest)?;
+        if rest.len() as u64 != n.checked_mul(16)? {
+            return None;
+        }
+        prints.spilled = spilled != 0;
+        prints.replays.reserve(n as usize);
+        for entry in rest.chunks_exact(16) {
+            let (print, seq) = entry.split_at(8);
+            let print = u64::from_le_bytes(print.try_into().ok()?);
+            let seq = u64::from_le_bytes(seq.try_into().ok()?);
+            if let Some(first) = prints.replays.insert(print, seq) {
+                prints.replays.insert(print, first);
+                prints.shared_prints.push((print, seq));
+            }
+        }
         Some(prints)
     }
 }
 
-/// The first bytes of a saved fingerprint table, with its format's version.
-const SAVED_MAGIC: &[u8] = b"hookgate-fingerprints-1\n";
+/// The first bytes of a saved fingerprint table, with its format's version (2: with
+/// the replay keys; a table of version 1 is not read, and the opening builds it again).
+const SAVED_MAGIC: &[u8] = b"hookgate-fingerprints-2\n";
 /// Hashed into a saved table and again when it is read: a build whose hasher gives
 /// another value does not use it.
 const SAVED_CHECK: &[u8] = b"hookgate dedup fingerprint check";
@@ -558,6 +712,66 @@ mod tests {
         assert!(!prints.may_hold(b"s\0z"));
         prints.add_up_to(b"s\0d", 3);
         assert!(prints.may_hold(b"s\0z"), "filled up while running");
+    }
+
+    #[test]
+    fn replay_keys_sharing_a_fingerprint_are_each_kept_and_let_go() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut prints = Fingerprints::load(&db.open_tree("dedup").unwrap()).unwrap();
+        assert!(prints.keep_replay(b"s\0\0r", 1, 10));
+        // The same key for a later event (its window over), before event 1 is forgotten.
+        assert!(prints.keep_replay(b"s\0\0r", 5, 10));
+        assert!(prints.keep_replay(b"s\0\0r", 5, 10), "kept once");
+        assert_eq!(prints.replay_seqs(b"s\0\0r"), [1, 5]);
+        assert!(prints.replay_seqs(b"s\0\0other").is_empty());
+        assert!(!prints.forget_replay(b"s\0\0r", 2), "not its key");
+        assert!(prints.forget_replay(b"s\0\0r", 1));
+        assert_eq!(prints.replay_seqs(b"s\0\0r"), [5]);
+        assert!(prints.forget_replay(b"s\0\0r", 5));
+        assert!(prints.replay_seqs(b"s\0\0r").is_empty());
+        assert_eq!(prints.replay_count(), 0);
+
+        for n in 0..3u64 {
+            assert!(prints.keep_replay(format!("s\0\0{n}").as_bytes(), n, 3));
+        }
+        assert!(!prints.keep_replay(b"s\0\0x", 9, 3), "full");
+        assert!(prints.is_full());
+        assert!(
+            !prints.keep_replay(b"s\0\0y", 10, 100),
+            "and stays so until an opening builds it again"
+        );
+    }
+
+    #[test]
+    fn a_saved_table_keeps_its_replay_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fingerprints");
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut prints = Fingerprints::load(&db.open_tree("dedup").unwrap()).unwrap();
+        for n in 0..100u64 {
+            prints.keep_replay(format!("s\0\0r{n}").as_bytes(), n, 1000);
+        }
+        prints.keep_replay(b"s\0\0r0", 500, 1000);
+        let mark = Mark {
+            segment: 1,
+            offset: 2,
+            last_seq: 500,
+        };
+        prints.save(&path, mark).unwrap();
+        let read = Fingerprints::load_saved(&path, Some(mark)).unwrap();
+        assert_eq!(read.replay_count(), 101);
+        assert_eq!(read.replay_seqs(b"s\0\0r0"), [0, 500]);
+        assert_eq!(read.replay_seqs(b"s\0\0r42"), [42]);
+        assert!(!read.is_full());
+        // A table of the first version has no replay keys: it is not read.
+        prints.save(&path, mark).unwrap();
+        let mut old = std::fs::read(&path).unwrap();
+        old[22] = b'1';
+        let body = old.len() - 4;
+        let crc = crc32fast::hash(&old[..body]).to_le_bytes();
+        old[body..].copy_from_slice(&crc);
+        std::fs::write(&path, &old).unwrap();
+        assert!(Fingerprints::load_saved(&path, Some(mark)).is_none());
     }
 
     #[test]

@@ -510,6 +510,7 @@ fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
         callbacks: db.open_tree("callbacks").unwrap(),
         deadlines: db.open_tree("deadlines").unwrap(),
         keep_queue: true,
+        replays_in_sled: Default::default(),
     };
     let meta = trees.meta.clone();
     (db, trees, meta)
@@ -1646,4 +1647,239 @@ async fn a_segment_emptied_while_it_was_written_is_not_carried_by_the_census() {
     // Nor by the run itself: the segment was retired once the log had moved past it.
     let segments = log::segments(&dir.path().join("journal/log")).unwrap();
     assert_eq!(segments, vec![2]);
+}
+
+/// An event whose signature does not cover its id: `replay` is what it does cover.
+fn signed(id: &str, replay: &str, at_ms: u64) -> NewEvent {
+    NewEvent {
+        replay_key: Some(replay.into()),
+        ..event(id, at_ms)
+    }
+}
+
+/// Whether sled's `dedup` tree holds the replay key `replay` of source `s`.
+fn replay_in_sled(journal: &Journal, replay: &str) -> bool {
+    journal
+        .core()
+        .unwrap()
+        .trees()
+        .dedup
+        .contains_key(committer::replay_dedup_key("s", replay))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replay_keys_live_in_memory_and_come_back_after_a_close_and_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal.append(signed("a", "r1", HOUR_MS)).await,
+        Ok(Outcome::Accepted(1))
+    );
+    assert_eq!(
+        journal.append(signed("b", "r2", HOUR_MS)).await,
+        Ok(Outcome::Accepted(2))
+    );
+    // Indexed: the id is in sled, the replay key is not (the event's entry holds it).
+    assert!(journal.get(2).unwrap().is_some());
+    assert!(journal.remembers("s", "a"));
+    assert!(!replay_in_sled(&journal, "r1"));
+    assert_eq!(
+        journal.append(signed("forged", "r1", HOUR_MS + 1)).await,
+        Ok(Outcome::Duplicate(1)),
+        "the same signed content under a new id"
+    );
+    assert_eq!(
+        journal.append(signed("c", "r3", HOUR_MS + 1)).await,
+        Ok(Outcome::Accepted(3))
+    );
+    journal.close().await;
+    drop(journal);
+
+    // A clean close saves the table.
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal.append(signed("forged-2", "r2", HOUR_MS + 2)).await,
+        Ok(Outcome::Duplicate(2))
+    );
+    journal.close().await;
+    drop(journal);
+
+    // A crash leaves no saved table, and the index had not flushed past event 1:
+    // events 2 and 3 come back from the log, and every replay key from the events.
+    unflush_index_after(dir.path(), 1);
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (replay, seq) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+        assert_eq!(
+            journal
+                .append(signed(
+                    &format!("after-crash-{replay}"),
+                    replay,
+                    HOUR_MS + 3
+                ))
+                .await,
+            Ok(Outcome::Duplicate(seq)),
+            "{replay}"
+        );
+    }
+    assert_eq!(
+        journal.append(signed("d", "r4", HOUR_MS + 3)).await,
+        Ok(Outcome::Accepted(4))
+    );
+    assert!(!replay_in_sled(&journal, "r2"));
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_replay_key_is_forgotten_after_its_window_and_the_newest_event_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    journal.append(signed("a", "r", HOUR_MS)).await.unwrap();
+    // Past the window (72 h) before any walk forgot it: a new event, and the table
+    // holds the key for both until the walk comes.
+    assert_eq!(
+        journal.append(signed("b", "r", 80 * HOUR_MS)).await,
+        Ok(Outcome::Accepted(2))
+    );
+    assert_eq!(
+        journal.append(signed("c", "r", 80 * HOUR_MS + 1)).await,
+        Ok(Outcome::Duplicate(2)),
+        "the newer event decides"
+    );
+    journal.compact(80 * HOUR_MS + 2).await.unwrap();
+    assert_eq!(
+        journal.append(signed("d", "r", 80 * HOUR_MS + 3)).await,
+        Ok(Outcome::Duplicate(2)),
+        "the walk forgot event 1's key, not event 2's"
+    );
+    journal.close().await;
+    drop(journal);
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal.append(signed("e", "r", 80 * HOUR_MS + 4)).await,
+        Ok(Outcome::Duplicate(2))
+    );
+    journal.compact(160 * HOUR_MS).await.unwrap();
+    assert_eq!(
+        journal.append(signed("f", "r", 160 * HOUR_MS + 1)).await,
+        Ok(Outcome::Accepted(3)),
+        "past its window"
+    );
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_replay_key_outlives_its_event_compacted_inside_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // Retention (1 h) shorter than the dedup window (72 h).
+    let journal = Journal::open(Settings {
+        retention: Duration::from_secs(3600),
+        ..settings(dir.path())
+    })
+    .unwrap();
+    journal.append(signed("gone", "r", HOUR_MS)).await.unwrap();
+    journal.mark_delivered(vec![(1, 0)], HOUR_MS).await.unwrap();
+    journal.compact(3 * HOUR_MS).await.unwrap();
+    assert!(journal.get(1).unwrap().is_none());
+    assert!(
+        replay_in_sled(&journal, "r"),
+        "its entry can no longer vouch for the key: sled holds it"
+    );
+    assert_eq!(
+        journal.append(signed("forged", "r", 4 * HOUR_MS)).await,
+        Ok(Outcome::Duplicate(1))
+    );
+    journal.close().await;
+    drop(journal);
+    // As after a crash: no saved table, so it is built again from the events.
+    std::fs::remove_file(core::fingerprints_path(&dir.path().join("journal"))).unwrap();
+    let journal = Journal::open(Settings {
+        retention: Duration::from_secs(3600),
+        ..settings(dir.path())
+    })
+    .unwrap();
+    assert_eq!(
+        journal.append(signed("forged-2", "r", 5 * HOUR_MS)).await,
+        Ok(Outcome::Duplicate(1)),
+        "after a crash too"
+    );
+    journal.compact(83 * HOUR_MS).await.unwrap();
+    assert!(
+        !replay_in_sled(&journal, "r"),
+        "its expiry entry removed it"
+    );
+    assert_eq!(
+        journal.append(signed("new", "r", 84 * HOUR_MS)).await,
+        Ok(Outcome::Accepted(2))
+    );
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn past_the_tables_limit_replay_keys_go_into_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    journal.core().unwrap().limit_replays(1);
+    for (id, replay) in [("a", "r1"), ("b", "r2"), ("c", "r3")] {
+        journal.append(signed(id, replay, HOUR_MS)).await.unwrap();
+    }
+    assert!(journal.get(3).unwrap().is_some());
+    assert!(!replay_in_sled(&journal, "r1"), "kept in memory");
+    assert!(replay_in_sled(&journal, "r2") && replay_in_sled(&journal, "r3"));
+    for (replay, seq) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+        assert_eq!(
+            journal
+                .append(signed(&format!("x-{replay}"), replay, HOUR_MS + 1))
+                .await,
+            Ok(Outcome::Duplicate(seq))
+        );
+    }
+    journal.close().await;
+    drop(journal);
+    // The next opening builds the table again, with room for all three.
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (replay, seq) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+        assert_eq!(
+            journal
+                .append(signed(&format!("y-{replay}"), replay, HOUR_MS + 2))
+                .await,
+            Ok(Outcome::Duplicate(seq))
+        );
+    }
+    journal
+        .append(signed("d", "r4", HOUR_MS + 2))
+        .await
+        .unwrap();
+    assert!(journal.get(4).unwrap().is_some());
+    assert!(!replay_in_sled(&journal, "r4"), "in memory again");
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn an_opening_that_finds_more_replay_keys_than_it_keeps_writes_the_rest_into_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (id, replay) in [("a", "r1"), ("b", "r2"), ("c", "r3")] {
+        journal.append(signed(id, replay, HOUR_MS)).await.unwrap();
+    }
+    journal.close().await;
+    drop(journal);
+    let (_db, trees, _) = raw_index(dir.path());
+    let mut prints = indexer::Fingerprints::load(&trees.dedup).unwrap();
+    prints.load_replays(&trees, 1, 2).unwrap();
+    assert_eq!(prints.replay_count(), 2);
+    let in_sled = |replay: &str| {
+        trees
+            .dedup
+            .contains_key(committer::replay_dedup_key("s", replay))
+            .unwrap()
+    };
+    assert!(!in_sled("r1") && !in_sled("r2") && in_sled("r3"));
+    assert!(
+        trees
+            .replays_in_sled
+            .load(std::sync::atomic::Ordering::Acquire),
+        "new ones go there too"
+    );
+    assert!(prints.is_full());
 }

@@ -322,28 +322,7 @@ async fn send(
 /// Sends one signed request for `source` with event id `id` on a new connection to
 /// `addr`; the answer's kind, or `None` when no answer came.
 pub async fn answer_once(addr: &str, source: &Source, id: &str, size: usize) -> Option<String> {
-    let request = signed(source, id, size).ok()?;
-    send(&mut None, &single(addr, size), request).await
-}
-
-/// [`answer_once`] with the signed content of event `id` under another id, as an
-/// attacker who captured the request would send it: for schemes whose signature does
-/// not cover the id (GitHub's delivery header). `None` for the others.
-pub async fn answer_forged(
-    addr: &str,
-    source: &Source,
-    id: &str,
-    size: usize,
-) -> Option<Option<String>> {
-    let (path, mut headers, body) = signed(source, id, size).ok()?;
-    let delivery = headers.get_mut("x-github-delivery")?;
-    *delivery = hyper::header::HeaderValue::from_str(&format!("forged-{id}")).ok()?;
-    Some(send(&mut None, &single(addr, size), (path, headers, body)).await)
-}
-
-/// The plan of one request on a connection of its own.
-fn single(addr: &str, size: usize) -> Plan {
-    Plan {
+    let plan = Plan {
         addr: addr.to_string(),
         sources: Vec::new(),
         connections: 1,
@@ -354,7 +333,9 @@ fn single(addr: &str, size: usize) -> Plan {
         size,
         prefix: String::new(),
         tls: None,
-    }
+    };
+    let request = signed(source, id, size).ok()?;
+    send(&mut None, &plan, request).await
 }
 
 /// Shared by the workers of one run.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -93,8 +93,9 @@ pub(super) struct Committer {
     handed_seq: u64,
     /// What the indexer has been handed and not yet written, for decisions.
     overlay: Overlay,
-    /// Which dedup keys the index may hold: most new ids are decided without sled.
-    prints: Fingerprints,
+    /// The dedup keys of the events in the window, and which ones sled holds: most new
+    /// ids are decided without sled. Shared with readers (`Core::remembers`).
+    prints: Arc<Mutex<Fingerprints>>,
     /// Whether the indexer fell `MAX_UNINDEXED` behind (said once until it catches up).
     index_behind: bool,
     indexer: Option<(std::sync::mpsc::Sender<Work>, std::thread::JoinHandle<()>)>,
@@ -131,6 +132,11 @@ pub(super) fn dedup_value(seq: u64, first_seen_ms: u64) -> [u8; 16] {
     v[..8].copy_from_slice(&seq.to_be_bytes());
     v[8..].copy_from_slice(&first_seen_ms.to_be_bytes());
     v
+}
+
+/// The error for a dedup entry too short to read.
+fn damaged_entry() -> JournalError {
+    JournalError::Unwritable("a dedup entry in the index is damaged".into())
 }
 
 /// A dedup entry's seq and first-seen time; `None` for a value too short to be one
@@ -187,7 +193,7 @@ impl Committer {
     pub(super) fn new(
         db: sled::Db,
         trees: Trees,
-        prints: Fingerprints,
+        prints: Arc<Mutex<Fingerprints>>,
         shared: Arc<Shared>,
         settings: Arc<Settings>,
         log: Log,
@@ -498,7 +504,7 @@ impl Committer {
         };
         // The table first: a census in the index says the table saved with its mark
         // is whole.
-        self.prints
+        self.prints()
             .save(&fingerprints_path(&self.settings.path), mark)
             .map_err(|e| e.to_string())?;
         census::write(&self.trees, &census).map_err(|e| e.to_string())
@@ -551,19 +557,8 @@ impl Committer {
         // A new event's deliveries are exactly those it matched (`index::apply` makes
         // each, the subscriptions being unchanged until the indexer has caught up).
         self.count_new(&created, loc, &created.deliveries);
-        for key in &keys {
-            self.prints.add(key);
-        }
-        // `keys_for` puts the replay key second.
-        if let Some(key) = keys.get(1) {
-            if !self
-                .prints
-                .keep_replay(key, created.summary.seq, self.replay_cap())
-            {
-                // The indexer writes it (and every one after it) into sled.
-                self.trees.replays_in_sled.store(true, Ordering::Release);
-            }
-        }
+        // Once the table is full, the indexer writes them into sled.
+        created.keys_in_sled = !self.hold_keys(created.summary.seq, &keys);
         self.overlay.add(&created, keys);
         // The index needs where the content is, not the content.
         created.content.body = bytes::Bytes::new();
@@ -610,20 +605,14 @@ impl Committer {
         self.count_new(created, loc, &made);
         self.shared.index.indexed_to(created.summary.seq);
         if created.remembered {
-            for key in index::dedup_keys(&created.summary, created.replay_key.as_deref()) {
-                self.prints.add(&key);
-            }
-            if let Some(replay_key) = &created.replay_key {
-                let summary = &created.summary;
-                let key = replay_dedup_key(&summary.source, replay_key);
-                if !self
-                    .prints
-                    .keep_replay(&key, summary.seq, self.replay_cap())
-                {
-                    self.trees.replays_in_sled.store(true, Ordering::Release);
+            let summary = &created.summary;
+            let keys = index::dedup_keys(summary, created.replay_key.as_deref());
+            if !self.hold_keys(summary.seq, &keys) {
+                let value = dedup_value(summary.seq, summary.received_at_ms);
+                for key in keys {
                     self.trees
                         .dedup
-                        .insert(key, &dedup_value(summary.seq, summary.received_at_ms))
+                        .insert(key, &value)
                         .map_err(|e| JournalError::Unwritable(e.to_string()))?;
                 }
             }
@@ -631,15 +620,38 @@ impl Committer {
         Ok(())
     }
 
-    /// The most replay keys kept in memory (tests lower it).
-    fn replay_cap(&self) -> usize {
+    /// Holds a new event's dedup keys in memory. Answers `false` once the table is full:
+    /// then they go into sled's `dedup` tree (counted as such here), which the caller
+    /// sees to.
+    fn hold_keys(&self, seq: u64, keys: &[Vec<u8>]) -> bool {
+        let max = self.held_cap();
+        let mut prints = self.prints();
+        let mut held = true;
+        for key in keys {
+            held &= prints.keep(key, seq, max);
+        }
+        if !held {
+            for key in keys {
+                prints.add(key);
+            }
+        }
+        held
+    }
+
+    /// The fingerprint table.
+    fn prints(&self) -> MutexGuard<'_, Fingerprints> {
+        self.prints.lock().expect("fingerprint table lock")
+    }
+
+    /// The most dedup keys kept in memory (tests lower it).
+    fn held_cap(&self) -> usize {
         #[cfg(test)]
         {
-            self.shared.replay_cap.load(Ordering::Acquire)
+            self.shared.held_cap.load(Ordering::Acquire)
         }
         #[cfg(not(test))]
         {
-            indexer::MAX_REPLAYS
+            indexer::MAX_HELD
         }
     }
 
@@ -694,13 +706,8 @@ impl Committer {
         // captured body posted again under a new id is a duplicate too.
         // Made once here for the lookups, the fingerprints and the overlay.
         let keys = index::keys_for(&event.source, &event.id, event.replay_key.as_deref());
-        for (n, key) in keys.iter().enumerate() {
-            let replay_key = if n == 1 {
-                event.replay_key.as_deref()
-            } else {
-                None
-            };
-            if let Some(seq) = self.remembered(key, replay_key, &event)? {
+        for key in &keys {
+            if let Some(seq) = self.remembered(key, &event)? {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
@@ -755,6 +762,7 @@ impl Committer {
             replay_key: event.replay_key,
             deliveries: Vec::new(),
             derived: None,
+            keys_in_sled: false,
         };
         let mut created = created;
         if !stale {
@@ -769,81 +777,39 @@ impl Committer {
     }
 
     /// The seq of the event a dedup key points at, while inside the dedup window.
-    /// `replay_key` is given when `key` is the event's replay key.
-    fn remembered(
-        &self,
-        key: &[u8],
-        replay_key: Option<&str>,
-        event: &NewEvent,
-    ) -> Result<Option<u64>, JournalError> {
+    fn remembered(&self, key: &[u8], event: &NewEvent) -> Result<Option<u64>, JournalError> {
         let window_ms = self.settings.dedup_window.as_millis() as u64;
-        let damaged = || JournalError::Unwritable("a dedup entry in the index is damaged".into());
-        // What the indexer has not written yet is newer than anything sled holds.
-        let found = match self.overlay.dedup(key) {
-            Some(value) => split_dedup_value(value).ok_or_else(damaged)?,
-            None if !self.prints.may_hold(key) => return Ok(None),
-            None => {
-                let in_sled = match self
-                    .trees
-                    .dedup
-                    .get(key)
-                    .map_err(|e| JournalError::Unwritable(e.to_string()))?
-                {
-                    Some(found) => Some(split_dedup_value(&found).ok_or_else(damaged)?),
-                    None => None,
-                };
-                let in_memory = match replay_key {
-                    Some(replay_key) => self.replay_owner(key, &event.source, replay_key)?,
-                    None => None,
-                };
-                // Both may know the key (a journal written before replay keys left sled,
-                // or filled past the table): the newer event decides.
-                match in_sled.into_iter().chain(in_memory).max() {
-                    Some(found) => found,
-                    None => return Ok(None),
-                }
-            }
+        let (seq, first_seen) = match self.overlay.dedup(key) {
+            // What the indexer has not written yet is newer than anything sled holds.
+            Some(value) => split_dedup_value(value).ok_or_else(damaged_entry)?,
+            None => match self.key_owner(key)? {
+                Some(found) => found,
+                None => return Ok(None),
+            },
         };
-        let (seq, first_seen) = found;
         Ok((first_seen.saturating_add(window_ms) > event.received_at_ms).then_some(seq))
     }
 
-    /// The newest indexed event whose replay key is `replay_key` of `source` (`key` is
-    /// its dedup key), from the table in memory checked against each candidate's own
-    /// entry: its seq and when it was received.
-    fn replay_owner(
-        &self,
-        key: &[u8],
-        source: &str,
-        replay_key: &str,
-    ) -> Result<Option<(u64, u64)>, JournalError> {
-        let mut newest = None;
-        for seq in self.prints.replay_seqs(key) {
-            let found = self
-                .trees
-                .events
-                .get(seq_key(seq))
-                .map_err(|e| JournalError::Unwritable(e.to_string()))?;
-            let Some(bytes) = found else {
-                continue;
-            };
-            match record::decode_stored(&bytes) {
-                Ok(stored)
-                    if stored.summary().source == source
-                        && stored.replay_key() == Some(replay_key) =>
-                {
-                    newest = newest.max(Some((seq, stored.summary().received_at_ms)));
-                }
-                Ok(_) => {}
-                // It cannot vouch for the key: the new event is taken (a duplicate
-                // delivered is better than an event lost), and the damage is reported
-                // where the entry is read.
-                Err(e) => {
-                    tracing::warn!(seq, error = %e, "an event's index entry cannot be read to check a replay key")
-                }
-            }
-        }
-        Ok(newest)
+    /// The newest indexed event `key` is a dedup key of, from sled's `dedup` tree and
+    /// the table in memory (checked against each candidate's own entry): its seq and
+    /// when it was first seen.
+    pub(super) fn key_owner(&self, key: &[u8]) -> Result<Option<(u64, u64)>, JournalError> {
+        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let (in_sled, seqs) = {
+            let prints = self.prints();
+            (prints.may_hold(key), prints.seqs(key))
+        };
+        let in_sled = match in_sled {
+            true => match self.trees.dedup.get(key).map_err(unwritable)? {
+                Some(found) => Some(split_dedup_value(&found).ok_or_else(damaged_entry)?),
+                None => None,
+            },
+            false => None,
+        };
+        let in_memory = indexer::owner(&self.trees.events, seqs, key).map_err(unwritable)?;
+        // Both may know the key (a journal written before the keys left sled, or an
+        // event retention removed): the newer event decides.
+        Ok(in_sled.into_iter().chain(in_memory).max())
     }
 
     /// Refuses a new event of `size` bytes while free disk space is below the floor.
@@ -1051,6 +1017,7 @@ impl Committer {
                     replay_key: None,
                     deliveries: Vec::new(),
                     derived: None,
+                    keys_in_sled: false,
                 };
                 self.log_and_index(&created)?;
                 replayed.push(Replayed {
@@ -1141,37 +1108,34 @@ impl Committer {
         }
     }
 
-    /// Forgets the event's dedup keys (see [`index::forget`]), its replay key in memory
-    /// too.
+    /// Forgets the event's dedup keys, in sled (see [`index::forget`]) and in memory.
     fn forget(&mut self, stored: &Stored) -> Result<(), JournalError> {
-        let removed = index::forget(&self.trees, stored.summary(), stored.replay_key())
+        let summary = stored.summary();
+        let removed = index::forget(&self.trees, summary, stored.replay_key())
             .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        let mut prints = self.prints();
         for key in &removed {
-            self.prints.remove(key);
+            prints.remove(key);
         }
-        if let Some(replay_key) = stored.replay_key() {
-            let summary = stored.summary();
-            let key = replay_dedup_key(&summary.source, replay_key);
-            if self.prints.forget_replay(&key, summary.seq) && !removed.contains(&key) {
-                self.prints.remove(&key);
-            }
+        for key in index::dedup_keys(summary, stored.replay_key()) {
+            prints.let_go(&key, summary.seq);
         }
         Ok(())
     }
 
-    /// Before an event inside its dedup window leaves the index, its replay key goes
-    /// into sled: its entry can no longer vouch for it.
-    fn keep_replay_in_index(&mut self, stored: &Stored) -> Result<(), JournalError> {
-        let Some(replay_key) = stored.replay_key() else {
-            return Ok(());
-        };
+    /// Before an event inside its dedup window leaves the index, the keys held for it in
+    /// memory go into sled: its entry can no longer vouch for them.
+    fn keep_keys_in_index(&mut self, stored: &Stored) -> Result<(), JournalError> {
         let summary = stored.summary();
-        let key = replay_dedup_key(&summary.source, replay_key);
-        if self.prints.forget_replay(&key, summary.seq) {
-            self.trees
-                .dedup
-                .insert(key, &dedup_value(summary.seq, summary.received_at_ms))
-                .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+        let value = dedup_value(summary.seq, summary.received_at_ms);
+        for key in index::dedup_keys(summary, stored.replay_key()) {
+            if self.prints().let_go(&key, summary.seq) {
+                self.trees
+                    .dedup
+                    .insert(&key, &value)
+                    .map_err(|e| JournalError::Unwritable(e.to_string()))?;
+                self.prints().add(&key);
+            }
         }
         Ok(())
     }
@@ -1244,7 +1208,7 @@ impl Committer {
                 // window keeps an entry of its own, written before the event goes.
                 let in_window = summary.seq > walked && summary.received_at_ms >= dedup_cutoff;
                 if in_window {
-                    self.keep_replay_in_index(&stored)?;
+                    self.keep_keys_in_index(&stored)?;
                 }
                 self.trees.events.remove(&key).map_err(unwritable)?;
                 self.drop_deliveries(summary.seq)?;
@@ -1299,7 +1263,7 @@ impl Committer {
                 // A key seen again after it expired has a newer entry: leave that one.
                 if split_dedup_value(&v).map(|(_, seen)| seen) == seq_from(first_seen) {
                     self.trees.dedup.remove(key).map_err(unwritable)?;
-                    self.prints.remove(key);
+                    self.prints().remove(key);
                 }
             }
             self.trees

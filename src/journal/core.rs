@@ -28,6 +28,8 @@ pub(super) struct Core {
     index_flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
     stop_index: Arc<index::Stop>,
     reader: Arc<log::Reader>,
+    /// The committer's dedup keys (see `indexer::Fingerprints`).
+    prints: Arc<Mutex<super::indexer::Fingerprints>>,
     /// Whether this opening counted from a census (or walked the index).
     #[cfg_attr(not(test), allow(dead_code))]
     counted_from_census: bool,
@@ -69,7 +71,6 @@ impl Core {
             callbacks: db.open_tree("callbacks").map_err(unwritable)?,
             deadlines: db.open_tree("deadlines").map_err(unwritable)?,
             keep_queue: !settings.embedded,
-            replays_in_sled: Arc::default(),
         };
         let meta = trees.meta.clone();
         // Read before recovery moves it: a census is good for this mark only.
@@ -204,7 +205,7 @@ impl Core {
             // Whatever a worker knew of its pending set is read again.
             sub_rewinds: Mutex::new(subscriptions.iter().map(|s| (s.num, 0)).collect()),
             #[cfg(test)]
-            replay_cap: super::indexer::MAX_REPLAYS.into(),
+            held_cap: super::indexer::MAX_HELD.into(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         outlets.published.send_replace(last);
@@ -219,29 +220,30 @@ impl Core {
             _ => {
                 let mut prints =
                     super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?;
-                // Replay keys are not in sled: the events inside the dedup window hold
-                // them (those the expiry walk has passed are forgotten already).
+                // The dedup keys are not in sled: the events inside the dedup window
+                // hold them (those the expiry walk has passed are forgotten already).
                 let walked = trees
                     .meta
                     .get(index::DEDUP_WALKED)
                     .map_err(unwritable)?
                     .map_or(0, |v| seq_of(&v));
                 prints
-                    .load_replays(&trees, walked + 1, super::indexer::MAX_REPLAYS)
+                    .load_held(&trees, walked + 1, super::indexer::MAX_HELD)
                     .map_err(unwritable)?;
                 prints
             }
         };
         tracing::debug!(
-            keys = prints.len(),
-            replay_keys = prints.replay_count(),
+            in_sled = prints.len(),
+            held = prints.held_count(),
             elapsed_ms = began.elapsed().as_millis() as u64,
             "dedup fingerprints loaded"
         );
+        let prints = Arc::new(Mutex::new(prints));
         let committer = committer::Committer::new(
             db.clone(),
             trees.clone(),
-            prints,
+            prints.clone(),
             shared.clone(),
             settings.clone(),
             committer::Log {
@@ -275,6 +277,7 @@ impl Core {
             index_flusher: Arc::new(Mutex::new(Some(index_flusher))),
             stop_index,
             reader,
+            prints,
             counted_from_census,
         })
     }
@@ -616,10 +619,10 @@ impl Core {
         self.shared.index.hold(hold);
     }
 
-    /// Keeps at most `max` replay keys in memory from now on.
+    /// Keeps at most `max` dedup keys in memory from now on.
     #[cfg(test)]
-    pub fn limit_replays(&self, max: usize) {
-        self.shared.replay_cap.store(max, Ordering::Release);
+    pub fn limit_held(&self, max: usize) {
+        self.shared.held_cap.store(max, Ordering::Release);
     }
 
     #[cfg(test)]
@@ -740,10 +743,16 @@ impl Core {
     /// Where the journal keeps an event id for `source`, for tests and tools.
     pub fn remembers(&self, source: &str, id: &str) -> bool {
         self.shared.index.settle();
-        self.trees
-            .dedup
-            .contains_key(committer::dedup_key(source, id))
-            .unwrap_or(false)
+        let key = committer::dedup_key(source, id);
+        if self.trees.dedup.contains_key(&key).unwrap_or(false) {
+            return true;
+        }
+        let seqs = self
+            .prints
+            .lock()
+            .expect("fingerprint table lock")
+            .seqs(&key);
+        super::indexer::owner(&self.trees.events, seqs, &key).is_ok_and(|found| found.is_some())
     }
 }
 

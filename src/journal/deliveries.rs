@@ -629,7 +629,7 @@ impl Committer {
         at_ms: u64,
     ) -> Result<Option<u64>, JournalError> {
         let key = dedup_key(source, &id);
-        if self.trees.dedup.contains_key(&key).map_err(unwritable)? {
+        if self.key_owner(&key)?.is_some() {
             return Ok(None);
         }
         let body = bytes::Bytes::from(payload.to_string());
@@ -663,6 +663,7 @@ impl Committer {
             replay_key: None,
             deliveries,
             derived: Some(derived),
+            keys_in_sled: false,
         };
         self.log_and_index(&created)?;
         Ok(Some(seq))

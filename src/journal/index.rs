@@ -108,25 +108,14 @@ fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
             &order_value(ts, summary.received_at_ms, summary.seq),
         )?;
     }
-    // Their expiry needs no entry of its own: compaction finds them by walking the
-    // events.
-    if created.remembered {
+    // The committer keeps the dedup keys in memory, and the event's own entry (written
+    // above) is what they are found again from after a crash; only once that table is
+    // full do they go here. Their expiry needs no entry of its own: compaction finds
+    // them by walking the events.
+    if created.remembered && created.keys_in_sled {
         let value = dedup_value(summary.seq, summary.received_at_ms);
-        trees
-            .dedup
-            .insert(dedup_key(&summary.source, &summary.id), &value)?;
-        // The replay key is kept in memory by the committer, and the event's own entry
-        // (written above) is what it is found again from after a crash; only once that
-        // table is full does it go here as ids do.
-        if let Some(replay_key) = &created.replay_key {
-            if trees
-                .replays_in_sled
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                trees
-                    .dedup
-                    .insert(replay_dedup_key(&summary.source, replay_key), &value)?;
-            }
+        for key in dedup_keys(summary, created.replay_key.as_deref()) {
+            trees.dedup.insert(key, &value)?;
         }
     }
     Ok(())

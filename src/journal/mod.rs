@@ -305,10 +305,6 @@ struct Trees {
     /// Whether the `queued` tree is kept: only a forwarder reads it. In embedded mode
     /// the backlog is counted from the events' status instead.
     keep_queue: bool,
-    /// Whether replay keys go into the `dedup` tree as ids do. Normally they do not: the
-    /// committer keeps them in memory (see `Fingerprints`), and the event's own entry,
-    /// which holds its replay key, is their record. Set once that table is full.
-    replays_in_sled: Arc<AtomicBool>,
 }
 
 struct Shared {
@@ -337,9 +333,9 @@ struct Shared {
     /// Per subscription: the lowest seq a delivery became due again at, behind its
     /// worker's cursor (a retry, a recovery); the worker reads its pending set from there.
     sub_rewinds: Mutex<std::collections::HashMap<u64, u64>>,
-    /// The most replay keys the committer keeps in memory (tests lower it).
+    /// The most dedup keys the committer keeps in memory (tests lower it).
     #[cfg(test)]
-    replay_cap: std::sync::atomic::AtomicUsize,
+    held_cap: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {

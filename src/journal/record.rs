@@ -140,6 +140,11 @@ pub struct Created {
     /// For an event hookgate made itself (`{type}.finished`, operational events): what
     /// it came from.
     pub derived: Option<super::subscription::Derived>,
+    /// Whether the index writes its dedup keys into sled's `dedup` tree: the committer
+    /// keeps them in memory until its table is full (see `indexer::Fingerprints`). Not
+    /// in the log: recovery leaves them to the table, which reads them from the events.
+    #[serde(skip)]
+    pub keys_in_sled: bool,
 }
 
 /// A [`Created`] as entries before subscriptions hold it.
@@ -345,6 +350,7 @@ pub fn decode_created(bytes: &[u8]) -> Result<Created, DecodeError> {
         replay_key,
         deliveries: Vec::new(),
         derived: None,
+        keys_in_sled: false,
     })
 }
 
@@ -561,6 +567,7 @@ mod tests {
             replay_key: None,
             deliveries: Vec::new(),
             derived: None,
+            keys_in_sled: false,
         };
         let mut bytes = Vec::new();
         encode_created(&created, &mut bytes);

@@ -419,13 +419,8 @@ async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_no
     );
     let (indexed, synced) = core.index_progress();
     assert_eq!((indexed, synced), (0, 3), "synced, not indexed");
-    let sled_has_a = || {
-        core.trees()
-            .dedup
-            .get(committer::dedup_key("s", "a"))
-            .unwrap()
-            .is_some()
-    };
+    // The entry a dedup hit on "a" is checked against.
+    let sled_has_a = || core.trees().events.get(seq_key(1)).unwrap().is_some();
     assert!(!sled_has_a());
     assert_eq!(
         *published.borrow(),
@@ -454,7 +449,7 @@ async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_no
     assert_eq!(
         journal.append(event("a", HOUR_MS + 2)).await,
         Ok(Outcome::Duplicate(1)),
-        "and from sled once it has them"
+        "and from the event's entry once sled has it"
     );
     assert_eq!(
         journal.append(ordered("older", "k", 7)).await,
@@ -510,7 +505,6 @@ fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
         callbacks: db.open_tree("callbacks").unwrap(),
         deadlines: db.open_tree("deadlines").unwrap(),
         keep_queue: true,
-        replays_in_sled: Default::default(),
     };
     let meta = trees.meta.clone();
     (db, trees, meta)
@@ -567,6 +561,7 @@ async fn the_index_is_rebuilt_from_the_commit_log_after_a_crash() {
             replay_key: None,
             deliveries: Vec::new(),
             derived: None,
+            keys_in_sled: false,
         };
         let nowhere = record::Loc {
             offset: 1 << 30,
@@ -812,6 +807,7 @@ fn created(seq: u64, id: &str) -> record::Created {
         replay_key: None,
         deliveries: Vec::new(),
         derived: None,
+        keys_in_sled: false,
     }
 }
 
@@ -1668,8 +1664,19 @@ fn replay_in_sled(journal: &Journal, replay: &str) -> bool {
         .unwrap()
 }
 
+/// Whether sled's `dedup` tree holds the id `id` of source `s`.
+fn id_in_sled(journal: &Journal, id: &str) -> bool {
+    journal
+        .core()
+        .unwrap()
+        .trees()
+        .dedup
+        .contains_key(committer::dedup_key("s", id))
+        .unwrap()
+}
+
 #[tokio::test]
-async fn replay_keys_live_in_memory_and_come_back_after_a_close_and_after_a_crash() {
+async fn dedup_keys_live_in_memory_and_come_back_after_a_close_and_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(settings(dir.path())).unwrap();
     assert_eq!(
@@ -1680,14 +1687,19 @@ async fn replay_keys_live_in_memory_and_come_back_after_a_close_and_after_a_cras
         journal.append(signed("b", "r2", HOUR_MS)).await,
         Ok(Outcome::Accepted(2))
     );
-    // Indexed: the id is in sled, the replay key is not (the event's entry holds it).
+    // Indexed: neither key is in sled (the event's entry holds both).
     assert!(journal.get(2).unwrap().is_some());
     assert!(journal.remembers("s", "a"));
-    assert!(!replay_in_sled(&journal, "r1"));
+    assert!(!id_in_sled(&journal, "a") && !replay_in_sled(&journal, "r1"));
     assert_eq!(
         journal.append(signed("forged", "r1", HOUR_MS + 1)).await,
         Ok(Outcome::Duplicate(1)),
         "the same signed content under a new id"
+    );
+    assert_eq!(
+        journal.append(signed("a", "other", HOUR_MS + 1)).await,
+        Ok(Outcome::Duplicate(1)),
+        "the same id"
     );
     assert_eq!(
         journal.append(signed("c", "r3", HOUR_MS + 1)).await,
@@ -1702,14 +1714,18 @@ async fn replay_keys_live_in_memory_and_come_back_after_a_close_and_after_a_cras
         journal.append(signed("forged-2", "r2", HOUR_MS + 2)).await,
         Ok(Outcome::Duplicate(2))
     );
+    assert_eq!(
+        journal.append(signed("b", "other", HOUR_MS + 2)).await,
+        Ok(Outcome::Duplicate(2))
+    );
     journal.close().await;
     drop(journal);
 
     // A crash leaves no saved table, and the index had not flushed past event 1:
-    // events 2 and 3 come back from the log, and every replay key from the events.
+    // events 2 and 3 come back from the log, and every key from the events.
     unflush_index_after(dir.path(), 1);
     let journal = Journal::open(settings(dir.path())).unwrap();
-    for (replay, seq) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+    for (id, replay, seq) in [("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 3)] {
         assert_eq!(
             journal
                 .append(signed(
@@ -1721,24 +1737,32 @@ async fn replay_keys_live_in_memory_and_come_back_after_a_close_and_after_a_cras
             Ok(Outcome::Duplicate(seq)),
             "{replay}"
         );
+        assert_eq!(
+            journal.append(signed(id, "other", HOUR_MS + 3)).await,
+            Ok(Outcome::Duplicate(seq)),
+            "{id}"
+        );
+        assert!(journal.remembers("s", id));
     }
     assert_eq!(
         journal.append(signed("d", "r4", HOUR_MS + 3)).await,
         Ok(Outcome::Accepted(4))
     );
-    assert!(!replay_in_sled(&journal, "r2"));
+    assert!(journal.get(4).unwrap().is_some());
+    assert!(!id_in_sled(&journal, "b") && !replay_in_sled(&journal, "r2"));
+    assert!(!id_in_sled(&journal, "d") && !replay_in_sled(&journal, "r4"));
     journal.close().await;
 }
 
 #[tokio::test]
-async fn a_replay_key_is_forgotten_after_its_window_and_the_newest_event_decides() {
+async fn a_key_is_forgotten_after_its_window_and_the_newest_event_decides() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(settings(dir.path())).unwrap();
     journal.append(signed("a", "r", HOUR_MS)).await.unwrap();
-    // Past the window (72 h) before any walk forgot it: a new event, and the table
-    // holds the key for both until the walk comes.
+    // Past the window (72 h) before any walk forgot them: a new event, and the table
+    // holds the keys for both until the walk comes.
     assert_eq!(
-        journal.append(signed("b", "r", 80 * HOUR_MS)).await,
+        journal.append(signed("a", "r", 80 * HOUR_MS)).await,
         Ok(Outcome::Accepted(2))
     );
     assert_eq!(
@@ -1746,12 +1770,17 @@ async fn a_replay_key_is_forgotten_after_its_window_and_the_newest_event_decides
         Ok(Outcome::Duplicate(2)),
         "the newer event decides"
     );
+    assert_eq!(
+        journal.append(signed("a", "s", 80 * HOUR_MS + 1)).await,
+        Ok(Outcome::Duplicate(2))
+    );
     journal.compact(80 * HOUR_MS + 2).await.unwrap();
     assert_eq!(
         journal.append(signed("d", "r", 80 * HOUR_MS + 3)).await,
         Ok(Outcome::Duplicate(2)),
-        "the walk forgot event 1's key, not event 2's"
+        "the walk forgot event 1's keys, not event 2's"
     );
+    assert!(journal.remembers("s", "a"));
     journal.close().await;
     drop(journal);
     let journal = Journal::open(settings(dir.path())).unwrap();
@@ -1760,30 +1789,35 @@ async fn a_replay_key_is_forgotten_after_its_window_and_the_newest_event_decides
         Ok(Outcome::Duplicate(2))
     );
     journal.compact(160 * HOUR_MS).await.unwrap();
+    assert!(!journal.remembers("s", "a"));
     assert_eq!(
         journal.append(signed("f", "r", 160 * HOUR_MS + 1)).await,
         Ok(Outcome::Accepted(3)),
         "past its window"
     );
+    assert_eq!(
+        journal.append(signed("a", "t", 160 * HOUR_MS + 1)).await,
+        Ok(Outcome::Accepted(4))
+    );
     journal.close().await;
 }
 
 #[tokio::test]
-async fn a_replay_key_outlives_its_event_compacted_inside_the_window() {
+async fn keys_outlive_their_event_compacted_inside_the_window() {
     let dir = tempfile::tempdir().unwrap();
     // Retention (1 h) shorter than the dedup window (72 h).
-    let journal = Journal::open(Settings {
+    let settings = || Settings {
         retention: Duration::from_secs(3600),
         ..settings(dir.path())
-    })
-    .unwrap();
+    };
+    let journal = Journal::open(settings()).unwrap();
     journal.append(signed("gone", "r", HOUR_MS)).await.unwrap();
     journal.mark_delivered(vec![(1, 0)], HOUR_MS).await.unwrap();
     journal.compact(3 * HOUR_MS).await.unwrap();
     assert!(journal.get(1).unwrap().is_none());
     assert!(
-        replay_in_sled(&journal, "r"),
-        "its entry can no longer vouch for the key: sled holds it"
+        id_in_sled(&journal, "gone") && replay_in_sled(&journal, "r"),
+        "its entry can no longer vouch for its keys: sled holds them"
     );
     assert_eq!(
         journal.append(signed("forged", "r", 4 * HOUR_MS)).await,
@@ -1791,22 +1825,22 @@ async fn a_replay_key_outlives_its_event_compacted_inside_the_window() {
     );
     journal.close().await;
     drop(journal);
-    // As after a crash: no saved table, so it is built again from the events.
+    // As after a crash: no saved table, so it is built again.
     std::fs::remove_file(core::fingerprints_path(&dir.path().join("journal"))).unwrap();
-    let journal = Journal::open(Settings {
-        retention: Duration::from_secs(3600),
-        ..settings(dir.path())
-    })
-    .unwrap();
+    let journal = Journal::open(settings()).unwrap();
     assert_eq!(
         journal.append(signed("forged-2", "r", 5 * HOUR_MS)).await,
         Ok(Outcome::Duplicate(1)),
         "after a crash too"
     );
+    assert_eq!(
+        journal.append(signed("gone", "other", 5 * HOUR_MS)).await,
+        Ok(Outcome::Duplicate(1))
+    );
     journal.compact(83 * HOUR_MS).await.unwrap();
     assert!(
-        !replay_in_sled(&journal, "r"),
-        "its expiry entry removed it"
+        !id_in_sled(&journal, "gone") && !replay_in_sled(&journal, "r"),
+        "their expiry entries removed them"
     );
     assert_eq!(
         journal.append(signed("new", "r", 84 * HOUR_MS)).await,
@@ -1816,33 +1850,46 @@ async fn a_replay_key_outlives_its_event_compacted_inside_the_window() {
 }
 
 #[tokio::test]
-async fn past_the_tables_limit_replay_keys_go_into_the_index() {
+async fn past_the_tables_limit_dedup_keys_go_into_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(settings(dir.path())).unwrap();
-    journal.core().unwrap().limit_replays(1);
+    journal.core().unwrap().limit_held(2);
     for (id, replay) in [("a", "r1"), ("b", "r2"), ("c", "r3")] {
         journal.append(signed(id, replay, HOUR_MS)).await.unwrap();
     }
     assert!(journal.get(3).unwrap().is_some());
-    assert!(!replay_in_sled(&journal, "r1"), "kept in memory");
-    assert!(replay_in_sled(&journal, "r2") && replay_in_sled(&journal, "r3"));
-    for (replay, seq) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+    assert!(
+        !id_in_sled(&journal, "a") && !replay_in_sled(&journal, "r1"),
+        "held in memory"
+    );
+    for (id, replay) in [("b", "r2"), ("c", "r3")] {
+        assert!(id_in_sled(&journal, id) && replay_in_sled(&journal, replay));
+    }
+    for (id, replay, seq) in [("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 3)] {
         assert_eq!(
             journal
                 .append(signed(&format!("x-{replay}"), replay, HOUR_MS + 1))
                 .await,
             Ok(Outcome::Duplicate(seq))
         );
+        assert_eq!(
+            journal.append(signed(id, "other", HOUR_MS + 1)).await,
+            Ok(Outcome::Duplicate(seq))
+        );
     }
     journal.close().await;
     drop(journal);
-    // The next opening builds the table again, with room for all three.
+    // The next opening builds the table again, with room for all of them.
     let journal = Journal::open(settings(dir.path())).unwrap();
-    for (replay, seq) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+    for (id, replay, seq) in [("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 3)] {
         assert_eq!(
             journal
                 .append(signed(&format!("y-{replay}"), replay, HOUR_MS + 2))
                 .await,
+            Ok(Outcome::Duplicate(seq))
+        );
+        assert_eq!(
+            journal.append(signed(id, "other", HOUR_MS + 2)).await,
             Ok(Outcome::Duplicate(seq))
         );
     }
@@ -1851,12 +1898,15 @@ async fn past_the_tables_limit_replay_keys_go_into_the_index() {
         .await
         .unwrap();
     assert!(journal.get(4).unwrap().is_some());
-    assert!(!replay_in_sled(&journal, "r4"), "in memory again");
+    assert!(
+        !id_in_sled(&journal, "d") && !replay_in_sled(&journal, "r4"),
+        "in memory again"
+    );
     journal.close().await;
 }
 
 #[tokio::test]
-async fn an_opening_that_finds_more_replay_keys_than_it_keeps_writes_the_rest_into_the_index() {
+async fn an_opening_that_finds_more_keys_than_it_holds_writes_the_rest_into_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(settings(dir.path())).unwrap();
     for (id, replay) in [("a", "r1"), ("b", "r2"), ("c", "r3")] {
@@ -1866,20 +1916,18 @@ async fn an_opening_that_finds_more_replay_keys_than_it_keeps_writes_the_rest_in
     drop(journal);
     let (_db, trees, _) = raw_index(dir.path());
     let mut prints = indexer::Fingerprints::load(&trees.dedup).unwrap();
-    prints.load_replays(&trees, 1, 2).unwrap();
-    assert_eq!(prints.replay_count(), 2);
-    let in_sled = |replay: &str| {
-        trees
-            .dedup
-            .contains_key(committer::replay_dedup_key("s", replay))
-            .unwrap()
-    };
-    assert!(!in_sled("r1") && !in_sled("r2") && in_sled("r3"));
-    assert!(
-        trees
-            .replays_in_sled
-            .load(std::sync::atomic::Ordering::Acquire),
-        "new ones go there too"
-    );
-    assert!(prints.is_full());
+    prints.load_held(&trees, 1, 2).unwrap();
+    assert_eq!(prints.held_count(), 2);
+    let in_sled = |key: Vec<u8>| trees.dedup.contains_key(key).unwrap();
+    assert!(!in_sled(committer::dedup_key("s", "a")));
+    assert!(!in_sled(committer::replay_dedup_key("s", "r1")));
+    for (id, replay) in [("b", "r2"), ("c", "r3")] {
+        assert!(in_sled(committer::dedup_key("s", id)));
+        assert!(in_sled(committer::replay_dedup_key("s", replay)));
+        assert!(
+            prints.may_hold(&committer::dedup_key("s", id)),
+            "and counted"
+        );
+    }
+    assert!(prints.is_full(), "new ones go there too");
 }

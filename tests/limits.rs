@@ -166,6 +166,31 @@ async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_or_half_a_head_is_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // header_read_timeout is 1s in the tests' config.
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    for sent in [&b""[..], b"POST /hooks/github HTTP/1.1\r\nhost: x\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(gw.ingest_addr)
+            .await
+            .unwrap();
+        stream.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "sent {} bytes: still open", sent.len());
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+            "sent {} bytes: closed after {waited:?}",
+            sent.len()
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
     // header_read_timeout is 1s in the tests' config.

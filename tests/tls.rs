@@ -729,6 +729,23 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Durati
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_connections_that_send_no_request_after_the_handshake_are_closed() {
+    // header_read_timeout is 1 s: idle for 1 s, then at most 1 s more to close.
+    let (_dir, pki, running) = start_tls_quick(GITHUB_SOURCE).await;
+    let ca = pki.ca.issued().cert_pem;
+    let mut tls = tls_stream(running.ingest_addr, &ca, None, &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let waited = closed_after(&mut tls).await;
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connections_that_send_no_request_are_closed() {
     use tokio::io::AsyncWriteExt;
     // header_read_timeout is 1 s: idle for 1 s, then at most 1 s more to close.

@@ -1675,6 +1675,25 @@ fn id_in_sled(journal: &Journal, id: &str) -> bool {
         .unwrap()
 }
 
+/// Events 1-3 (ids `a`, `b`, `c`, replay keys `r1`, `r2`, `r3`) are each remembered:
+/// a duplicate by their id, and by their replay key under a new id.
+async fn assert_remembered(journal: &Journal, at_ms: u64) {
+    for (id, replay, seq) in [("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 3)] {
+        let forged = signed(&format!("new-{replay}-{at_ms}"), replay, at_ms);
+        assert_eq!(
+            journal.append(forged).await,
+            Ok(Outcome::Duplicate(seq)),
+            "{replay}"
+        );
+        assert_eq!(
+            journal.append(signed(id, "other", at_ms)).await,
+            Ok(Outcome::Duplicate(seq)),
+            "{id}"
+        );
+        assert!(journal.remembers("s", id));
+    }
+}
+
 #[tokio::test]
 async fn dedup_keys_live_in_memory_and_come_back_after_a_close_and_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -1725,25 +1744,7 @@ async fn dedup_keys_live_in_memory_and_come_back_after_a_close_and_after_a_crash
     // events 2 and 3 come back from the log, and every key from the events.
     unflush_index_after(dir.path(), 1);
     let journal = Journal::open(settings(dir.path())).unwrap();
-    for (id, replay, seq) in [("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 3)] {
-        assert_eq!(
-            journal
-                .append(signed(
-                    &format!("after-crash-{replay}"),
-                    replay,
-                    HOUR_MS + 3
-                ))
-                .await,
-            Ok(Outcome::Duplicate(seq)),
-            "{replay}"
-        );
-        assert_eq!(
-            journal.append(signed(id, "other", HOUR_MS + 3)).await,
-            Ok(Outcome::Duplicate(seq)),
-            "{id}"
-        );
-        assert!(journal.remembers("s", id));
-    }
+    assert_remembered(&journal, HOUR_MS + 3).await;
     assert_eq!(
         journal.append(signed("d", "r4", HOUR_MS + 3)).await,
         Ok(Outcome::Accepted(4))
@@ -1865,34 +1866,12 @@ async fn past_the_tables_limit_dedup_keys_go_into_the_index() {
     for (id, replay) in [("b", "r2"), ("c", "r3")] {
         assert!(id_in_sled(&journal, id) && replay_in_sled(&journal, replay));
     }
-    for (id, replay, seq) in [("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 3)] {
-        assert_eq!(
-            journal
-                .append(signed(&format!("x-{replay}"), replay, HOUR_MS + 1))
-                .await,
-            Ok(Outcome::Duplicate(seq))
-        );
-        assert_eq!(
-            journal.append(signed(id, "other", HOUR_MS + 1)).await,
-            Ok(Outcome::Duplicate(seq))
-        );
-    }
+    assert_remembered(&journal, HOUR_MS + 1).await;
     journal.close().await;
     drop(journal);
     // The next opening builds the table again, with room for all of them.
     let journal = Journal::open(settings(dir.path())).unwrap();
-    for (id, replay, seq) in [("a", "r1", 1), ("b", "r2", 2), ("c", "r3", 3)] {
-        assert_eq!(
-            journal
-                .append(signed(&format!("y-{replay}"), replay, HOUR_MS + 2))
-                .await,
-            Ok(Outcome::Duplicate(seq))
-        );
-        assert_eq!(
-            journal.append(signed(id, "other", HOUR_MS + 2)).await,
-            Ok(Outcome::Duplicate(seq))
-        );
-    }
+    assert_remembered(&journal, HOUR_MS + 2).await;
     journal
         .append(signed("d", "r4", HOUR_MS + 2))
         .await

@@ -14,9 +14,10 @@ use super::census::{self, Census};
 use super::core::{content, fingerprints_path};
 use super::deliveries::Subs;
 use super::disk::Floor;
+use super::fingerprints::{self, Fingerprints};
 use super::flusher::{self, AppendReply, Flusher, UpdateReply};
 use super::index::{self, Mark, DEDUP_WALKED};
-use super::indexer::{self, Fingerprints, Overlay, Work};
+use super::indexer::{self, Overlay, Work};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Loc, Status, Stored, Summary};
 use super::{
@@ -651,7 +652,7 @@ impl Committer {
         }
         #[cfg(not(test))]
         {
-            indexer::MAX_HELD
+            fingerprints::MAX_HELD
         }
     }
 
@@ -806,7 +807,7 @@ impl Committer {
             },
             false => None,
         };
-        let in_memory = indexer::owner(&self.trees.events, seqs, key).map_err(unwritable)?;
+        let in_memory = fingerprints::owner(&self.trees.events, seqs, key).map_err(unwritable)?;
         // Both may know the key (a journal written before the keys left sled, or an
         // event retention removed): the newer event decides.
         Ok(in_sled.into_iter().chain(in_memory).max())

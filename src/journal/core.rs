@@ -28,8 +28,8 @@ pub(super) struct Core {
     index_flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
     stop_index: Arc<index::Stop>,
     reader: Arc<log::Reader>,
-    /// The committer's dedup keys (see `indexer::Fingerprints`).
-    prints: Arc<Mutex<super::indexer::Fingerprints>>,
+    /// The committer's dedup keys (see `fingerprints::Fingerprints`).
+    prints: Arc<Mutex<super::fingerprints::Fingerprints>>,
     /// Whether this opening counted from a census (or walked the index).
     #[cfg_attr(not(test), allow(dead_code))]
     counted_from_census: bool,
@@ -94,7 +94,7 @@ impl Core {
         // close left it: both are used, or neither (deleting the saved fingerprints
         // makes the next opening count everything again).
         let census = census.filter(|census| untouched && covered == Some(census.covered));
-        let saved = super::indexer::Fingerprints::load_saved(
+        let saved = super::fingerprints::Fingerprints::load_saved(
             &fingerprints_path(&settings.path),
             covered.filter(|_| census.is_some()),
         );
@@ -205,7 +205,7 @@ impl Core {
             // Whatever a worker knew of its pending set is read again.
             sub_rewinds: Mutex::new(subscriptions.iter().map(|s| (s.num, 0)).collect()),
             #[cfg(test)]
-            held_cap: super::indexer::MAX_HELD.into(),
+            held_cap: super::fingerprints::MAX_HELD.into(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         outlets.published.send_replace(last);
@@ -219,7 +219,7 @@ impl Core {
             Some(prints) if !prints.is_full() => prints,
             _ => {
                 let mut prints =
-                    super::indexer::Fingerprints::load(&trees.dedup).map_err(unwritable)?;
+                    super::fingerprints::Fingerprints::load(&trees.dedup).map_err(unwritable)?;
                 // The dedup keys are not in sled: the events inside the dedup window
                 // hold them (those the expiry walk has passed are forgotten already).
                 let walked = trees
@@ -228,7 +228,7 @@ impl Core {
                     .map_err(unwritable)?
                     .map_or(0, |v| seq_of(&v));
                 prints
-                    .load_held(&trees, walked + 1, super::indexer::MAX_HELD)
+                    .load_held(&trees, walked + 1, super::fingerprints::MAX_HELD)
                     .map_err(unwritable)?;
                 prints
             }
@@ -752,7 +752,8 @@ impl Core {
             .lock()
             .expect("fingerprint table lock")
             .seqs(&key);
-        super::indexer::owner(&self.trees.events, seqs, &key).is_ok_and(|found| found.is_some())
+        super::fingerprints::owner(&self.trees.events, seqs, &key)
+            .is_ok_and(|found| found.is_some())
     }
 }
 

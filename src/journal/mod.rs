@@ -27,6 +27,7 @@ mod committer;
 mod core;
 mod deliveries;
 mod disk;
+mod fingerprints;
 mod flusher;
 mod index;
 mod indexer;

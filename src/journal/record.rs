@@ -141,7 +141,7 @@ pub struct Created {
     /// it came from.
     pub derived: Option<super::subscription::Derived>,
     /// Whether the index writes its dedup keys into sled's `dedup` tree: the committer
-    /// keeps them in memory until its table is full (see `indexer::Fingerprints`). Not
+    /// keeps them in memory until its table is full (see `fingerprints::Fingerprints`). Not
     /// in the log: recovery leaves them to the table, which reads them from the events.
     #[serde(skip)]
     pub keys_in_sled: bool,

@@ -1894,7 +1894,7 @@ async fn an_opening_that_finds_more_keys_than_it_holds_writes_the_rest_into_the_
     journal.close().await;
     drop(journal);
     let (_db, trees, _) = raw_index(dir.path());
-    let mut prints = indexer::Fingerprints::load(&trees.dedup).unwrap();
+    let mut prints = fingerprints::Fingerprints::load(&trees.dedup).unwrap();
     prints.load_held(&trees, 1, 2).unwrap();
     assert_eq!(prints.held_count(), 2);
     let in_sled = |key: Vec<u8>| trees.dedup.contains_key(key).unwrap();

@@ -796,10 +796,7 @@ impl Committer {
     /// when it was first seen.
     pub(super) fn key_owner(&self, key: &[u8]) -> Result<Option<(u64, u64)>, JournalError> {
         let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-        let (in_sled, seqs) = {
-            let prints = self.prints();
-            (prints.may_hold(key), prints.seqs(key))
-        };
+        let (in_sled, seqs) = self.prints().lookup(key);
         let in_sled = match in_sled {
             true => match self.trees.dedup.get(key).map_err(unwritable)? {
                 Some(found) => Some(split_dedup_value(&found).ok_or_else(damaged_entry)?),

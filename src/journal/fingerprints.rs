@@ -146,9 +146,22 @@ impl Fingerprints {
         }
     }
 
-    /// Whether sled's `dedup` tree may hold `key`; `false` means it does not.
+    /// Whether sled's `dedup` tree may hold `key`; `false` means it does not (the
+    /// journal asks [`Self::lookup`], which also answers the events it may belong to).
+    #[cfg(test)]
     pub(super) fn may_hold(&self, key: &[u8]) -> bool {
-        self.full || self.counts.contains_key(&self.print(key))
+        self.sled_may_hold(self.print(key))
+    }
+
+    fn sled_may_hold(&self, print: u64) -> bool {
+        self.full || self.counts.contains_key(&print)
+    }
+
+    /// Where `key` may be, from one fingerprint: whether sled's `dedup` tree may hold it
+    /// (`false` means it does not), and the events it may belong to ([`Self::seqs`]).
+    pub(super) fn lookup(&self, key: &[u8]) -> (bool, Vec<u64>) {
+        let print = self.print(key);
+        (self.sled_may_hold(print), self.seqs_of(print))
     }
 
     pub(super) fn len(&self) -> usize {
@@ -192,7 +205,10 @@ impl Fingerprints {
     /// The seqs of the events whose dedup key may be `key` (each to be checked against
     /// the event's entry).
     pub(super) fn seqs(&self, key: &[u8]) -> Vec<u64> {
-        let print = self.print(key);
+        self.seqs_of(self.print(key))
+    }
+
+    fn seqs_of(&self, print: u64) -> Vec<u64> {
         let mut seqs: Vec<u64> = self.held.get(&print).copied().into_iter().collect();
         if !self.shared_prints.is_empty() {
             seqs.extend(

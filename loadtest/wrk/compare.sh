@@ -10,9 +10,10 @@
 # For each: requests/s, p99, p99.9 (from github.lua's done hook) and the server process's
 # CPU time per request (utime + stime from /proc/PID/stat across the wrk run, over the
 # requests wrk counted), its rate over bare's, and hookgate/floor and hookgate/hmac;
-# for hookgate, that CPU time by thread too, by the kernel's 15-character names
-# (tokio-rt-worker is the request path, journal-committ the committer: the log and its
-# syncs, journal-indexer, journal-index (its background flush) and sled-io the index).
+# for hookgate and the floor, that CPU time by thread too, by the kernel's 15-character
+# names (tokio-rt-worker is the request path, journal-committ the committer: the log and
+# its syncs, journal-indexer, journal-index (its background flush) and sled-io the index;
+# the floor's floor-writer is its whole log: the write and the sync).
 # Every request is a new signed body (loadtest/wrk/sign.py writes the signatures, a
 # million by default, to $SIGS or /tmp/hookgate-sigs.txt once), so that hookgate journals
 # each one; after its run the script prints how many it accepted and how many it took
@@ -138,7 +139,7 @@ measure() {
   grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/          /' || true
   [[ -z $journaled ]] || echo "          $journaled"
   case $name in
-    hookgate | before) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
+    hookgate | before | floor) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
   esac
 }
 header() { printf '%-9s %10s %8s %9s %12s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'x bare'; }

@@ -507,6 +507,7 @@ pub fn flush_in_background(
     reader: Arc<Reader>,
     stop: Arc<Stop>,
 ) {
+    super::indexer::lower_priority("journal-index");
     let mut flushed: Option<Mark> = None;
     let mut doomed: BTreeMap<u64, ()> = BTreeMap::new();
     let mut was_low = false;

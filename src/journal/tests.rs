@@ -377,6 +377,64 @@ async fn segments_are_closed_at_the_configured_size_and_read_back_after_reopenin
     journal.close().await;
 }
 
+/// The nice value in a thread's `/proc/.../stat`: field 19 (the name in field 2 may hold
+/// spaces, so fields are counted from its closing parenthesis).
+#[cfg(target_os = "linux")]
+fn nice(stat: &str) -> Option<i64> {
+    stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse().ok()
+}
+
+/// The nice value of each of this process's threads named `name`.
+#[cfg(target_os = "linux")]
+fn nice_of_threads(name: &str) -> Vec<i64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            if let Some(n) = std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| nice(&stat))
+            {
+                found.push(n);
+            }
+        }
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_threads_that_keep_the_index_run_below_the_request_path() {
+    let own = nice(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
+    let lowered = (own + 5).min(19);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal.append(event("a", 1)).await,
+        Ok(Outcome::Accepted(1))
+    );
+    // Other tests open journals too; a thread of theirs that has only just started may
+    // not have lowered itself yet, so wait (briefly) until every one has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for name in ["journal-indexer", "journal-index"] {
+        loop {
+            let found = nice_of_threads(name);
+            assert!(!found.is_empty(), "no thread named {name}");
+            if found.iter().all(|&n| n == lowered) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} runs at nice {found:?}, not {lowered} (this thread: {own})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The committer, which the answers wait for, keeps the priority it started with.
+    assert!(nice_of_threads("journal-committ").contains(&own));
+    journal.close().await;
+}
+
 #[tokio::test]
 async fn appends_after_close_are_refused() {
     let dir = tempfile::tempdir().unwrap();

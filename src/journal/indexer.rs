@@ -191,8 +191,8 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 /// and takes larger batches at a time. With one of two cores kept busy by another
 /// process, `compare.sh` went from 15.6-15.8k to 17.2-18.2k req/s with 4-11% less CPU
 /// per event; on a quiet machine it changed nothing measurable (BENCHMARKS.md). Ten
-/// levels gave more req/s but a p99 3-4 ms longer: the further the index lags, the more
-/// the committer's overlay of unindexed keys holds. The committer's bound on that lag
+/// levels gave more req/s but a p99 3-4 ms longer (likely the committer's overlay of
+/// unindexed keys, which grows as the index lags). The committer's bound on that lag
 /// (`MAX_UNINDEXED`) still holds, so an indexer that cannot get the CPU it needs slows
 /// intake rather than falling ever further behind.
 const INDEX_NICENESS: i32 = 5;

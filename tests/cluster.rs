@@ -145,7 +145,7 @@ fn start_replica(config: &Path) -> Replica {
     let admin = format!("http://{}", loaded.admin.listen);
     let log = config.with_file_name("hookgate.log");
     let out = std::fs::File::create(&log).unwrap();
-    let process = Process(
+    let mut process = Process(
         Command::new(hookgate())
             .args(["serve", "-c"])
             .arg(config)
@@ -156,8 +156,18 @@ fn start_replica(config: &Path) -> Replica {
             .unwrap(),
     );
     let started = Instant::now();
-    // Ready: the journal is open and the forwarder is connected to a node.
-    while get(&format!("{admin}/readyz")).is_none_or(|r| !r.status.is_success()) {
+    // Ready: the journal is open and the forwarder is connected to a node. A replica that
+    // exited (say, its port was taken) is said so, with its log.
+    loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            panic!(
+                "replica {admin} exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if get(&format!("{admin}/readyz")).is_some_and(|r| r.status.is_success()) {
+            break;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "replica {admin} did not become ready:\n{}",

@@ -322,11 +322,22 @@ pub fn assert_none_lost<'a>(
     );
 }
 
-/// A loopback port free now (the kernel may hand it out again once it is dropped).
+/// A loopback port free now (the kernel may hand it out again once it is dropped), and
+/// one this test process has not been given before: two configs written one after the
+/// other could otherwise name the same port, and the second process to bind it fail
+/// while the first answers in its place.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }

@@ -714,57 +714,49 @@ async fn start_tls_quick(sources: &str) -> (tempfile::TempDir, Pki, hookgate::Ru
     (dir, pki, running)
 }
 
-/// Reads until the server closes; answers how long that took.
-async fn closed_after<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Duration {
-    use tokio::io::AsyncReadExt;
+/// Opens a TLS connection to `addr` choosing `protocol` by ALPN, sends `sent` and then
+/// nothing, and checks that the server closes it after its `header_read_timeout` of 1 s:
+/// idle for 1 s, then at most 1 s more to close.
+async fn assert_closed_when_idle(addr: SocketAddr, ca: &str, protocol: &str, sent: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_stream(addr, ca, None, &[protocol]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(protocol.as_bytes()));
+    tls.write_all(sent).await.unwrap();
     let started = std::time::Instant::now();
     let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(8), stream.read(&mut buf)).await {
-            Err(_) => panic!("the connection was still open after 8 s"),
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+    let waited = loop {
+        match tokio::time::timeout(Duration::from_secs(8), tls.read(&mut buf)).await {
+            Err(_) => panic!(
+                "{protocol}, sent {} bytes: still open after 8 s",
+                sent.len()
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
             Ok(Ok(_)) => {}
         }
-    }
+    };
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "{protocol}, sent {} bytes: closed after {waited:?}",
+        sent.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_connections_that_send_no_request_after_the_handshake_are_closed() {
-    // header_read_timeout is 1 s: idle for 1 s, then at most 1 s more to close.
     let (_dir, pki, running) = start_tls_quick(GITHUB_SOURCE).await;
     let ca = pki.ca.issued().cert_pem;
-    let mut tls = tls_stream(running.ingest_addr, &ca, None, &["http/1.1"])
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let waited = closed_after(&mut tls).await;
-    assert!(
-        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
-        "closed after {waited:?}"
-    );
+    assert_closed_when_idle(running.ingest_addr, &ca, "http/1.1", b"").await;
     running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connections_that_send_no_request_are_closed() {
-    use tokio::io::AsyncWriteExt;
-    // header_read_timeout is 1 s: idle for 1 s, then at most 1 s more to close.
     let (_dir, pki, running) = start_tls_quick(GITHUB_SOURCE).await;
     let ca = pki.ca.issued().cert_pem;
     // The preface and an empty SETTINGS frame, then nothing; and nothing at all.
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
     for sent in [&preface[..], &[][..]] {
-        let mut tls = tls_stream(running.ingest_addr, &ca, None, &["h2"])
-            .await
-            .unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        tls.write_all(sent).await.unwrap();
-        let waited = closed_after(&mut tls).await;
-        assert!(
-            waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
-            "sent {} bytes; closed after {waited:?}",
-            sent.len()
-        );
+        assert_closed_when_idle(running.ingest_addr, &ca, "h2", sent).await;
     }
     running.stop().await;
 }

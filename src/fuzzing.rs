@@ -300,7 +300,7 @@ mod tests {
             replay_key: Some("signed:ab".into()),
             deliveries: vec![1, 2],
             derived: None,
-            keys_in_sled: false,
+            keys_in_index: false,
         }
     }
 

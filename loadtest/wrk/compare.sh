@@ -12,7 +12,8 @@
 # requests wrk counted), its rate over bare's, and hookgate/floor and hookgate/hmac;
 # for hookgate and the floor, that CPU time by thread too, by the kernel's 15-character
 # names (tokio-rt-worker is the request path, journal-committ the committer: the log and
-# its syncs, journal-indexer, journal-index (its background flush) and sled-io the index;
+# its syncs, journal-indexer, journal-index (its background flush) and fjall's flusher and
+# compactor the index (sled-io in builds before 2026-12-04, when sled held the index);
 # the floor's floor-writer is its whole log: the write and the sync).
 # Every request is a new signed body (loadtest/wrk/sign.py writes the signatures, a
 # million by default, to $SIGS or /tmp/hookgate-sigs.txt once), so that hookgate journals

@@ -130,7 +130,7 @@ pub struct JournalConfig {
     /// How often compaction looks for events past retention and ids past the window.
     #[serde(default = "default_compact_every")]
     pub compact_every: Dur,
-    /// How much of the index sled keeps in memory (its cache).
+    /// How much of the index's blocks fjall keeps in memory (its block cache).
     #[serde(default = "default_index_cache")]
     pub index_cache: Size,
 }

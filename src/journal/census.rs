@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::index::Mark;
+use super::store;
 use super::{SourceCounts, SubStats, Trees};
 
 /// The `meta` key of the census.
@@ -36,7 +37,7 @@ pub struct Census {
 }
 
 /// Records the census; the close's last index flush makes it durable.
-pub fn write(trees: &Trees, census: &Census) -> sled::Result<()> {
+pub fn write(trees: &Trees, census: &Census) -> store::Result<()> {
     let mut bytes = vec![VERSION];
     postcard::to_io(census, &mut bytes).expect("writing to a Vec cannot fail");
     trees.meta.insert(CENSUS, bytes).map(drop)
@@ -44,8 +45,8 @@ pub fn write(trees: &Trees, census: &Census) -> sled::Result<()> {
 
 /// Takes the census out of the index: whatever it held is read once at most. A census
 /// that cannot be read is dropped as if there were none.
-pub fn take(trees: &Trees) -> sled::Result<Option<Census>> {
-    let Some(bytes) = trees.meta.remove(CENSUS)? else {
+pub fn take(trees: &Trees) -> store::Result<Option<Census>> {
+    let Some(bytes) = trees.meta.take(CENSUS)? else {
         return Ok(None);
     };
     Ok(match bytes.split_first() {

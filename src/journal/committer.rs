@@ -1,6 +1,6 @@
 //! The one thread that decides what the journal holds. It takes every command queued,
 //! applies them in order (appends go to the commit log, and to the indexer, which writes
-//! them into sled behind the log), writes the group's log entries at once, and has the
+//! them into the index behind the log), writes the group's log entries at once, and has the
 //! flusher sync them before it answers. Deciding dedup and ordering
 //! here, on one thread, is what makes "check then write" atomic.
 
@@ -20,6 +20,7 @@ use super::index::{self, Mark, DEDUP_WALKED};
 use super::indexer::{self, Overlay, Work};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Loc, Status, Stored, Summary};
+use super::store;
 use super::{
     seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Outlets, ReadError,
     Replayed, Settings, Shared, Trees,
@@ -73,7 +74,7 @@ fn step_over(done: usize, deadline: std::time::Instant) -> bool {
 }
 
 pub(super) struct Committer {
-    db: sled::Db,
+    db: store::Db,
     pub(super) trees: Trees,
     pub(super) shared: Arc<Shared>,
     pub(super) settings: Arc<Settings>,
@@ -94,8 +95,8 @@ pub(super) struct Committer {
     handed_seq: u64,
     /// What the indexer has been handed and not yet written, for decisions.
     overlay: Overlay,
-    /// The dedup keys of the events in the window, and which ones sled holds: most new
-    /// ids are decided without sled. Shared with readers (`Core::remembers`).
+    /// The dedup keys of the events in the window, and which ones the index holds: most new
+    /// ids are decided without the index. Shared with readers (`Core::remembers`).
     prints: Arc<Mutex<Fingerprints>>,
     /// Whether the indexer fell `MAX_UNINDEXED` behind (said once until it catches up).
     index_behind: bool,
@@ -192,7 +193,7 @@ fn answer_after_flush<T: Send + 'static>(
 impl Committer {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        db: sled::Db,
+        db: store::Db,
         trees: Trees,
         prints: Arc<Mutex<Fingerprints>>,
         shared: Arc<Shared>,
@@ -252,7 +253,7 @@ impl Committer {
         while !closing {
             // While a sync runs, what arrives waits for the next one whenever it is
             // written: so take it all as one group once the sync is done (one write, one
-            // sync, and no wake-up of this thread per request). With sled off this
+            // sync, and no wake-up of this thread per request). With the index off this
             // thread, a group takes a fraction of a sync, so little overlap is lost;
             // measured, waiting for the sync cost nothing at 64 connections and gained
             // 11% at 256 over writing the next group during it, and then running the
@@ -528,7 +529,7 @@ impl Committer {
     }
 
     /// Waits until the index holds every event handed over: the commands that read and
-    /// write sled themselves see what the appends before them decided.
+    /// write the index themselves see what the appends before them decided.
     fn catch_up(&mut self) {
         self.send_to_indexer();
         self.wait_for_indexer(self.handed_seq);
@@ -546,7 +547,7 @@ impl Committer {
     }
 
     /// Puts an accepted event in the log under the next seq, and hands it to the
-    /// indexer: its answer waits for the log's sync, not for sled.
+    /// indexer: its answer waits for the log's sync, not for the index.
     /// `keys` are the dedup keys it is remembered under (`index::dedup_keys`), as the
     /// append looked them up.
     fn log_and_hand(
@@ -558,8 +559,8 @@ impl Committer {
         // A new event's deliveries are exactly those it matched (`index::apply` makes
         // each, the subscriptions being unchanged until the indexer has caught up).
         self.count_new(&created, loc, &created.deliveries);
-        // Once the table is full, the indexer writes them into sled.
-        created.keys_in_sled = !self.hold_keys(created.summary.seq, &keys);
+        // Once the table is full, the indexer writes them into the index.
+        created.keys_in_index = !self.hold_keys(created.summary.seq, &keys);
         self.overlay.add(&created, keys);
         // The index needs where the content is, not the content.
         created.content.body = bytes::Bytes::new();
@@ -613,7 +614,7 @@ impl Committer {
                 for key in keys {
                     self.trees
                         .dedup
-                        .insert(key, &value)
+                        .insert(key, value)
                         .map_err(|e| JournalError::Unwritable(e.to_string()))?;
                 }
             }
@@ -622,7 +623,7 @@ impl Committer {
     }
 
     /// Holds a new event's dedup keys in memory. Answers `false` once the table is full:
-    /// then they go into sled's `dedup` tree (counted as such here), which the caller
+    /// then they go into the index's `dedup` tree (counted as such here), which the caller
     /// sees to.
     fn hold_keys(&self, seq: u64, keys: &[Vec<u8>]) -> bool {
         let max = self.held_cap();
@@ -763,7 +764,7 @@ impl Committer {
             replay_key: event.replay_key,
             deliveries: Vec::new(),
             derived: None,
-            keys_in_sled: false,
+            keys_in_index: false,
         };
         let mut created = created;
         if !stale {
@@ -781,7 +782,7 @@ impl Committer {
     fn remembered(&self, key: &[u8], event: &NewEvent) -> Result<Option<u64>, JournalError> {
         let window_ms = self.settings.dedup_window.as_millis() as u64;
         let (seq, first_seen) = match self.overlay.dedup(key) {
-            // What the indexer has not written yet is newer than anything sled holds.
+            // What the indexer has not written yet is newer than anything the index holds.
             Some(value) => split_dedup_value(value).ok_or_else(damaged_entry)?,
             None => match self.key_owner(key)? {
                 Some(found) => found,
@@ -791,13 +792,13 @@ impl Committer {
         Ok((first_seen.saturating_add(window_ms) > event.received_at_ms).then_some(seq))
     }
 
-    /// The newest indexed event `key` is a dedup key of, from sled's `dedup` tree and
+    /// The newest indexed event `key` is a dedup key of, from the index's `dedup` tree and
     /// the table in memory (checked against each candidate's own entry): its seq and
     /// when it was first seen.
     pub(super) fn key_owner(&self, key: &[u8]) -> Result<Option<(u64, u64)>, JournalError> {
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
-        let (in_sled, seqs) = self.prints().lookup(key);
-        let in_sled = match in_sled {
+        let unwritable = |e: store::Error| JournalError::Unwritable(e.to_string());
+        let (in_index, seqs) = self.prints().lookup(key);
+        let in_index = match in_index {
             true => match self.trees.dedup.get(key).map_err(unwritable)? {
                 Some(found) => Some(split_dedup_value(&found).ok_or_else(damaged_entry)?),
                 None => None,
@@ -805,9 +806,9 @@ impl Committer {
             false => None,
         };
         let in_memory = fingerprints::owner(&self.trees.events, seqs, key).map_err(unwritable)?;
-        // Both may know the key (a journal written before the keys left sled, or an
+        // Both may know the key (a journal written before the keys left the index, or an
         // event retention removed): the newer event decides.
-        Ok(in_sled.into_iter().chain(in_memory).max())
+        Ok(in_index.into_iter().chain(in_memory).max())
     }
 
     /// Refuses a new event of `size` bytes while free disk space is below the floor.
@@ -833,7 +834,7 @@ impl Committer {
     /// leaves the queue, unless the event was replayed after it was published: then it
     /// stays queued and goes out again.
     fn update(&mut self, seq: u64, at_ms: u64, delivery: Delivery) -> Result<(), JournalError> {
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let unwritable = |e: store::Error| JournalError::Unwritable(e.to_string());
         let Some(mut stored) = self.stored(seq)? else {
             return Ok(());
         };
@@ -957,7 +958,7 @@ impl Committer {
         let removed = self
             .trees
             .queued
-            .remove(seq_key(seq))
+            .take(seq_key(seq))
             .map_err(|e| JournalError::Unwritable(e.to_string()))?;
         if removed.is_some() {
             self.shared.unqueued(size);
@@ -970,7 +971,7 @@ impl Committer {
     /// copy is appended under a new seq, so that consumers whose cursors are past the
     /// original read it again. Seqs the journal no longer has are skipped.
     fn replay(&mut self, seqs: &[u64], at_ms: u64) -> Result<Vec<Replayed>, JournalError> {
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let unwritable = |e: store::Error| JournalError::Unwritable(e.to_string());
         if self.settings.embedded {
             // Copies read their originals from the log, which may still hold some of
             // them only in this group's buffer.
@@ -1015,7 +1016,7 @@ impl Committer {
                     replay_key: None,
                     deliveries: Vec::new(),
                     derived: None,
-                    keys_in_sled: false,
+                    keys_in_index: false,
                 };
                 self.log_and_index(&created)?;
                 replayed.push(Replayed {
@@ -1036,7 +1037,7 @@ impl Committer {
             if before != Status::Queued {
                 self.trees
                     .queued
-                    .insert(seq_key(seq), &[])
+                    .insert(seq_key(seq), [])
                     .map_err(unwritable)?;
                 self.shared.queued(stored.summary().size);
                 self.shared.count(&stored.summary().source, |c| {
@@ -1106,7 +1107,7 @@ impl Committer {
         }
     }
 
-    /// Forgets the event's dedup keys, in sled (see [`index::forget`]) and in memory.
+    /// Forgets the event's dedup keys, in the index (see [`index::forget`]) and in memory.
     fn forget(&mut self, stored: &Stored) -> Result<(), JournalError> {
         let summary = stored.summary();
         let removed = index::forget(&self.trees, summary, stored.replay_key())
@@ -1122,7 +1123,7 @@ impl Committer {
     }
 
     /// Before an event inside its dedup window leaves the index, the keys held for it in
-    /// memory go into sled: its entry can no longer vouch for them.
+    /// memory go into the index: its entry can no longer vouch for them.
     fn keep_keys_in_index(&mut self, stored: &Stored) -> Result<(), JournalError> {
         let summary = stored.summary();
         let value = dedup_value(summary.seq, summary.received_at_ms);
@@ -1130,7 +1131,7 @@ impl Committer {
             if self.prints().let_go(&key, summary.seq) {
                 self.trees
                     .dedup
-                    .insert(&key, &value)
+                    .insert(&key, value)
                     .map_err(|e| JournalError::Unwritable(e.to_string()))?;
                 self.prints().add(&key);
             }
@@ -1139,7 +1140,7 @@ impl Committer {
     }
 
     fn compact(&mut self, now_ms: u64) -> Result<bool, JournalError> {
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let unwritable = |e: store::Error| JournalError::Unwritable(e.to_string());
         let retention_cutoff = now_ms.saturating_sub(self.settings.retention.as_millis() as u64);
         let dedup_cutoff = now_ms.saturating_sub(self.settings.dedup_window.as_millis() as u64);
         let mut more = false;
@@ -1174,7 +1175,7 @@ impl Committer {
         if walked != walked_from {
             self.trees
                 .meta
-                .insert(DEDUP_WALKED, &seq_key(walked))
+                .insert(DEDUP_WALKED, seq_key(walked))
                 .map_err(unwritable)?;
         }
 
@@ -1234,7 +1235,7 @@ impl Committer {
                         for dedup in index::dedup_keys(summary, stored.replay_key()) {
                             self.trees
                                 .dedup_expiry
-                                .insert(expiry_key(summary.received_at_ms, &dedup), &[])
+                                .insert(expiry_key(summary.received_at_ms, &dedup), [])
                                 .map_err(unwritable)?;
                         }
                     }

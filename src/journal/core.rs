@@ -1,5 +1,5 @@
 //! One opening of the journal ([`Core`]): recovery, the committer and index flusher
-//! threads it starts, and the reads that go straight to sled and the log.
+//! threads it starts, and the reads that go straight to the index and the log.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::deliveries::SubStats;
 use super::record::{self, Record, Status, Summary};
+use super::store;
 use super::subscription::{Delivery, DeliveryStatus};
 use super::{
     census, committer, index, log, seq_key, seq_of, subscription, Command, JournalError,
@@ -46,32 +47,17 @@ impl Core {
         outlets: Outlets,
         fresh: bool,
     ) -> Result<Core, JournalError> {
-        let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+        let unwritable = |e: store::Error| JournalError::Unwritable(e.to_string());
         let log_dir = settings.path.join("log");
         std::fs::create_dir_all(&log_dir).map_err(|e| {
             JournalError::Unwritable(format!("cannot create {}: {e}", log_dir.display()))
         })?;
-        let db = open_sled(&settings.path, settings.index_cache_bytes).map_err(|e| match e {
-            sled::Error::Io(e) if locked(&e) => JournalError::InUse {
-                pid: lock_holder(&db_path(&settings.path).join("db")),
-            },
-            e => unwritable(e),
-        })?;
-        let trees = Trees {
-            events: db.open_tree("events").map_err(unwritable)?,
-            queued: db.open_tree("queued").map_err(unwritable)?,
-            dedup: db.open_tree("dedup").map_err(unwritable)?,
-            dedup_expiry: db.open_tree("dedup_expiry").map_err(unwritable)?,
-            order: db.open_tree("order").map_err(unwritable)?,
-            meta: db.open_tree("meta").map_err(unwritable)?,
-            subscriptions: db.open_tree("subscriptions").map_err(unwritable)?,
-            deliveries: db.open_tree("deliveries").map_err(unwritable)?,
-            pending: db.open_tree("pending").map_err(unwritable)?,
-            sub_log: db.open_tree("sub_log").map_err(unwritable)?,
-            callbacks: db.open_tree("callbacks").map_err(unwritable)?,
-            deadlines: db.open_tree("deadlines").map_err(unwritable)?,
-            keep_queue: !settings.embedded,
-        };
+        let db =
+            store::Db::open(&settings.path, settings.index_cache_bytes).map_err(|e| match e {
+                store::OpenError::InUse { pid } => JournalError::InUse { pid },
+                e => JournalError::Unwritable(e.to_string()),
+            })?;
+        let trees = Trees::open(&db, !settings.embedded).map_err(unwritable)?;
         let meta = trees.meta.clone();
         // Read before recovery moves it: a census is good for this mark only.
         let covered = index::covered(&meta).map_err(unwritable)?;
@@ -175,7 +161,7 @@ impl Core {
             backlog: AtomicU64::new(
                 pending
                     + if trees.keep_queue {
-                        trees.queued.len() as u64
+                        trees.queued.len().map_err(unwritable)? as u64
                     } else {
                         counts.values().map(|c| c.queued).sum()
                     },
@@ -220,7 +206,7 @@ impl Core {
             _ => {
                 let mut prints =
                     super::fingerprints::Fingerprints::load(&trees.dedup).map_err(unwritable)?;
-                // The dedup keys are not in sled: the events inside the dedup window
+                // The dedup keys are not in the index: the events inside the dedup window
                 // hold them (those the expiry walk has passed are forgotten already).
                 let walked = trees
                     .meta
@@ -234,7 +220,7 @@ impl Core {
             }
         };
         tracing::debug!(
-            in_sled = prints.len(),
+            in_index = prints.len(),
             held = prints.held_count(),
             elapsed_ms = began.elapsed().as_millis() as u64,
             "dedup fingerprints loaded"
@@ -698,7 +684,7 @@ impl Core {
             return Ok((Vec::new(), cursor));
         }
         let range = self.trees.events.range(seq_key(start)..=seq_key(end));
-        let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+        let items: Box<dyn Iterator<Item = store::Result<(store::Bytes, store::Bytes)>>> =
             if newest_first {
                 Box::new(range.rev())
             } else {
@@ -764,7 +750,7 @@ const QUEUE_COMPLETE: &[u8] = b"queue_complete";
 /// mode (which does not keep it), every event still `queued` goes in. Embedded, notes
 /// that the tree is no longer kept.
 fn complete_the_queue(trees: &Trees) -> Result<(), JournalError> {
-    let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+    let unwritable = |e: store::Error| JournalError::Unwritable(e.to_string());
     if !trees.keep_queue {
         trees.meta.remove(QUEUE_COMPLETE).map_err(unwritable)?;
         return Ok(());
@@ -780,12 +766,13 @@ fn complete_the_queue(trees: &Trees) -> Result<(), JournalError> {
     for item in trees.events.iter() {
         let (key, bytes) = item.map_err(unwritable)?;
         if record::decode_summary(&bytes).is_ok_and(|s| s.status == Status::Queued)
-            && trees.queued.insert(key, &[]).map_err(unwritable)?.is_none()
+            && !trees.queued.contains_key(&key).map_err(unwritable)?
         {
+            trees.queued.insert(key, []).map_err(unwritable)?;
             added += 1;
         }
     }
-    trees.meta.insert(QUEUE_COMPLETE, &[]).map_err(unwritable)?;
+    trees.meta.insert(QUEUE_COMPLETE, []).map_err(unwritable)?;
     if added > 0 {
         tracing::info!(added, "queue rebuilt for the forwarder after embedded mode");
     }
@@ -840,7 +827,7 @@ pub(super) type Counted = (BTreeMap<String, SourceCounts>, Live, usize, u64);
 
 /// Counts the events of each source by status, and of each log segment; the records it
 /// could not read; and the queued events' bytes.
-pub(super) fn count_events(events: &sled::Tree) -> Result<Counted, JournalError> {
+pub(super) fn count_events(events: &store::Tree) -> Result<Counted, JournalError> {
     let mut counts: BTreeMap<String, SourceCounts> = BTreeMap::new();
     let mut live = Live::new();
     let mut unreadable = 0;
@@ -870,57 +857,7 @@ pub(super) fn count_events(events: &sled::Tree) -> Result<Counted, JournalError>
     Ok((counts, live, unreadable, queued_bytes))
 }
 
-/// Opens the index. sled's lock on its files outlives a closed opening by as long as its
-/// last background write takes, so a lock held a moment (a reopening after a write
-/// failure, a quick restart) is waited for, up to two seconds; a lock held longer is
-/// another process's, and an error.
-pub(super) fn open_sled(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
-    let mut tries = 0;
-    loop {
-        let opened = sled::Config::new()
-            .path(db_path(path))
-            // The index is flushed by our own background thread; sled's periodic flush
-            // on top of it only competes for the disk.
-            .flush_every_ms(None)
-            .cache_capacity(cache_bytes)
-            .open();
-        match opened {
-            // sled says so only in the message (its kind is `Other`).
-            Err(sled::Error::Io(e)) if tries < 40 && locked(&e) => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Whether sled failed to open because another opening holds its lock (it says so only
-/// in the message: its kind is `Other`).
-fn locked(e: &std::io::Error) -> bool {
-    e.to_string().starts_with("could not acquire lock")
-}
-
-/// The process holding the `flock` on `file`, from the kernel's `/proc/locks` (Linux);
-/// `None` when it cannot be told.
-fn lock_holder(file: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(file).ok()?.ino();
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    // `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF`
-    locks.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (kind, pid, id) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
-        let same = id.rsplit(':').next()?.parse::<u64>().ok()? == inode;
-        (*kind == "FLOCK" && same).then(|| pid.parse().ok())?
-    })
-}
-
 /// Where a clean close saves the dedup fingerprint table for the next opening.
 pub(super) fn fingerprints_path(dir: &Path) -> PathBuf {
     dir.join("fingerprints")
-}
-
-pub(super) fn db_path(dir: &Path) -> PathBuf {
-    dir.join("sled")
 }

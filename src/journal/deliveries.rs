@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 use super::committer::{dedup_key, Committer};
 use super::record::{Content, Created, Status, Summary};
+use super::store;
 use super::subscription::{
     self as sub, sub_id, Delivery, DeliveryAttempt, DeliveryStatus, Derived, Mode, Subscription,
 };
@@ -201,7 +202,7 @@ pub(super) fn count_pending(trees: &Trees) -> Result<(u64, u64), JournalError> {
     Ok((pending, bytes))
 }
 
-fn unwritable(e: sled::Error) -> JournalError {
+fn unwritable(e: store::Error) -> JournalError {
     JournalError::Unwritable(e.to_string())
 }
 
@@ -302,7 +303,7 @@ impl Committer {
             new.num = stored.max(after_existing);
             self.trees
                 .meta
-                .insert(NEXT_SUB, &seq_key(new.num + 1))
+                .insert(NEXT_SUB, seq_key(new.num + 1))
                 .map_err(unwritable)?;
         } else if self.subs.get(new.num).is_none() {
             return Err(JournalError::Conflict(format!(
@@ -405,11 +406,11 @@ impl Committer {
                 delivery.callback_deadline_ms = Some(deadline_ms);
                 self.trees
                     .callbacks
-                    .insert(hash, &sub::delivery_key(seq, num))
+                    .insert(hash, sub::delivery_key(seq, num))
                     .map_err(unwritable)?;
                 self.trees
                     .deadlines
-                    .insert(sub::deadline_key(deadline_ms, seq, num), &[])
+                    .insert(sub::deadline_key(deadline_ms, seq, num), [])
                     .map_err(unwritable)?;
                 self.succeeded(num, at_ms)?;
             }
@@ -663,7 +664,7 @@ impl Committer {
             replay_key: None,
             deliveries,
             derived: Some(derived),
-            keys_in_sled: false,
+            keys_in_index: false,
         };
         self.log_and_index(&created)?;
         Ok(Some(seq))

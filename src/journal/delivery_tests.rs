@@ -1,4 +1,4 @@
-//! Subscriptions' deliveries as journal state, on a real sled database and commit log:
+//! Subscriptions' deliveries as journal state, on a real fjall index and commit log:
 //! created with the event, rebuilt from the log after a crash, kept by retention while
 //! open, counted in the backlog, and ended by outcomes, leases, acks and callbacks.
 
@@ -196,7 +196,7 @@ async fn deliveries_the_index_lost_are_rebuilt_from_the_commit_log() {
     // As if the index had lost every delivery and its cover mark (its flush lagging the
     // log's when the power went).
     {
-        let db = core::open_sled(&dir.path().join("journal"), DEFAULT_INDEX_CACHE).unwrap();
+        let db = store::Db::open(&dir.path().join("journal"), DEFAULT_INDEX_CACHE).unwrap();
         for tree in ["deliveries", "pending", "sub_log"] {
             db.open_tree(tree).unwrap().clear().unwrap();
         }

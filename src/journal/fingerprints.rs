@@ -1,5 +1,5 @@
 //! The committer's table of dedup keys ([`Fingerprints`]): which event each key of the
-//! dedup window belongs to, kept in memory instead of in sled, checked against the
+//! dedup window belongs to, kept in memory instead of in the index, checked against the
 //! event's own index entry ([`owner`]), saved at a clean close and read again from the
 //! events after a crash.
 
@@ -8,27 +8,28 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use super::index::Mark;
+use super::store;
 use super::Trees;
 
 /// The dedup keys (ids and replay keys) of the events in the dedup window, kept by the
-/// committer instead of in sled: for each key's 64-bit fingerprint, the seq of the event
+/// committer instead of in the index: for each key's 64-bit fingerprint, the seq of the event
 /// it belongs to. That event's index entry records its id and replay key, and is what a
 /// hit is checked against, so a shared fingerprint never makes a duplicate of a new
-/// event; a key whose fingerprint is absent is new without a look into sled, which is
+/// event; a key whose fingerprint is absent is new without a look into the index, which is
 /// what most appends are. The index is spared a write per key (two of its three per
 /// GitHub event). A clean close saves the table; after a crash an opening reads the keys
 /// again from the events inside the dedup window.
 ///
-/// Keys sled's `dedup` tree holds (a journal written before, an event retention removed
+/// Keys the index's `dedup` tree holds (a journal written before, an event retention removed
 /// inside its window, keys past the table's limit) are counted here too, as a
-/// fingerprint with a count: present is a hint checked in sled, absent means sled does
+/// fingerprint with a count: present is a hint checked in the index, absent means the index does
 /// not hold the key. Counts go up on every key written and down on every key removed,
 /// so a count can be too high (a key written again over itself), never too low: a stale
-/// hint costs one sled read, a missing one would accept a duplicate. At most
-/// [`MAX_PRINTS`] are counted; past that every key is looked up in sled too.
+/// hint costs one index read, a missing one would accept a duplicate. At most
+/// [`MAX_PRINTS`] are counted; past that every key is looked up in the index too.
 ///
-/// At most [`MAX_HELD`] keys are held; past that new ones go into sled's `dedup` tree
-/// (`Created::keys_in_sled`), until an opening finds fewer again.
+/// At most [`MAX_HELD`] keys are held; past that new ones go into the index's `dedup` tree
+/// (`Created::keys_in_index`), until an opening finds fewer again.
 pub(super) struct Fingerprints {
     counts: HashMap<u64, u32, BuildHasherDefault<Passthrough>>,
     /// Key fingerprint -> seq of its event.
@@ -67,7 +68,7 @@ impl Hasher for Passthrough {
     }
 }
 
-/// The most keys in sled the fingerprint table counts.
+/// The most keys in the index the fingerprint table counts.
 const MAX_PRINTS: usize = 4 << 20;
 /// The most dedup keys the table holds (16 bytes each, about 140 MB with the map's
 /// slack): a dedup window of two million GitHub events (two keys each), or four million
@@ -76,7 +77,7 @@ pub(super) const MAX_HELD: usize = 4 << 20;
 
 impl Fingerprints {
     /// Counts every key of the `dedup` tree.
-    pub(super) fn load(dedup: &sled::Tree) -> Result<Fingerprints, sled::Error> {
+    pub(super) fn load(dedup: &store::Tree) -> Result<Fingerprints, store::Error> {
         Fingerprints::load_up_to(dedup, MAX_PRINTS)
     }
 
@@ -93,7 +94,7 @@ impl Fingerprints {
         }
     }
 
-    fn load_up_to(dedup: &sled::Tree, max: usize) -> Result<Fingerprints, sled::Error> {
+    fn load_up_to(dedup: &store::Tree, max: usize) -> Result<Fingerprints, store::Error> {
         let mut seed = [0; 8];
         // Without the operating system's randomness the seed is the time: the table
         // stays correct, only guessing its collisions gets easier.
@@ -114,7 +115,7 @@ impl Fingerprints {
         std::hash::BuildHasher::hash_one(&self.hasher, key)
     }
 
-    /// A key went into sled's `dedup` tree.
+    /// A key went into the index's `dedup` tree.
     pub(super) fn add(&mut self, key: &[u8]) {
         self.add_up_to(key, MAX_PRINTS);
     }
@@ -135,7 +136,7 @@ impl Fingerprints {
         *self.counts.entry(self.print(key)).or_default() += 1;
     }
 
-    /// A key left sled's `dedup` tree.
+    /// A key left the index's `dedup` tree.
     pub(super) fn remove(&mut self, key: &[u8]) {
         let print = self.print(key);
         if let Some(count) = self.counts.get_mut(&print) {
@@ -146,29 +147,29 @@ impl Fingerprints {
         }
     }
 
-    /// Whether sled's `dedup` tree may hold `key`; `false` means it does not (the
+    /// Whether the index's `dedup` tree may hold `key`; `false` means it does not (the
     /// journal asks [`Self::lookup`], which also answers the events it may belong to).
     #[cfg(test)]
     pub(super) fn may_hold(&self, key: &[u8]) -> bool {
-        self.sled_may_hold(self.print(key))
+        self.index_may_hold(self.print(key))
     }
 
-    fn sled_may_hold(&self, print: u64) -> bool {
+    fn index_may_hold(&self, print: u64) -> bool {
         self.full || self.counts.contains_key(&print)
     }
 
-    /// Where `key` may be, from one fingerprint: whether sled's `dedup` tree may hold it
+    /// Where `key` may be, from one fingerprint: whether the index's `dedup` tree may hold it
     /// (`false` means it does not), and the events it may belong to ([`Self::seqs`]).
     pub(super) fn lookup(&self, key: &[u8]) -> (bool, Vec<u64>) {
         let print = self.print(key);
-        (self.sled_may_hold(print), self.seqs_of(print))
+        (self.index_may_hold(print), self.seqs_of(print))
     }
 
     pub(super) fn len(&self) -> usize {
         self.counts.len()
     }
 
-    /// Whether the table gave up on some keys: every key is looked up in sled, or new
+    /// Whether the table gave up on some keys: every key is looked up in the index, or new
     /// keys go there. An opening builds such a table again.
     pub(super) fn is_full(&self) -> bool {
         self.full || self.spilled
@@ -176,7 +177,7 @@ impl Fingerprints {
 
     /// Holds `key`, a dedup key of the event `seq`, unless the table already holds `max`
     /// keys: then it answers `false`, and the key (and every new one after it) must go
-    /// into sled's `dedup` tree.
+    /// into the index's `dedup` tree.
     pub(super) fn keep(&mut self, key: &[u8], seq: u64, max: usize) -> bool {
         if self.spilled || self.held_count() >= max {
             if !self.spilled {
@@ -257,7 +258,7 @@ impl Fingerprints {
         trees: &Trees,
         from_seq: u64,
         max: usize,
-    ) -> Result<(), sled::Error> {
+    ) -> Result<(), store::Error> {
         for item in trees.events.range(super::seq_key(from_seq)..) {
             let (_, bytes) = item?;
             // An entry that cannot be read is reported where it is read; it vouches for
@@ -273,7 +274,7 @@ impl Fingerprints {
                 let held = self.keep(&key, summary.seq, max);
                 if !held && !trees.dedup.contains_key(&key)? {
                     let value = super::committer::dedup_value(summary.seq, summary.received_at_ms);
-                    trees.dedup.insert(&key, &value)?;
+                    trees.dedup.insert(&key, value)?;
                     self.add(&key);
                 }
             }
@@ -386,10 +387,10 @@ impl Fingerprints {
 /// nothing (a duplicate delivered is better than an event lost); its damage is reported
 /// where it is read.
 pub(super) fn owner(
-    events: &sled::Tree,
+    events: &store::Tree,
     seqs: Vec<u64>,
     key: &[u8],
-) -> Result<Option<(u64, u64)>, sled::Error> {
+) -> Result<Option<(u64, u64)>, store::Error> {
     let mut newest = None;
     for seq in seqs {
         let Some(bytes) = events.get(super::seq_key(seq))? else {
@@ -428,14 +429,14 @@ mod tests {
 
     #[test]
     fn a_fingerprint_goes_only_when_every_key_that_set_it_has_gone() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let (_dir, db) = store::Db::scratch();
         let dedup = db.open_tree("dedup").unwrap();
-        dedup.insert(b"s\0a", &[0u8; 16]).unwrap();
+        dedup.insert(b"s\0a", [0u8; 16]).unwrap();
         let mut prints = Fingerprints::load(&dedup).unwrap();
         assert!(prints.may_hold(b"s\0a"), "loaded from the index");
         assert!(!prints.may_hold(b"s\0b"));
         // Written again over itself: counted twice, so one removal leaves a hint (a
-        // sled read too many), never a miss.
+        // index read too many), never a miss.
         prints.add(b"s\0a");
         prints.remove(b"s\0a");
         assert!(prints.may_hold(b"s\0a"));
@@ -452,10 +453,10 @@ mod tests {
 
     #[test]
     fn past_its_limit_the_table_sends_every_id_to_the_index() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let (_dir, db) = store::Db::scratch();
         let dedup = db.open_tree("dedup").unwrap();
         for key in [b"s\0a", b"s\0b", b"s\0c"] {
-            dedup.insert(key, &[0u8; 16]).unwrap();
+            dedup.insert(key, [0u8; 16]).unwrap();
         }
         let mut prints = Fingerprints::load_up_to(&dedup, 2).unwrap();
         assert!(prints.may_hold(b"s\0z"), "full: anything may be there");
@@ -471,7 +472,7 @@ mod tests {
 
     #[test]
     fn keys_sharing_a_fingerprint_are_each_kept_and_let_go() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let (_dir, db) = store::Db::scratch();
         let mut prints = Fingerprints::load(&db.open_tree("dedup").unwrap()).unwrap();
         assert!(prints.keep(b"s\0\0r", 1, 10));
         // The same key for a later event (its window over), before event 1 is forgotten.
@@ -501,7 +502,7 @@ mod tests {
     fn a_saved_table_keeps_the_keys_it_holds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fingerprints");
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let (_dir, db) = store::Db::scratch();
         let mut prints = Fingerprints::load(&db.open_tree("dedup").unwrap()).unwrap();
         for n in 0..100u64 {
             prints.keep(format!("s\0\0r{n}").as_bytes(), n, 1000);
@@ -533,11 +534,11 @@ mod tests {
     fn a_saved_table_is_read_back_only_whole_and_for_its_own_mark() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fingerprints");
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let (_dir, db) = store::Db::scratch();
         let dedup = db.open_tree("dedup").unwrap();
         let keys: Vec<Vec<u8>> = (0..1000).map(|n| format!("s\0{n}").into_bytes()).collect();
         for key in &keys {
-            dedup.insert(key, &[0u8; 16]).unwrap();
+            dedup.insert(key, [0u8; 16]).unwrap();
         }
         let prints = Fingerprints::load(&dedup).unwrap();
         let mark = Mark {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::index::Mark;
+use super::store;
 use super::{JournalError, Outcome, Shared, Stages};
 
 pub(super) type AppendReply = (
@@ -32,7 +33,7 @@ pub(super) struct Sync {
 }
 
 pub(super) struct Flusher {
-    db: sled::Db,
+    db: store::Db,
     shared: Arc<Shared>,
     stages: Option<Stages>,
     /// A sync failed: no later one is trusted, as the kernel may have dropped the dirty
@@ -41,7 +42,7 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    pub(super) fn new(db: sled::Db, shared: Arc<Shared>, stages: Option<Stages>) -> Flusher {
+    pub(super) fn new(db: store::Db, shared: Arc<Shared>, stages: Option<Stages>) -> Flusher {
         Flusher {
             db,
             shared,

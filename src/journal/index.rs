@@ -1,6 +1,6 @@
-//! The index in sled and how it follows the commit log: [`apply`] writes what one log
+//! The index in fjall and how it follows the commit log: [`apply`] writes what one log
 //! entry means to the trees (the committer does it for each append, recovery for each
-//! entry the index may have missed); [`flush_in_background`] flushes sled a few times a
+//! entry the index may have missed); [`flush_in_background`] flushes the index a few times a
 //! second and records how far the log is covered; [`recover`] runs at open.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use super::committer::{
 };
 use super::log::{self, Found, Reader};
 use super::record::{self, Created, Index, Loc, Status, Stored, Summary};
+use super::store;
 use super::{seq_from, seq_key, seq_of, subscription, JournalError, Shared, Trees};
 
 /// The `meta` key under which the index records the log position it covers, as
@@ -58,7 +59,7 @@ pub fn apply(
     trees: &Trees,
     created: &Created,
     loc: Loc,
-) -> Result<Vec<subscription::Delivery>, sled::Error> {
+) -> Result<Vec<subscription::Delivery>, store::Error> {
     let summary = &created.summary;
     let index = Index {
         summary: summary.clone(),
@@ -72,7 +73,7 @@ pub fn apply(
     // prefix of these writes survives a crash, a dedup entry never points nowhere.
     trees.events.insert(key, record::encode_index(&index))?;
     if summary.status == Status::Queued && trees.keep_queue {
-        trees.queued.insert(key, &[])?;
+        trees.queued.insert(key, [])?;
     }
     apply_rest(trees, created)?;
     subscription::reapply(trees, created)
@@ -80,7 +81,7 @@ pub fn apply(
 
 /// [`apply`] for recovery: an event the index already holds keeps its entry, which may
 /// be newer than the log's (delivered, attempts); only what is missing is written.
-fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error> {
+fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), store::Error> {
     let key = seq_key(created.summary.seq);
     match trees.events.get(key)? {
         None => apply(trees, created, loc).map(drop),
@@ -89,7 +90,7 @@ fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error
                 .map(|s| s.status == Status::Queued)
                 .unwrap_or(false);
             if queued && trees.keep_queue {
-                trees.queued.insert(key, &[])?;
+                trees.queued.insert(key, [])?;
             }
             apply_rest(trees, created)?;
             subscription::reapply(trees, created).map(drop)
@@ -98,24 +99,24 @@ fn reapply(trees: &Trees, created: &Created, loc: Loc) -> Result<(), sled::Error
 }
 
 /// The ordering and dedup entries of an event.
-fn apply_rest(trees: &Trees, created: &Created) -> Result<(), sled::Error> {
+fn apply_rest(trees: &Trees, created: &Created) -> Result<(), store::Error> {
     let summary = &created.summary;
     if let (Some(order_key), Some(ts), Status::Queued) =
         (&created.content.order_key, created.order_ts, summary.status)
     {
         trees.order.insert(
             dedup_key(&summary.source, order_key),
-            &order_value(ts, summary.received_at_ms, summary.seq),
+            order_value(ts, summary.received_at_ms, summary.seq),
         )?;
     }
     // The committer keeps the dedup keys in memory, and the event's own entry (written
     // above) is what they are found again from after a crash; only once that table is
     // full do they go here. Their expiry needs no entry of its own: compaction finds
     // them by walking the events.
-    if created.remembered && created.keys_in_sled {
+    if created.remembered && created.keys_in_index {
         let value = dedup_value(summary.seq, summary.received_at_ms);
         for key in dedup_keys(summary, created.replay_key.as_deref()) {
-            trees.dedup.insert(key, &value)?;
+            trees.dedup.insert(key, value)?;
         }
     }
     Ok(())
@@ -142,7 +143,7 @@ pub fn forget(
     trees: &Trees,
     summary: &Summary,
     replay_key: Option<&str>,
-) -> Result<Vec<Vec<u8>>, sled::Error> {
+) -> Result<Vec<Vec<u8>>, store::Error> {
     let mut removed = Vec::new();
     for key in dedup_keys(summary, replay_key) {
         let points_here = trees
@@ -200,9 +201,9 @@ struct Spot {
 /// cuts off a torn tail of the newest segment, marks the events of damaged entries
 /// `damaged` (each costs its own event only), and removes index entries whose log entry
 /// never became durable (their appends were never answered).
-pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered, JournalError> {
+pub fn recover(trees: &Trees, meta: &store::Tree, dir: &Path) -> Result<Recovered, JournalError> {
     let io = |e: std::io::Error| JournalError::Unwritable(format!("commit log: {e}"));
-    let unwritable = |e: sled::Error| JournalError::Unwritable(e.to_string());
+    let unwritable = |e: store::Error| JournalError::Unwritable(e.to_string());
     let covered = covered(meta).map_err(unwritable)?;
     let mut segments = log::segments(dir).map_err(io)?;
     // A segment created ahead of need and never written: not part of the log. A new one
@@ -372,7 +373,7 @@ pub fn recover(trees: &Trees, meta: &sled::Tree, dir: &Path) -> Result<Recovered
             .map_err(unwritable)?
             .and_then(|v| seq_from(&v));
         if walked.is_some_and(|walked| walked > last_seq) {
-            meta.insert(DEDUP_WALKED, &seq_key(last_seq))
+            meta.insert(DEDUP_WALKED, seq_key(last_seq))
                 .map_err(unwritable)?;
         }
     }
@@ -412,7 +413,7 @@ impl Damage {
     /// Marks each damaged event `damaged` in the index: an event the index holds keeps
     /// its summary (and so its dedup entry); one it never held gets a record with its
     /// seq alone, so that the gap is visible. Answers how many.
-    fn mark(self, trees: &Trees) -> Result<u64, sled::Error> {
+    fn mark(self, trees: &Trees) -> Result<u64, store::Error> {
         let mut marked = 0;
         for (seqs, spot, received_after_ms) in self.runs {
             let (segment, offset) = spot.map_or((0, 0), |s| (s.segment, s.offset));
@@ -430,7 +431,7 @@ impl Damage {
                         index.summary.status = Status::Damaged;
                         index
                     }
-                    // Whole records in sled do not depend on the log.
+                    // Whole records in the index do not depend on the log.
                     Some(Ok(Stored::Inline(_))) => continue,
                     Some(Err(_)) | None if received_after_ms.is_none() => continue,
                     Some(Err(_)) | None => Index {
@@ -465,13 +466,13 @@ impl Damage {
 }
 
 /// The log position the index covers, if it records one.
-pub fn covered(meta: &sled::Tree) -> Result<Option<Mark>, sled::Error> {
+pub fn covered(meta: &store::Tree) -> Result<Option<Mark>, store::Error> {
     Ok(meta.get(COVERED)?.and_then(|v| Mark::decode(&v)))
 }
 
 /// Records `mark` as covered; it is durable with the next flush.
-pub fn cover(meta: &sled::Tree, mark: Mark) -> Result<(), sled::Error> {
-    meta.insert(COVERED, &mark.encode()).map(drop)
+pub fn cover(meta: &store::Tree, mark: Mark) -> Result<(), store::Error> {
+    meta.insert(COVERED, mark.encode()).map(drop)
 }
 
 /// Asks the background flusher to stop after one last flush.
@@ -501,8 +502,8 @@ impl Stop {
 /// Flushes the index a few times a second, records the log position that flush covers,
 /// and then deletes the log segments no event refers to any more.
 pub fn flush_in_background(
-    db: sled::Db,
-    meta: sled::Tree,
+    db: store::Db,
+    meta: store::Tree,
     shared: Arc<Shared>,
     reader: Arc<Reader>,
     stop: Arc<Stop>,

@@ -1,8 +1,8 @@
 //! The indexer: the second thread of group commit. The committer decides dedup and
 //! ordering from the index, its table of dedup keys (`fingerprints`) and what it has
 //! handed here and not yet seen applied (its [`Overlay`]), writes the log, and hands each
-//! accepted event to this thread, which writes it into sled behind the log while the
-//! committer syncs and answers. So sled is off the path of an `accepted`: the answer
+//! accepted event to this thread, which writes it into the index behind the log while the
+//! committer syncs and answers. So the index is off the path of an `accepted`: the answer
 //! waits for the log's sync, never for the index.
 //!
 //! Readers see an event once it is both synced and indexed (the `published` seq is the
@@ -39,7 +39,7 @@ pub(super) struct Progress {
     moved: Condvar,
     /// The seq readers are told of: the newest both synced and indexed.
     published: watch::Sender<u64>,
-    /// Tests hold the indexer to see what the journal does while sled lags.
+    /// Tests hold the indexer to see what the journal does while the index lags.
     #[cfg(test)]
     held: Mutex<bool>,
     #[cfg(test)]
@@ -50,7 +50,7 @@ pub(super) struct Progress {
 struct State {
     /// The newest mark whose events are all in the index.
     mark: Option<Mark>,
-    /// Why the index stopped following the log: a sled write failed.
+    /// Why the index stopped following the log: an index write failed.
     failed: Option<String>,
 }
 
@@ -129,7 +129,7 @@ impl Progress {
     }
 
     /// Waits until the index holds every event up to `seq`; `Err` says why it never
-    /// will (a sled write failed), or that `timeout` passed.
+    /// will (an index write failed), or that `timeout` passed.
     pub(super) fn wait_for(&self, seq: u64, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state.lock().expect("index progress lock");
@@ -253,7 +253,7 @@ pub(super) fn run(work: mpsc::Receiver<Work>, trees: Trees, shared: std::sync::A
 }
 
 /// What the committer accepted and the indexer has not yet written: the dedup and order
-/// entries a decision must see before sled has them.
+/// entries a decision must see before the index has them.
 #[derive(Default)]
 pub(super) struct Overlay {
     dedup: HashMap<Vec<u8>, [u8; 16]>,
@@ -306,7 +306,7 @@ impl Overlay {
         self.handed.get(n).map(|(seq, _, _)| *seq)
     }
 
-    /// Drops what the index now holds (every event up to `indexed`): sled answers for
+    /// Drops what the index now holds (every event up to `indexed`): the index answers for
     /// those keys from now on. A key a later event set again stays.
     pub(super) fn prune(&mut self, indexed: u64) {
         while let Some((seq, _, _)) = self.handed.front() {

@@ -1,6 +1,6 @@
 //! The commit log: append-only segment files that hold what each append wrote, and are
 //! what an `accepted` waits for. Each group of appends is written with one `write` and
-//! made durable with one `fdatasync`; sled, which holds the index (summaries, status,
+//! made durable with one `fdatasync`; fjall, which holds the index (summaries, status,
 //! dedup, ordering), is flushed in the background. After a crash, the entries past the
 //! index's last flushed position are written into the index again ([`scan`]).
 //!

@@ -2,7 +2,7 @@
 //!
 //! - the commit log ([`log`]): append-only segment files holding each event as it was
 //!   accepted. This is what an `accepted` waits for.
-//! - the index, in sled ([`index`]): `events` (seq -> summary, status, attempts and where
+//! - the index, in fjall ([`index`]): `events` (seq -> summary, status, attempts and where
 //!   the content is in the log), `queued` (seq -> ()), `dedup` (source\0id -> seq and
 //!   first-seen time), `order` (source\0key -> newest timestamp), `meta` (how far the
 //!   log is covered, how far dedup expiry has walked the events) and `dedup_expiry`
@@ -12,14 +12,14 @@
 //! Writes go through one committer thread ([`committer`]) that decides everything
 //! queued, writes the group's log entries with one `write`, runs one `fdatasync` for the
 //! group ([`flusher`]: group commit) and only then answers, and hands the accepted events
-//! to an indexer thread ([`indexer`]), which writes them into sled behind the log. So an
+//! to an indexer thread ([`indexer`]), which writes them into the index behind the log. So an
 //! answer of `accepted` or `duplicate` always follows an fsync that covers its event and
-//! never waits for sled, and because one thread decides (from the index plus what the
+//! never waits for the index, and because one thread decides (from the index plus what the
 //! indexer has not written yet), the dedup check and the write are one step: two copies
 //! of an event can never both be accepted. Commands other than appends wait for the
-//! indexer first and work on sled directly. Sled is flushed in the background, never
+//! indexer first and work on the index directly. The index is flushed in the background, never
 //! claiming more of the log than the indexer wrote; at open, log entries the index had
-//! not durably covered are written into it again. Reads go straight to sled and the log,
+//! not durably covered are written into it again. Reads go straight to the index and the log,
 //! once the index covers what was acknowledged before them.
 
 mod census;
@@ -33,6 +33,7 @@ mod index;
 mod indexer;
 pub(crate) mod log;
 pub mod record;
+mod store;
 pub mod subscription;
 
 use std::collections::BTreeMap;
@@ -76,12 +77,13 @@ pub struct Settings {
     pub delivery: DeliveryPolicy,
     /// A commit log segment is closed once it holds this much.
     pub segment_bytes: u64,
-    /// What sled may keep of the index in memory (its `cache_capacity`).
+    /// How much of the index's blocks fjall may keep in memory (its block cache).
     pub index_cache_bytes: u64,
 }
 
-/// sled's own default for its cache.
-pub const DEFAULT_INDEX_CACHE: u64 = 1 << 30;
+/// The index's block cache unless configured: twice fjall's own default, as the events'
+/// entries are read back by the forwarder and the pull API soon after they are written.
+pub const DEFAULT_INDEX_CACHE: u64 = 64 << 20;
 
 /// What the journal decides about deliveries itself (the workers decide the rest).
 #[derive(Clone, Debug)]
@@ -291,21 +293,41 @@ impl Command {
 
 #[derive(Clone)]
 struct Trees {
-    events: sled::Tree,
-    queued: sled::Tree,
-    dedup: sled::Tree,
-    dedup_expiry: sled::Tree,
-    order: sled::Tree,
-    meta: sled::Tree,
-    subscriptions: sled::Tree,
-    deliveries: sled::Tree,
-    pending: sled::Tree,
-    sub_log: sled::Tree,
-    callbacks: sled::Tree,
-    deadlines: sled::Tree,
+    events: store::Tree,
+    queued: store::Tree,
+    dedup: store::Tree,
+    dedup_expiry: store::Tree,
+    order: store::Tree,
+    meta: store::Tree,
+    subscriptions: store::Tree,
+    deliveries: store::Tree,
+    pending: store::Tree,
+    sub_log: store::Tree,
+    callbacks: store::Tree,
+    deadlines: store::Tree,
     /// Whether the `queued` tree is kept: only a forwarder reads it. In embedded mode
     /// the backlog is counted from the events' status instead.
     keep_queue: bool,
+}
+
+impl Trees {
+    fn open(db: &store::Db, keep_queue: bool) -> store::Result<Trees> {
+        Ok(Trees {
+            events: db.open_tree("events")?,
+            queued: db.open_tree("queued")?,
+            dedup: db.open_tree("dedup")?,
+            dedup_expiry: db.open_tree("dedup_expiry")?,
+            order: db.open_tree("order")?,
+            meta: db.open_tree("meta")?,
+            subscriptions: db.open_tree("subscriptions")?,
+            deliveries: db.open_tree("deliveries")?,
+            pending: db.open_tree("pending")?,
+            sub_log: db.open_tree("sub_log")?,
+            callbacks: db.open_tree("callbacks")?,
+            deadlines: db.open_tree("deadlines")?,
+            keep_queue,
+        })
+    }
 }
 
 struct Shared {
@@ -430,7 +452,7 @@ pub struct Replayed {
 
 /// A handle on the journal; cheap to clone. It reaches the journal's current opening
 /// ([`core::Core`]). After a write or sync failed, that opening refuses new events for
-/// good (a failed sync is never trusted again, and sled refuses every write after one
+/// good (a failed sync is never trusted again, and fjall refuses every write after one
 /// of its own failed), so [`Journal::heal`] replaces it, once writes work again, with a
 /// new opening of the same files: no restart is needed.
 #[derive(Clone)]
@@ -875,7 +897,7 @@ impl Journal {
             *self.slot.write().expect("journal slot lock") = None;
             core.close().await;
             healing.cut = durable.map(|m| (m.segment, m.offset)).or(healing.cut);
-            // In-flight calls hold it a moment longer; sled's lock goes with the last.
+            // In-flight calls hold it a moment longer; the index's lock goes with the last.
             let mut core = core;
             for _ in 0..50 {
                 match Arc::try_unwrap(core) {

@@ -4,13 +4,13 @@
 //!
 //! Version 2 added `replay_of` to the summary and `replays` to the record; version 1
 //! records are still read (as never replayed). Version 3 keeps only the [`Index`] in
-//! sled: the summary, the delivery attempts, and where the [`Content`] is in the commit
+//! the index: the summary, the delivery attempts, and where the [`Content`] is in the commit
 //! log. Journals written by earlier versions keep their records whole ([`Stored::Inline`]).
 //! A later version adds a variant to [`decode_stored`] the same way.
 
 use serde::{Deserialize, Serialize};
 
-/// The version of a whole record kept in sled (written only to update an old journal's
+/// The version of a whole record kept in the index (written only to update an old journal's
 /// records).
 pub const VERSION: u8 = 2;
 /// The version of an [`Index`]. Version 4 added `replay_key`; version 3 indexes are read
@@ -140,11 +140,11 @@ pub struct Created {
     /// For an event hookgate made itself (`{type}.finished`, operational events): what
     /// it came from.
     pub derived: Option<super::subscription::Derived>,
-    /// Whether the index writes its dedup keys into sled's `dedup` tree: the committer
+    /// Whether the indexer writes its dedup keys into the index's `dedup` tree: the committer
     /// keeps them in memory until its table is full (see `fingerprints::Fingerprints`). Not
     /// in the log: recovery leaves them to the table, which reads them from the events.
     #[serde(skip)]
-    pub keys_in_sled: bool,
+    pub keys_in_index: bool,
 }
 
 /// A [`Created`] as entries before subscriptions hold it.
@@ -350,7 +350,7 @@ pub fn decode_created(bytes: &[u8]) -> Result<Created, DecodeError> {
         replay_key,
         deliveries: Vec::new(),
         derived: None,
-        keys_in_sled: false,
+        keys_in_index: false,
     })
 }
 
@@ -567,7 +567,7 @@ mod tests {
             replay_key: None,
             deliveries: Vec::new(),
             derived: None,
-            keys_in_sled: false,
+            keys_in_index: false,
         };
         let mut bytes = Vec::new();
         encode_created(&created, &mut bytes);

@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::record::Created;
+use super::store;
 use super::{seq_key, Trees};
 
 const VERSION: u8 = 1;
@@ -326,14 +327,14 @@ pub fn split_key(key: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Writes a delivery and keeps `pending` and `sub_log` in step with its status.
-pub(super) fn put(trees: &Trees, delivery: &Delivery) -> Result<(), sled::Error> {
+pub(super) fn put(trees: &Trees, delivery: &Delivery) -> Result<(), store::Error> {
     trees
         .deliveries
         .insert(delivery_key(delivery.seq, delivery.sub), encode(delivery))?;
     let key = sub_key(delivery.sub, delivery.seq);
-    trees.sub_log.insert(key, &[delivery.status.byte()])?;
+    trees.sub_log.insert(key, [delivery.status.byte()])?;
     if delivery.status == DeliveryStatus::Pending {
-        trees.pending.insert(key, &delivery.size.to_be_bytes())?;
+        trees.pending.insert(key, delivery.size.to_be_bytes())?;
     } else {
         trees.pending.remove(key)?;
     }
@@ -341,7 +342,7 @@ pub(super) fn put(trees: &Trees, delivery: &Delivery) -> Result<(), sled::Error>
 }
 
 /// A delivery as stored; `None` when there is none (or it cannot be read).
-pub(super) fn get(trees: &Trees, seq: u64, num: u64) -> Result<Option<Delivery>, sled::Error> {
+pub(super) fn get(trees: &Trees, seq: u64, num: u64) -> Result<Option<Delivery>, store::Error> {
     Ok(trees
         .deliveries
         .get(delivery_key(seq, num))?
@@ -349,7 +350,7 @@ pub(super) fn get(trees: &Trees, seq: u64, num: u64) -> Result<Option<Delivery>,
 }
 
 /// Every stored subscription, by number.
-pub(super) fn all_subscriptions(trees: &Trees) -> Result<Vec<Subscription>, sled::Error> {
+pub(super) fn all_subscriptions(trees: &Trees) -> Result<Vec<Subscription>, store::Error> {
     let mut found = Vec::new();
     for item in trees.subscriptions.iter() {
         let (_, bytes) = item?;
@@ -363,7 +364,7 @@ pub(super) fn all_subscriptions(trees: &Trees) -> Result<Vec<Subscription>, sled
 
 /// The deliveries a log entry created, and the delivery a derived event ended: written
 /// again by recovery where the index lost them. Answers the new pending ones.
-pub(super) fn reapply(trees: &Trees, created: &Created) -> Result<Vec<Delivery>, sled::Error> {
+pub(super) fn reapply(trees: &Trees, created: &Created) -> Result<Vec<Delivery>, store::Error> {
     let seq = created.summary.seq;
     let mut made = Vec::new();
     for &num in &created.deliveries {
@@ -400,7 +401,7 @@ pub(super) fn reapply(trees: &Trees, created: &Created) -> Result<Vec<Delivery>,
 
 /// Removes what awaits a delivery's callback, and its token's hash: the callback URL is
 /// of no use from then on.
-pub(super) fn end_callback(trees: &Trees, delivery: &mut Delivery) -> Result<(), sled::Error> {
+pub(super) fn end_callback(trees: &Trees, delivery: &mut Delivery) -> Result<(), store::Error> {
     if let Some(deadline) = delivery.callback_deadline_ms {
         trees
             .deadlines
@@ -414,7 +415,7 @@ pub(super) fn end_callback(trees: &Trees, delivery: &mut Delivery) -> Result<(),
 
 /// Every delivery of an event (compacted, or never answered), with what refers to them.
 /// Answers the removed ones.
-pub(super) fn remove_all_of(trees: &Trees, seq: u64) -> Result<Vec<Delivery>, sled::Error> {
+pub(super) fn remove_all_of(trees: &Trees, seq: u64) -> Result<Vec<Delivery>, store::Error> {
     let mut removed = Vec::new();
     let range = delivery_key(seq, 0)..=delivery_key(seq, u64::MAX);
     for item in trees.deliveries.range(range) {

@@ -1,4 +1,4 @@
-//! The journal's rules on a real sled database in a temporary directory: dedup within
+//! The journal's rules on a real fjall index in a temporary directory: dedup within
 //! its window, staleness by order key, backlog, compaction and reopening.
 
 use std::path::Path;
@@ -416,7 +416,14 @@ async fn the_threads_that_keep_the_index_run_below_the_request_path() {
     // Other tests open journals too; a thread of theirs that has only just started may
     // not have lowered itself yet, so wait (briefly) until every one has.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    for name in ["journal-indexer", "journal-index"] {
+    // fjall's own threads (flushing its memtables, compacting) too.
+    for name in [
+        "journal-indexer",
+        "journal-index",
+        "flusher",
+        "compactor",
+        "monitor",
+    ] {
         loop {
             let found = nice_of_threads(name);
             assert!(!found.is_empty(), "no thread named {name}");
@@ -466,7 +473,7 @@ async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_no
         answered(journal.append(ordered("new", "k", 10))).await,
         Ok(Outcome::Accepted(2))
     );
-    // Both decided from what the indexer holds and sled does not have yet.
+    // Both decided from what the indexer holds and the index does not have yet.
     assert_eq!(
         answered(journal.append(event("a", HOUR_MS + 1))).await,
         Ok(Outcome::Duplicate(1))
@@ -478,8 +485,8 @@ async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_no
     let (indexed, synced) = core.index_progress();
     assert_eq!((indexed, synced), (0, 3), "synced, not indexed");
     // The entry a dedup hit on "a" is checked against.
-    let sled_has_a = || core.trees().events.get(seq_key(1)).unwrap().is_some();
-    assert!(!sled_has_a());
+    let index_has_a = || core.trees().events.get(seq_key(1)).unwrap().is_some();
+    assert!(!index_has_a());
     assert_eq!(
         *published.borrow(),
         0,
@@ -503,7 +510,7 @@ async fn answers_wait_for_the_log_not_the_index_and_decisions_see_what_it_has_no
         .await
         .unwrap()
         .unwrap();
-    assert!(sled_has_a());
+    assert!(index_has_a());
     assert_eq!(
         journal.append(event("a", HOUR_MS + 2)).await,
         Ok(Outcome::Duplicate(1)),
@@ -546,24 +553,10 @@ async fn a_reader_that_starts_after_an_answer_is_shown_its_event() {
     journal.close().await;
 }
 
-/// The sled trees of a closed journal, for tests that change the index behind its back.
-fn raw_index(dir: &Path) -> (sled::Db, Trees, sled::Tree) {
-    let db = core::open_sled(&dir.join("journal"), DEFAULT_INDEX_CACHE).unwrap();
-    let trees = Trees {
-        events: db.open_tree("events").unwrap(),
-        queued: db.open_tree("queued").unwrap(),
-        dedup: db.open_tree("dedup").unwrap(),
-        dedup_expiry: db.open_tree("dedup_expiry").unwrap(),
-        order: db.open_tree("order").unwrap(),
-        meta: db.open_tree("meta").unwrap(),
-        subscriptions: db.open_tree("subscriptions").unwrap(),
-        deliveries: db.open_tree("deliveries").unwrap(),
-        pending: db.open_tree("pending").unwrap(),
-        sub_log: db.open_tree("sub_log").unwrap(),
-        callbacks: db.open_tree("callbacks").unwrap(),
-        deadlines: db.open_tree("deadlines").unwrap(),
-        keep_queue: true,
-    };
+/// The index of a closed journal, for tests that change it behind the journal's back.
+fn raw_index(dir: &Path) -> (store::Db, Trees, store::Tree) {
+    let db = store::Db::open(&dir.join("journal"), DEFAULT_INDEX_CACHE).unwrap();
+    let trees = Trees::open(&db, true).unwrap();
     let meta = trees.meta.clone();
     (db, trees, meta)
 }
@@ -619,7 +612,7 @@ async fn the_index_is_rebuilt_from_the_commit_log_after_a_crash() {
             replay_key: None,
             deliveries: Vec::new(),
             derived: None,
-            keys_in_sled: false,
+            keys_in_index: false,
         };
         let nowhere = record::Loc {
             offset: 1 << 30,
@@ -865,7 +858,7 @@ fn created(seq: u64, id: &str) -> record::Created {
         replay_key: None,
         deliveries: Vec::new(),
         derived: None,
-        keys_in_sled: false,
+        keys_in_index: false,
     }
 }
 
@@ -1244,11 +1237,11 @@ async fn a_short_dedup_value_in_the_index_is_an_error_not_a_panic() {
         let (db, trees, _) = raw_index(dir.path());
         trees
             .dedup
-            .insert(committer::dedup_key("s", "broken"), &[1, 2, 3])
+            .insert(committer::dedup_key("s", "broken"), [1, 2, 3])
             .unwrap();
         trees
             .order
-            .insert(committer::dedup_key("s", "k"), &[9])
+            .insert(committer::dedup_key("s", "k"), [9])
             .unwrap();
         // The close's census (and the fingerprints saved with it) describe the index
         // before this change: an index changed behind the journal's back is counted
@@ -1711,8 +1704,8 @@ fn signed(id: &str, replay: &str, at_ms: u64) -> NewEvent {
     }
 }
 
-/// Whether sled's `dedup` tree holds the replay key `replay` of source `s`.
-fn replay_in_sled(journal: &Journal, replay: &str) -> bool {
+/// Whether the index's `dedup` tree holds the replay key `replay` of source `s`.
+fn replay_in_index(journal: &Journal, replay: &str) -> bool {
     journal
         .core()
         .unwrap()
@@ -1722,8 +1715,8 @@ fn replay_in_sled(journal: &Journal, replay: &str) -> bool {
         .unwrap()
 }
 
-/// Whether sled's `dedup` tree holds the id `id` of source `s`.
-fn id_in_sled(journal: &Journal, id: &str) -> bool {
+/// Whether the index's `dedup` tree holds the id `id` of source `s`.
+fn id_in_index(journal: &Journal, id: &str) -> bool {
     journal
         .core()
         .unwrap()
@@ -1764,10 +1757,10 @@ async fn dedup_keys_live_in_memory_and_come_back_after_a_close_and_after_a_crash
         journal.append(signed("b", "r2", HOUR_MS)).await,
         Ok(Outcome::Accepted(2))
     );
-    // Indexed: neither key is in sled (the event's entry holds both).
+    // Indexed: neither key is in the index (the event's entry holds both).
     assert!(journal.get(2).unwrap().is_some());
     assert!(journal.remembers("s", "a"));
-    assert!(!id_in_sled(&journal, "a") && !replay_in_sled(&journal, "r1"));
+    assert!(!id_in_index(&journal, "a") && !replay_in_index(&journal, "r1"));
     assert_eq!(
         journal.append(signed("forged", "r1", HOUR_MS + 1)).await,
         Ok(Outcome::Duplicate(1)),
@@ -1808,8 +1801,8 @@ async fn dedup_keys_live_in_memory_and_come_back_after_a_close_and_after_a_crash
         Ok(Outcome::Accepted(4))
     );
     assert!(journal.get(4).unwrap().is_some());
-    assert!(!id_in_sled(&journal, "b") && !replay_in_sled(&journal, "r2"));
-    assert!(!id_in_sled(&journal, "d") && !replay_in_sled(&journal, "r4"));
+    assert!(!id_in_index(&journal, "b") && !replay_in_index(&journal, "r2"));
+    assert!(!id_in_index(&journal, "d") && !replay_in_index(&journal, "r4"));
     journal.close().await;
 }
 
@@ -1875,7 +1868,7 @@ async fn keys_outlive_their_event_compacted_inside_the_window() {
     journal.compact(3 * HOUR_MS).await.unwrap();
     assert!(journal.get(1).unwrap().is_none());
     assert!(
-        id_in_sled(&journal, "gone") && replay_in_sled(&journal, "r"),
+        id_in_index(&journal, "gone") && replay_in_index(&journal, "r"),
         "its entry can no longer vouch for its keys: sled holds them"
     );
     assert_eq!(
@@ -1898,7 +1891,7 @@ async fn keys_outlive_their_event_compacted_inside_the_window() {
     );
     journal.compact(83 * HOUR_MS).await.unwrap();
     assert!(
-        !id_in_sled(&journal, "gone") && !replay_in_sled(&journal, "r"),
+        !id_in_index(&journal, "gone") && !replay_in_index(&journal, "r"),
         "their expiry entries removed them"
     );
     assert_eq!(
@@ -1918,11 +1911,11 @@ async fn past_the_tables_limit_dedup_keys_go_into_the_index() {
     }
     assert!(journal.get(3).unwrap().is_some());
     assert!(
-        !id_in_sled(&journal, "a") && !replay_in_sled(&journal, "r1"),
+        !id_in_index(&journal, "a") && !replay_in_index(&journal, "r1"),
         "held in memory"
     );
     for (id, replay) in [("b", "r2"), ("c", "r3")] {
-        assert!(id_in_sled(&journal, id) && replay_in_sled(&journal, replay));
+        assert!(id_in_index(&journal, id) && replay_in_index(&journal, replay));
     }
     assert_remembered(&journal, HOUR_MS + 1).await;
     journal.close().await;
@@ -1936,7 +1929,7 @@ async fn past_the_tables_limit_dedup_keys_go_into_the_index() {
         .unwrap();
     assert!(journal.get(4).unwrap().is_some());
     assert!(
-        !id_in_sled(&journal, "d") && !replay_in_sled(&journal, "r4"),
+        !id_in_index(&journal, "d") && !replay_in_index(&journal, "r4"),
         "in memory again"
     );
     journal.close().await;
@@ -1955,16 +1948,92 @@ async fn an_opening_that_finds_more_keys_than_it_holds_writes_the_rest_into_the_
     let mut prints = fingerprints::Fingerprints::load(&trees.dedup).unwrap();
     prints.load_held(&trees, 1, 2).unwrap();
     assert_eq!(prints.held_count(), 2);
-    let in_sled = |key: Vec<u8>| trees.dedup.contains_key(key).unwrap();
-    assert!(!in_sled(committer::dedup_key("s", "a")));
-    assert!(!in_sled(committer::replay_dedup_key("s", "r1")));
+    let in_index = |key: Vec<u8>| trees.dedup.contains_key(key).unwrap();
+    assert!(!in_index(committer::dedup_key("s", "a")));
+    assert!(!in_index(committer::replay_dedup_key("s", "r1")));
     for (id, replay) in [("b", "r2"), ("c", "r3")] {
-        assert!(in_sled(committer::dedup_key("s", id)));
-        assert!(in_sled(committer::replay_dedup_key("s", replay)));
+        assert!(in_index(committer::dedup_key("s", id)));
+        assert!(in_index(committer::replay_dedup_key("s", replay)));
         assert!(
             prints.may_hold(&committer::dedup_key("s", id)),
             "and counted"
         );
     }
     assert!(prints.is_full(), "new ones go there too");
+}
+
+/// What an earlier hookgate left: the same trees, in sled.
+fn index_back_to_sled(dir: &Path) {
+    let journal = dir.join("journal");
+    {
+        let (_db, trees, _) = raw_index(dir);
+        let sled = sled::open(store::sled_dir(&journal)).unwrap();
+        let copied = [
+            ("events", &trees.events),
+            ("queued", &trees.queued),
+            ("meta", &trees.meta),
+            ("dedup", &trees.dedup),
+        ];
+        for (name, tree) in copied {
+            let to = sled.open_tree(name).unwrap();
+            for item in tree.iter() {
+                let (key, value) = item.unwrap();
+                to.insert(&*key, &*value).unwrap();
+            }
+        }
+        sled.flush().unwrap();
+    }
+    std::fs::remove_dir_all(store::dir(&journal)).unwrap();
+}
+
+#[tokio::test]
+async fn an_index_kept_in_sled_by_an_earlier_version_is_copied_over_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
+        assert_eq!(
+            journal.append(event(id, HOUR_MS)).await,
+            Ok(Outcome::Accepted(n as u64 + 1))
+        );
+    }
+    // What only the index holds (the log has the event as it arrived).
+    journal
+        .mark_delivered(vec![(2, 0)], 2 * HOUR_MS)
+        .await
+        .unwrap();
+    journal.close().await;
+    drop(journal);
+    index_back_to_sled(dir.path());
+    // A copy an earlier opening began and did not finish is started again.
+    let unfinished = dir.path().join("journal/index.from-sled");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("version"), b"half").unwrap();
+
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (seq, id) in [(1, "a"), (2, "b"), (3, "c")] {
+        let record = journal.get(seq).unwrap().expect("the event is still there");
+        assert_eq!(record.summary.id, id);
+    }
+    assert_eq!(journal.summary(2).unwrap().status, Status::Delivered);
+    assert_eq!(journal.summary(3).unwrap().status, Status::Queued);
+    assert_eq!(
+        journal.append(event("b", 2 * HOUR_MS)).await,
+        Ok(Outcome::Duplicate(2)),
+        "the ids seen before are still known"
+    );
+    assert_eq!(
+        journal.append(event("d", 2 * HOUR_MS)).await,
+        Ok(Outcome::Accepted(4))
+    );
+    journal.close().await;
+    drop(journal);
+    let journal_dir = dir.path().join("journal");
+    assert!(
+        !store::sled_dir(&journal_dir).exists(),
+        "sled's copy is gone"
+    );
+    assert!(!unfinished.exists());
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(journal.get(4).unwrap().unwrap().summary.id, "d");
+    journal.close().await;
 }

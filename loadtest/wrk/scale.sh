@@ -5,14 +5,14 @@
 # the same after a SIGKILL (the index rebuilt from the log's tail). Needs wrk and a
 # release build: cargo build --release --workspace
 # Usage: loadtest/wrk/scale.sh [EVENTS]   (default 1000000); COLD=1 empties the page
-# cache before each opening (root only).
+# cache before each opening (root only); BIN=PATH runs another build of hookgate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 events=${1:-1000000}
 # A new signed body per request (see compare.sh), enough for the fill and the restarts.
 export HOOKGATE_BENCH_SIGS=/tmp/hookgate-sigs-scale.txt
 python3 loadtest/wrk/sign.py $((events + 50000)) "$HOOKGATE_BENCH_SIGS"
-bin=target/release/hookgate
+bin=${BIN:-target/release/hookgate}
 journal=/tmp/hookgate-bench/journal
 pid=
 trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true' EXIT

@@ -5,7 +5,8 @@
 # the end and the highest. Needs wrk and: cargo build --release --workspace
 # Every request is a new signed body (see compare.sh): SIGNED signatures (default 5
 # million, 325 MB) are written first; past them the bodies repeat and are duplicates.
-# Usage: loadtest/wrk/soak.sh [SECONDS] [CONNECTIONS]   (default 600 s, 4 connections)
+# Usage: loadtest/wrk/soak.sh [SECONDS] [CONNECTIONS]   (default 600 s, 4 connections);
+# CONFIG=FILE runs hookgate with FILE instead of loadtest/wrk/bench.toml.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-600}
@@ -13,7 +14,7 @@ conns=${2:-4}
 export HOOKGATE_BENCH_SIGS=/tmp/hookgate-sigs-soak.txt
 python3 loadtest/wrk/sign.py "${SIGNED:-5000000}" "$HOOKGATE_BENCH_SIGS"
 rm -rf /tmp/hookgate-bench
-HOOKGATE_LOG=${HOOKGATE_LOG:-warn} target/release/hookgate serve -c loadtest/wrk/bench.toml \
+HOOKGATE_LOG=${HOOKGATE_LOG:-warn} target/release/hookgate serve -c "${CONFIG:-loadtest/wrk/bench.toml}" \
   2>/tmp/hookgate-soak.log &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT

@@ -312,19 +312,21 @@ struct Trees {
 
 impl Trees {
     fn open(db: &store::Db, keep_queue: bool) -> store::Result<Trees> {
+        let [events, queued, dedup, dedup_expiry, order, meta, subscriptions, deliveries, pending, sub_log, callbacks, deadlines] =
+            db.open_trees()?;
         Ok(Trees {
-            events: db.open_tree("events")?,
-            queued: db.open_tree("queued")?,
-            dedup: db.open_tree("dedup")?,
-            dedup_expiry: db.open_tree("dedup_expiry")?,
-            order: db.open_tree("order")?,
-            meta: db.open_tree("meta")?,
-            subscriptions: db.open_tree("subscriptions")?,
-            deliveries: db.open_tree("deliveries")?,
-            pending: db.open_tree("pending")?,
-            sub_log: db.open_tree("sub_log")?,
-            callbacks: db.open_tree("callbacks")?,
-            deadlines: db.open_tree("deadlines")?,
+            events,
+            queued,
+            dedup,
+            dedup_expiry,
+            order,
+            meta,
+            subscriptions,
+            deliveries,
+            pending,
+            sub_log,
+            callbacks,
+            deadlines,
             keep_queue,
         })
     }

@@ -104,6 +104,17 @@ impl Db {
         })
     }
 
+    /// Every tree of [`TREES`], in its order.
+    pub fn open_trees(&self) -> Result<[Tree; TREES.len()]> {
+        let mut trees = Vec::with_capacity(TREES.len());
+        for name in TREES {
+            trees.push(self.open_tree(name)?);
+        }
+        Ok(trees
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one tree per name")))
+    }
+
     pub fn open_tree(&self, name: &str) -> Result<Tree> {
         self.keyspace
             .open_partition(name, fjall::PartitionCreateOptions::default())

@@ -526,7 +526,7 @@ mod tests {
         let default = journal("").unwrap();
         assert_eq!(default.journal.segment_size.0, 64 << 20);
         assert_eq!(default.journal.compact_every.0, Duration::from_secs(60));
-        assert_eq!(default.journal.index_cache.0, 1 << 30);
+        assert_eq!(default.journal.index_cache.0, 64 << 20);
         for (keys, says) in [
             ("segment_size = \"4KiB\"", "journal.segment_size"),
             ("segment_size = \"2GiB\"", "journal.segment_size"),

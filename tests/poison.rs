@@ -308,6 +308,20 @@ impl Outbox {
         }
     }
 
+    /// Waits until the journal's backlog is `want`: a message reaches the consumer
+    /// before its confirm reaches hookgate, and only the confirm takes it off the backlog.
+    async fn wait_for_backlog(&self, want: u64) {
+        let started = Instant::now();
+        while self.journal.backlog() != want {
+            assert!(
+                started.elapsed() < WAIT,
+                "the backlog is {}, not {want}",
+                self.journal.backlog()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn poison_count(&self) -> String {
         let text = self.metrics.render(&self.journal);
         text.lines()
@@ -372,7 +386,7 @@ async fn the_forwarder_fails_an_unfit_event_and_goes_on() {
         outbox.poison_count()
     );
     assert_eq!(outbox.journal.counts()["s"].failed, 1);
-    assert_eq!(outbox.journal.backlog(), 0);
+    outbox.wait_for_backlog(0).await;
 
     // A replay queues it again; it is still unfit, so it fails again, and says so.
     let replayed = outbox

@@ -216,12 +216,13 @@ fn from_sled(journal: &Path, cache_bytes: u64) -> std::result::Result<(), OpenEr
         OpenError::Failed(format!("cannot move the index from sled to fjall: {e}"))
     };
     let target = dir(journal);
+    let mut copied = None;
     if !target.exists() {
         let copy = journal.join("index.from-sled");
         if copy.exists() {
             std::fs::remove_dir_all(&copy).map_err(|e| failed(&e))?;
         }
-        let copied = copy_from_sled(&old, &copy, cache_bytes).map_err(|e| match e {
+        let entries = copy_from_sled(&old, &copy, cache_bytes).map_err(|e| match e {
             CopyError::SledLocked => OpenError::InUse {
                 pid: lock_holder(&old.join("db")),
             },
@@ -231,12 +232,16 @@ fn from_sled(journal: &Path, cache_bytes: u64) -> std::result::Result<(), OpenEr
         File::open(journal)
             .and_then(|d| d.sync_all())
             .map_err(|e| failed(&e))?;
+        copied = Some(entries);
+    }
+    std::fs::remove_dir_all(&old).map_err(|e| failed(&e))?;
+    if let Some(entries) = copied {
         tracing::info!(
-            entries = copied,
+            entries,
             "the index was copied from sled to fjall; sled's copy is deleted"
         );
     }
-    std::fs::remove_dir_all(&old).map_err(|e| failed(&e))
+    Ok(())
 }
 
 enum CopyError {

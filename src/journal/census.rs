@@ -40,7 +40,7 @@ pub struct Census {
 pub fn write(trees: &Trees, census: &Census) -> store::Result<()> {
     let mut bytes = vec![VERSION];
     postcard::to_io(census, &mut bytes).expect("writing to a Vec cannot fail");
-    trees.meta.insert(CENSUS, bytes).map(drop)
+    trees.meta.insert(CENSUS, bytes)
 }
 
 /// Takes the census out of the index: whatever it held is read once at most. A census

@@ -597,7 +597,7 @@ impl Core {
     /// The census the index holds; an open journal has none.
     #[cfg(test)]
     pub fn census_left(&self) -> Option<census::Census> {
-        census::take(&self.trees).expect("sled reads")
+        census::take(&self.trees).expect("the index reads")
     }
 
     #[cfg(test)]

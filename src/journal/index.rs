@@ -472,7 +472,7 @@ pub fn covered(meta: &store::Tree) -> Result<Option<Mark>, store::Error> {
 
 /// Records `mark` as covered; it is durable with the next flush.
 pub fn cover(meta: &store::Tree, mark: Mark) -> Result<(), store::Error> {
-    meta.insert(COVERED, mark.encode()).map(drop)
+    meta.insert(COVERED, mark.encode())
 }
 
 /// Asks the background flusher to stop after one last flush.

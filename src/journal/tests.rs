@@ -1966,15 +1966,9 @@ async fn an_opening_that_finds_more_keys_than_it_holds_writes_the_rest_into_the_
 fn index_back_to_sled(dir: &Path) {
     let journal = dir.join("journal");
     {
-        let (_db, trees, _) = raw_index(dir);
+        let db = store::Db::open(&journal, DEFAULT_INDEX_CACHE).unwrap();
         let sled = sled::open(store::sled_dir(&journal)).unwrap();
-        let copied = [
-            ("events", &trees.events),
-            ("queued", &trees.queued),
-            ("meta", &trees.meta),
-            ("dedup", &trees.dedup),
-        ];
-        for (name, tree) in copied {
+        for (name, tree) in store::TREES.into_iter().zip(db.open_trees().unwrap()) {
             let to = sled.open_tree(name).unwrap();
             for item in tree.iter() {
                 let (key, value) = item.unwrap();

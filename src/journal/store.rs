@@ -7,8 +7,8 @@
 //! recorded as covered (see `index::recover`). fjall's journal is written in order, so
 //! whatever survives a crash is a prefix of the writes.
 //!
-//! An index left by an earlier hookgate in sled is copied over once, at open
-//! ([`from_sled`]), and the sled copy deleted after.
+//! An index left by an earlier hookgate (in sled, or in fjall trees that wrote each insert
+//! through) is copied over once, at open ([`from_earlier`]), and deleted after.
 
 use std::fs::File;
 use std::ops::RangeBounds;
@@ -72,12 +72,23 @@ impl std::fmt::Display for OpenError {
 
 /// Where the index lives in the journal's directory.
 pub fn dir(journal: &Path) -> PathBuf {
-    journal.join("index")
+    journal.join("fjall")
 }
 
-/// Where an earlier hookgate kept its index.
-pub fn sled_dir(journal: &Path) -> PathBuf {
-    journal.join("sled")
+/// Where an earlier hookgate kept its index: in sled (until 2026-12-04), or in fjall
+/// with trees that wrote each insert through to fjall's journal file (2026-12-04).
+pub fn earlier_dir(journal: &Path, earlier: Earlier) -> PathBuf {
+    journal.join(match earlier {
+        Earlier::Sled => "sled",
+        Earlier::WriteThrough => "index",
+    })
+}
+
+/// An index an earlier hookgate left, newest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Earlier {
+    WriteThrough,
+    Sled,
 }
 
 fn lock_path(journal: &Path) -> PathBuf {
@@ -95,7 +106,7 @@ impl Db {
         std::fs::create_dir_all(journal)
             .map_err(|e| failed(&format!("cannot create {}", journal.display()), &e))?;
         let lock = take_lock(&lock_path(journal))?;
-        from_sled(journal, cache_bytes)?;
+        from_earlier(journal, cache_bytes)?;
         let keyspace = open_keyspace(&dir(journal), cache_bytes)
             .map_err(|e| failed("cannot open the index", &e))?;
         Ok(Db {
@@ -117,7 +128,7 @@ impl Db {
 
     pub fn open_tree(&self, name: &str) -> Result<Tree> {
         self.keyspace
-            .open_partition(name, fjall::PartitionCreateOptions::default())
+            .open_partition(name, partition_options())
             .map(Tree)
     }
 
@@ -133,6 +144,16 @@ impl Db {
     pub fn flush(&self) -> Result<()> {
         self.keyspace.persist(fjall::PersistMode::SyncData)
     }
+}
+
+/// How a tree is created. fjall writes a partition's inserts through to its journal
+/// file (a `write` per insert) unless the partition, not only the keyspace, is told that
+/// the journal is persisted by hand; here it is, by [`Db::flush`], and the commit log is
+/// the write-ahead log. fjall keeps these options with the partition: a tree created
+/// without them (by the builds of 2026-12-04, in `<journal>/index`) is copied into new
+/// ones at opening ([`from_earlier`]).
+fn partition_options() -> fjall::PartitionCreateOptions {
+    fjall::PartitionCreateOptions::default().manual_journal_persist(true)
 }
 
 /// Opens fjall at `path`. Its background threads (flushing memtables, compacting) are
@@ -203,28 +224,37 @@ fn lock_holder(file: &Path) -> Option<u32> {
     })
 }
 
-/// Copies an index an earlier hookgate kept in sled into fjall, once: into a directory
-/// of its own, made durable, then renamed into place, and only then is sled's deleted.
-/// A copy cut short is started again at the next opening; a sled directory left beside
-/// a finished copy is deleted.
-fn from_sled(journal: &Path, cache_bytes: u64) -> std::result::Result<(), OpenError> {
-    let old = sled_dir(journal);
-    if !old.exists() {
+/// Copies an index an earlier hookgate left (see [`Earlier`]) into the current one,
+/// once: into a directory of its own, made durable, then renamed into place, and only
+/// then is the earlier one deleted. A copy cut short is started again at the next
+/// opening; an earlier index left beside a finished copy is deleted. Of two earlier
+/// ones (a crash of the 2026-12-04 build between its own copy from sled and deleting
+/// sled's), the newer is copied.
+fn from_earlier(journal: &Path, cache_bytes: u64) -> std::result::Result<(), OpenError> {
+    let earlier: Vec<Earlier> = [Earlier::WriteThrough, Earlier::Sled]
+        .into_iter()
+        .filter(|&e| earlier_dir(journal, e).exists())
+        .collect();
+    let Some(&newest) = earlier.first() else {
         return Ok(());
-    }
-    let failed = |e: &dyn std::fmt::Display| {
-        OpenError::Failed(format!("cannot move the index from sled to fjall: {e}"))
     };
+    let failed =
+        |e: &dyn std::fmt::Display| OpenError::Failed(format!("cannot copy the index: {e}"));
     let target = dir(journal);
     let mut copied = None;
     if !target.exists() {
-        let copy = journal.join("index.from-sled");
+        let copy = journal.join("fjall.copying");
         if copy.exists() {
             std::fs::remove_dir_all(&copy).map_err(|e| failed(&e))?;
         }
-        let entries = copy_from_sled(&old, &copy, cache_bytes).map_err(|e| match e {
+        let from = earlier_dir(journal, newest);
+        let entries = match newest {
+            Earlier::Sled => copy_from_sled(&from, &copy, cache_bytes),
+            Earlier::WriteThrough => copy_from_fjall(&from, &copy, cache_bytes),
+        }
+        .map_err(|e| match e {
             CopyError::SledLocked => OpenError::InUse {
-                pid: lock_holder(&old.join("db")),
+                pid: lock_holder(&from.join("db")),
             },
             CopyError::Other(e) => failed(&e),
         })?;
@@ -234,12 +264,21 @@ fn from_sled(journal: &Path, cache_bytes: u64) -> std::result::Result<(), OpenEr
             .map_err(|e| failed(&e))?;
         copied = Some(entries);
     }
-    std::fs::remove_dir_all(&old).map_err(|e| failed(&e))?;
+    for &e in &earlier {
+        std::fs::remove_dir_all(earlier_dir(journal, e)).map_err(|e| failed(&e))?;
+    }
     if let Some(entries) = copied {
-        tracing::info!(
-            entries,
-            "the index was copied from sled to fjall; sled's copy is deleted"
-        );
+        match newest {
+            Earlier::Sled => tracing::info!(
+                entries,
+                "the index was copied from sled to fjall; sled's copy is deleted"
+            ),
+            Earlier::WriteThrough => tracing::info!(
+                entries,
+                "the index was copied into trees that do not write each insert through; \
+                 the earlier copy is deleted"
+            ),
+        }
     }
     Ok(())
 }
@@ -270,11 +309,41 @@ fn copy_from_sled(from: &Path, to: &Path, cache_bytes: u64) -> std::result::Resu
     for name in TREES {
         let source = sled.open_tree(name).map_err(|e| other(&e))?;
         let target = keyspace
-            .open_partition(name, fjall::PartitionCreateOptions::default())
+            .open_partition(name, partition_options())
             .map_err(|e| other(&e))?;
         for item in source.iter() {
             let (key, value) = item.map_err(|e| other(&e))?;
             target.insert(&*key, &*value).map_err(|e| other(&e))?;
+            copied += 1;
+        }
+    }
+    keyspace
+        .persist(fjall::PersistMode::SyncAll)
+        .map_err(|e| other(&e))?;
+    Ok(copied)
+}
+
+/// Copies every tree of the fjall index at `from` (the 2026-12-04 build's) into a new
+/// keyspace at `to`, and makes it durable. Answers how many entries it copied.
+fn copy_from_fjall(
+    from: &Path,
+    to: &Path,
+    cache_bytes: u64,
+) -> std::result::Result<u64, CopyError> {
+    let other = |e: &dyn std::fmt::Display| CopyError::Other(e.to_string());
+    let source = open_keyspace(from, cache_bytes).map_err(|e| other(&e))?;
+    let keyspace = open_keyspace(to, cache_bytes).map_err(|e| other(&e))?;
+    let mut copied = 0;
+    for name in TREES {
+        let from = source
+            .open_partition(name, fjall::PartitionCreateOptions::default())
+            .map_err(|e| other(&e))?;
+        let target = keyspace
+            .open_partition(name, partition_options())
+            .map_err(|e| other(&e))?;
+        for item in from.iter() {
+            let (key, value) = item.map_err(|e| other(&e))?;
+            target.insert(key, value).map_err(|e| other(&e))?;
             copied += 1;
         }
     }
@@ -360,5 +429,71 @@ impl Iterator for Scan {
 impl DoubleEndedIterator for Scan {
     fn next_back(&mut self) -> Option<Item> {
         self.0.next_back()
+    }
+}
+
+/// Moves the index of `journal` back to where the builds of 2026-12-04 kept it, in
+/// trees made as they made them (each insert written through), for tests of the copy.
+#[cfg(test)]
+pub fn back_to_write_through(journal: &Path) {
+    {
+        let current = open_keyspace(&dir(journal), 8 << 20).expect("the index");
+        let earlier = open_keyspace(&earlier_dir(journal, Earlier::WriteThrough), 8 << 20)
+            .expect("a keyspace for the earlier index");
+        for name in TREES {
+            let from = current
+                .open_partition(name, partition_options())
+                .expect("a tree");
+            let to = earlier
+                .open_partition(name, fjall::PartitionCreateOptions::default())
+                .expect("a tree");
+            for item in from.iter() {
+                let (key, value) = item.expect("an entry");
+                to.insert(key, value).expect("written");
+            }
+        }
+        earlier
+            .persist(fjall::PersistMode::SyncAll)
+            .expect("made durable");
+    }
+    std::fs::remove_dir_all(dir(journal)).expect("the current index removed");
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// The `write` calls this thread has made so far (`syscw` in Linux's per-thread I/O
+    /// accounting).
+    pub fn writes_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+        io.lines()
+            .find_map(|line| line.strip_prefix("syscw: "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a syscw line")
+    }
+
+    /// Inserts a thousand entries into `tree` and answers how many `write` calls that
+    /// took.
+    pub fn writes_for_a_thousand_inserts(tree: &Tree) -> u64 {
+        let before = writes_by_this_thread();
+        for n in 0u32..1000 {
+            tree.insert(n.to_be_bytes(), [7u8; 100]).unwrap();
+        }
+        writes_by_this_thread() - before
+    }
+
+    #[test]
+    fn inserts_are_not_written_through_one_by_one() {
+        let (_dir, db) = Db::scratch();
+        let tree = db.open_tree("events").unwrap();
+        let writes = writes_for_a_thousand_inserts(&tree);
+        // About 110 KB: fjall's journal writes its buffer out when it fills.
+        assert!(
+            writes < 100,
+            "a thousand inserts took {writes} writes: each one is written through"
+        );
+        db.flush().unwrap();
+        assert_eq!(tree.get(999u32.to_be_bytes()).unwrap().unwrap().len(), 100);
     }
 }

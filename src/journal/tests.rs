@@ -1967,7 +1967,7 @@ fn index_back_to_sled(dir: &Path) {
     let journal = dir.join("journal");
     {
         let db = store::Db::open(&journal, DEFAULT_INDEX_CACHE).unwrap();
-        let sled = sled::open(store::sled_dir(&journal)).unwrap();
+        let sled = sled::open(store::earlier_dir(&journal, store::Earlier::Sled)).unwrap();
         for (name, tree) in store::TREES.into_iter().zip(db.open_trees().unwrap()) {
             let to = sled.open_tree(name).unwrap();
             for item in tree.iter() {
@@ -1999,7 +1999,7 @@ async fn an_index_kept_in_sled_by_an_earlier_version_is_copied_over_once() {
     drop(journal);
     index_back_to_sled(dir.path());
     // A copy an earlier opening began and did not finish is started again.
-    let unfinished = dir.path().join("journal/index.from-sled");
+    let unfinished = dir.path().join("journal/fjall.copying");
     std::fs::create_dir_all(&unfinished).unwrap();
     std::fs::write(unfinished.join("version"), b"half").unwrap();
 
@@ -2023,11 +2023,61 @@ async fn an_index_kept_in_sled_by_an_earlier_version_is_copied_over_once() {
     drop(journal);
     let journal_dir = dir.path().join("journal");
     assert!(
-        !store::sled_dir(&journal_dir).exists(),
+        !store::earlier_dir(&journal_dir, store::Earlier::Sled).exists(),
         "sled's copy is gone"
     );
     assert!(!unfinished.exists());
     let journal = Journal::open(settings(dir.path())).unwrap();
     assert_eq!(journal.get(4).unwrap().unwrap().summary.id, "d");
     journal.close().await;
+}
+
+#[tokio::test]
+async fn an_index_whose_trees_wrote_each_insert_through_is_copied_into_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
+        assert_eq!(
+            journal.append(event(id, HOUR_MS)).await,
+            Ok(Outcome::Accepted(n as u64 + 1))
+        );
+    }
+    journal
+        .mark_delivered(vec![(2, 0)], 2 * HOUR_MS)
+        .await
+        .unwrap();
+    journal.close().await;
+    drop(journal);
+    let journal_dir = dir.path().join("journal");
+    store::back_to_write_through(&journal_dir);
+    // Beside it, a sled index that build had copied from and not yet deleted: older, so
+    // deleted unread (were it copied instead, event 2 would be queued again).
+    let stale_sled = store::earlier_dir(&journal_dir, store::Earlier::Sled);
+    drop(sled::open(&stale_sled).unwrap());
+
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    for (seq, id) in [(1, "a"), (2, "b"), (3, "c")] {
+        let record = journal.get(seq).unwrap().expect("the event is still there");
+        assert_eq!(record.summary.id, id);
+    }
+    assert_eq!(journal.summary(2).unwrap().status, Status::Delivered);
+    assert_eq!(
+        journal.append(event("b", 2 * HOUR_MS)).await,
+        Ok(Outcome::Duplicate(2)),
+        "the ids seen before are still known"
+    );
+    assert_eq!(
+        journal.append(event("d", 2 * HOUR_MS)).await,
+        Ok(Outcome::Accepted(4))
+    );
+    journal.close().await;
+    drop(journal);
+    assert!(!store::earlier_dir(&journal_dir, store::Earlier::WriteThrough).exists());
+    assert!(!stale_sled.exists());
+    let db = store::Db::open(&journal_dir, DEFAULT_INDEX_CACHE).unwrap();
+    let writes = store::tests::writes_for_a_thousand_inserts(&db.open_tree("callbacks").unwrap());
+    assert!(
+        writes < 100,
+        "the copied trees still write each insert through ({writes} writes for 1000)"
+    );
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::journal::NewEvent;
 use crate::locator::parse_timestamp;
 use crate::receive::Payload;
-use crate::source::{routing_key, Source};
+use crate::source::{routing_key_len, Source};
 use crate::verify::{replay, Scheme, Verified};
 
 /// Ids and order keys longer than this are kept as `sha256:<hex>` of their text: they
@@ -159,10 +159,10 @@ fn check_type(source: &Source, event_type: Option<&str>) -> Result<(), AdmitErro
             });
         }
     }
-    let key = routing_key(&source.routing_key, &source.name, event_type);
-    if key.len() > MAX_ROUTING_KEY_LEN {
+    let len = routing_key_len(&source.routing_key, &source.name, event_type);
+    if len > MAX_ROUTING_KEY_LEN {
         return Err(AdmitError::RoutingKeyTooLong {
-            len: key.len(),
+            len,
             max: MAX_ROUTING_KEY_LEN,
         });
     }

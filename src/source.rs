@@ -319,3 +319,58 @@ pub fn routing_key(template: &str, source: &str, event_type: Option<&str>) -> St
         .replace("{source}", source)
         .replace("{type}", event_type.unwrap_or("unknown"))
 }
+
+/// The length of [`routing_key`]'s answer, found without building it (every request
+/// checks it). A source's name holds no braces, so neither replacement can make a new
+/// placeholder, and counting them in the template is the same as replacing.
+pub fn routing_key_len(template: &str, source: &str, event_type: Option<&str>) -> usize {
+    let kind = event_type.unwrap_or("unknown");
+    let mut len = template.len();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open..];
+        if let Some(after) = rest.strip_prefix("{source}") {
+            len = len - "{source}".len() + source.len();
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("{type}") {
+            len = len - "{type}".len() + kind.len();
+            rest = after;
+        } else {
+            rest = &rest[1..];
+        }
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_key_length_is_the_filled_templates() {
+        let templates = [
+            "{source}.{type}",
+            "events",
+            "{type}",
+            "{{type}}.{source}{source}",
+            "a{sou{type}rce}b{",
+            "{source}-{type}-{type}",
+            "",
+        ];
+        for template in templates {
+            for kind in [
+                None,
+                Some(""),
+                Some("push"),
+                Some("{source}"),
+                Some("ü.{type}"),
+            ] {
+                assert_eq!(
+                    routing_key_len(template, "git-hub_1.x", kind),
+                    routing_key(template, "git-hub_1.x", kind).len(),
+                    "{template} with {kind:?}"
+                );
+            }
+        }
+    }
+}

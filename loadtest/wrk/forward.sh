@@ -45,6 +45,11 @@ TOML
 }
 gate_pid=
 base_pid=
+clk_tck=$(getconf CLK_TCK)
+# utime + stime of a process, in clock ticks (see compare.sh).
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+# Clock ticks over the backlog, in µs per event.
+per_event() { awk -v t="$1" -v hz="$clk_tck" -v n="$backlog" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
 start_gate() {
   HOOKGATE_LOG=warn "$bin/hookgate" serve -c "$cfg" 2>>"$work/hookgate.log" &
   gate_pid=$!
@@ -88,11 +93,16 @@ kill -INT $fill_pid
 wait $fill_pid || true
 stop_gate
 config "$amqp" "$drain"
+broker_pid=$(pgrep -o beam.smp || true)
+broker_before=$( [[ -n $broker_pid ]] && cpu_ticks "$broker_pid" || echo 0)
 t0=$(date +%s.%N)
 "$bin/hookgate-loadtest" queue-watch --url "$amqp" --queue "$drain" --until "$backlog" --delete >"$work/drain.txt" &
 watch_pid=$!
 start_gate
 wait $watch_pid
 t1=$(date +%s.%N)
+gate_ticks=$(cpu_ticks "$gate_pid")
+broker_after=$( [[ -n $broker_pid ]] && cpu_ticks "$broker_pid" || echo 0)
 echo "backlog drain:       $backlog events in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')s from restart ($(awk -v n="$backlog" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}') events/s)"
+echo "  CPU per event:     hookgate $(per_event "$gate_ticks") µs (its opening included), the broker (beam.smp) $(per_event $((broker_after - broker_before))) µs"
 stop_gate

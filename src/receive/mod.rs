@@ -33,33 +33,55 @@ pub enum ContentKind {
     Xml,
 }
 
-/// The media type and its kind, from a `Content-Type` header.
+/// The media type and its kind, from a `Content-Type` header. Nothing is copied unless
+/// the type is refused (the error quotes the header).
 pub fn content_kind(headers: &HeaderMap) -> Result<ContentKind, ReceiveError> {
     let raw = headers
         .get(http::header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let unsupported = || ReceiveError::UnsupportedMediaType(raw.clone());
-    let mut parts = raw.split(';');
-    let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let unsupported = || ReceiveError::UnsupportedMediaType(String::from_utf8_lossy(raw).into());
+    let mut parts = raw.split(|&b| b == b';');
+    let media = parts.next().unwrap_or_default().trim_ascii();
     for param in parts {
-        if let Some((name, value)) = param.split_once('=') {
-            let value = value.trim().trim_matches('"').to_ascii_lowercase();
-            if name.trim().eq_ignore_ascii_case("charset")
-                && !matches!(value.as_str(), "utf-8" | "utf8" | "us-ascii")
+        if let Some(eq) = param.iter().position(|&b| b == b'=') {
+            let (name, value) = (&param[..eq], &param[eq + 1..]);
+            let value = trim_quotes(value.trim_ascii());
+            if name.trim_ascii().eq_ignore_ascii_case(b"charset")
+                && ![&b"utf-8"[..], b"utf8", b"us-ascii"]
+                    .iter()
+                    .any(|ok| value.eq_ignore_ascii_case(ok))
             {
-                return Err(ReceiveError::UnsupportedMediaType(raw.clone()));
+                return Err(unsupported());
             }
         }
     }
-    match media.as_str() {
-        "application/json" => Ok(ContentKind::Json),
-        m if m.starts_with("application/") && m.ends_with("+json") => Ok(ContentKind::Json),
-        "application/x-www-form-urlencoded" => Ok(ContentKind::Form),
-        "application/xml" | "text/xml" => Ok(ContentKind::Xml),
-        m if m.starts_with("application/") && m.ends_with("+xml") => Ok(ContentKind::Xml),
-        _ => Err(unsupported()),
+    let is = |name: &str| media.eq_ignore_ascii_case(name.as_bytes());
+    let application = media.len() > 12 && media[..12].eq_ignore_ascii_case(b"application/");
+    let ends = |suffix: &str| {
+        media.len() >= suffix.len()
+            && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    if is("application/json") || (application && ends("+json")) {
+        Ok(ContentKind::Json)
+    } else if is("application/x-www-form-urlencoded") {
+        Ok(ContentKind::Form)
+    } else if is("application/xml") || is("text/xml") || (application && ends("+xml")) {
+        Ok(ContentKind::Xml)
+    } else {
+        Err(unsupported())
     }
+}
+
+/// `value` without the double quotes at either end (any number, as `str::trim_matches`).
+fn trim_quotes(mut value: &[u8]) -> &[u8] {
+    while let Some(rest) = value.strip_prefix(b"\"") {
+        value = rest;
+    }
+    while let Some(rest) = value.strip_suffix(b"\"") {
+        value = rest;
+    }
+    value
 }
 
 /// A body read as the normalised payload.
@@ -174,6 +196,24 @@ mod tests {
         assert!(content_kind(&headers("text/plain")).is_err());
         assert!(content_kind(&headers("application/json; charset=iso-8859-1")).is_err());
         assert!(content_kind(&HeaderMap::new()).is_err());
+        assert_eq!(
+            content_kind(&headers("APPLICATION/VND.API+XML ; Charset=\"\"US-ASCII\"")),
+            Ok(ContentKind::Xml)
+        );
+        assert_eq!(
+            content_kind(&headers("application/json;foo=bar;charset=utf8")),
+            Ok(ContentKind::Json)
+        );
+        assert!(content_kind(&headers("application/+json")).is_ok());
+        assert!(content_kind(&headers("application/")).is_err());
+        assert!(content_kind(&headers("text/json")).is_err());
+        assert!(content_kind(&headers("application/jsonx")).is_err());
+        assert_eq!(
+            content_kind(&headers("text/plain; charset=utf-8")),
+            Err(ReceiveError::UnsupportedMediaType(
+                "text/plain; charset=utf-8".into()
+            ))
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! when ALPN chose it, each under the same time limits.
 //!
 //! - The TLS handshake must finish within `header_read_timeout`.
-//! - A connection with no request open is idle. After `header_read_timeout` idle it is
-//!   closed: before its first request (an HTTP/2 client that sends only its preface, or
+//! - A connection with no request open is idle. After `header_read_timeout` idle (and
+//!   before twice that: it is checked once per `header_read_timeout`, so that requests
+//!   themselves wake nothing and set no timer) it is closed: before its first request (an HTTP/2 client that sends only its preface, or
 //!   nothing) and between requests (a kept-alive HTTP/1.1 connection, an HTTP/2 one with
 //!   no stream open). For HTTP/1.1 hyper's own header timer does the same, since it also
 //!   runs while a kept-alive connection waits for its next request.
@@ -17,6 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,13 +106,12 @@ pub async fn serve<H, Fut, B>(
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: AnswerBody,
 {
-    let (open, watched) = watch::channel(0usize);
-    let open = Arc::new(open);
+    let activity = Arc::new(Activity::default());
     let cut = CutOff::default();
     let Some((acceptor, refused)) = acceptor else {
-        let service = service(handler, peer, None, open, cut.clone());
+        let service = service(handler, peer, None, activity.clone(), cut.clone());
         let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
-        return drive(connection, limits, watched, stop, cut).await;
+        return drive(connection, limits, activity, stop, cut).await;
     };
     let stream =
         match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
@@ -121,7 +122,7 @@ pub async fn serve<H, Fut, B>(
     let (_, session) = stream.get_ref();
     let identity = tls::client_identity(session.peer_certificates());
     let h2 = session.alpn_protocol() == Some(b"h2");
-    let service = service(handler, peer, identity, open, cut.clone());
+    let service = service(handler, peer, identity, activity.clone(), cut.clone());
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
@@ -135,10 +136,10 @@ pub async fn serve<H, Fut, B>(
             .keep_alive_interval(limits.h2_ping_interval)
             .keep_alive_timeout(limits.h2_ping_interval);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        drive(connection, limits, watched, stop, cut).await
+        drive(connection, limits, activity, stop, cut).await
     } else {
         let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
-        drive(connection, limits, watched, stop, cut).await
+        drive(connection, limits, activity, stop, cut).await
     }
 }
 
@@ -161,13 +162,13 @@ fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
 
 /// Wraps `handler` as a hyper service that hands each request the client's address,
 /// identity and the connection's [`CutOff`], and counts the requests open on the
-/// connection in `open`, from the request until its answer's body is sent (a streamed
+/// connection in `activity`, from the request until its answer's body is sent (a streamed
 /// answer keeps its connection busy).
 fn service<H, Fut, B>(
     handler: H,
     peer: SocketAddr,
     identity: Option<ClientIdentity>,
-    open: Arc<watch::Sender<usize>>,
+    activity: Arc<Activity>,
     cut: CutOff,
 ) -> impl hyper::service::Service<
     Request<HyperBody>,
@@ -192,7 +193,7 @@ where
             request.extensions_mut().insert(identity.clone());
         }
         // Dropped when the handler finishes or hyper drops it (a reset stream).
-        let busy = Busy::new(open.clone());
+        let busy = Busy::new(activity.clone());
         async move {
             let response = handler(request).instrument(span).await;
             Ok::<_, Infallible>(response.map(|body| Counted { body, _busy: busy }))
@@ -227,19 +228,29 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Counted<B> {
     }
 }
 
+/// What the requests of one connection do, for telling when it idles: how many are
+/// open, and a count of every start and end.
+#[derive(Default)]
+struct Activity {
+    open: AtomicUsize,
+    changes: AtomicU64,
+}
+
 /// One open request, counted while it lives.
-struct Busy(Arc<watch::Sender<usize>>);
+struct Busy(Arc<Activity>);
 
 impl Busy {
-    fn new(open: Arc<watch::Sender<usize>>) -> Busy {
-        open.send_modify(|n| *n += 1);
-        Busy(open)
+    fn new(activity: Arc<Activity>) -> Busy {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        activity.changes.fetch_add(1, Ordering::Release);
+        Busy(activity)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changes.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -249,7 +260,7 @@ impl Drop for Busy {
 async fn drive<C>(
     connection: C,
     limits: Limits,
-    mut open: watch::Receiver<usize>,
+    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
     cut: CutOff,
 ) where
@@ -257,6 +268,15 @@ async fn drive<C>(
     C::Error: std::fmt::Display,
 {
     let mut connection = pin!(connection);
+    // Watched from a task of its own: a timer in the select below would poll the
+    // connection each time it fires, and let an answer stuck behind a client that reads
+    // nothing move on.
+    let idle = Arc::new(tokio::sync::Notify::new());
+    let _watch = AbortOnDrop(tokio::spawn(watch_idle(
+        activity,
+        limits.header_read_timeout,
+        idle.clone(),
+    )));
     let grace = tokio::select! {
         ended = connection.as_mut() => return report(ended),
         _ = cut.0.notified() => {
@@ -264,7 +284,7 @@ async fn drive<C>(
             return;
         }
         _ = stopped(&mut stop) => limits.drain_timeout,
-        _ = idle(&mut open, limits.header_read_timeout) => {
+        _ = idle.notified() => {
             tracing::debug!("idle connection closed");
             limits.header_read_timeout
         }
@@ -285,16 +305,27 @@ fn report<E: std::fmt::Display>(ended: Result<(), E>) {
     }
 }
 
-/// Resolves once no request has been open for `limit`.
-async fn idle(open: &mut watch::Receiver<usize>, limit: Duration) {
+/// Notifies `idle` once no request has been open for `limit`: checked every `limit`, the
+/// connection is idle when no request is open and none started or ended since the check
+/// before, so after `limit` to twice that of idling.
+async fn watch_idle(activity: Arc<Activity>, limit: Duration, idle: Arc<tokio::sync::Notify>) {
+    let mut seen = activity.changes.load(Ordering::Acquire);
     loop {
-        if *open.borrow_and_update() == 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(limit) => return,
-                changed = open.changed() => if changed.is_err() { return },
-            }
-        } else if open.changed().await.is_err() {
+        tokio::time::sleep(limit).await;
+        let now = activity.changes.load(Ordering::Acquire);
+        if now == seen && activity.open.load(Ordering::Relaxed) == 0 {
+            idle.notify_one();
             return;
         }
+        seen = now;
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1980,30 +1980,27 @@ fn index_back_to_sled(dir: &Path) {
     std::fs::remove_dir_all(store::dir(&journal)).unwrap();
 }
 
-#[tokio::test]
-async fn an_index_kept_in_sled_by_an_earlier_version_is_copied_over_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(settings(dir.path())).unwrap();
+/// A journal at `dir` with events a, b and c, of which b is delivered: what only the
+/// index holds (the log has each event as it arrived).
+async fn three_events_one_delivered(dir: &Path) {
+    let journal = Journal::open(settings(dir)).unwrap();
     for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
         assert_eq!(
             journal.append(event(id, HOUR_MS)).await,
             Ok(Outcome::Accepted(n as u64 + 1))
         );
     }
-    // What only the index holds (the log has the event as it arrived).
     journal
         .mark_delivered(vec![(2, 0)], 2 * HOUR_MS)
         .await
         .unwrap();
     journal.close().await;
-    drop(journal);
-    index_back_to_sled(dir.path());
-    // A copy an earlier opening began and did not finish is started again.
-    let unfinished = dir.path().join("journal/fjall.copying");
-    std::fs::create_dir_all(&unfinished).unwrap();
-    std::fs::write(unfinished.join("version"), b"half").unwrap();
+}
 
-    let journal = Journal::open(settings(dir.path())).unwrap();
+/// Opens the journal at `dir` and checks that [`three_events_one_delivered`]'s index came
+/// through whole, then journals d.
+async fn three_events_still_known(dir: &Path) {
+    let journal = Journal::open(settings(dir)).unwrap();
     for (seq, id) in [(1, "a"), (2, "b"), (3, "c")] {
         let record = journal.get(seq).unwrap().expect("the event is still there");
         assert_eq!(record.summary.id, id);
@@ -2020,7 +2017,19 @@ async fn an_index_kept_in_sled_by_an_earlier_version_is_copied_over_once() {
         Ok(Outcome::Accepted(4))
     );
     journal.close().await;
-    drop(journal);
+}
+
+#[tokio::test]
+async fn an_index_kept_in_sled_by_an_earlier_version_is_copied_over_once() {
+    let dir = tempfile::tempdir().unwrap();
+    three_events_one_delivered(dir.path()).await;
+    index_back_to_sled(dir.path());
+    // A copy an earlier opening began and did not finish is started again.
+    let unfinished = dir.path().join("journal/fjall.copying");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("version"), b"half").unwrap();
+
+    three_events_still_known(dir.path()).await;
     let journal_dir = dir.path().join("journal");
     assert!(
         !store::earlier_dir(&journal_dir, store::Earlier::Sled).exists(),
@@ -2035,19 +2044,7 @@ async fn an_index_kept_in_sled_by_an_earlier_version_is_copied_over_once() {
 #[tokio::test]
 async fn an_index_whose_trees_wrote_each_insert_through_is_copied_into_new_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(settings(dir.path())).unwrap();
-    for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
-        assert_eq!(
-            journal.append(event(id, HOUR_MS)).await,
-            Ok(Outcome::Accepted(n as u64 + 1))
-        );
-    }
-    journal
-        .mark_delivered(vec![(2, 0)], 2 * HOUR_MS)
-        .await
-        .unwrap();
-    journal.close().await;
-    drop(journal);
+    three_events_one_delivered(dir.path()).await;
     let journal_dir = dir.path().join("journal");
     store::back_to_write_through(&journal_dir);
     // Beside it, a sled index that build had copied from and not yet deleted: older, so
@@ -2055,23 +2052,7 @@ async fn an_index_whose_trees_wrote_each_insert_through_is_copied_into_new_ones(
     let stale_sled = store::earlier_dir(&journal_dir, store::Earlier::Sled);
     drop(sled::open(&stale_sled).unwrap());
 
-    let journal = Journal::open(settings(dir.path())).unwrap();
-    for (seq, id) in [(1, "a"), (2, "b"), (3, "c")] {
-        let record = journal.get(seq).unwrap().expect("the event is still there");
-        assert_eq!(record.summary.id, id);
-    }
-    assert_eq!(journal.summary(2).unwrap().status, Status::Delivered);
-    assert_eq!(
-        journal.append(event("b", 2 * HOUR_MS)).await,
-        Ok(Outcome::Duplicate(2)),
-        "the ids seen before are still known"
-    );
-    assert_eq!(
-        journal.append(event("d", 2 * HOUR_MS)).await,
-        Ok(Outcome::Accepted(4))
-    );
-    journal.close().await;
-    drop(journal);
+    three_events_still_known(dir.path()).await;
     assert!(!store::earlier_dir(&journal_dir, store::Earlier::WriteThrough).exists());
     assert!(!stale_sled.exists());
     let db = store::Db::open(&journal_dir, DEFAULT_INDEX_CACHE).unwrap();

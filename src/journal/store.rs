@@ -335,13 +335,13 @@ fn copy_from_fjall(
     let keyspace = open_keyspace(to, cache_bytes).map_err(|e| other(&e))?;
     let mut copied = 0;
     for name in TREES {
-        let from = source
+        let earlier = source
             .open_partition(name, fjall::PartitionCreateOptions::default())
             .map_err(|e| other(&e))?;
         let target = keyspace
             .open_partition(name, partition_options())
             .map_err(|e| other(&e))?;
-        for item in from.iter() {
+        for item in earlier.iter() {
             let (key, value) = item.map_err(|e| other(&e))?;
             target.insert(key, value).map_err(|e| other(&e))?;
             copied += 1;

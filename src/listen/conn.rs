@@ -4,10 +4,11 @@
 //! - The TLS handshake must finish within `header_read_timeout`.
 //! - A connection with no request open is idle. After `header_read_timeout` idle (and
 //!   before twice that: it is checked once per `header_read_timeout`, so that requests
-//!   themselves wake nothing and set no timer) it is closed: before its first request (an HTTP/2 client that sends only its preface, or
-//!   nothing) and between requests (a kept-alive HTTP/1.1 connection, an HTTP/2 one with
-//!   no stream open). For HTTP/1.1 hyper's own header timer does the same, since it also
-//!   runs while a kept-alive connection waits for its next request.
+//!   themselves wake nothing and set no timer) it is closed: before its first request
+//!   (an HTTP/2 client that sends only its preface, or nothing) and between requests (a
+//!   kept-alive HTTP/1.1 connection, an HTTP/2 one with no stream open). For HTTP/1.1
+//!   hyper's own header timer does the same, since it also runs while a kept-alive
+//!   connection waits for its next request.
 //! - HTTP/2 streams are limited per connection and the peer is pinged, so a dead peer
 //!   holding a stream open is noticed.
 //! - A close is graceful (HTTP/2 `GOAWAY`), and bounded: a peer that does not let the

@@ -57,7 +57,8 @@ pub fn content_kind(headers: &HeaderMap) -> Result<ContentKind, ReceiveError> {
         }
     }
     let is = |name: &str| media.eq_ignore_ascii_case(name.as_bytes());
-    let application = media.len() > 12 && media[..12].eq_ignore_ascii_case(b"application/");
+    let application = media.len() > b"application/".len()
+        && media[..b"application/".len()].eq_ignore_ascii_case(b"application/");
     let ends = |suffix: &str| {
         media.len() >= suffix.len()
             && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())

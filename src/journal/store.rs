@@ -333,23 +333,31 @@ fn copy_from_fjall(
     let other = |e: &dyn std::fmt::Display| CopyError::Other(e.to_string());
     let source = open_keyspace(from, cache_bytes).map_err(|e| other(&e))?;
     let keyspace = open_keyspace(to, cache_bytes).map_err(|e| other(&e))?;
+    copy_trees(
+        (&source, fjall::PartitionCreateOptions::default()),
+        (&keyspace, partition_options()),
+    )
+    .map_err(|e| other(&e))
+}
+
+/// Copies every tree of [`TREES`] from one keyspace into another, each side's trees
+/// opened (or created) with its options, and makes the copy durable. Answers how many
+/// entries it copied.
+fn copy_trees(
+    (from, from_options): (&fjall::Keyspace, fjall::PartitionCreateOptions),
+    (to, to_options): (&fjall::Keyspace, fjall::PartitionCreateOptions),
+) -> Result<u64> {
     let mut copied = 0;
     for name in TREES {
-        let earlier = source
-            .open_partition(name, fjall::PartitionCreateOptions::default())
-            .map_err(|e| other(&e))?;
-        let target = keyspace
-            .open_partition(name, partition_options())
-            .map_err(|e| other(&e))?;
-        for item in earlier.iter() {
-            let (key, value) = item.map_err(|e| other(&e))?;
-            target.insert(key, value).map_err(|e| other(&e))?;
+        let source = from.open_partition(name, from_options.clone())?;
+        let target = to.open_partition(name, to_options.clone())?;
+        for item in source.iter() {
+            let (key, value) = item?;
+            target.insert(key, value)?;
             copied += 1;
         }
     }
-    keyspace
-        .persist(fjall::PersistMode::SyncAll)
-        .map_err(|e| other(&e))?;
+    to.persist(fjall::PersistMode::SyncAll)?;
     Ok(copied)
 }
 
@@ -440,21 +448,11 @@ pub fn back_to_write_through(journal: &Path) {
         let current = open_keyspace(&dir(journal), 8 << 20).expect("the index");
         let earlier = open_keyspace(&earlier_dir(journal, Earlier::WriteThrough), 8 << 20)
             .expect("a keyspace for the earlier index");
-        for name in TREES {
-            let from = current
-                .open_partition(name, partition_options())
-                .expect("a tree");
-            let to = earlier
-                .open_partition(name, fjall::PartitionCreateOptions::default())
-                .expect("a tree");
-            for item in from.iter() {
-                let (key, value) = item.expect("an entry");
-                to.insert(key, value).expect("written");
-            }
-        }
-        earlier
-            .persist(fjall::PersistMode::SyncAll)
-            .expect("made durable");
+        copy_trees(
+            (&current, partition_options()),
+            (&earlier, fjall::PartitionCreateOptions::default()),
+        )
+        .expect("the index copied back");
     }
     std::fs::remove_dir_all(dir(journal)).expect("the current index removed");
 }

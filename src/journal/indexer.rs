@@ -10,6 +10,7 @@
 //! answer see what that answer acknowledged. The index's covered mark never passes what
 //! this thread applied, so a crash at any point replays the rest from the log at open.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
@@ -52,6 +53,9 @@ struct State {
     mark: Option<Mark>,
     /// Why the index stopped following the log: an index write failed.
     failed: Option<String>,
+    /// How many threads wait in [`Progress::wait_for`]: the indexer wakes them only if
+    /// there are any (a wake is a system call even when nobody waits).
+    waiting: usize,
 }
 
 impl Progress {
@@ -63,6 +67,7 @@ impl Progress {
             state: Mutex::new(State {
                 mark: Some(mark),
                 failed: None,
+                waiting: 0,
             }),
             moved: Condvar::new(),
             published,
@@ -102,10 +107,10 @@ impl Progress {
     /// Events up to `seq` are in the index. Readers are told before anyone waiting
     /// for the indexer goes on, so that what they answer next is readable.
     pub(super) fn indexed_to(&self, seq: u64) {
-        let _state = self.state.lock().expect("index progress lock");
+        let state = self.state.lock().expect("index progress lock");
         self.seq.fetch_max(seq, Ordering::AcqRel);
         self.publish();
-        self.moved.notify_all();
+        self.wake(&state);
     }
 
     fn marked(&self, mark: Mark) {
@@ -113,13 +118,21 @@ impl Progress {
         state.mark = Some(mark);
         self.seq.fetch_max(mark.last_seq, Ordering::AcqRel);
         self.publish();
-        self.moved.notify_all();
+        self.wake(&state);
     }
 
     fn fail(&self, why: String) {
         let mut state = self.state.lock().expect("index progress lock");
         state.failed.get_or_insert(why);
-        self.moved.notify_all();
+        self.wake(&state);
+    }
+
+    /// Wakes whoever waits in [`Self::wait_for`]; called under the lock that they
+    /// count themselves under, so none is missed.
+    fn wake(&self, state: &State) {
+        if state.waiting > 0 {
+            self.moved.notify_all();
+        }
     }
 
     /// The flusher synced the log up to `seq`.
@@ -147,11 +160,13 @@ impl Progress {
                     self.indexed()
                 ));
             }
+            state.waiting += 1;
             state = self
                 .moved
                 .wait_timeout(state, left)
                 .expect("index progress lock")
                 .0;
+            state.waiting -= 1;
         }
     }
 
@@ -316,18 +331,19 @@ impl Overlay {
             let Some((seq, dedup, order)) = self.handed.pop_front() else {
                 break;
             };
+            // One lookup per key: these run for every event the committer takes.
             for key in dedup {
-                if self
-                    .dedup
-                    .get(&key)
-                    .is_some_and(|v| v[..8] == seq.to_be_bytes())
-                {
-                    self.dedup.remove(&key);
+                if let Entry::Occupied(entry) = self.dedup.entry(key) {
+                    if entry.get()[..8] == seq.to_be_bytes() {
+                        entry.remove();
+                    }
                 }
             }
             if let Some(key) = order {
-                if self.order.get(&key).is_some_and(|&(_, by)| by == seq) {
-                    self.order.remove(&key);
+                if let Entry::Occupied(entry) = self.order.entry(key) {
+                    if entry.get().1 == seq {
+                        entry.remove();
+                    }
                 }
             }
         }

@@ -553,6 +553,42 @@ async fn a_reader_that_starts_after_an_answer_is_shown_its_event() {
     journal.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_burst_readers_see_every_event_without_more_traffic() {
+    // Under load the committer hands its events to the indexer several groups at a
+    // time; once nothing more waits, the last of them must still reach the index, or
+    // readers would not see them until the next request came.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    let mut published = journal.last_seq();
+    let (clients, each) = (64, 15);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                for n in 0..each {
+                    let id = format!("{c}-{n}");
+                    let outcome = journal.append(event(&id, HOUR_MS)).await;
+                    assert!(matches!(outcome, Ok(Outcome::Accepted(_))), "{outcome:?}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let last = (clients * each) as u64;
+    let told = tokio::time::timeout(Duration::from_secs(5), published.wait_for(|s| *s >= last))
+        .await
+        .map(|seen| *seen.unwrap());
+    assert!(
+        told.is_ok(),
+        "readers were told of {} of {last} answered events",
+        *published.borrow()
+    );
+    assert_eq!(journal.get(last).unwrap().unwrap().summary.seq, last);
+    journal.close().await;
+}
 /// The index of a closed journal, for tests that change it behind the journal's back.
 fn raw_index(dir: &Path) -> (store::Db, Trees, store::Tree) {
     let db = store::Db::open(&dir.join("journal"), DEFAULT_INDEX_CACHE).unwrap();

@@ -24,7 +24,8 @@
 # Usage: loadtest/wrk/compare.sh [SECONDS] [CONNECTIONS]
 # ROUNDS=N runs the servers N times in turn (bare, hmac, floor, hookgate, bare, ...) and
 # then prints the median of each figure, and of each ratio, over the rounds (default 1).
-# BEFORE=/path/to/an/older/hookgate also runs that build, on a fresh journal of its own.
+# BEFORE=/path/to/an/older/hookgate also runs that build, on a fresh journal of its own
+# (before hookgate in odd rounds, after it in even ones).
 # CONFIG=FILE runs hookgate (and BEFORE) with FILE instead of loadtest/wrk/bench.toml;
 # loadtest/wrk/steady.toml is a journal in its steady state (short retention, small
 # segments: compaction removes what comes in and the log writes over retired segments).
@@ -162,7 +163,16 @@ echo "wrk -t1 -c$conns -d${secs}s -s loadtest/wrk/github.lua; CPU is the server 
 for ((round = 1; round <= rounds; round++)); do
   ((rounds == 1)) || echo "round $round of $rounds"
   header
-  for name in "${servers[@]}"; do
+  order=("${servers[@]}")
+  # With BEFORE, the two builds take turns at going first, so that neither always runs
+  # just after the same server (each start deletes the last one's files, whose freeing
+  # the disk may still be busy with).
+  if [[ -n "${BEFORE:-}" ]] && ((round % 2 == 0)); then
+    order=("${order[@]/#before/HOOKGATE}")
+    order=("${order[@]/#hookgate/before}")
+    order=("${order[@]/#HOOKGATE/hookgate}")
+  fi
+  for name in "${order[@]}"; do
     case $name in
       bare) measure "$round" bare 8081 bare ;;
       hmac) measure "$round" hmac 8083 hmac ;;

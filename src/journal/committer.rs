@@ -49,12 +49,6 @@ pub(super) struct Log {
 /// The most events handed to the indexer and not yet written by it: past this, the
 /// committer waits for it (their memory, and how far the index may lag, stay bounded).
 const MAX_UNINDEXED: usize = 16_384;
-/// While more commands wait, the committer hands its events to the indexer only once
-/// this many have gathered: each hand-over wakes the indexer (a context switch, on a
-/// machine whose cores are all busy), so under load it takes several groups at a time.
-/// When the queue is empty the group is handed over at once, so nothing waits on a
-/// lull, and readers lag the log by at most a few groups.
-const HAND_OVER_AT: usize = 128;
 /// How long a command other than an append waits for the indexer before it goes on.
 const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The most commands applied before one flush; bounds the latency of a group.
@@ -95,11 +89,8 @@ pub(super) struct Committer {
     floor: Floor,
     /// Whether the last check found the disk below the floor.
     disk_low: bool,
-    /// Appended events for the indexer, handed over with a group (see [`HAND_OVER_AT`]).
+    /// Appended events for the indexer, handed over with the group.
     handing: Vec<(Created, Loc)>,
-    /// Where the log ended after the last group whose events are still in `handing`: the
-    /// indexer is told with them.
-    mark_due: Option<Mark>,
     /// The newest seq handed (or about to be handed) to the indexer.
     handed_seq: u64,
     /// What the indexer has been handed and not yet written, for decisions.
@@ -229,7 +220,6 @@ impl Committer {
             compact_cursor: 0,
             disk_low: false,
             handing: Vec::new(),
-            mark_due: None,
             handed_seq: last_seq,
             overlay: Overlay::default(),
             prints,
@@ -413,8 +403,7 @@ impl Committer {
                 }
             }
             closing = close.is_some();
-            let hand_over = closing || commands.is_empty() || self.handing.len() >= HAND_OVER_AT;
-            let sync = self.write_group(&mut appends, index_flush || closing, closing, hand_over);
+            let sync = self.write_group(&mut appends, index_flush || closing, closing);
             index_flush = false;
             if let Some(stages) = &self.settings.stages {
                 stages.group_seconds.observe(began.elapsed().as_secs_f64());
@@ -427,21 +416,20 @@ impl Committer {
         }
         if !closing {
             // Every handle is gone without a close: still end with a sync.
-            let sync = self.write_group(&mut appends, true, true, true);
+            let sync = self.write_group(&mut appends, true, true);
             flusher.flush(&mut appends, &mut updates, sync);
         }
         tracing::debug!("journal committer stopped");
     }
 
-    /// Writes the group's log entries, hands the events gathered so far to the indexer if
-    /// `hand_over`, and says what the flusher must sync before the group is answered.
-    /// `last` ends the indexer first and leaves the census.
+    /// Writes the group's log entries, hands its events to the indexer, and says what the
+    /// flusher must sync before the group is answered. `last` ends the indexer first and
+    /// leaves the census.
     fn write_group(
         &mut self,
         appends: &mut [AppendReply],
         index_flush: bool,
         last: bool,
-        hand_over: bool,
     ) -> flusher::Sync {
         self.release_emptied();
         if let Err(e) = self.log.writer.write() {
@@ -464,9 +452,9 @@ impl Committer {
             offset,
             last_seq: self.last_seq,
         };
-        self.mark_due = Some(mark);
-        if hand_over || self.handing.is_empty() {
-            self.send_to_indexer();
+        self.send_to_indexer();
+        if self.shared.healthy.load(Ordering::Acquire) {
+            self.give_indexer(Work::Mark(mark));
         }
         if last {
             // The index is complete before the last flush answers the close.
@@ -532,17 +520,11 @@ impl Committer {
         }
     }
 
-    /// Hands the events appended so far to the indexer, and where the log ended after
-    /// the last group written.
+    /// Hands the events appended so far to the indexer.
     fn send_to_indexer(&mut self) {
         if !self.handing.is_empty() {
             let events = std::mem::take(&mut self.handing);
             self.give_indexer(Work::Apply(events));
-        }
-        if let Some(mark) = self.mark_due.take() {
-            if self.shared.healthy.load(Ordering::Acquire) {
-                self.give_indexer(Work::Mark(mark));
-            }
         }
     }
 

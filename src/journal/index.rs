@@ -61,17 +61,17 @@ pub fn apply(
     loc: Loc,
 ) -> Result<Vec<subscription::Delivery>, store::Error> {
     let summary = &created.summary;
-    let index = Index {
-        summary: summary.clone(),
+    let index = record::IndexOf {
+        summary,
         content: loc,
-        attempts_log: Vec::new(),
+        attempts_log: &[],
         replays: created.replays,
-        replay_key: created.replay_key.clone(),
+        replay_key: created.replay_key.as_deref(),
     };
     let key = seq_key(summary.seq);
     // The event goes in before the dedup entry that points at it, so that whatever
     // prefix of these writes survives a crash, a dedup entry never points nowhere.
-    trees.events.insert(key, record::encode_index(&index))?;
+    trees.events.insert(key, record::encode_index_of(&index))?;
     if summary.status == Status::Queued && trees.keep_queue {
         trees.queued.insert(key, [])?;
     }

@@ -304,6 +304,27 @@ pub fn encode(record: &Record) -> Vec<u8> {
 }
 
 pub fn encode_index(index: &Index) -> Vec<u8> {
+    encode_index_of(&IndexOf {
+        summary: &index.summary,
+        content: index.content,
+        attempts_log: &index.attempts_log,
+        replays: index.replays,
+        replay_key: index.replay_key.as_deref(),
+    })
+}
+
+/// An [`Index`] made of borrowed parts, encoded to the same bytes: the indexer writes
+/// each new event's entry from its [`Created`] without copying its strings first.
+#[derive(Serialize)]
+pub struct IndexOf<'a> {
+    pub summary: &'a Summary,
+    pub content: Loc,
+    pub attempts_log: &'a [Attempt],
+    pub replays: u32,
+    pub replay_key: Option<&'a str>,
+}
+
+pub fn encode_index_of(index: &IndexOf<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.push(INDEX_VERSION);
     postcard::to_io(index, &mut out).expect("writing to a Vec cannot fail");
@@ -532,6 +553,43 @@ mod tests {
         postcard::to_io(&fields, &mut v1).unwrap();
         assert_eq!(decode(&v1).unwrap(), record);
         assert_eq!(decode_summary(&v1).unwrap(), record.summary);
+    }
+
+    #[test]
+    fn an_index_written_from_borrowed_parts_reads_back_whole() {
+        let record = sample();
+        for (attempts_log, replays, replay_key) in [
+            (vec![], 0, None),
+            (
+                vec![Attempt {
+                    at_ms: 7,
+                    outcome: "refused: 503".into(),
+                }],
+                2,
+                Some("signed:cd".to_string()),
+            ),
+        ] {
+            let content = Loc {
+                segment: 3,
+                offset: 16,
+                len: 120,
+            };
+            let bytes = encode_index_of(&IndexOf {
+                summary: &record.summary,
+                content,
+                attempts_log: &attempts_log,
+                replays,
+                replay_key: replay_key.as_deref(),
+            });
+            let whole = Index {
+                summary: record.summary.clone(),
+                content,
+                attempts_log,
+                replays,
+                replay_key,
+            };
+            assert_eq!(decode_stored(&bytes).unwrap(), Stored::Indexed(whole));
+        }
     }
 
     #[test]

@@ -549,15 +549,22 @@ async fn a_reader_that_starts_after_an_answer_is_shown_its_event() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     core.hold_index(false);
+    let released = std::time::Instant::now();
     assert_eq!(reader.await.unwrap(), 1, "the answered event is readable");
+    // Woken by the indexer, not let go by its 2 s limit.
+    assert!(
+        released.elapsed() < Duration::from_secs(1),
+        "the reader went on {:?} after the index caught up",
+        released.elapsed()
+    );
     journal.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_burst_readers_see_every_event_without_more_traffic() {
-    // Under load the committer hands its events to the indexer several groups at a
-    // time; once nothing more waits, the last of them must still reach the index, or
-    // readers would not see them until the next request came.
+    // Every answered event must reach the index once the load stops, with no later
+    // request to carry it there: otherwise readers (the forwarder, deliveries, the
+    // stream) would not be told of the last events of a burst.
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(settings(dir.path())).unwrap();
     let mut published = journal.last_seq();

@@ -596,6 +596,7 @@ async fn after_a_burst_readers_see_every_event_without_more_traffic() {
     assert_eq!(journal.get(last).unwrap().unwrap().summary.seq, last);
     journal.close().await;
 }
+
 /// The index of a closed journal, for tests that change it behind the journal's back.
 fn raw_index(dir: &Path) -> (store::Db, Trees, store::Tree) {
     let db = store::Db::open(&dir.join("journal"), DEFAULT_INDEX_CACHE).unwrap();

@@ -163,16 +163,16 @@ echo "wrk -t1 -c$conns -d${secs}s -s loadtest/wrk/github.lua; CPU is the server 
 for ((round = 1; round <= rounds; round++)); do
   ((rounds == 1)) || echo "round $round of $rounds"
   header
-  order=("${servers[@]}")
-  # With BEFORE, the two builds take turns at going first, so that neither always runs
-  # just after the same server (each start deletes the last one's files, whose freeing
-  # the disk may still be busy with).
-  if [[ -n "${BEFORE:-}" ]] && ((round % 2 == 0)); then
-    order=("${order[@]/#before/HOOKGATE}")
-    order=("${order[@]/#hookgate/before}")
-    order=("${order[@]/#HOOKGATE/hookgate}")
-  fi
-  for name in "${order[@]}"; do
+  for name in "${servers[@]}"; do
+    # With BEFORE, the two builds take turns at going first, so that neither always runs
+    # just after the same server (each start deletes the last one's files, whose freeing
+    # the disk may still be busy with).
+    if [[ -n "${BEFORE:-}" ]] && ((round % 2 == 0)); then
+      case $name in
+        before) name=hookgate ;;
+        hookgate) name=before ;;
+      esac
+    fi
     case $name in
       bare) measure "$round" bare 8081 bare ;;
       hmac) measure "$round" hmac 8083 hmac ;;

@@ -103,10 +103,13 @@ impl Gateway {
         let started = tokio::time::Instant::now();
         // Only configured names become a label or a log field; any other path is counted
         // as one unknown source.
-        let source = match request.uri().path().strip_prefix("/hooks/") {
-            Some(name) if self.sources.contains(name) => name.to_string(),
-            _ => UNKNOWN_SOURCE.to_string(),
-        };
+        // The source is looked up once: its name is the label, and `ingest` routes to it.
+        let found = request
+            .uri()
+            .path()
+            .strip_prefix("/hooks/")
+            .and_then(|name| self.sources.get(name));
+        let source = found.as_ref().map_or(UNKNOWN_SOURCE, |s| s.name.as_str());
         let span = tracing::info_span!(
             "request",
             source = %source,
@@ -115,17 +118,21 @@ impl Gateway {
             outcome = tracing::field::Empty,
         );
         let client = request.extensions().get::<ClientAddr>().copied();
-        let response = match self.ingest(request).instrument(span.clone()).await {
+        let response = match self
+            .ingest(request, found.clone())
+            .instrument(span.clone())
+            .await
+        {
             Ok(response) => response,
             Err(rejection) => {
                 if let Rejection::Verify(e) = &rejection {
-                    self.metrics.verify_failure(&source, e.code());
+                    self.metrics.verify_failure(source, e.code());
                 }
-                let rejection = self.count_failure(rejection, client, &source);
+                let rejection = self.count_failure(rejection, client, source);
                 let _enter = span.enter();
                 span.record("outcome", rejection.code());
                 let ours = matches!(rejection, Rejection::Journal(_) | Rejection::JournalTimeout);
-                if self.refusals.admit(&source, rejection.code(), ours) {
+                if self.refusals.admit(source, rejection.code(), ours) {
                     if ours {
                         tracing::warn!(reason = %rejection, "event not accepted")
                     } else {
@@ -140,11 +147,16 @@ impl Gateway {
             }
         };
         self.metrics
-            .request(&source, response.status().as_u16(), started.elapsed());
+            .request(source, response.status().as_u16(), started.elapsed());
         response
     }
 
-    async fn ingest<B>(&self, request: Request<B>) -> Result<Response<Body>, Rejection>
+    /// `found` is the source the path names, if it is one.
+    async fn ingest<B>(
+        &self,
+        request: Request<B>,
+        found: Option<Arc<Source>>,
+    ) -> Result<Response<Body>, Rejection>
     where
         B: hyper::body::Body<Data = bytes::Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -152,7 +164,7 @@ impl Gateway {
         let received_at = self.clock.now();
         // One deadline for the whole request: receiving the body and the journal's answer.
         let deadline = tokio::time::Instant::now() + self.limits.load().request_timeout;
-        let (source, identity) = match self.route(&request) {
+        let (source, identity) = match self.route(&request, found) {
             Ok(routed) => routed,
             Err(rejection) => {
                 discard_small_body(request.into_body()).await;
@@ -264,20 +276,20 @@ impl Gateway {
         }
     }
 
-    /// The checks made before the body is read: source, method and client certificate.
+    /// The checks made before the body is read: source (`found`, the one the path names),
+    /// method and client certificate.
     fn route<B>(
         &self,
         request: &Request<B>,
+        found: Option<Arc<Source>>,
     ) -> Result<(Arc<Source>, Option<ClientIdentity>), Rejection> {
         let name = request
             .uri()
             .path()
             .strip_prefix("/hooks/")
             .ok_or(Rejection::NotFound)?;
-        let source = self
-            .sources
-            .get(name)
-            .ok_or_else(|| Rejection::UnknownSource(name.chars().take(64).collect()))?;
+        let source =
+            found.ok_or_else(|| Rejection::UnknownSource(name.chars().take(64).collect()))?;
         if !source.methods.contains(request.method()) {
             return Err(Rejection::MethodNotAllowed {
                 method: request.method().to_string(),

@@ -1252,6 +1252,48 @@ async fn pull_leases_acks_and_hands_back_an_expired_lease() {
     gw.stop().await;
 }
 
+/// Ingest takes any JSON text. A pull hands each payload on as it came, also one that
+/// serde_json would not parse into a value: a lone surrogate escape, or nesting past
+/// its 128 levels. Parsed, such an event was left out of every pull until it failed.
+#[tokio::test]
+async fn a_pull_hands_on_json_text_that_a_value_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), OUTBOUND, "").await;
+    let created = create(
+        gw.admin_addr,
+        json!({"name": "worker", "events": ["github:push"]}),
+    )
+    .await;
+    let sub = created["id"].as_str().unwrap().to_string();
+    let surrogate = r#"{"text": "\ud800 alone"}"#;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    send(
+        gw.ingest_addr,
+        "odd-surrogate",
+        "push",
+        surrogate.as_bytes(),
+    )
+    .await;
+    send(gw.ingest_addr, "odd-deep", "push", deep.as_bytes()).await;
+    push(gw.ingest_addr, "plain").await;
+
+    let path = format!("/v1/subscriptions/{sub}/pull?max=10&lease=30s");
+    let reply = call(gw.admin_addr, Method::GET, &path, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    assert!(
+        text.contains(&format!(r#""payload":{surrogate}"#)),
+        "the lone surrogate's payload is not handed on as it came: {text}"
+    );
+    assert!(
+        text.contains(&format!(r#""payload":{deep}"#)),
+        "the deep payload is not handed on as it came: {text}"
+    );
+    assert!(text.contains(r#""payload":{"delivery":"plain"}"#), "{text}");
+    assert_eq!(text.matches(r#""attempt":1"#).count(), 3, "{text}");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulling_while_events_arrive_leases_each_event_once() {
     let dir = tempfile::tempdir().unwrap();

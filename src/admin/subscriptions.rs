@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Response, StatusCode};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::{bad_request, internal, not_found, rfc3339, unavailable, Admin};
@@ -682,16 +683,16 @@ impl Admin {
             Err(e) => return internal(format!("reading leased events failed: {e}")),
         };
         let mut shown = Vec::new();
-        for (d, record) in records {
+        for (d, record) in &records {
             match record {
-                Ok(Some(record)) => match pulled_event(&record) {
-                    Ok(event) => shown.push(json!({
-                        "id": delivery_id(d.seq, d.sub),
-                        "seq": d.seq,
-                        "attempt": d.attempts,
-                        "lease_until": d.lease_until_ms.map(rfc3339),
-                        "event": event,
-                    })),
+                Ok(Some(record)) => match pulled_event(record) {
+                    Ok(event) => shown.push(Pulled {
+                        id: delivery_id(d.seq, d.sub),
+                        seq: d.seq,
+                        attempt: d.attempts,
+                        lease_until: d.lease_until_ms.map(rfc3339),
+                        event,
+                    }),
                     Err(e) => {
                         tracing::error!(seq = d.seq, error = %e, "a leased event cannot be shown")
                     }
@@ -702,7 +703,8 @@ impl Admin {
                 }
             }
         }
-        ok(StatusCode::OK, json!({ "deliveries": shown }))
+        let body = serde_json::to_vec(&PullAnswer { deliveries: shown }).expect("plain JSON");
+        json(StatusCode::OK, body)
     }
 
     async fn ack(&self, sub: Subscription, body: &[u8]) -> Response<Body> {
@@ -732,21 +734,40 @@ impl Admin {
     }
 }
 
+/// What a pull answers.
+#[derive(serde::Serialize)]
+struct PullAnswer<'a> {
+    deliveries: Vec<Pulled<'a>>,
+}
+
+/// A leased delivery.
+#[derive(serde::Serialize)]
+struct Pulled<'a> {
+    id: String,
+    seq: u64,
+    attempt: u32,
+    lease_until: Option<String>,
+    event: PulledEvent<'a>,
+}
+
 /// A leased event: its summary and payload.
-fn pulled_event(record: &Record) -> Result<Value, String> {
-    let payload: Value = serde_json::from_slice(record.payload()).map_err(|e| e.to_string())?;
-    let s = &record.summary;
-    Ok(json!({
-        "seq": s.seq,
-        "id": s.id,
-        "source": s.source,
-        "type": s.event_type,
-        "status": s.status.as_str(),
-        "received_at": rfc3339(s.received_at_ms),
-        "attempts": s.attempts,
-        "size": s.size,
-        "payload": payload,
-    }))
+#[derive(serde::Serialize)]
+struct PulledEvent<'a> {
+    #[serde(flatten)]
+    summary: super::SummaryView<'a>,
+    /// As it was accepted, not parsed into a value again: ingest takes any JSON text,
+    /// and a value would refuse some of it (a lone surrogate escape such as `"\ud800"`,
+    /// nesting past 128 levels), leaving such an event to be leased again until it failed.
+    payload: &'a RawValue,
+}
+
+fn pulled_event(record: &Record) -> Result<PulledEvent<'_>, String> {
+    let text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
+    let payload: &RawValue = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(PulledEvent {
+        summary: (&record.summary).into(),
+        payload,
+    })
 }
 
 fn not_allowed(method: &Method, path: &str) -> Response<Body> {

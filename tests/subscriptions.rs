@@ -1135,18 +1135,19 @@ async fn two_finish_subscriptions_on_every_event_stop_at_depth_four() {
 // 10. Pull
 // ---------------------------------------------------------------------------------------
 
+/// A subscription without a URL, to GitHub pushes: a pull subscription; its id.
+async fn pull_subscription(admin: SocketAddr, name: &str) -> String {
+    let created = create(admin, json!({"name": name, "events": ["github:push"]})).await;
+    assert_eq!(created["mode"], "pull", "{created}");
+    assert!(created["url"].is_null(), "{created}");
+    created["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_leases_acks_and_hands_back_an_expired_lease() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(dir.path(), OUTBOUND, "").await;
-    let created = create(
-        gw.admin_addr,
-        json!({"name": "worker", "events": ["github:push"]}),
-    )
-    .await;
-    assert_eq!(created["mode"], "pull", "{created}");
-    assert!(created["url"].is_null());
-    let sub = created["id"].as_str().unwrap().to_string();
+    let sub = pull_subscription(gw.admin_addr, "worker").await;
     let pull = |query: &str| format!("/v1/subscriptions/{sub}/pull?{query}");
 
     for i in 0..3 {
@@ -1259,12 +1260,7 @@ async fn pull_leases_acks_and_hands_back_an_expired_lease() {
 async fn a_pull_hands_on_json_text_that_a_value_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(dir.path(), OUTBOUND, "").await;
-    let created = create(
-        gw.admin_addr,
-        json!({"name": "worker", "events": ["github:push"]}),
-    )
-    .await;
-    let sub = created["id"].as_str().unwrap().to_string();
+    let sub = pull_subscription(gw.admin_addr, "worker").await;
     let surrogate = r#"{"text": "\ud800 alone"}"#;
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
     send(
@@ -1298,14 +1294,7 @@ async fn a_pull_hands_on_json_text_that_a_value_would_refuse() {
 async fn pulling_while_events_arrive_leases_each_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(dir.path(), OUTBOUND, "").await;
-    let sub = create(
-        gw.admin_addr,
-        json!({"name": "busy-worker", "events": ["github:push"]}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sub = pull_subscription(gw.admin_addr, "busy-worker").await;
     let total = 200;
     let ingest = gw.ingest_addr;
     // Four senders: there is nearly always an event accepted but not yet flushed.

@@ -33,7 +33,9 @@
 # other bodies, so that the measured run's are still new).
 # WEBHOOK=1 also runs adnanh/webhook (Debian package `webhook`) with one HMAC rule and
 # /bin/true as its command (loadtest/wrk/webhook.json).
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails ends the script (set -e); say which, rather than stop silently.
+trap 'echo "$0: stopped: line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
 conns=${2:-64}
@@ -70,12 +72,13 @@ ready() { # name port
 # its closing parenthesis, after which field 3 comes first).
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 # Each thread of $1 as "tid name ticks", the name without a trailing number (sled-io-3
-# is sled-io).
+# is sled-io); a thread that ends while they are read is left out, not a failure (under
+# set -e its awk failing, last in the loop, ended the whole script without a word).
 thread_ticks() {
   local t
   for t in /proc/"$1"/task/*; do
     awk -v tid="${t##*/}" '{ n = $0; sub(/^[^(]*\(/, "", n); sub(/\) [^)]*$/, "", n)
-      gsub(/ /, "_", n); sub(/-[0-9]+$/, "", n); sub(/.*\) /, ""); print tid, n, $12 + $13 }' "$t/stat" 2>/dev/null
+      gsub(/ /, "_", n); sub(/-[0-9]+$/, "", n); sub(/.*\) /, ""); print tid, n, $12 + $13 }' "$t/stat" 2>/dev/null || true
   done
 }
 # CPU µs per request by thread name between two thread_ticks lists; what threads that

@@ -14,7 +14,9 @@
 # weighs more than under load.
 # Needs valgrind (Debian package `valgrind`), wrk and a release build.
 # Usage: loadtest/wrk/instructions.sh BINARY [BINARY...]
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails ends the script (set -e); say which, rather than stop silently.
+trap 'echo "$0: stopped: line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
 cd "$(dirname "$0")/../.."
 (($# > 0)) || { echo "usage: $0 BINARY [BINARY...]" >&2; exit 2; }
 few=${FEW:-1000}

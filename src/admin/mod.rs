@@ -629,9 +629,16 @@ impl Admin {
     }
 }
 
+/// An event's payload as the JSON text that was accepted, to be embedded as it is: not
+/// parsed into a value, which would refuse some text ingest takes (a lone surrogate
+/// escape such as `"\ud800"`, nesting past 128 levels).
+fn raw_payload(record: &Record) -> Result<&RawValue, String> {
+    let text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 fn event_view(record: &Record, sources: &crate::sources::Sources) -> Result<Vec<u8>, String> {
-    let payload_text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
-    let payload: &RawValue = serde_json::from_str(payload_text).map_err(|e| e.to_string())?;
+    let payload = raw_payload(record)?;
     // A header sent more than once shows its values joined, as HTTP allows.
     let mut headers = serde_json::Map::new();
     let policy = sources.header_policy(&record.summary.source);

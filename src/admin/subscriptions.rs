@@ -755,18 +755,15 @@ struct Pulled<'a> {
 struct PulledEvent<'a> {
     #[serde(flatten)]
     summary: super::SummaryView<'a>,
-    /// As it was accepted, not parsed into a value again: ingest takes any JSON text,
-    /// and a value would refuse some of it (a lone surrogate escape such as `"\ud800"`,
-    /// nesting past 128 levels), leaving such an event to be leased again until it failed.
+    /// As it was accepted ([`super::raw_payload`]): parsed into a value, some payloads
+    /// were refused, and their events leased again until they failed.
     payload: &'a RawValue,
 }
 
 fn pulled_event(record: &Record) -> Result<PulledEvent<'_>, String> {
-    let text = std::str::from_utf8(record.payload()).map_err(|e| e.to_string())?;
-    let payload: &RawValue = serde_json::from_str(text).map_err(|e| e.to_string())?;
     Ok(PulledEvent {
         summary: (&record.summary).into(),
-        payload,
+        payload: super::raw_payload(record)?,
     })
 }
 

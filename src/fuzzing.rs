@@ -121,6 +121,18 @@ pub fn parse_any(data: &[u8]) {
     let _ = receive::parse(kind, &body, selector & 4 != 0, selector & 8 != 0);
 }
 
+/// The quick JSON check (`receive::json`) against `serde_json` skipping a value, which it
+/// stands in for: the same answer for every input, or none when nested past its depth.
+pub fn json_check(data: &[u8]) {
+    let serde_accepts = serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
+    if let Some(quick) = receive::json::check(data) {
+        assert_eq!(
+            quick, serde_accepts,
+            "the quick JSON check and serde_json differ"
+        );
+    }
+}
+
 /// The query string of `GET /v1/events` and of `POST /v1/replay`, and `since` alone; what
 /// parses must be within the API's bounds.
 pub fn admin_query(data: &[u8]) {
@@ -228,6 +240,60 @@ mod tests {
             let seed = PARSE_SEEDS[i % PARSE_SEEDS.len()];
             parse_any(&mutate(&mut rng, seed));
         }
+    }
+
+    const JSON_SEEDS: &[&[u8]] = &[
+        b"{\"a\":[1,-2.5e+3,{\"b\":null}],\"c\":\"\\u00e9\\n\",\"d\":[true,false,{}]}",
+        b" [ 0 , -0.0E-0 , \"\\\"\\\\\\/\\b\\f\\r\\t\\uD83D\" , [ ] , { } ] ",
+        b"\"0123456789abcdef0123456789abcdef\"",
+        b"{\"ref\":\"refs/heads/main\",\"repository\":{\"id\":1296269,\"private\":false,\"topics\":[\"octocat\",\"atom\"]},\"padding\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+    ];
+
+    /// Mutations that keep to JSON's own bytes, which reach deeper into the grammar than
+    /// arbitrary ones.
+    fn mutate_json(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+        const BYTES: &[u8] = b"{}[],:\"\\ \t\n0123456789-+.eEtrufalsnu/bx\x00\x1f\x7f";
+        let mut data = seed.to_vec();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(data.len() + 1);
+            match rng.below(4) {
+                0 if at < data.len() => data[at] = BYTES[rng.below(BYTES.len())],
+                1 if at < data.len() => {
+                    data.remove(at);
+                }
+                2 => data.insert(at, BYTES[rng.below(BYTES.len())]),
+                _ => {
+                    let end = (at + rng.below(24)).min(data.len());
+                    let piece = data[at..end].to_vec();
+                    data.splice(at..at, piece);
+                }
+            }
+        }
+        data
+    }
+
+    #[test]
+    fn the_quick_json_check_answers_as_serde_json_on_mutated_inputs() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let (mut valid, mut invalid) = (0, 0);
+        for i in 0..60_000 {
+            let seed = JSON_SEEDS[i % JSON_SEEDS.len()];
+            let data = if i % 2 == 0 {
+                mutate_json(&mut rng, seed)
+            } else {
+                mutate(&mut rng, seed)
+            };
+            json_check(&data);
+            match receive::json::check(&data) {
+                Some(true) => valid += 1,
+                _ => invalid += 1,
+            }
+        }
+        // Both answers came up often: the inputs reached both sides of the grammar.
+        assert!(
+            valid > 3_000 && invalid > 3_000,
+            "{valid} valid, {invalid} not"
+        );
     }
 
     /// The rest of the headers (empty), a body and a query, after the mutated ones.
@@ -386,7 +452,8 @@ mod tests {
     #[ignore]
     fn write_fuzz_corpus() {
         let root = std::path::PathBuf::from(std::env::var("FUZZ_CORPUS").expect("FUZZ_CORPUS"));
-        let sets: [(&str, Vec<Vec<u8>>); 4] = [
+        let sets: [(&str, Vec<Vec<u8>>); 5] = [
+            ("json", JSON_SEEDS.iter().map(|s| s.to_vec()).collect()),
             ("parse", PARSE_SEEDS.iter().map(|s| s.to_vec()).collect()),
             (
                 "verify",

@@ -4,6 +4,7 @@
 
 pub mod budget;
 mod form;
+pub mod json;
 mod xml;
 
 use bytes::Bytes;
@@ -106,10 +107,14 @@ pub fn parse(
     let invalid = |e: serde_json::Error| malformed(format!("the body is not valid JSON: {e}"));
     match kind {
         ContentKind::Json if !want_value => {
-            // Skipping strings does not check their UTF-8, so check the whole body first.
+            // Neither check reads strings as UTF-8, so check the whole body first.
             let text = std::str::from_utf8(body)
                 .map_err(|_| malformed("the body is not valid UTF-8".to_string()))?;
-            serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(invalid)?;
+            if json::check(body) != Some(true) {
+                // Refused, or nested too deep for the quick check: serde_json decides,
+                // and words the error with its line and column.
+                serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(invalid)?;
+            }
             Ok(Payload {
                 value: Value::Null,
                 json: body.clone(),

@@ -41,12 +41,18 @@ impl Github {
         let invalid = VerifyError::InvalidSignature {
             header: header_name.into(),
         };
+        // Decoded in place: a MAC is at most 32 bytes, and a longer claim matches none.
+        let mut decoded = [0; 32];
         let claimed = value
-            .and_then(|hex| hex::decode(hex).ok())
+            .and_then(|hex| {
+                let claimed = decoded.get_mut(..hex.len() / 2)?;
+                hex::decode_to_slice(hex, claimed).ok()?;
+                Some(claimed)
+            })
             .ok_or(invalid.clone())?;
         req.secrets
             .iter()
-            .any(|s| mac::matches(algorithm, s.expose(), &[req.body], &claimed))
+            .any(|s| mac::matches(algorithm, s.expose(), &[req.body], claimed))
             .then_some(())
             .ok_or(invalid)
     }
@@ -101,6 +107,33 @@ mod tests {
             Github::default().verify(&check_with(&req, &secrets(&[SECRET]))),
             invalid
         );
+    }
+
+    #[test]
+    fn a_claim_of_another_length_or_case_is_read_as_before() {
+        let keys = secrets(&[SECRET]);
+        let verify = |signature: &str| {
+            let req = request(&[("X-Hub-Signature-256", signature)], b"Hello, World!");
+            Github::default().verify(&check_with(&req, &keys))
+        };
+        let hex = VECTOR.strip_prefix("sha256=").unwrap();
+        assert_eq!(verify(&format!("sha256={}", hex.to_uppercase())), Ok(()));
+        for wrong in [
+            String::new(),
+            hex[..63].to_string(),
+            hex[..62].to_string(),
+            format!("{hex}00"),
+            format!("{hex}{hex}"),
+            format!("{hex}{hex}{hex}"),
+        ] {
+            assert_eq!(
+                verify(&format!("sha256={wrong}")),
+                Err(VerifyError::InvalidSignature {
+                    header: SHA256_HEADER.into()
+                }),
+                "{wrong}"
+            );
+        }
     }
 
     #[test]

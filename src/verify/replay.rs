@@ -46,7 +46,8 @@ pub fn replay_key(scheme: &Scheme, incoming: &Incoming) -> Option<String> {
         let _ = hex::encode_to_slice(Sha256::digest(bytes), &mut hex);
         let mut key = String::with_capacity(7 + hex.len());
         key.push_str("signed:");
-        key.extend(hex.iter().map(|&b| char::from(b)));
+        // Hex digits are ASCII, so always UTF-8.
+        key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
         key
     };
     match scheme {
@@ -111,7 +112,11 @@ mod tests {
         let c = incoming(b"{\"a\":2}", &[("x-github-delivery", "one")]);
         assert_eq!(replay_key(&github, &a), replay_key(&github, &b));
         assert_ne!(replay_key(&github, &a), replay_key(&github, &c));
-        assert!(replay_key(&github, &a).unwrap().starts_with("signed:"));
+        // The journal keeps these keys: their form cannot change between versions.
+        assert_eq!(
+            replay_key(&github, &a).unwrap(),
+            "signed:015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
+        );
         assert_eq!(replay_key(&Scheme::Gitlab, &a), None);
     }
 }

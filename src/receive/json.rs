@@ -77,34 +77,21 @@ impl Walk<'_> {
             // A value is due.
             self.skip_whitespace();
             let well_formed = match self.peek() {
-                Some(b'{') => {
+                Some(opening @ (b'{' | b'[')) => {
+                    let object = opening == b'{';
                     self.at += 1;
                     self.skip_whitespace();
-                    if self.peek() == Some(b'}') {
+                    if self.peek() == Some(if object { b'}' } else { b']' }) {
+                        // Empty: a whole value, and nothing left open.
                         self.at += 1;
+                        true
+                    } else if !self.open.push(object) {
+                        return None;
+                    } else if object && !self.key() {
+                        return Some(false);
                     } else {
-                        if !self.open.push(true) {
-                            return None;
-                        }
-                        if !self.key() {
-                            return Some(false);
-                        }
                         continue;
                     }
-                    true
-                }
-                Some(b'[') => {
-                    self.at += 1;
-                    self.skip_whitespace();
-                    if self.peek() == Some(b']') {
-                        self.at += 1;
-                    } else {
-                        if !self.open.push(false) {
-                            return None;
-                        }
-                        continue;
-                    }
-                    true
                 }
                 Some(b'"') => {
                     self.at += 1;

@@ -389,6 +389,27 @@ mod tests {
                 }
             }
         }
+        // Bytes from 0x20 up, 0x80 and over too, are no stops, in the sixteen-byte loop
+        // as in the byte loop.
+        let high = [
+            0x20, 0x21, 0x5b, 0x5d, 0x7e, 0x7f, 0x80, 0x9f, 0xa0, 0xc3, 0xfe, 0xff,
+        ];
+        for len in 0..50 {
+            let mut text: Vec<u8> = high.iter().copied().cycle().take(len).collect();
+            text.push(0x1f);
+            text.extend_from_slice(&high);
+            assert_eq!(stop_in_string(&text, 0), len, "len {len}");
+            // The sixteen-byte loop alone: the stop when its chunk is whole, else where
+            // fewer than sixteen bytes are left (a stop found early would only cost
+            // time: the byte loop goes on from it).
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            {
+                let chunk = len / 16 * 16;
+                let whole = chunk + 16 <= text.len();
+                let expected = if whole { len } else { chunk };
+                assert_eq!(sixteen_at_a_time(&text, 0), expected, "len {len}");
+            }
+        }
         assert_eq!(stop_in_string(b"abc", 3), 3);
         assert_eq!(stop_in_string(b"abc", 9), 9);
     }

@@ -2,12 +2,12 @@
 //!
 //! `serde_json` skipping a value (`IgnoredAny`) was the largest single piece of a
 //! request's own work (BENCHMARKS.md, issue 19); this walks the same grammar in one loop
-//! over the bytes. It accepts exactly what that skip accepts: RFC 8259's grammar with whitespace around the value, nesting as deep as
-//! it goes, and any `\uXXXX` escape (a lone surrogate too). UTF-8 is the caller's to
-//! check, as it was. Inside strings it looks at sixteen bytes at a time with SSE2 (all
-//! x86_64 CPUs have it; `safe_arch` wraps the instructions in safe functions), one at a
-//! time elsewhere. A differential test and a fuzz target (`fuzz/`, `json`) hold the
-//! two to the same answers.
+//! over the bytes. It accepts exactly what that skip accepts: RFC 8259's grammar with
+//! whitespace around the value, nesting as deep as it goes, and any `\uXXXX` escape (a
+//! lone surrogate too). UTF-8 is the caller's to check, as it was. Inside strings it
+//! looks at sixteen bytes at a time with SSE2 (all x86_64 CPUs have it; `safe_arch`
+//! wraps the instructions in safe functions), one at a time elsewhere. A differential
+//! test and a fuzz target (`fuzz/`, `json`) hold the two to the same answers.
 
 /// How deep this check follows nesting; deeper, it cannot tell (`None`) and `serde_json`,
 /// which has no limit when it skips, decides.

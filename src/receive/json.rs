@@ -149,10 +149,12 @@ impl Walk<'_> {
     }
 
     fn literal(&mut self, word: &[u8]) -> bool {
+        let found = self
+            .text
+            .get(self.at..)
+            .is_some_and(|rest| rest.starts_with(word));
         self.at += word.len();
-        self.text
-            .get(self.at - word.len()..self.at)
-            .is_some_and(|found| found == word)
+        found
     }
 
     /// A string's rest, after its opening quote, up to and past its closing one.

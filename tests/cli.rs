@@ -523,3 +523,48 @@ async fn send_prints_the_answer_to_a_body_over_the_limit_and_asks_for_a_content_
     .await;
     assert_eq!(code, Some(0), "{said}");
 }
+
+/// `events show` prints an event whose payload serde_json will not parse into a value (a
+/// lone surrogate escape, nesting past 128 levels) as the API answered it, payload and
+/// all, and indents the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_show_prints_payloads_a_value_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(dir.path(), "", common::GITHUB_SOURCE);
+    let gw = hookgate::start(&hookgate::config::Config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let surrogate = r#"{"text": "\ud800 alone"}"#;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    for (id, payload) in [
+        ("odd-surrogate", surrogate),
+        ("odd-deep", deep.as_str()),
+        ("plain", r#"{"a":1}"#),
+    ] {
+        let reply = common::post(
+            gw.ingest_addr,
+            "/hooks/github",
+            common::github(id, "push", "application/json", payload.as_bytes()),
+        )
+        .await;
+        assert_eq!(reply.status, http::StatusCode::OK);
+    }
+    let admin = format!("http://{}", gw.admin_addr);
+    let show = |seq: &str| strings(&["events", "show", seq, "--admin", &admin]);
+
+    let (code, said) = run(show("1")).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(r#""id":"odd-surrogate""#), "{said}");
+    assert!(
+        said.contains(&format!(r#""payload":{surrogate}"#)),
+        "{said}"
+    );
+    let (code, said) = run(show("2")).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(&format!(r#""payload":{deep}"#)), "{said}");
+    let (code, said) = run(show("3")).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("\"id\": \"plain\""), "indented: {said}");
+    assert!(said.contains("\"payload\": {\n    \"a\": 1\n  }"), "{said}");
+    gw.stop().await;
+}

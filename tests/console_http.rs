@@ -566,3 +566,61 @@ async fn every_page_is_hardened_shows_payloads_as_text_and_live_needs_a_session(
     );
     running.stop().await;
 }
+
+/// The text between `<pre class="payload" id="payload" tabindex="0">` and `</pre>`.
+fn payload_of(html: &str) -> &str {
+    let start = html
+        .find(r#"id="payload" tabindex="0">"#)
+        .map(|at| at + 26)
+        .expect("a payload");
+    let end = start + html[start..].find("</pre>").expect("the payload's end");
+    &html[start..end]
+}
+
+/// Ingest takes any JSON text, also what serde_json will not parse into a value (a lone
+/// surrogate escape, nesting past 128 levels); the event page still shows such an event,
+/// with its payload as it was accepted, and indents one it can read.
+#[tokio::test]
+async fn the_event_page_shows_payloads_a_value_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), true, now_clock()).await;
+    let surrogate = r#"{"text": "\ud800 alone"}"#;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let plain = r#"{"a":[1,2]}"#;
+    for (id, payload) in [
+        ("odd-surrogate", surrogate),
+        ("odd-deep", deep.as_str()),
+        ("plain", plain),
+    ] {
+        let reply = common::post(
+            running.ingest_addr,
+            "/hooks/github",
+            common::github(id, "push", "application/json", payload.as_bytes()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", body(&reply));
+    }
+    let mut visitor = Visitor::new(&running);
+    visitor.sign_in().await;
+
+    let page = visitor.get("/events/1").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = body(&page);
+    assert!(html.contains("<code>odd-surrogate</code>"), "{html}");
+    assert_eq!(
+        payload_of(&html),
+        r#"{&#34;text&#34;: &#34;\ud800 alone&#34;}"#,
+        "the payload is not shown as it was accepted"
+    );
+    let html = body(&visitor.get("/events/2").await);
+    assert!(html.contains("<code>odd-deep</code>"), "{html}");
+    assert_eq!(payload_of(&html), deep);
+    let html = body(&visitor.get("/events/3").await);
+    assert!(html.contains("<code>plain</code>"), "{html}");
+    assert_eq!(
+        payload_of(&html),
+        "{\n  &#34;a&#34;: [\n    1,\n    2\n  ]\n}",
+        "a payload a value holds is indented"
+    );
+    running.stop().await;
+}

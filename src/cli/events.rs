@@ -106,6 +106,16 @@ impl Target {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
+        Ok(self.reply(method, path_and_query, body).await?.json())
+    }
+
+    /// As [`Target::call_with`], the answer as it came.
+    async fn reply(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
         let (url, mut headers) = self.locate(path_and_query)?;
         let body = match body {
             Some(json) => {
@@ -143,10 +153,10 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// The JSON of a successful answer, or the admin API's own error message.
-fn answer(reply: Reply) -> anyhow::Result<Value> {
+/// A successful answer, or the admin API's own error message.
+fn answer(reply: Reply) -> anyhow::Result<Reply> {
     if reply.status.is_success() {
-        return Ok(reply.json());
+        return Ok(reply);
     }
     Err(api_error(reply.status, &reply.body))
 }
@@ -302,10 +312,20 @@ pub async fn show(target: &Target, event: &str, by_id: bool) -> anyhow::Result<(
         }
     };
     let event = target
-        .call(Method::GET, &format!("/v1/events/{seq}"))
+        .reply(Method::GET, &format!("/v1/events/{seq}"), None)
         .await?;
-    println!("{}", serde_json::to_string_pretty(&event)?);
+    println!("{}", indented(&event.body));
     Ok(())
+}
+
+/// An answer's JSON indented, or as it came where a value cannot hold it: the API embeds
+/// a payload as it was accepted, and ingest takes JSON text that a value refuses (a lone
+/// surrogate escape, nesting past 128 levels).
+fn indented(answer: &[u8]) -> String {
+    serde_json::from_slice::<Value>(answer)
+        .ok()
+        .and_then(|value| serde_json::to_string_pretty(&value).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(answer).into_owned())
 }
 
 /// Every event with the id `id`, oldest first (at most 100), page by page through the

@@ -3,6 +3,7 @@
 
 use askama::Template;
 use http::{Method, Response, StatusCode};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::api::{self, number, short_time, text};
@@ -157,6 +158,24 @@ struct EventPage {
     deliveries: Vec<DeliveryRow>,
 }
 
+/// An event answer's payload as the page shows it: indented, or as it was accepted where
+/// a value cannot hold it (a lone surrogate escape, nesting past 128 levels).
+fn payload_text(answer: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        payload: &'a RawValue,
+    }
+    let Ok(event) = serde_json::from_slice::<Event>(answer) else {
+        return String::new();
+    };
+    let raw = event.payload.get();
+    match serde_json::from_str::<Value>(raw) {
+        Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_default(),
+        Err(_) => raw.to_string(),
+    }
+}
+
 /// What the last attempt of a delivery got: a status code or an error.
 pub fn last_outcome(delivery: &Value) -> String {
     let Some(last) = delivery["attempts"].as_array().and_then(|a| a.last()) else {
@@ -193,7 +212,7 @@ pub async fn show(ctx: &Ctx<'_>, seq: &str) -> Response<Body> {
         client_identity: text(event, "client_identity"),
         replay_of: event["replay_of"].as_u64(),
         headers,
-        payload: serde_json::to_string_pretty(&event["payload"]).unwrap_or_default(),
+        payload: payload_text(&answer.raw),
         attempts: event["attempts_log"]
             .as_array()
             .map(|log| {

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::answer::{self, Body, Rejection};
 use crate::journal::{Journal, Outcome};
 use crate::listen::tls::ClientIdentity;
-use crate::listen::ClientAddr;
+use crate::listen::{ClientAddr, Peer};
 use crate::metrics::{Metrics, UNKNOWN_SOURCE};
 use crate::receive;
 use crate::receive::budget::{Budget, Held};
@@ -91,7 +91,8 @@ impl IngestLimits {
 }
 
 impl Gateway {
-    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body>
+    /// One request to the ingest listener, from the connection `peer`.
+    pub async fn handle<B>(self: Arc<Self>, request: Request<B>, peer: Peer) -> Response<Body>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -117,9 +118,9 @@ impl Gateway {
             seq = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let client = request.extensions().get::<ClientAddr>().copied();
+        let Peer { addr, identity, .. } = peer;
         let response = match self
-            .ingest(request, found.clone())
+            .ingest(request, found.clone(), identity)
             .instrument(span.clone())
             .await
         {
@@ -128,7 +129,7 @@ impl Gateway {
                 if let Rejection::Verify(e) = &rejection {
                     self.metrics.verify_failure(source, e.code());
                 }
-                let rejection = self.count_failure(rejection, client, source);
+                let rejection = self.count_failure(rejection, addr, source);
                 let _enter = span.enter();
                 span.record("outcome", rejection.code());
                 let ours = matches!(rejection, Rejection::Journal(_) | Rejection::JournalTimeout);
@@ -151,11 +152,13 @@ impl Gateway {
         response
     }
 
-    /// `found` is the source the path names, if it is one.
+    /// `found` is the source the path names, if it is one; `identity` the names of the
+    /// client's certificate.
     async fn ingest<B>(
         &self,
         request: Request<B>,
         found: Option<Arc<Source>>,
+        identity: Option<ClientIdentity>,
     ) -> Result<Response<Body>, Rejection>
     where
         B: hyper::body::Body<Data = bytes::Bytes>,
@@ -164,7 +167,7 @@ impl Gateway {
         let received_at = self.clock.now();
         // One deadline for the whole request: receiving the body and the journal's answer.
         let deadline = tokio::time::Instant::now() + self.limits.load().request_timeout;
-        let (source, identity) = match self.route(&request, found) {
+        let (source, identity) = match self.route(&request, found, identity) {
             Ok(routed) => routed,
             Err(rejection) => {
                 discard_small_body(request.into_body()).await;
@@ -251,7 +254,7 @@ impl Gateway {
     fn count_failure(
         &self,
         rejection: Rejection,
-        client: Option<ClientAddr>,
+        ClientAddr(client): ClientAddr,
         source: &str,
     ) -> Rejection {
         let failed = matches!(
@@ -261,11 +264,10 @@ impl Gateway {
                 | Rejection::ClientNotAllowed
         );
         let limits = self.limits.load();
-        let (Some(limit), Some(ClientAddr(addr)), true) = (&limits.by_address, client, failed)
-        else {
+        let (Some(limit), true) = (&limits.by_address, failed) else {
             return rejection;
         };
-        match limit.failed(addr.ip(), std::time::Instant::now()) {
+        match limit.failed(client.ip(), std::time::Instant::now()) {
             Ok(()) => rejection,
             Err(wait) => {
                 self.metrics.refused_by_address(source);
@@ -277,11 +279,12 @@ impl Gateway {
     }
 
     /// The checks made before the body is read: source (`found`, the one the path names),
-    /// method and client certificate.
+    /// method and client certificate (`identity`).
     fn route<B>(
         &self,
         request: &Request<B>,
         found: Option<Arc<Source>>,
+        identity: Option<ClientIdentity>,
     ) -> Result<(Arc<Source>, Option<ClientIdentity>), Rejection> {
         let name = request
             .uri()
@@ -301,7 +304,6 @@ impl Gateway {
                     .join(", "),
             });
         }
-        let identity = request.extensions().get::<ClientIdentity>().cloned();
         if !source.allowed_client_names.is_empty() {
             let names = identity
                 .as_ref()

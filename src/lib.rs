@@ -296,7 +296,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         ingest,
         limits,
         tls.clone(),
-        move |request| gateway.clone().handle(request),
+        move |request, peer| gateway.clone().handle(request, peer),
         stopped.clone(),
         metrics.clone(),
     )));
@@ -309,7 +309,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         admin,
         admin_limits,
         admin_tls.clone(),
-        move |request| admin_state.clone().serve(request),
+        move |request, peer: listen::Peer| admin_state.clone().serve(request, peer.cut),
         stopped.clone(),
         metrics,
     )));

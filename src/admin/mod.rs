@@ -163,8 +163,12 @@ fn internal(message: String) -> Response<Body> {
 impl Admin {
     /// Every request to the admin listener: the live stream (and the console's way to
     /// it), whose body is streamed, or one of the calls answered whole by
-    /// [`Admin::handle`].
-    pub async fn serve<B>(self: Arc<Self>, request: Request<B>) -> Response<stream::AdminBody>
+    /// [`Admin::handle`]. `cut` closes the request's connection.
+    pub async fn serve<B>(
+        self: Arc<Self>,
+        request: Request<B>,
+        cut: crate::listen::CutOff,
+    ) -> Response<stream::AdminBody>
     where
         B: hyper::body::Body<Data = bytes::Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -186,14 +190,10 @@ impl Admin {
             .map(http_body_util::Either::Left);
         }
         if console {
-            return crate::console::live(&self, &request);
+            return crate::console::live(&self, &request, cut);
         }
         let query = request.uri().query().unwrap_or("");
-        self.stream_response(
-            query,
-            request.headers().get("last-event-id"),
-            request.extensions().get::<crate::listen::CutOff>().cloned(),
-        )
+        self.stream_response(query, request.headers().get("last-event-id"), cut)
     }
 
     /// The answer refusing a request a browser was tricked into, or a `/v1/` call

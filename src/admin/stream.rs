@@ -97,7 +97,7 @@ impl Admin {
         &self,
         query: &str,
         last_event_id: Option<&HeaderValue>,
-        cut: Option<CutOff>,
+        cut: CutOff,
     ) -> Response<AdminBody> {
         let asked = match parse(query, last_event_id.map(HeaderValue::as_bytes)) {
             Ok(asked) => asked,
@@ -146,7 +146,7 @@ async fn pump(
     frames: mpsc::Sender<Bytes>,
     mut stop: watch::Receiver<bool>,
     slot: OwnedSemaphorePermit,
-    cut: Option<CutOff>,
+    cut: CutOff,
 ) {
     let _slot = slot;
     let start = format!("retry: {RETRY_MS}\nid: {}\n\n", subscription.position());
@@ -181,7 +181,7 @@ async fn pump(
                 }
             },
         };
-        if !send_or_cut(&frames, frame, &mut stop, &subscription, cut.as_ref()).await {
+        if !send_or_cut(&frames, frame, &mut stop, &subscription, &cut).await {
             return;
         }
     }
@@ -194,7 +194,7 @@ async fn send_or_cut(
     frame: Bytes,
     stop: &mut watch::Receiver<bool>,
     subscription: &Subscription,
-    cut: Option<&CutOff>,
+    cut: &CutOff,
 ) -> bool {
     // Most frames find room at once: no timer for them.
     let frame = match frames.try_send(frame) {
@@ -214,9 +214,7 @@ async fn send_or_cut(
                 let behind = subscription.behind();
                 if behind > MAX_BEHIND as u64 {
                     tracing::info!(behind, "a live stream's client stopped reading; its connection is closed");
-                    if let Some(cut) = cut {
-                        cut.cut();
-                    }
+                    cut.cut();
                     return false;
                 }
             }

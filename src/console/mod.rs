@@ -37,6 +37,7 @@ use crate::admin::stream::AdminBody;
 use crate::admin::Admin;
 use crate::answer::Body;
 use crate::gateway::Clock;
+use crate::listen::CutOff;
 use form::Form;
 use page::{html, redirect, Chrome, ErrorPage};
 use session::{Flash, Sessions, Visit};
@@ -74,7 +75,7 @@ pub const LIVE: &str = "/live";
 
 /// `GET /live?source=&type=&after=`: the stream, for a signed-in session (or anyone
 /// when no admin token is set). The admin listener has already applied its guard.
-pub fn live<B>(admin: &Arc<Admin>, request: &Request<B>) -> Response<AdminBody> {
+pub fn live<B>(admin: &Arc<Admin>, request: &Request<B>, cut: CutOff) -> Response<AdminBody> {
     let console = &admin.console;
     let visit = session::read_cookie(request.headers(), &console.cookie_name)
         .and_then(|cookie| console.sessions.find(cookie));
@@ -83,7 +84,7 @@ pub fn live<B>(admin: &Arc<Admin>, request: &Request<B>) -> Response<AdminBody> 
         admin.stream_response(
             request.uri().query().unwrap_or(""),
             request.headers().get("last-event-id"),
-            request.extensions().get::<crate::listen::CutOff>().cloned(),
+            cut,
         )
     } else {
         page::plain(StatusCode::UNAUTHORIZED, "sign in to follow new events").map(Either::Left)

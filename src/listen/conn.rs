@@ -76,15 +76,26 @@ impl Refused {
     }
 }
 
-/// The client's address, put into every request's extensions (per-address limits).
+/// The client's address (per-address limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// A way to close the connection a request came on at once, put into every request's
-/// extensions: for an answer that runs until the client goes (the live stream) and finds
-/// that the client has stopped reading, when an orderly end can no longer be written.
+/// A way to close the connection a request came on at once: for an answer that runs
+/// until the client goes (the live stream) and finds that the client has stopped
+/// reading, when an orderly end can no longer be written.
 #[derive(Clone, Debug, Default)]
 pub struct CutOff(Arc<tokio::sync::Notify>);
+
+/// What a handler is given with each request about the connection it came on. Passed
+/// beside the request rather than in its extensions, which allocate a map and a box for
+/// each value on every request.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: ClientAddr,
+    /// The names of the client's certificate, over TLS when it presented a verified one.
+    pub identity: Option<ClientIdentity>,
+    pub cut: CutOff,
+}
 
 impl CutOff {
     /// Closes the connection, whatever it is doing.
@@ -103,7 +114,7 @@ pub async fn serve<H, Fut, B>(
     handler: H,
     stop: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<HyperBody>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: AnswerBody,
 {
@@ -161,8 +172,8 @@ fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
     builder
 }
 
-/// Wraps `handler` as a hyper service that hands each request the client's address,
-/// identity and the connection's [`CutOff`], and counts the requests open on the
+/// Wraps `handler` as a hyper service that hands each request the connection's [`Peer`]
+/// (the client's address, identity and the connection's [`CutOff`]), and counts the requests open on the
 /// connection in `activity`, from the request until its answer's body is sent (a streamed
 /// answer keeps its connection busy).
 fn service<H, Fut, B>(
@@ -178,25 +189,26 @@ fn service<H, Fut, B>(
     Future = impl Future<Output = Result<Response<Counted<B>>, Infallible>> + Send,
 > + Clone
 where
-    H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<HyperBody>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: AnswerBody,
 {
+    let peer = Peer {
+        addr: ClientAddr(peer),
+        identity,
+        cut,
+    };
     // HTTP/2 runs each request in a task of its own: without this, its log lines would
     // lose the connection's span (listener, peer) that HTTP/1.1 requests run in.
     let span = tracing::Span::current();
-    service_fn(move |mut request: Request<HyperBody>| {
+    service_fn(move |request: Request<HyperBody>| {
         let handler = handler.clone();
         let span = span.clone();
-        request.extensions_mut().insert(ClientAddr(peer));
-        request.extensions_mut().insert(cut.clone());
-        if let Some(identity) = &identity {
-            request.extensions_mut().insert(identity.clone());
-        }
+        let peer = peer.clone();
         // Dropped when the handler finishes or hyper drops it (a reset stream).
         let busy = Busy::new(activity.clone());
         async move {
-            let response = handler(request).instrument(span).await;
+            let response = handler(request, peer).instrument(span).await;
             Ok::<_, Infallible>(response.map(|body| Counted { body, _busy: busy }))
         }
     })

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::metrics::Metrics;
 
-pub use conn::{ClientAddr, CutOff};
+pub use conn::{ClientAddr, CutOff, Peer};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -39,8 +39,9 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Serves `handler` on `listener` until `stop` turns true, then drains. Each request
-/// carries the client's [`ClientAddr`], and with `tls` its [`tls::ClientIdentity`] when it
-/// presented a certificate.
+/// comes with its connection's [`Peer`]: the client's address, with `tls` its
+/// [`tls::ClientIdentity`] when it presented a certificate, and the connection's
+/// [`CutOff`].
 pub async fn serve<H, Fut, B>(
     name: &'static str,
     listener: TcpListener,
@@ -50,7 +51,7 @@ pub async fn serve<H, Fut, B>(
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) where
-    H: Fn(Request<HyperBody>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<HyperBody>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: conn::AnswerBody,
 {

@@ -86,6 +86,13 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Clone, Debug, Default)]
 pub struct CutOff(Arc<tokio::sync::Notify>);
 
+impl CutOff {
+    /// Closes the connection, whatever it is doing.
+    pub fn cut(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// What a handler is given with each request about the connection it came on. Passed
 /// beside the request rather than in its extensions, which allocate a map and a box for
 /// each value on every request.
@@ -95,13 +102,6 @@ pub struct Peer {
     /// The names of the client's certificate, over TLS when it presented a verified one.
     pub identity: Option<ClientIdentity>,
     pub cut: CutOff,
-}
-
-impl CutOff {
-    /// Closes the connection, whatever it is doing.
-    pub fn cut(&self) {
-        self.0.notify_one();
-    }
 }
 
 /// Serves one connection until it ends, the listener stops (then it gets
@@ -173,9 +173,9 @@ fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
 }
 
 /// Wraps `handler` as a hyper service that hands each request the connection's [`Peer`]
-/// (the client's address, identity and the connection's [`CutOff`]), and counts the requests open on the
-/// connection in `activity`, from the request until its answer's body is sent (a streamed
-/// answer keeps its connection busy).
+/// (the client's address, identity and [`CutOff`]), and counts the requests open on the
+/// connection in `activity`, from the request until its answer's body is sent (a
+/// streamed answer keeps its connection busy).
 fn service<H, Fut, B>(
     handler: H,
     peer: SocketAddr,

@@ -637,6 +637,15 @@ fn raw_payload(record: &Record) -> Result<&RawValue, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
+/// JSON text as a reader of the API shows it: indented where a value can hold it, else
+/// as it came (an answer or a payload holding what [`raw_payload`] embeds unparsed).
+pub fn indented(json: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|value| serde_json::to_string_pretty(&value).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(json).into_owned())
+}
+
 fn event_view(record: &Record, sources: &crate::sources::Sources) -> Result<Vec<u8>, String> {
     let payload = raw_payload(record)?;
     // A header sent more than once shows its values joined, as HTTP allows.

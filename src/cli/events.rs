@@ -314,18 +314,8 @@ pub async fn show(target: &Target, event: &str, by_id: bool) -> anyhow::Result<(
     let event = target
         .reply(Method::GET, &format!("/v1/events/{seq}"), None)
         .await?;
-    println!("{}", indented(&event.body));
+    println!("{}", crate::admin::indented(&event.body));
     Ok(())
-}
-
-/// An answer's JSON indented, or as it came where a value cannot hold it: the API embeds
-/// a payload as it was accepted, and ingest takes JSON text that a value refuses (a lone
-/// surrogate escape, nesting past 128 levels).
-fn indented(answer: &[u8]) -> String {
-    serde_json::from_slice::<Value>(answer)
-        .ok()
-        .and_then(|value| serde_json::to_string_pretty(&value).ok())
-        .unwrap_or_else(|| String::from_utf8_lossy(answer).into_owned())
 }
 
 /// Every event with the id `id`, oldest first (at most 100), page by page through the

@@ -158,8 +158,7 @@ struct EventPage {
     deliveries: Vec<DeliveryRow>,
 }
 
-/// An event answer's payload as the page shows it: indented, or as it was accepted where
-/// a value cannot hold it (a lone surrogate escape, nesting past 128 levels).
+/// An event answer's payload as the page shows it ([`crate::admin::indented`]).
 fn payload_text(answer: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Event<'a> {
@@ -169,11 +168,7 @@ fn payload_text(answer: &[u8]) -> String {
     let Ok(event) = serde_json::from_slice::<Event>(answer) else {
         return String::new();
     };
-    let raw = event.payload.get();
-    match serde_json::from_str::<Value>(raw) {
-        Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_default(),
-        Err(_) => raw.to_string(),
-    }
+    crate::admin::indented(event.payload.get().as_bytes())
 }
 
 /// What the last attempt of a delivery got: a status code or an error.

@@ -87,6 +87,7 @@ pub fn admit(
     payload: Payload,
 ) -> Result<NewEvent, AdmitError> {
     let signed_ts = verified.signed_timestamp();
+    let signature = verified.signature().copied();
     let incoming = verified.into_incoming();
     let headers = &incoming.headers;
     let value = Some(&payload.value);
@@ -105,7 +106,7 @@ pub fn admit(
         .unwrap_or_else(|| content_hash_id(&incoming.body));
     let replay_key = source
         .dedup_signed
-        .then(|| replay::replay_key(&source.scheme, &incoming))
+        .then(|| replay::replay_key(&source.scheme, &incoming, signature.as_ref()))
         .flatten();
     let event_type = source.event_type.find(headers, value);
     check_type(source, event_type.as_deref())?;

@@ -526,6 +526,112 @@ rate_limit = "3/m"
     gw.stop().await;
 }
 
+/// A captured GitHub request, re-posted under a new delivery id with its headers
+/// rewritten in ways that still verify: the signature's digits in capitals, a SHA-1
+/// signature added, and (where `allow_sha1` is on) the SHA-256 one taken away.
+fn rewritten(
+    captured: &(http::HeaderMap, Bytes),
+    id: &str,
+    change: impl FnOnce(&mut http::HeaderMap),
+) -> (http::HeaderMap, Bytes) {
+    let mut headers = captured.0.clone();
+    headers.insert("x-github-delivery", id.parse().unwrap());
+    change(&mut headers);
+    (headers, captured.1.clone())
+}
+
+/// The `X-Hub-Signature` (SHA-1) GitHub sends beside the SHA-256 one, for `body`.
+fn sha1_signature(body: &[u8]) -> http::HeaderValue {
+    use hookgate::verify::{Github, Outgoing, Scheme};
+    let mut out = Outgoing {
+        body: body.to_vec(),
+        ..Outgoing::default()
+    };
+    Scheme::Github(Github { allow_sha1: true }).sign(
+        &hookgate::config::Secret::new(GITHUB_SECRET),
+        &mut out,
+        0,
+    );
+    out.headers["x-hub-signature"].clone()
+}
+
+#[tokio::test]
+async fn a_re_posted_github_capture_is_a_duplicate_however_its_headers_are_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = br#"{"ref":"refs/heads/main","after":"0badc0de"}"#;
+    let captured = github("original", "push", "application/json", body);
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    let first = post(gw.ingest_addr, "/hooks/github", captured.clone()).await;
+    assert_eq!(first.json()["status"], "accepted");
+    let upper = rewritten(&captured, "forged-upper", |h| {
+        let value = h["x-hub-signature-256"].to_str().unwrap().to_uppercase();
+        let value = value.replacen("SHA256=", "sha256=", 1);
+        h.insert("x-hub-signature-256", value.parse().unwrap());
+    });
+    let with_sha1 = rewritten(&captured, "forged-sha1", |h| {
+        h.insert("x-hub-signature", sha1_signature(body));
+    });
+    for forged in [upper, with_sha1] {
+        let replayed = post(gw.ingest_addr, "/hooks/github", forged).await;
+        assert_eq!(replayed.status, StatusCode::OK);
+        assert_eq!(
+            replayed.json()["status"],
+            "duplicate",
+            "{:?}",
+            replayed.json()
+        );
+        assert_eq!(replayed.json()["seq"], 1);
+    }
+    gw.stop().await;
+
+    // The secret rotated: a new one first, the captured request's still accepted.
+    let rotated = r#"
+[[sources]]
+name = "github"
+scheme = "github"
+secrets = ["gh-next-secret", "gh-test-secret"]
+"#;
+    let gw = start(dir.path(), "", rotated).await;
+    let replayed = post(
+        gw.ingest_addr,
+        "/hooks/github",
+        rewritten(&captured, "forged-after-rotation", |_| {}),
+    )
+    .await;
+    assert_eq!(replayed.json()["status"], "duplicate");
+    assert_eq!(replayed.json()["seq"], 1);
+    gw.stop().await;
+
+    // With SHA-1 allowed, a capture holding both signatures verifies again without the
+    // SHA-256 one: still the same event.
+    let dir = tempfile::tempdir().unwrap();
+    let allow_sha1 = r#"
+[[sources]]
+name = "github"
+scheme = "github"
+secrets = ["gh-test-secret"]
+allow_sha1 = true
+"#;
+    let gw = start(dir.path(), "", allow_sha1).await;
+    let both = rewritten(&captured, "original", |h| {
+        h.insert("x-hub-signature", sha1_signature(body));
+    });
+    let first = post(gw.ingest_addr, "/hooks/github", both.clone()).await;
+    assert_eq!(first.json()["status"], "accepted");
+    let stripped = rewritten(&both, "forged-sha1-only", |h| {
+        h.remove("x-hub-signature-256");
+    });
+    let replayed = post(gw.ingest_addr, "/hooks/github", stripped).await;
+    assert_eq!(replayed.status, StatusCode::OK);
+    assert_eq!(
+        replayed.json()["status"],
+        "duplicate",
+        "{:?}",
+        replayed.json()
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_captured_github_body_posted_again_under_a_new_delivery_id_is_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();

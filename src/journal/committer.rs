@@ -101,6 +101,9 @@ pub(super) struct Committer {
     /// Whether the indexer fell `MAX_UNINDEXED` behind (said once until it catches up).
     index_behind: bool,
     indexer: Option<(std::sync::mpsc::Sender<Work>, std::thread::JoinHandle<()>)>,
+    /// Until when (unix ms) events may hold replay keys of the earlier form, so a re-post
+    /// is looked up under that form too (`verify::replay::earlier_form`); 0: none do.
+    pub(super) earlier_replay_keys_until_ms: u64,
 }
 
 pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
@@ -225,6 +228,7 @@ impl Committer {
             prints,
             index_behind: false,
             indexer: None,
+            earlier_replay_keys_until_ms: 0,
         }
     }
 
@@ -713,6 +717,11 @@ impl Committer {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
+        if let Some(earlier) = self.earlier_replay_key(&event) {
+            if let Some(seq) = self.remembered(&earlier, &event)? {
+                return Ok(Outcome::Duplicate(seq));
+            }
+        }
         let size = event.bytes() as u64;
         self.check_floor(size)?;
         let stale = match &event.order {
@@ -776,6 +785,18 @@ impl Committer {
         } else {
             Outcome::Accepted(seq)
         })
+    }
+
+    /// The dedup key `event`'s replay key had in its earlier form, while events
+    /// journaled before this form may still be inside the dedup window: looked up, never
+    /// written.
+    fn earlier_replay_key(&self, event: &NewEvent) -> Option<Vec<u8>> {
+        if event.received_at_ms >= self.earlier_replay_keys_until_ms {
+            return None;
+        }
+        let earlier =
+            crate::verify::replay::earlier_form(event.replay_key.as_deref()?, &event.body)?;
+        Some(replay_dedup_key(&event.source, &earlier))
     }
 
     /// The seq of the event a dedup key points at, while inside the dedup window.

@@ -14,7 +14,7 @@ use super::record::{self, Record, Status, Summary};
 use super::store;
 use super::subscription::{Delivery, DeliveryStatus};
 use super::{
-    census, committer, index, log, seq_key, seq_of, subscription, Command, JournalError,
+    census, committer, index, log, seq_from, seq_key, seq_of, subscription, Command, JournalError,
     ListFilter, NewEvent, Outcome, Outlets, ReadError, Replayed, Settings, Shared, SourceCounts,
     Trees, MAX_SCAN, QUEUE_DEPTH,
 };
@@ -146,6 +146,8 @@ impl Core {
             .map(|(k, _)| seq_of(&k))
             .unwrap_or(0)
             .max(recovered.last_seq);
+        let earlier_replay_keys_until_ms =
+            earlier_replay_keys_until(&meta, last, settings.dedup_window).map_err(unwritable)?;
         // What recovery wrote is durable before anything new is accepted.
         index::cover(
             &meta,
@@ -226,7 +228,7 @@ impl Core {
             "dedup fingerprints loaded"
         );
         let prints = Arc::new(Mutex::new(prints));
-        let committer = committer::Committer::new(
+        let mut committer = committer::Committer::new(
             db.clone(),
             trees.clone(),
             prints.clone(),
@@ -241,6 +243,7 @@ impl Core {
             last,
             outlets,
         );
+        committer.earlier_replay_keys_until_ms = earlier_replay_keys_until_ms;
         let handle = std::thread::Builder::new()
             .name("journal-committer".into())
             .spawn(move || committer.run(rx))
@@ -812,6 +815,43 @@ pub(super) fn content(
             why: e.to_string(),
         }),
     }
+}
+
+/// The `meta` key holding when this journal was first opened by a build that writes
+/// GitHub's replay keys from the MAC (`mac:`, see `verify::replay`): unix ms, or 0 when
+/// it held no events then.
+const MAC_REPLAY_KEYS_SINCE: &[u8] = b"mac_replay_keys_since";
+
+/// Until when a re-post is looked up under the earlier form of its replay key too: the
+/// end of the dedup window of the last event that may hold that form. Recorded at the
+/// first opening by a build with `mac:` keys; a journal that held no events then has no
+/// earlier keys (0). `last_seq` is the newest seq the journal ever gave.
+fn earlier_replay_keys_until(
+    meta: &store::Tree,
+    last_seq: u64,
+    window: std::time::Duration,
+) -> Result<u64, store::Error> {
+    let since = match meta.get(MAC_REPLAY_KEYS_SINCE)?.and_then(|v| seq_from(&v)) {
+        Some(since) => since,
+        None => {
+            let since = if last_seq > 0 { unix_ms_now() } else { 0 };
+            // Durable with the flush that follows recovery; an opening that crashes
+            // before it records a later time, which only widens the window.
+            meta.insert(MAC_REPLAY_KEYS_SINCE, since.to_be_bytes())?;
+            since
+        }
+    };
+    Ok(match since {
+        0 => 0,
+        since => since.saturating_add(window.as_millis() as u64),
+    })
+}
+
+/// Forgets when `mac:` replay keys began, as if the journal had been written by a build
+/// before them; the next opening records it again.
+#[cfg(test)]
+pub(super) fn forget_mac_replay_keys_since(meta: &store::Tree) {
+    meta.remove(MAC_REPLAY_KEYS_SINCE).expect("meta written");
 }
 
 fn unix_ms_now() -> u64 {

@@ -5,7 +5,8 @@
 //! - the index, in fjall ([`index`]): `events` (seq -> summary, status, attempts and where
 //!   the content is in the log), `queued` (seq -> ()), `dedup` (source\0id -> seq and
 //!   first-seen time), `order` (source\0key -> newest timestamp), `meta` (how far the
-//!   log is covered, how far dedup expiry has walked the events) and `dedup_expiry`
+//!   log is covered, how far dedup expiry has walked the events, since when GitHub's
+//!   replay keys are made from the MAC) and `dedup_expiry`
 //!   (first-seen time ++ key -> (), only for ids whose event was compacted before its
 //!   dedup window ended, and in journals written before the commit log).
 //!

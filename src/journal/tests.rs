@@ -2106,3 +2106,77 @@ async fn an_index_whose_trees_wrote_each_insert_through_is_copied_into_new_ones(
         "the copied trees still write each insert through ({writes} writes for 1000)"
     );
 }
+
+/// A GitHub re-post's replay key in this build's form (`mac:`), for a body whose events
+/// a journal written before it keyed by the body's hash.
+fn mac_signed(id: &str, body: &'static [u8], at_ms: u64) -> NewEvent {
+    NewEvent {
+        body: Bytes::from_static(body),
+        ..signed(id, &format!("mac:{}", String::from_utf8_lossy(body)), at_ms)
+    }
+}
+
+/// The replay key a build before `mac:` keys gave `body`.
+fn body_key(body: &[u8]) -> String {
+    crate::verify::replay::earlier_form("mac:", body).unwrap()
+}
+
+#[tokio::test]
+async fn a_journal_of_body_keys_finds_re_posts_under_them_until_its_window_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    // Written as a build before `mac:` keys wrote it: the body's hash as the replay key.
+    let old = NewEvent {
+        body: Bytes::from_static(b"{\"n\":1}"),
+        ..signed("a", &body_key(b"{\"n\":1}"), HOUR_MS)
+    };
+    assert_eq!(journal.append(old).await, Ok(Outcome::Accepted(1)));
+    super::core::forget_mac_replay_keys_since(&journal.core().unwrap().trees().meta);
+    journal.close().await;
+    drop(journal);
+
+    // The first opening by this build: a re-post of the same body, keyed from its MAC,
+    // is found under the body's key.
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal
+            .append(mac_signed("forged", b"{\"n\":1}", HOUR_MS + 1))
+            .await,
+        Ok(Outcome::Duplicate(1))
+    );
+    assert_eq!(
+        journal
+            .append(mac_signed("other", b"{\"n\":2}", HOUR_MS + 1))
+            .await,
+        Ok(Outcome::Accepted(2)),
+        "another body"
+    );
+    journal.close().await;
+    drop(journal);
+    // And at the openings after it, the time recorded at the first.
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    assert_eq!(
+        journal
+            .append(mac_signed("forged-again", b"{\"n\":1}", HOUR_MS + 2))
+            .await,
+        Ok(Outcome::Duplicate(1))
+    );
+    journal.close().await;
+
+    // A journal this build began holds no body keys: none is looked for (the one
+    // written here by hand is not found).
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(settings(dir.path())).unwrap();
+    let old = NewEvent {
+        body: Bytes::from_static(b"{\"n\":1}"),
+        ..signed("a", &body_key(b"{\"n\":1}"), HOUR_MS)
+    };
+    assert_eq!(journal.append(old).await, Ok(Outcome::Accepted(1)));
+    assert_eq!(
+        journal
+            .append(mac_signed("forged", b"{\"n\":1}", HOUR_MS + 1))
+            .await,
+        Ok(Outcome::Accepted(2))
+    );
+    journal.close().await;
+}

@@ -24,7 +24,11 @@ pub fn defaults() -> Defaults {
 }
 
 impl Github {
-    pub fn verify(&self, req: &Check) -> Result<(), VerifyError> {
+    /// Checks the signature. Answers the SHA-256 MAC that verified when nothing else could
+    /// verify the same body (`allow_sha1` off): then it names the body under its secret as
+    /// surely as the body's own hash does, and a replay key can be made from it for the
+    /// cost of hashing 32 bytes (see `replay::replay_key`).
+    pub fn verify(&self, req: &Check) -> Result<Option<[u8; 32]>, VerifyError> {
         let (header_name, algorithm, value) = match header(req.headers, SHA256_HEADER) {
             Some(v) => (SHA256_HEADER, Algorithm::Sha256, v.strip_prefix("sha256=")),
             None => match header(req.headers, SHA1_HEADER) {
@@ -50,11 +54,20 @@ impl Github {
                 Some(claimed)
             })
             .ok_or(invalid.clone())?;
-        req.secrets
+        if !req
+            .secrets
             .iter()
             .any(|s| mac::matches(algorithm, s.expose(), &[req.body], claimed))
-            .then_some(())
-            .ok_or(invalid)
+        {
+            return Err(invalid);
+        }
+        // A SHA-256 MAC is 32 bytes, and only a claim of its full length matches. With
+        // the SHA-1 header allowed, a capture holding both verifies again with the
+        // SHA-256 one removed: then only the body names the event.
+        Ok(match (algorithm, self.allow_sha1) {
+            (Algorithm::Sha256, false) => Some(decoded),
+            _ => None,
+        })
     }
 
     pub fn sign(&self, secret: &Secret, out: &mut Outgoing) {
@@ -76,11 +89,21 @@ mod tests {
     const VECTOR: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
     const VECTOR_SHA1: &str = "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59";
 
+    /// The MAC of [`VECTOR`], as `verify` answers it.
+    fn vector_mac() -> Option<[u8; 32]> {
+        let mut mac = [0; 32];
+        hex::decode_to_slice(VECTOR.strip_prefix("sha256=").unwrap(), &mut mac).unwrap();
+        Some(mac)
+    }
+
     #[test]
     fn published_vector_verifies_and_signs() {
         let req = request(&[("X-Hub-Signature-256", VECTOR)], b"Hello, World!");
         let keys = secrets(&[SECRET]);
-        assert_eq!(Github::default().verify(&check_with(&req, &keys)), Ok(()));
+        assert_eq!(
+            Github::default().verify(&check_with(&req, &keys)),
+            Ok(vector_mac())
+        );
 
         let mut out = request(&[], b"Hello, World!");
         Github::default().sign(&keys[0], &mut out);
@@ -117,7 +140,12 @@ mod tests {
             Github::default().verify(&check_with(&req, &keys))
         };
         let hex = VECTOR.strip_prefix("sha256=").unwrap();
-        assert_eq!(verify(&format!("sha256={}", hex.to_uppercase())), Ok(()));
+        // The same MAC whatever the case of its digits: a replay key made from it
+        // cannot be changed by rewriting the header.
+        assert_eq!(
+            verify(&format!("sha256={}", hex.to_uppercase())),
+            Ok(vector_mac())
+        );
         for wrong in [
             String::new(),
             hex[..63].to_string(),
@@ -140,7 +168,10 @@ mod tests {
     fn second_of_two_secrets_matches() {
         let req = request(&[("X-Hub-Signature-256", VECTOR)], b"Hello, World!");
         let keys = secrets(&["new-secret", SECRET]);
-        assert_eq!(Github::default().verify(&check_with(&req, &keys)), Ok(()));
+        assert_eq!(
+            Github::default().verify(&check_with(&req, &keys)),
+            Ok(vector_mac())
+        );
     }
 
     #[test]
@@ -164,7 +195,24 @@ mod tests {
         ));
         assert_eq!(
             Github { allow_sha1: true }.verify(&check_with(&req, &keys)),
-            Ok(())
+            Ok(None)
+        );
+        // Where a SHA-1 claim may stand in, the SHA-256 MAC is not the only one that
+        // verifies the body, so none is answered (the replay key hashes the body).
+        let both = request(
+            &[
+                ("X-Hub-Signature-256", VECTOR),
+                ("X-Hub-Signature", VECTOR_SHA1),
+            ],
+            b"Hello, World!",
+        );
+        assert_eq!(
+            Github { allow_sha1: true }.verify(&check_with(&both, &keys)),
+            Ok(None)
+        );
+        assert_eq!(
+            Github { allow_sha1: false }.verify(&check_with(&both, &keys)),
+            Ok(vector_mac())
         );
     }
 }

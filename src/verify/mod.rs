@@ -66,6 +66,8 @@ impl std::fmt::Debug for Incoming {
 pub struct Verified {
     incoming: Incoming,
     signed_timestamp: Option<i64>,
+    /// The MAC that verified, where the scheme answers it (see [`Github::verify`]).
+    signature: Option<[u8; 32]>,
 }
 
 impl Verified {
@@ -75,6 +77,11 @@ impl Verified {
 
     pub fn signed_timestamp(&self) -> Option<i64> {
         self.signed_timestamp
+    }
+
+    /// The MAC that verified the request, where it alone could (see [`Github::verify`]).
+    pub fn signature(&self) -> Option<&[u8; 32]> {
+        self.signature.as_ref()
     }
 
     pub fn into_incoming(self) -> Incoming {
@@ -265,7 +272,7 @@ impl Scheme {
     /// has one. Tolerance is applied by [`verify`].
     pub fn check(&self, req: &Check) -> Result<Option<i64>, VerifyError> {
         match self {
-            Scheme::Github(github) => github.verify(req).map(|()| None),
+            Scheme::Github(github) => github.verify(req).map(|_| None),
             Scheme::Stripe => stripe::verify(req).map(Some),
             Scheme::StandardWebhooks => standard_webhooks::verify(req).map(Some),
             Scheme::Shopify => shopify::verify(req).map(|()| None),
@@ -361,13 +368,17 @@ pub fn verify(
         query: incoming.uri.query(),
         secrets,
     };
-    let signed_timestamp = scheme.check(&check)?;
+    let (signed_timestamp, signature) = match scheme {
+        Scheme::Github(github) => (None, github.verify(&check)?),
+        _ => (scheme.check(&check)?, None),
+    };
     if let Some(ts) = signed_timestamp {
         within_tolerance(ts, now, tolerance)?;
     }
     Ok(Verified {
         incoming,
         signed_timestamp,
+        signature,
     })
 }
 

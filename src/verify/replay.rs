@@ -39,25 +39,58 @@ pub fn covers_id(scheme: &Scheme, id: &Locator) -> bool {
 /// where the signed bytes are not the body as sent (Twilio signs the URL and sorted
 /// parameters, so reordered parameters verify the same; the generic scheme signs its
 /// template). `None` when there is no signature to go by.
-pub fn replay_key(scheme: &Scheme, incoming: &Incoming) -> Option<String> {
-    let digest = |bytes: &[u8]| {
-        let mut hex = [0; 64];
-        // 32 bytes always fit in 64 hex digits.
-        let _ = hex::encode_to_slice(Sha256::digest(bytes), &mut hex);
-        let mut key = String::with_capacity(7 + hex.len());
-        key.push_str("signed:");
-        // Hex digits are ASCII, so always UTF-8.
-        key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
-        key
-    };
+///
+/// `signature` is the MAC that verified, where the scheme answers one that alone can
+/// verify the body (GitHub without SHA-1): a MAC under a secret names the body as surely
+/// as its hash, and the key is then the hash of those 32 bytes rather than of the whole
+/// body (`mac:`; GitHub's bodies run to tens of kilobytes). Either way the key depends
+/// on nothing a re-post can change: the decoded MAC is the same whatever the case of its
+/// digits, and the same whichever of the source's secrets are configured beside the one
+/// it was made with.
+pub fn replay_key(
+    scheme: &Scheme,
+    incoming: &Incoming,
+    signature: Option<&[u8; 32]>,
+) -> Option<String> {
     match scheme {
         Scheme::Token(_) | Scheme::None | Scheme::Gitlab => None,
         Scheme::Twilio(_) => {
-            header(&incoming.headers, twilio::SIGNATURE).map(|v| digest(v.as_bytes()))
+            header(&incoming.headers, twilio::SIGNATURE).map(|v| digest(SIGNED, v.as_bytes()))
         }
-        Scheme::Hmac(generic) => signature_of(generic, incoming).map(|v| digest(v.as_bytes())),
-        _ => Some(digest(&incoming.body)),
+        Scheme::Hmac(generic) => {
+            signature_of(generic, incoming).map(|v| digest(SIGNED, v.as_bytes()))
+        }
+        Scheme::Github(_) => Some(match signature {
+            Some(mac) => digest(MAC, mac),
+            None => digest(SIGNED, &incoming.body),
+        }),
+        _ => Some(digest(SIGNED, &incoming.body)),
     }
+}
+
+/// The replay key an event with the key `key` and body `body` had before `mac:` keys
+/// (2026-12-06): the body's hash. A journal whose events hold that form looks a re-post
+/// up under it too, until they have left the dedup window (see the journal's
+/// `earlier_replay_keys_until`). `None` for keys of any other form.
+pub fn earlier_form(key: &str, body: &[u8]) -> Option<String> {
+    key.starts_with(MAC).then(|| digest(SIGNED, body))
+}
+
+/// The prefix of a key made from what was signed, or from the signature as sent.
+const SIGNED: &str = "signed:";
+/// The prefix of a key made from the MAC that verified.
+const MAC: &str = "mac:";
+
+/// `prefix` and the SHA-256 of `bytes` in hex.
+fn digest(prefix: &str, bytes: &[u8]) -> String {
+    let mut hex = [0; 64];
+    // 32 bytes always fit in 64 hex digits.
+    let _ = hex::encode_to_slice(Sha256::digest(bytes), &mut hex);
+    let mut key = String::with_capacity(prefix.len() + hex.len());
+    key.push_str(prefix);
+    // Hex digits are ASCII, so always UTF-8.
+    key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    key
 }
 
 fn signature_of<'a>(generic: &hmac::Generic, incoming: &'a Incoming) -> Option<&'a str> {
@@ -110,13 +143,32 @@ mod tests {
         let a = incoming(b"{\"a\":1}", &[("x-github-delivery", "one")]);
         let b = incoming(b"{\"a\":1}", &[("x-github-delivery", "two")]);
         let c = incoming(b"{\"a\":2}", &[("x-github-delivery", "one")]);
-        assert_eq!(replay_key(&github, &a), replay_key(&github, &b));
-        assert_ne!(replay_key(&github, &a), replay_key(&github, &c));
-        // The journal keeps these keys: their form cannot change between versions.
+        assert_eq!(replay_key(&github, &a, None), replay_key(&github, &b, None));
+        assert_ne!(replay_key(&github, &a, None), replay_key(&github, &c, None));
+        // The journal keeps these keys: a form, once written, is never made differently.
+        let body_key = "signed:015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862";
+        assert_eq!(replay_key(&github, &a, None).unwrap(), body_key);
+        assert_eq!(replay_key(&Scheme::Gitlab, &a, None), None);
+
+        // With the MAC that verified: its hash, whatever the unsigned headers say.
+        let mac = [7u8; 32];
+        let from_mac = replay_key(&github, &a, Some(&mac)).unwrap();
+        assert_eq!(from_mac, replay_key(&github, &b, Some(&mac)).unwrap());
         assert_eq!(
-            replay_key(&github, &a).unwrap(),
-            "signed:015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
+            from_mac,
+            "mac:4bb06f8e4e3a7715d201d573d0aa423762e55dabd61a2c02278fa56cc6d294e0"
         );
-        assert_eq!(replay_key(&Scheme::Gitlab, &a), None);
+        assert_ne!(from_mac, replay_key(&github, &a, Some(&[8u8; 32])).unwrap());
+        // Only GitHub answers a MAC; the others keep their forms.
+        assert_eq!(
+            replay_key(&Scheme::Shopify, &a, Some(&mac)).unwrap(),
+            body_key
+        );
+        // A key of the MAC form has the body's key as its earlier form; others none.
+        assert_eq!(
+            earlier_form(&from_mac, b"{\"a\":1}").as_deref(),
+            Some(body_key)
+        );
+        assert_eq!(earlier_form(body_key, b"{\"a\":1}"), None);
     }
 }

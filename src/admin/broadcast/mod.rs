@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::{Journal, ListFilter, ReadError};
 use crate::listen::stopped;
@@ -70,6 +70,9 @@ struct Shared {
     ring: Mutex<Ring>,
     /// Subscriptions alive; with none, the feed reads nothing.
     clients: AtomicUsize,
+    /// Told when the first client joins: with none, the feed waits for this rather than
+    /// waking at every group the journal commits.
+    joined: Notify,
     /// Events the feed has read from the journal.
     read: AtomicU64,
     /// Streams open at once.
@@ -99,6 +102,7 @@ impl Broadcaster {
                     published: newest,
                 }),
                 clients: AtomicUsize::new(0),
+                joined: Notify::new(),
                 read: AtomicU64::new(0),
                 slots: Arc::new(Semaphore::new(max_streams)),
             }),
@@ -129,23 +133,31 @@ impl Broadcaster {
     }
 
     /// Follows the journal until `stop`: the only task that reads events for the stream.
+    /// While nobody listens it sleeps until a client joins, instead of waking at every
+    /// group the journal commits to move past it (a joining client moves the ring past
+    /// what came meanwhile, see [`Broadcaster::subscribe`]).
     pub async fn feed(self, mut stop: watch::Receiver<bool>) {
         let journal = self.shared.journal.clone();
         let mut durable = journal.last_seq();
-        let mut cursor = self.published();
         loop {
             let newest = *durable.borrow_and_update();
+            if self.skip_to(newest) {
+                tokio::select! {
+                    _ = self.shared.joined.notified() => continue,
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+            // Published up to here, by this task or by a first client's joining.
+            let mut cursor = self.published();
             while cursor < newest && !*stop.borrow() {
                 if self.skip_to(newest) {
-                    cursor = newest;
                     break;
                 }
                 match read_page(&journal, &Filter::default(), cursor, newest).await {
                     Ok((events, end)) => {
                         let read = events.len() as u64;
                         self.shared.read.fetch_add(read, Ordering::Relaxed);
-                        self.publish(events, end);
-                        cursor = end;
+                        cursor = self.publish(events, end);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, after = cursor, "the live stream cannot read the journal; retrying");
@@ -163,23 +175,32 @@ impl Broadcaster {
         }
     }
 
-    /// With no client, moves past `newest` without reading; answers whether it did.
-    /// Under the lock, so that a client joining now sees either this or the events.
+    /// With no client, moves past `newest` without reading; answers whether there was
+    /// no client. Under the lock, so that a client joining now sees either this or the
+    /// events.
     fn skip_to(&self, newest: u64) -> bool {
         let mut ring = self.ring();
         if self.shared.clients.load(Ordering::Acquire) > 0 {
             return false;
         }
-        ring.events.clear();
-        ring.bytes = 0;
-        ring.floor = newest;
-        ring.published = newest;
+        if newest > ring.published {
+            ring.events.clear();
+            ring.bytes = 0;
+            ring.floor = newest;
+            ring.published = newest;
+        }
         true
     }
 
-    fn publish(&self, events: Vec<Arc<Event>>, end: u64) {
+    /// Puts `events` (read up to `end`) in the ring and on the channel; answers the seq
+    /// published up to. Those a first client's joining moved the ring past meanwhile are
+    /// not published again.
+    fn publish(&self, events: Vec<Arc<Event>>, end: u64) -> u64 {
         let mut ring = self.ring();
         for event in events {
+            if event.seq <= ring.published {
+                continue;
+            }
             ring.bytes += event.text.len();
             ring.events.push_back(event.clone());
             while ring.events.len() > RING_EVENTS || ring.bytes > RING_BYTES {
@@ -194,6 +215,7 @@ impl Broadcaster {
             let _ = self.shared.sender.send(event);
         }
         ring.published = ring.published.max(end);
+        ring.published
     }
 
     /// A client's subscription to the events after `after` (`None`: the newest durable
@@ -201,11 +223,22 @@ impl Broadcaster {
     /// started afresh) is taken as the newest.
     pub fn subscribe(&self, filter: Filter, after: Option<u64>) -> Subscription {
         let durable = *self.shared.journal.last_seq().borrow();
-        let ring = self.ring();
-        self.shared.clients.fetch_add(1, Ordering::AcqRel);
+        let mut ring = self.ring();
+        let first = self.shared.clients.fetch_add(1, Ordering::AcqRel) == 0;
+        if first && ring.published < durable {
+            // The feed has slept since the last client left: what came meanwhile was
+            // read by nobody, as the feed itself would have skipped it.
+            ring.events.clear();
+            ring.bytes = 0;
+            ring.floor = durable;
+            ring.published = durable;
+        }
         let position = after.map_or(durable, |after| after.min(durable));
         let state = join(&ring, &self.shared.sender, position);
         drop(ring);
+        if first {
+            self.shared.joined.notify_one();
+        }
         Subscription::new(self.shared.clone(), filter, position, state)
     }
 }
@@ -339,12 +372,7 @@ mod tests {
         let feed = tokio::spawn(broadcaster.clone().feed(stopped));
 
         append(&journal, 0..10).await;
-        let quiet = tokio::time::timeout(Duration::from_secs(5), async {
-            while broadcaster.published() < 10 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        quiet.await.expect("the feed moves on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             broadcaster.events_read(),
             0,

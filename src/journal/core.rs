@@ -826,7 +826,7 @@ const MAC_REPLAY_KEYS_SINCE: &[u8] = b"mac_replay_keys_since";
 /// end of the dedup window of the last event that may hold that form. Recorded at the
 /// first opening by a build with `mac:` keys; a journal that held no events then has no
 /// earlier keys (0). `last_seq` is the newest seq the journal ever gave.
-fn earlier_replay_keys_until(
+pub(super) fn earlier_replay_keys_until(
     meta: &store::Tree,
     last_seq: u64,
     window: std::time::Duration,

@@ -2122,7 +2122,7 @@ fn body_key(body: &[u8]) -> String {
 }
 
 #[tokio::test]
-async fn a_journal_of_body_keys_finds_re_posts_under_them_until_its_window_ends() {
+async fn a_journal_of_body_keys_finds_re_posts_under_them_after_the_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(settings(dir.path())).unwrap();
     // Written as a build before `mac:` keys wrote it: the body's hash as the replay key.
@@ -2179,4 +2179,36 @@ async fn a_journal_of_body_keys_finds_re_posts_under_them_until_its_window_ends(
         Ok(Outcome::Accepted(2))
     );
     journal.close().await;
+}
+
+#[test]
+fn body_keys_are_looked_for_one_dedup_window_from_the_first_opening_that_made_mac_keys() {
+    let (_dir, db) = store::Db::scratch();
+    let meta = db.open_tree("meta").unwrap();
+    let window = Duration::from_secs(3600);
+    // A journal with events, opened for the first time by a build with `mac:` keys.
+    let before = crate::unix_ms(std::time::SystemTime::now());
+    let until = super::core::earlier_replay_keys_until(&meta, 5, window).unwrap();
+    let after = crate::unix_ms(std::time::SystemTime::now());
+    assert!(
+        (before + 3_600_000..=after + 3_600_000).contains(&until),
+        "{until} is not an hour after this opening"
+    );
+    // Later openings keep to the time the first recorded.
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        super::core::earlier_replay_keys_until(&meta, 9, window).unwrap(),
+        until
+    );
+    // A journal this build began: no body keys to look for, then or later.
+    let (_dir, db) = store::Db::scratch();
+    let meta = db.open_tree("meta").unwrap();
+    assert_eq!(
+        super::core::earlier_replay_keys_until(&meta, 0, window).unwrap(),
+        0
+    );
+    assert_eq!(
+        super::core::earlier_replay_keys_until(&meta, 7, window).unwrap(),
+        0
+    );
 }

@@ -540,6 +540,13 @@ fn rewritten(
     (headers, captured.1.clone())
 }
 
+/// Checks that `reply` calls its request a duplicate of the first event.
+fn assert_duplicate_of_the_first(reply: &hookgate::cli::client::Reply) {
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["status"], "duplicate", "{:?}", reply.json());
+    assert_eq!(reply.json()["seq"], 1);
+}
+
 /// The `X-Hub-Signature` (SHA-1) GitHub sends beside the SHA-256 one, for `body`.
 fn sha1_signature(body: &[u8]) -> http::HeaderValue {
     use hookgate::verify::{Github, Outgoing, Scheme};
@@ -572,15 +579,7 @@ async fn a_re_posted_github_capture_is_a_duplicate_however_its_headers_are_rewri
         h.insert("x-hub-signature", sha1_signature(body));
     });
     for forged in [upper, with_sha1] {
-        let replayed = post(gw.ingest_addr, "/hooks/github", forged).await;
-        assert_eq!(replayed.status, StatusCode::OK);
-        assert_eq!(
-            replayed.json()["status"],
-            "duplicate",
-            "{:?}",
-            replayed.json()
-        );
-        assert_eq!(replayed.json()["seq"], 1);
+        assert_duplicate_of_the_first(&post(gw.ingest_addr, "/hooks/github", forged).await);
     }
     gw.stop().await;
 
@@ -598,8 +597,7 @@ secrets = ["gh-next-secret", "gh-test-secret"]
         rewritten(&captured, "forged-after-rotation", |_| {}),
     )
     .await;
-    assert_eq!(replayed.json()["status"], "duplicate");
-    assert_eq!(replayed.json()["seq"], 1);
+    assert_duplicate_of_the_first(&replayed);
     gw.stop().await;
 
     // With SHA-1 allowed, a capture holding both signatures verifies again without the
@@ -621,14 +619,7 @@ allow_sha1 = true
     let stripped = rewritten(&both, "forged-sha1-only", |h| {
         h.remove("x-hub-signature-256");
     });
-    let replayed = post(gw.ingest_addr, "/hooks/github", stripped).await;
-    assert_eq!(replayed.status, StatusCode::OK);
-    assert_eq!(
-        replayed.json()["status"],
-        "duplicate",
-        "{:?}",
-        replayed.json()
-    );
+    assert_duplicate_of_the_first(&post(gw.ingest_addr, "/hooks/github", stripped).await);
     gw.stop().await;
 }
 

@@ -2116,68 +2116,50 @@ fn mac_signed(id: &str, body: &'static [u8], at_ms: u64) -> NewEvent {
     }
 }
 
-/// The replay key a build before `mac:` keys gave `body`.
-fn body_key(body: &[u8]) -> String {
-    crate::verify::replay::earlier_form("mac:", body).unwrap()
+/// An event as a build before `mac:` keys journaled it: the body's hash as its replay key.
+fn body_keyed(id: &str, body: &'static [u8], at_ms: u64) -> NewEvent {
+    let key = crate::verify::replay::earlier_form("mac:", body).unwrap();
+    NewEvent {
+        body: Bytes::from_static(body),
+        ..signed(id, &key, at_ms)
+    }
 }
 
 #[tokio::test]
 async fn a_journal_of_body_keys_finds_re_posts_under_them_after_the_upgrade() {
+    const BODY: &[u8] = b"{\"n\":1}";
+    let opened = |dir: &Path| Journal::open(settings(dir)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(settings(dir.path())).unwrap();
-    // Written as a build before `mac:` keys wrote it: the body's hash as the replay key.
-    let old = NewEvent {
-        body: Bytes::from_static(b"{\"n\":1}"),
-        ..signed("a", &body_key(b"{\"n\":1}"), HOUR_MS)
-    };
+    let journal = opened(dir.path());
+    let old = body_keyed("a", BODY, HOUR_MS);
     assert_eq!(journal.append(old).await, Ok(Outcome::Accepted(1)));
+    // As if a build before `mac:` keys had written it.
     super::core::forget_mac_replay_keys_since(&journal.core().unwrap().trees().meta);
     journal.close().await;
     drop(journal);
 
-    // The first opening by this build: a re-post of the same body, keyed from its MAC,
-    // is found under the body's key.
-    let journal = Journal::open(settings(dir.path())).unwrap();
-    assert_eq!(
-        journal
-            .append(mac_signed("forged", b"{\"n\":1}", HOUR_MS + 1))
-            .await,
-        Ok(Outcome::Duplicate(1))
-    );
-    assert_eq!(
-        journal
-            .append(mac_signed("other", b"{\"n\":2}", HOUR_MS + 1))
-            .await,
-        Ok(Outcome::Accepted(2)),
-        "another body"
-    );
-    journal.close().await;
-    drop(journal);
-    // And at the openings after it, the time recorded at the first.
-    let journal = Journal::open(settings(dir.path())).unwrap();
-    assert_eq!(
-        journal
-            .append(mac_signed("forged-again", b"{\"n\":1}", HOUR_MS + 2))
-            .await,
-        Ok(Outcome::Duplicate(1))
-    );
-    journal.close().await;
+    // The first opening by this build, and the one after it (which keeps to the time
+    // the first recorded): a re-post of the same body, keyed from its MAC, is found
+    // under the body's key; another body is new the first time.
+    let other = [Outcome::Accepted(2), Outcome::Duplicate(2)];
+    for (opening, other) in other.into_iter().enumerate() {
+        let at_ms = HOUR_MS + 1 + opening as u64;
+        let journal = opened(dir.path());
+        let re_post = mac_signed(&format!("forged-{opening}"), BODY, at_ms);
+        assert_eq!(journal.append(re_post).await, Ok(Outcome::Duplicate(1)));
+        let another = mac_signed(&format!("other-{opening}"), b"{\"n\":2}", at_ms);
+        assert_eq!(journal.append(another).await, Ok(other));
+        journal.close().await;
+    }
 
     // A journal this build began holds no body keys: none is looked for (the one
     // written here by hand is not found).
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(settings(dir.path())).unwrap();
-    let old = NewEvent {
-        body: Bytes::from_static(b"{\"n\":1}"),
-        ..signed("a", &body_key(b"{\"n\":1}"), HOUR_MS)
-    };
+    let journal = opened(dir.path());
+    let old = body_keyed("a", BODY, HOUR_MS);
     assert_eq!(journal.append(old).await, Ok(Outcome::Accepted(1)));
-    assert_eq!(
-        journal
-            .append(mac_signed("forged", b"{\"n\":1}", HOUR_MS + 1))
-            .await,
-        Ok(Outcome::Accepted(2))
-    );
+    let re_post = mac_signed("forged", BODY, HOUR_MS + 1);
+    assert_eq!(journal.append(re_post).await, Ok(Outcome::Accepted(2)));
     journal.close().await;
 }
 

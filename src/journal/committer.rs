@@ -101,9 +101,6 @@ pub(super) struct Committer {
     /// Whether the indexer fell `MAX_UNINDEXED` behind (said once until it catches up).
     index_behind: bool,
     indexer: Option<(std::sync::mpsc::Sender<Work>, std::thread::JoinHandle<()>)>,
-    /// Until when (unix ms) events may hold replay keys of the earlier form, so a re-post
-    /// is looked up under that form too (`verify::replay::earlier_form`); 0: none do.
-    pub(super) earlier_replay_keys_until_ms: u64,
 }
 
 pub(super) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
@@ -228,7 +225,6 @@ impl Committer {
             prints,
             index_behind: false,
             indexer: None,
-            earlier_replay_keys_until_ms: 0,
         }
     }
 
@@ -286,8 +282,12 @@ impl Committer {
                     self.catch_up();
                 }
                 match command {
-                    Command::Append { event, reply } => {
-                        let result = self.append(*event);
+                    Command::Append {
+                        event,
+                        earlier_key,
+                        reply,
+                    } => {
+                        let result = self.append(*event, earlier_key);
                         appends.push((reply, result));
                     }
                     Command::Compact { now_ms, reply } => {
@@ -703,7 +703,13 @@ impl Committer {
             .transpose()
     }
 
-    fn append(&mut self, event: NewEvent) -> Result<Outcome, JournalError> {
+    /// Journals `event` unless a dedup key of it, or `earlier_key` (its replay key in
+    /// the form events from before `mac:` keys hold), is remembered.
+    fn append(
+        &mut self,
+        event: NewEvent,
+        earlier_key: Option<Vec<u8>>,
+    ) -> Result<Outcome, JournalError> {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return Err(JournalError::Unwritable("an earlier flush failed".into()));
         }
@@ -717,7 +723,7 @@ impl Committer {
                 return Ok(Outcome::Duplicate(seq));
             }
         }
-        if let Some(earlier) = self.earlier_replay_key(&event) {
+        if let Some(earlier) = earlier_key {
             if let Some(seq) = self.remembered(&earlier, &event)? {
                 return Ok(Outcome::Duplicate(seq));
             }
@@ -785,18 +791,6 @@ impl Committer {
         } else {
             Outcome::Accepted(seq)
         })
-    }
-
-    /// The dedup key `event`'s replay key had in its earlier form, while events
-    /// journaled before this form may still be inside the dedup window: looked up, never
-    /// written.
-    fn earlier_replay_key(&self, event: &NewEvent) -> Option<Vec<u8>> {
-        if event.received_at_ms >= self.earlier_replay_keys_until_ms {
-            return None;
-        }
-        let earlier =
-            crate::verify::replay::earlier_form(event.replay_key.as_deref()?, &event.body)?;
-        Some(replay_dedup_key(&event.source, &earlier))
     }
 
     /// The seq of the event a dedup key points at, while inside the dedup window.

@@ -34,6 +34,9 @@ pub(super) struct Core {
     /// Whether this opening counted from a census (or walked the index).
     #[cfg_attr(not(test), allow(dead_code))]
     counted_from_census: bool,
+    /// Until when (unix ms) events may hold replay keys of the earlier form, so a re-post
+    /// is looked up under that form too (`verify::replay::earlier_form`); 0: none do.
+    earlier_replay_keys_until_ms: u64,
 }
 
 impl Core {
@@ -228,7 +231,7 @@ impl Core {
             "dedup fingerprints loaded"
         );
         let prints = Arc::new(Mutex::new(prints));
-        let mut committer = committer::Committer::new(
+        let committer = committer::Committer::new(
             db.clone(),
             trees.clone(),
             prints.clone(),
@@ -243,7 +246,6 @@ impl Core {
             last,
             outlets,
         );
-        committer.earlier_replay_keys_until_ms = earlier_replay_keys_until_ms;
         let handle = std::thread::Builder::new()
             .name("journal-committer".into())
             .spawn(move || committer.run(rx))
@@ -268,6 +270,7 @@ impl Core {
             reader,
             prints,
             counted_from_census,
+            earlier_replay_keys_until_ms,
         })
     }
 
@@ -276,15 +279,31 @@ impl Core {
         if let Some(fault) = self.fault() {
             return Err(JournalError::Unwritable(fault));
         }
+        // Made here, on the caller's task, rather than on the committer: it hashes the
+        // body once more, and the committer is one thread for every request.
+        let earlier_key = self.earlier_replay_key(&event);
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Append {
                 event: Box::new(event),
+                earlier_key,
                 reply,
             })
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// The dedup key `event`'s replay key had in its earlier form, while events
+    /// journaled before this form may still be inside the dedup window: looked up, never
+    /// written.
+    fn earlier_replay_key(&self, event: &NewEvent) -> Option<Vec<u8>> {
+        if event.received_at_ms >= self.earlier_replay_keys_until_ms {
+            return None;
+        }
+        let earlier =
+            crate::verify::replay::earlier_form(event.replay_key.as_deref()?, &event.body)?;
+        Some(committer::replay_dedup_key(&event.source, &earlier))
     }
 
     /// Drops delivered events past retention and dedup entries past the window, a chunk

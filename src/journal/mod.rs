@@ -185,6 +185,9 @@ pub enum JournalError {
 enum Command {
     Append {
         event: Box<NewEvent>,
+        /// The dedup key of its replay key's earlier form, while the journal may hold
+        /// that form (`Core::earlier_replay_key`): looked up, never written.
+        earlier_key: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<Outcome, JournalError>>,
     },
     Compact {

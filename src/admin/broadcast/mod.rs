@@ -64,6 +64,19 @@ struct Ring {
     published: u64,
 }
 
+impl Ring {
+    /// Moves past every event up to `newest` without publishing them (nobody listens):
+    /// the ring starts empty after it.
+    fn skip_to(&mut self, newest: u64) {
+        if newest > self.published {
+            self.events.clear();
+            self.bytes = 0;
+            self.floor = newest;
+            self.published = newest;
+        }
+    }
+}
+
 struct Shared {
     journal: Journal,
     sender: broadcast::Sender<Arc<Event>>,
@@ -183,12 +196,7 @@ impl Broadcaster {
         if self.shared.clients.load(Ordering::Acquire) > 0 {
             return false;
         }
-        if newest > ring.published {
-            ring.events.clear();
-            ring.bytes = 0;
-            ring.floor = newest;
-            ring.published = newest;
-        }
+        ring.skip_to(newest);
         true
     }
 
@@ -225,13 +233,10 @@ impl Broadcaster {
         let durable = *self.shared.journal.last_seq().borrow();
         let mut ring = self.ring();
         let first = self.shared.clients.fetch_add(1, Ordering::AcqRel) == 0;
-        if first && ring.published < durable {
+        if first {
             // The feed has slept since the last client left: what came meanwhile was
             // read by nobody, as the feed itself would have skipped it.
-            ring.events.clear();
-            ring.bytes = 0;
-            ring.floor = durable;
-            ring.published = durable;
+            ring.skip_to(durable);
         }
         let position = after.map_or(durable, |after| after.min(durable));
         let state = join(&ring, &self.shared.sender, position);

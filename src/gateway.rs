@@ -167,7 +167,7 @@ impl Gateway {
         let received_at = self.clock.now();
         // One deadline for the whole request: receiving the body and the journal's answer.
         let deadline = tokio::time::Instant::now() + self.limits.load().request_timeout;
-        let (source, identity) = match self.route(&request, found, identity) {
+        let source = match self.route(&request, found, identity.as_ref()) {
             Ok(routed) => routed,
             Err(rejection) => {
                 discard_small_body(request.into_body()).await;
@@ -284,8 +284,8 @@ impl Gateway {
         &self,
         request: &Request<B>,
         found: Option<Arc<Source>>,
-        identity: Option<ClientIdentity>,
-    ) -> Result<(Arc<Source>, Option<ClientIdentity>), Rejection> {
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Arc<Source>, Rejection> {
         let name = request
             .uri()
             .path()
@@ -305,9 +305,7 @@ impl Gateway {
             });
         }
         if !source.allowed_client_names.is_empty() {
-            let names = identity
-                .as_ref()
-                .ok_or(Rejection::ClientCertificateRequired)?;
+            let names = identity.ok_or(Rejection::ClientCertificateRequired)?;
             if !names
                 .names
                 .iter()
@@ -316,7 +314,7 @@ impl Gateway {
                 return Err(Rejection::ClientNotAllowed);
             }
         }
-        Ok((source, identity))
+        Ok(source)
     }
 }
 

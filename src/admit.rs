@@ -72,10 +72,12 @@ pub fn kept_headers(source: &Source, headers: &HeaderMap) -> Vec<(String, String
             source.headers.keeps(name.as_str()) && !carries_secret(source, value.as_bytes())
         })
         .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
+            // Visible ASCII (nearly every value) is checked more cheaply than UTF-8.
+            let value = value.to_str().map_or_else(
+                |_| String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                str::to_string,
+            );
+            (name.as_str().to_string(), value)
         })
         .collect()
 }

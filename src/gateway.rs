@@ -147,8 +147,11 @@ impl Gateway {
                 answer::rejected(&rejection)
             }
         };
-        self.metrics
-            .request(source, response.status().as_u16(), started.elapsed());
+        self.metrics.request(
+            found.as_deref(),
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         response
     }
 
@@ -244,7 +247,7 @@ impl Gateway {
         let span = tracing::Span::current();
         span.record("seq", seq);
         span.record("outcome", status);
-        self.metrics.event(&source.name, status);
+        self.metrics.event(&source, status);
         tracing::debug!("event journaled");
         Ok(answer::outcome(outcome, &id))
     }

@@ -2,7 +2,7 @@
 //! OpenMetrics text format. Counters are kept in memory from the start of the process;
 //! the backlog and the broker's state are read when scraped.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::forward::BrokerStatus;
 use crate::journal::Journal;
+use crate::source::Source;
 
 /// The `source` label of requests to a path that names no configured source, so that
 /// random paths cannot create new series. Source names cannot contain parentheses.
@@ -23,6 +24,20 @@ pub const UNKNOWN_SOURCE: &str = "(unknown)";
 /// queue bound), nacked it, the connection was lost, or could not be made; or an event
 /// was found to be poison (it cannot be delivered as it is) and marked failed.
 pub const FORWARD_ERRORS: [&str; 5] = ["returned", "nacked", "link", "connect", "poison"];
+
+/// A source's series of the commonest answers, each found in its family on first use and
+/// kept with the [`Source`]: finding a series takes a `String` label made, hashed and
+/// looked up under the family's lock, and every request counts two. A clone of a series
+/// counts into the same one, so a source rebuilt by a reload goes on counting where the
+/// one before it left off.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Requests answered 200.
+    ok: OnceLock<Counter>,
+    accepted: OnceLock<Counter>,
+    duplicate: OnceLock<Counter>,
+    stale: OnceLock<Counter>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -336,23 +351,42 @@ impl Metrics {
 
     /// One answered ingest request. `source` is a configured source's name or
     /// [`UNKNOWN_SOURCE`].
-    pub fn request(&self, source: &str, code: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                source: source.to_string(),
-                code,
-            })
-            .inc();
+    /// Counts a request to `source` (a configured one, else `UNKNOWN_SOURCE`'s) answered
+    /// `code`.
+    pub fn request(&self, source: Option<&Source>, code: u16, elapsed: Duration) {
+        let name = source.map_or(UNKNOWN_SOURCE, |s| s.name.as_str());
+        let series = || {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    source: name.to_string(),
+                    code,
+                })
+                .clone()
+        };
+        match source {
+            Some(source) if code == 200 => source.counters.ok.get_or_init(series).inc(),
+            _ => series().inc(),
+        };
         self.ack_seconds.observe(elapsed.as_secs_f64());
     }
 
-    pub fn event(&self, source: &str, status: &'static str) {
-        self.events
-            .get_or_create(&EventLabels {
-                source: source.to_string(),
-                status,
-            })
-            .inc();
+    /// Counts an event of `source` the journal called `status`.
+    pub fn event(&self, source: &Source, status: &'static str) {
+        let series = || {
+            self.events
+                .get_or_create(&EventLabels {
+                    source: source.name.clone(),
+                    status,
+                })
+                .clone()
+        };
+        let counters = &source.counters;
+        match status {
+            "accepted" => counters.accepted.get_or_init(series).inc(),
+            "duplicate" => counters.duplicate.get_or_init(series).inc(),
+            "stale" => counters.stale.get_or_init(series).inc(),
+            _ => series().inc(),
+        };
     }
 
     pub fn verify_failure(&self, source: &str, reason: &'static str) {

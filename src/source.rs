@@ -39,6 +39,8 @@ pub struct Source {
     /// Whether its signature leaves the id uncovered, so that events are also deduplicated
     /// on what is signed (see [`crate::verify::replay`]).
     pub dedup_signed: bool,
+    /// Its series of the request and event counters, found once.
+    pub counters: crate::metrics::SourceCounters,
 }
 
 #[derive(Debug)]
@@ -194,6 +196,7 @@ impl Source {
             allowed_client_names,
             headers,
             dedup_signed,
+            counters: Default::default(),
         })
     }
 

@@ -265,6 +265,38 @@ events = ["*:*"]
         "the 2 KiB limit of the last good config is still in force"
     );
 
+    // Each reload built the source anew: its requests and events were counted on in
+    // the same series (r-1, 3, 4, 5, 8 and 9 accepted; r-2 and 6 refused).
+    let metrics = hookgate::cli::client::get(&format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .body;
+    let metrics = String::from_utf8_lossy(&metrics);
+    for (series, count) in [
+        (
+            r#"hookgate_requests_total{source="github",code="200"}"#,
+            6.0,
+        ),
+        (
+            r#"hookgate_events_total{source="github",status="accepted"}"#,
+            6.0,
+        ),
+        (
+            r#"hookgate_requests_total{source="github",code="401"}"#,
+            2.0,
+        ),
+        (
+            r#"hookgate_events_total{source="relay",status="accepted"}"#,
+            1.0,
+        ),
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(value, Some(count), "{series}:\n{metrics}");
+    }
+
     let text = std::fs::read_to_string(&log).unwrap();
     for secret in ["old-secret", "new-secret", "relay-token"] {
         assert!(!text.contains(secret), "{secret} is in the log");

@@ -81,8 +81,8 @@ impl Running {
 }
 
 /// Builds every source, resolving secrets; the error names the source and the secret.
-pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Arc<Source>>> {
-    let mut sources = HashMap::new();
+pub fn build_sources(config: &Config) -> anyhow::Result<sources::Table> {
+    let mut sources = sources::Table::default();
     for cfg in &config.sources {
         let source = Source::build(cfg, &config.server)
             .map_err(|e| anyhow::anyhow!("source `{}`: {e}", cfg.name))?;

@@ -247,7 +247,7 @@ impl Gateway {
         let span = tracing::Span::current();
         span.record("seq", seq);
         span.record("outcome", status);
-        self.metrics.event(&source, status);
+        self.metrics.event(&source, outcome);
         tracing::debug!("event journaled");
         Ok(answer::outcome(outcome, &id))
     }

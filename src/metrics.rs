@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::forward::BrokerStatus;
-use crate::journal::Journal;
+use crate::journal::{Journal, Outcome};
 use crate::source::Source;
 
 /// The `source` label of requests to a path that names no configured source, so that
@@ -349,10 +349,8 @@ impl Metrics {
         self.stages.clone()
     }
 
-    /// One answered ingest request. `source` is a configured source's name or
+    /// One answered ingest request: to `source`, or when the path named none to
     /// [`UNKNOWN_SOURCE`].
-    /// Counts a request to `source` (a configured one, else `UNKNOWN_SOURCE`'s) answered
-    /// `code`.
     pub fn request(&self, source: Option<&Source>, code: u16, elapsed: Duration) {
         let name = source.map_or(UNKNOWN_SOURCE, |s| s.name.as_str());
         let series = || {
@@ -370,23 +368,24 @@ impl Metrics {
         self.ack_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts an event of `source` the journal called `status`.
-    pub fn event(&self, source: &Source, status: &'static str) {
-        let series = || {
-            self.events
-                .get_or_create(&EventLabels {
-                    source: source.name.clone(),
-                    status,
-                })
-                .clone()
-        };
+    /// An event of `source` journaled with `outcome`.
+    pub fn event(&self, source: &Source, outcome: Outcome) {
         let counters = &source.counters;
-        match status {
-            "accepted" => counters.accepted.get_or_init(series).inc(),
-            "duplicate" => counters.duplicate.get_or_init(series).inc(),
-            "stale" => counters.stale.get_or_init(series).inc(),
-            _ => series().inc(),
+        let (series, status) = match outcome {
+            Outcome::Accepted(_) => (&counters.accepted, "accepted"),
+            Outcome::Duplicate(_) => (&counters.duplicate, "duplicate"),
+            Outcome::Stale(_) => (&counters.stale, "stale"),
         };
+        series
+            .get_or_init(|| {
+                self.events
+                    .get_or_create(&EventLabels {
+                        source: source.name.clone(),
+                        status,
+                    })
+                    .clone()
+            })
+            .inc();
     }
 
     pub fn verify_failure(&self, source: &str, reason: &'static str) {

@@ -315,7 +315,7 @@ async fn drive<C>(
     // The stop and the idling are watched from a task of their own, which raises them
     // here: a timer polled beside the connection would poll the connection each time it
     // fired, and let an answer stuck behind a client that reads nothing move on.
-    let _watch = AbortOnDrop(tokio::spawn(watch(
+    let _watch = AbortOnDrop(tokio::spawn(raise_stop_or_idle(
         activity,
         limits.header_read_timeout,
         stop,
@@ -368,7 +368,7 @@ fn report<E: std::fmt::Display>(ended: Result<(), E>) {
 /// been open for `limit`: checked every `limit`, the connection is idle when no request
 /// is open and none started or ended since the check before, so after `limit` to twice
 /// that of idling.
-async fn watch(
+async fn raise_stop_or_idle(
     activity: Arc<Activity>,
     limit: Duration,
     mut stop: watch::Receiver<bool>,

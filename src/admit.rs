@@ -134,7 +134,6 @@ pub fn admit(
         .get(http::header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    let normalised = (payload.json != incoming.body).then_some(payload.json);
     Ok(NewEvent {
         source: source.name.clone(),
         id,
@@ -146,7 +145,7 @@ pub fn admit(
         headers: kept_headers(source, headers),
         client_identity: None,
         body: incoming.body,
-        normalised,
+        normalised: payload.converted,
         replay_key,
     })
 }

@@ -24,15 +24,19 @@ pub fn check(text: &[u8]) -> Option<bool> {
     walk.text_value()
 }
 
-/// The open arrays and objects, innermost last: one bit each, set for an object.
+/// The open arrays and objects, innermost last: one bit each, set for an object. The
+/// innermost one's kind is kept apart too, since it is asked after every value.
 #[derive(Default)]
 struct Open {
     bits: [u64; MAX_DEPTH / 64],
     depth: usize,
+    /// Whether the innermost open value is an object; `None` when none is open.
+    innermost: Option<bool>,
 }
 
 impl Open {
     /// `false` when nesting deeper than [`MAX_DEPTH`].
+    #[inline(always)]
     fn push(&mut self, object: bool) -> bool {
         let Some(word) = self.bits.get_mut(self.depth / 64) else {
             return false;
@@ -44,13 +48,18 @@ impl Open {
             *word &= !bit;
         }
         self.depth += 1;
+        self.innermost = Some(object);
         true
     }
 
-    /// Whether the innermost open value is an object; `None` when none is open.
-    fn innermost_is_object(&self) -> Option<bool> {
-        let last = self.depth.checked_sub(1)?;
-        Some(self.bits[last / 64] >> (last % 64) & 1 == 1)
+    /// Closes the innermost open value.
+    #[inline(always)]
+    fn pop(&mut self) {
+        self.depth -= 1;
+        self.innermost = self
+            .depth
+            .checked_sub(1)
+            .map(|last| self.bits[last / 64] >> (last % 64) & 1 == 1);
     }
 }
 
@@ -109,7 +118,7 @@ impl Walk<'_> {
             // A value ended: commas and closing brackets until the next value is due.
             loop {
                 self.skip_whitespace();
-                let Some(object) = self.open.innermost_is_object() else {
+                let Some(object) = self.open.innermost else {
                     return Some(self.at == self.text.len());
                 };
                 match (self.peek(), object) {
@@ -122,7 +131,7 @@ impl Walk<'_> {
                     }
                     (Some(b'}'), true) | (Some(b']'), false) => {
                         self.at += 1;
-                        self.open.depth -= 1;
+                        self.open.pop();
                     }
                     _ => return Some(false),
                 }
@@ -131,6 +140,7 @@ impl Walk<'_> {
     }
 
     /// An object's key and its colon, whitespace before each.
+    #[inline(always)]
     fn key(&mut self) -> bool {
         self.skip_whitespace();
         if self.peek() != Some(b'"') {
@@ -234,7 +244,10 @@ impl Walk<'_> {
 fn stop_in_string(text: &[u8], mut at: usize) -> usize {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     {
-        at = sixteen_at_a_time(text, at);
+        match sixteen_at_a_time(text, at) {
+            Ok(stop) => return stop,
+            Err(tail) => at = tail,
+        }
     }
     while let Some(&b) = text.get(at) {
         if b == b'"' || b == b'\\' || b < 0x20 {
@@ -245,10 +258,12 @@ fn stop_in_string(text: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// `stop_in_string` for as long as sixteen bytes remain: the stop, or where fewer remain.
+/// `stop_in_string` for as long as sixteen bytes remain: `Ok` with the stop, or `Err`
+/// with where fewer than sixteen remain and no stop was found before (as
+/// `slice::binary_search` answers), so that a stop found here is not looked at again.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
-fn sixteen_at_a_time(text: &[u8], mut at: usize) -> usize {
+fn sixteen_at_a_time(text: &[u8], mut at: usize) -> Result<usize, usize> {
     use safe_arch::*;
     let quote = set_splat_i8_m128i(b'"' as i8);
     let backslash = set_splat_i8_m128i(b'\\' as i8);
@@ -268,11 +283,11 @@ fn sixteen_at_a_time(text: &[u8], mut at: usize) -> usize {
         );
         let found = move_mask_i8_m128i(stops);
         if found != 0 {
-            return at + found.trailing_zeros() as usize;
+            return Ok(at + found.trailing_zeros() as usize);
         }
         at += 16;
     }
-    at
+    Err(at)
 }
 
 #[cfg(test)]
@@ -402,13 +417,13 @@ mod tests {
             text.extend_from_slice(&high);
             assert_eq!(stop_in_string(&text, 0), len, "len {len}");
             // The sixteen-byte loop alone: the stop when its chunk is whole, else where
-            // fewer than sixteen bytes are left (a stop found early would only cost
-            // time: the byte loop goes on from it).
+            // fewer than sixteen bytes are left (the stop it finds is taken as it is,
+            // not looked at again by the byte loop).
             #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
             {
                 let chunk = len / 16 * 16;
                 let whole = chunk + 16 <= text.len();
-                let expected = if whole { len } else { chunk };
+                let expected = if whole { Ok(len) } else { Err(chunk) };
                 assert_eq!(sixteen_at_a_time(&text, 0), expected, "len {len}");
             }
         }

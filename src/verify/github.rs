@@ -50,7 +50,7 @@ impl Github {
         let claimed = value
             .and_then(|hex| {
                 let claimed = decoded.get_mut(..hex.len() / 2)?;
-                hex::decode_to_slice(hex, claimed).ok()?;
+                mac::decode_hex(hex, claimed)?;
                 Some(claimed)
             })
             .ok_or(invalid.clone())?;

@@ -54,6 +54,37 @@ pub fn matches(algorithm: Algorithm, key: &[u8], parts: &[&[u8]], claimed: &[u8]
     }
 }
 
+/// Decodes hex digits (either case) into `out`, which holds half as many bytes: `None`
+/// for any other byte, or another length. Every GitHub request's signature is decoded
+/// here; the hex crate's decoder matches each digit against its ranges (about twelve
+/// instructions a digit), this looks it up in a table. What it decodes is the claim, not
+/// a secret, so its time may depend on it.
+pub fn decode_hex(text: &str, out: &mut [u8]) -> Option<()> {
+    /// Each byte's value as a hex digit, or 0xff.
+    const VALUES: [u8; 256] = {
+        let mut values = [0xff; 256];
+        let mut digit = 0;
+        while digit < 16 {
+            let lower = b"0123456789abcdef"[digit];
+            values[lower as usize] = digit as u8;
+            values[lower.to_ascii_uppercase() as usize] = digit as u8;
+            digit += 1;
+        }
+        values
+    };
+    if text.len() != out.len() * 2 {
+        return None;
+    }
+    let mut invalid = 0;
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let (high, low) = (VALUES[pair[0] as usize], VALUES[pair[1] as usize]);
+        invalid |= high | low;
+        *byte = high << 4 | low;
+    }
+    // A digit's value is below 16; 0xff (no digit) is not.
+    (invalid < 16).then_some(())
+}
+
 /// At most this many signatures of one request are looked at: providers send one per
 /// active secret, and each extra claim must not cost an attacker nothing.
 pub const MAX_CLAIMS: usize = 16;
@@ -92,4 +123,32 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
 pub fn encode_base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_decoded_as_the_hex_crate_decodes_it() {
+        // Every pair of bytes that is text, as one byte's two digits.
+        for first in 0..=255u8 {
+            for second in 0..=255u8 {
+                let pair = [first, second];
+                let Ok(text) = std::str::from_utf8(&pair) else {
+                    continue;
+                };
+                let mut ours = [0; 1];
+                let decoded = decode_hex(text, &mut ours).map(|()| ours.to_vec());
+                assert_eq!(decoded, hex::decode(text).ok(), "{pair:?}");
+            }
+        }
+        let mut out = [0; 2];
+        assert_eq!(decode_hex("A0fF", &mut out), Some(()));
+        assert_eq!(out, [0xa0, 0xff]);
+        for wrong_length in ["", "abc", "ab", "abcdef"] {
+            assert_eq!(decode_hex(wrong_length, &mut out), None, "{wrong_length}");
+        }
+        assert_eq!(decode_hex("0g00", &mut out), None);
+    }
 }

@@ -235,8 +235,23 @@ mod tests {
         assert_eq!(p.value, json!({"b": 1, "a": [2]}));
         assert!(parse(ContentKind::Json, &Bytes::from_static(b"{"), false, false).is_err());
         let bad_utf8 = Bytes::from_static(b"{\"a\":\"\xff\"}");
-        assert!(parse(ContentKind::Json, &bad_utf8, false, false).is_err());
+        let not_utf8 = ReceiveError::MalformedBody("the body is not valid UTF-8".into());
+        assert_eq!(
+            parse(ContentKind::Json, &bad_utf8, false, false).unwrap_err(),
+            not_utf8
+        );
         assert!(parse(ContentKind::Json, &bad_utf8, false, true).is_err());
+        // Neither UTF-8 nor JSON: refused for its UTF-8.
+        for neither in [&b"{\xff}"[..], b"[\"\xc3\"", b"\"\x80\"x"] {
+            let neither = Bytes::copy_from_slice(neither);
+            assert_eq!(
+                parse(ContentKind::Json, &neither, false, false).unwrap_err(),
+                not_utf8
+            );
+        }
+        // UTF-8 past ASCII in a string is kept as it is.
+        let accented = Bytes::from_static("{\"a\":\"é\"}".as_bytes());
+        assert!(parse(ContentKind::Json, &accented, false, false).is_ok());
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn kept_headers(source: &Source, headers: &HeaderMap) -> Vec<(String, String
     headers
         .iter()
         .filter(|(name, value)| {
-            source.headers.keeps(name.as_str()) && !carries_secret(source, value.as_bytes())
+            source.headers.keeps_header(name) && !carries_secret(source, value.as_bytes())
         })
         .map(|(name, value)| {
             // Visible ASCII (nearly every value) is checked more cheaply than UTF-8.

@@ -171,11 +171,11 @@ pub fn handshake(handshake: Handshake) -> Response<Body> {
 }
 
 pub fn outcome(outcome: Outcome, id: &str) -> Response<Body> {
-    let (status, seq) = match outcome {
-        Outcome::Accepted(seq) => ("accepted", seq),
-        Outcome::Duplicate(seq) => ("duplicate", seq),
-        Outcome::Stale(seq) => ("stale", seq),
-    };
-    let body = serde_json::to_vec(&SuccessBody { status, id, seq }).expect("plain JSON");
+    let body = serde_json::to_vec(&SuccessBody {
+        status: outcome.status(),
+        id,
+        seq: outcome.seq(),
+    })
+    .expect("plain JSON");
     json(StatusCode::OK, body)
 }

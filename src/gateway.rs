@@ -15,7 +15,7 @@ use http::{Request, Response};
 use tracing::Instrument;
 
 use crate::answer::{self, Body, Rejection};
-use crate::journal::{Journal, Outcome};
+use crate::journal::Journal;
 use crate::listen::tls::ClientIdentity;
 use crate::listen::{ClientAddr, Peer};
 use crate::metrics::{Metrics, UNKNOWN_SOURCE};
@@ -239,14 +239,9 @@ impl Gateway {
         let outcome = tokio::time::timeout_at(deadline, self.journal.append(event))
             .await
             .map_err(|_| Rejection::JournalTimeout)??;
-        let (status, seq) = match outcome {
-            Outcome::Accepted(seq) => ("accepted", seq),
-            Outcome::Duplicate(seq) => ("duplicate", seq),
-            Outcome::Stale(seq) => ("stale", seq),
-        };
         let span = tracing::Span::current();
-        span.record("seq", seq);
-        span.record("outcome", status);
+        span.record("seq", outcome.seq());
+        span.record("outcome", outcome.status());
         self.metrics.event(&source, outcome);
         tracing::debug!("event journaled");
         Ok(answer::outcome(outcome, &id))

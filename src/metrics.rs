@@ -371,17 +371,17 @@ impl Metrics {
     /// An event of `source` journaled with `outcome`.
     pub fn event(&self, source: &Source, outcome: Outcome) {
         let counters = &source.counters;
-        let (series, status) = match outcome {
-            Outcome::Accepted(_) => (&counters.accepted, "accepted"),
-            Outcome::Duplicate(_) => (&counters.duplicate, "duplicate"),
-            Outcome::Stale(_) => (&counters.stale, "stale"),
+        let series = match outcome {
+            Outcome::Accepted(_) => &counters.accepted,
+            Outcome::Duplicate(_) => &counters.duplicate,
+            Outcome::Stale(_) => &counters.stale,
         };
         series
             .get_or_init(|| {
                 self.events
                     .get_or_create(&EventLabels {
                         source: source.name.clone(),
-                        status,
+                        status: outcome.status(),
                     })
                     .clone()
             })

@@ -160,6 +160,24 @@ pub enum Outcome {
     Stale(u64),
 }
 
+impl Outcome {
+    /// Its name, as the answer, the log line and the metrics give it.
+    pub fn status(self) -> &'static str {
+        match self {
+            Outcome::Accepted(_) => "accepted",
+            Outcome::Duplicate(_) => "duplicate",
+            Outcome::Stale(_) => "stale",
+        }
+    }
+
+    /// The seq it carries: the event journaled, or the one it repeats or is older than.
+    pub fn seq(self) -> u64 {
+        match self {
+            Outcome::Accepted(seq) | Outcome::Duplicate(seq) | Outcome::Stale(seq) => seq,
+        }
+    }
+}
+
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JournalError {
     #[error("the backlog of undelivered events has reached its limit of {max}")]

@@ -190,6 +190,58 @@ async fn a_connection_that_sends_nothing_or_half_a_head_is_closed_after_the_head
     gw.stop().await;
 }
 
+/// Sends `head` a byte every 200 ms until the server closes the connection; answers
+/// how long that took (a trickle moves the connection along; it must not keep it open).
+async fn trickle(stream: &mut tokio::net::TcpStream, head: &[u8]) -> Duration {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    for byte in head.iter().cycle() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => panic!("answered a head never finished: {:?}", &buf[..n]),
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "still open");
+    }
+    started.elapsed()
+}
+
+/// A client that sends its head a byte at a time is cut off like one that sends
+/// nothing: on a new connection, and on a kept-alive one after an answered request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_a_byte_at_a_time_is_cut_off_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // header_read_timeout is 1s in the tests' config.
+    let gw = start(dir.path(), "", GITHUB_SOURCE).await;
+    let head = b"POST /hooks/github HTTP/1.1\r\nhost: x\r\nx-padding: ";
+    for kept_alive in [false, true] {
+        let mut stream = tokio::net::TcpStream::connect(gw.ingest_addr)
+            .await
+            .unwrap();
+        if kept_alive {
+            let answer = exchange(
+                &mut stream,
+                b"GET /hooks/nowhere HTTP/1.1\r\nhost: x\r\n\r\n",
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        }
+        let waited = trickle(&mut stream, head).await;
+        // A new connection is checked first a second after it opened, and dropped then
+        // (a graceful close would wait another second for the head to end); a kept-alive
+        // one at the first check a whole second after its answer.
+        let most = Duration::from_millis(if kept_alive { 2600 } else { 1700 });
+        assert!(
+            waited >= Duration::from_millis(500) && waited < most,
+            "kept alive {kept_alive}: closed after {waited:?}"
+        );
+    }
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();

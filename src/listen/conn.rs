@@ -6,9 +6,11 @@
 //!   before twice that: it is checked once per `header_read_timeout`, so that requests
 //!   themselves wake nothing and set no timer) it is closed: before its first request
 //!   (an HTTP/2 client that sends only its preface, or nothing) and between requests (a
-//!   kept-alive HTTP/1.1 connection, an HTTP/2 one with no stream open). For HTTP/1.1
-//!   hyper's own header timer does the same, since it also runs while a kept-alive
-//!   connection waits for its next request.
+//!   kept-alive HTTP/1.1 connection, an HTTP/2 one with no stream open). A request is
+//!   open once its head is whole, so the same check cuts off an HTTP/1.1 client still
+//!   sending a head: such a connection is dropped, not closed gracefully. (hyper's own
+//!   header timer would do it within one `header_read_timeout`, but it sets a timer for
+//!   every request: 2.3% of the instructions of one, BENCHMARKS.md.)
 //! - HTTP/2 streams are limited per connection and the peer is pinged, so a dead peer
 //!   holding a stream open is noticed.
 //! - A close is graceful (HTTP/2 `GOAWAY`), and bounded: a peer that does not let the
@@ -152,8 +154,8 @@ pub async fn serve<H, Fut, B>(
     let cut = CutOff::default();
     let Some((acceptor, refused)) = acceptor else {
         let service = service(handler, peer, None, activity.clone(), cut.clone());
-        let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
-        return drive(connection, limits, activity, stop, cut).await;
+        let connection = http1().serve_connection(TokioIo::new(stream), service);
+        return drive(connection, Idle::Drop, limits, activity, stop, cut).await;
     };
     let stream =
         match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
@@ -178,10 +180,10 @@ pub async fn serve<H, Fut, B>(
             .keep_alive_interval(limits.h2_ping_interval)
             .keep_alive_timeout(limits.h2_ping_interval);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        drive(connection, limits, activity, stop, cut).await
+        drive(connection, Idle::Close, limits, activity, stop, cut).await
     } else {
-        let connection = http1(&limits).serve_connection(TokioIo::new(stream), service);
-        drive(connection, limits, activity, stop, cut).await
+        let connection = http1().serve_connection(TokioIo::new(stream), service);
+        drive(connection, Idle::Drop, limits, activity, stop, cut).await
     }
 }
 
@@ -190,11 +192,11 @@ const H1_BUFFER: usize = 16 * 1024;
 /// The HTTP/2 flow-control window of a stream (the connection's is twice that).
 const H2_WINDOW: u32 = 256 * 1024;
 
-fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
+/// HTTP/1.1 without hyper's header timer: `drive` cuts off a head that takes too long.
+fn http1() -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         // hyper reads ahead into this buffer; bounding it bounds what a connection whose
         // body waits for the memory budget holds (and the size of a request's headers).
         .max_buf_size(H1_BUFFER)
@@ -297,11 +299,25 @@ impl Drop for Busy {
     }
 }
 
+/// What is done with a connection found idle (no request open for a whole
+/// `header_read_timeout`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// HTTP/2: a graceful close (`GOAWAY`), which a peer with no stream open finishes at
+    /// once.
+    Close,
+    /// HTTP/1.1: dropped. With no request open there is nothing to finish, and a client
+    /// still sending a head is cut off there and then (a graceful close would wait for
+    /// the rest of it).
+    Drop,
+}
+
 /// Polls `connection` to its end; starts a graceful close when the listener stops or the
-/// connection idles past `header_read_timeout`, and drops it if that close takes too long
-/// or a request's answer cuts it off.
+/// connection idles past `header_read_timeout` (`idle` says how), and drops it if that
+/// close takes too long or a request's answer cuts it off.
 async fn drive<C>(
     connection: C,
+    idle: Idle,
     limits: Limits,
     activity: Arc<Activity>,
     stop: watch::Receiver<bool>,
@@ -316,7 +332,7 @@ async fn drive<C>(
     // here: a timer polled beside the connection would poll the connection each time it
     // fired, and let an answer stuck behind a client that reads nothing move on.
     let _watch = AbortOnDrop(tokio::spawn(raise_stop_or_idle(
-        activity,
+        activity.clone(),
         limits.header_read_timeout,
         stop,
         attention.clone(),
@@ -336,6 +352,12 @@ async fn drive<C>(
             return;
         }
         Ok(raised) if raised & STOP != 0 => limits.drain_timeout,
+        // Still none open: the watcher's check and this poll ran apart, and a request may
+        // have started between them (then it is closed gracefully, below).
+        Ok(_) if idle == Idle::Drop && activity.open.load(Ordering::Relaxed) == 0 => {
+            tracing::debug!("idle connection dropped");
+            return;
+        }
         Ok(_) => {
             tracing::debug!("idle connection closed");
             limits.header_read_timeout

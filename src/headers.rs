@@ -157,19 +157,17 @@ mod tests {
         ] {
             assert!(!policy.keeps(name), "{name}");
         }
+        // Every never-kept name, stored in either case or as a request's `HeaderName`.
         for name in TRANSPORT.iter().chain(CREDENTIALS).chain(SIGNATURE_HEADERS) {
             assert!(!policy.keeps(name), "{name}");
             assert!(!policy.keeps(&name.to_ascii_uppercase()), "{name}");
-        }
-        assert!(policy.keeps("X-GitHub-Event"));
-        assert!(policy.keeps("content-type"));
-        // A request's names, as `HeaderName`s, are judged the same.
-        for name in TRANSPORT.iter().chain(CREDENTIALS).chain(SIGNATURE_HEADERS) {
             assert!(
                 !policy.keeps_header(&HeaderName::from_static(name)),
                 "{name}"
             );
         }
+        assert!(policy.keeps("X-GitHub-Event"));
+        assert!(policy.keeps("content-type"));
         let event = HeaderName::from_bytes(b"X-GitHub-Event").unwrap();
         assert!(policy.keeps_header(&event));
     }

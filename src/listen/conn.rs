@@ -10,7 +10,7 @@
 //!   open once its head is whole, so the same check cuts off an HTTP/1.1 client still
 //!   sending a head: such a connection is dropped, not closed gracefully. (hyper's own
 //!   header timer would do it within one `header_read_timeout`, but it sets a timer for
-//!   every request: 2.3% of the instructions of one, BENCHMARKS.md.)
+//!   every request: 2.3% of a request's instructions outside SHA-256, BENCHMARKS.md.)
 //! - HTTP/2 streams are limited per connection and the peer is pinged, so a dead peer
 //!   holding a stream open is noticed.
 //! - A close is graceful (HTTP/2 `GOAWAY`), and bounded: a peer that does not let the

@@ -1,6 +1,6 @@
 //! Faults on a real disk: the journal on a small loop-mounted ext4 volume, filled under
-//! load (for real, and down to the `min_free` floor) and freed again, against the real
-//! binary. Needs root to mount; outside CI a machine that cannot mount skips with a
+//! load (for real, and down to the `min_free` floor) and freed again, or frozen, against
+//! the real binary. Needs root to mount; outside CI a machine that cannot mount skips with a
 //! message, in CI (`CI` set) that is a failure.
 
 mod common;
@@ -88,6 +88,26 @@ impl Drop for Volume {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
         let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// The volume's filesystem frozen (`fsfreeze`, as a snapshot tool freezes it, or as a
+/// disk that stops answering leaves it): every write to it waits. Thawed when dropped.
+struct Frozen<'a>(&'a Path);
+
+impl<'a> Frozen<'a> {
+    fn new(mount: &'a Path) -> Frozen<'a> {
+        assert!(
+            run("fsfreeze", &["-f", mount.to_str().unwrap()]),
+            "fsfreeze -f (util-linux) works where the volume mounted"
+        );
+        Frozen(mount)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = run("fsfreeze", &["-u", self.0.to_str().unwrap()]);
     }
 }
 
@@ -358,6 +378,62 @@ async fn below_min_free_new_events_are_refused_before_the_disk_is_full() {
     stop(gateway);
     let acknowledged = seen.lock().unwrap().acknowledged.clone();
     nothing_acknowledged_is_lost(&journal, &acknowledged);
+}
+
+/// A journal whose disk stops answering gets a new event's request answered 503
+/// `unavailable` once `request_timeout` is up, not left waiting; once the disk answers
+/// again, events are taken again, and the one refused is there for its retry.
+#[tokio::test]
+async fn a_disk_that_stops_answering_gets_503_at_the_request_timeout() {
+    let Some(volume) = Volume::new(64) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = volume.mount.join("journal");
+    let path = config(dir.path(), &journal, "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "max_body = \"64KiB\"",
+        "max_body = \"64KiB\"\nrequest_timeout = \"1s\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let gateway = spawn(&path);
+    // A body of its own for each: GitHub's replay defence takes a known body for a
+    // duplicate whatever its delivery id.
+    let event = |id: &str| github(id, "push", "application/json", &delivery_body(id));
+    let before = post(gateway.ingest, "/hooks/github", event("before-the-freeze")).await;
+    assert_eq!(before.status, 200, "{:?}", before.body);
+
+    let refused = {
+        let _frozen = Frozen::new(&volume.mount);
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            post(gateway.ingest, "/hooks/github", event("while-frozen")),
+        )
+        .await
+        .expect("an answer within 5 s, with a request_timeout of 1 s");
+        let took = started.elapsed();
+        eprintln!("answered {} after {took:?}: {:?}", reply.status, reply.body);
+        assert_eq!(reply.status, 503, "{:?}", reply.body);
+        assert_eq!(reply.json()["error"], "unavailable", "{:?}", reply.body);
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+            "answered after {took:?}, with a request_timeout of 1 s"
+        );
+        reply
+    };
+    assert!(refused.headers.contains_key("retry-after"));
+
+    let took = until_accepted(gateway.ingest, "thawed", Duration::from_secs(15)).await;
+    eprintln!("ingest back {took:?} after the thaw");
+    let retried = post(gateway.ingest, "/hooks/github", event("while-frozen")).await;
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    let status = retried.json()["status"].as_str().unwrap_or("").to_string();
+    assert!(
+        status == "accepted" || status == "duplicate",
+        "the retry of the refused event: {status}"
+    );
+    stop(gateway);
 }
 
 /// Flips one byte of `marker` in the journal's commit log; answers the segment file.

@@ -1,7 +1,7 @@
 //! Faults on a real disk: the journal on a small loop-mounted ext4 volume, filled under
 //! load (for real, and down to the `min_free` floor) and freed again, or frozen, against
-//! the real binary. Needs root to mount; outside CI a machine that cannot mount skips with a
-//! message, in CI (`CI` set) that is a failure.
+//! the real binary. Needs root to mount; outside CI a machine that cannot mount skips
+//! with a message, in CI (`CI` set) that is a failure.
 
 mod common;
 
@@ -118,12 +118,14 @@ fn run(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn config(dir: &Path, journal: &Path, journal_keys: &str) -> PathBuf {
+/// The test's config: `server_keys` and `journal_keys` go into those sections.
+fn config(dir: &Path, journal: &Path, server_keys: &str, journal_keys: &str) -> PathBuf {
     let text = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 max_body = "64KiB"
+{server_keys}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -267,7 +269,7 @@ async fn a_full_disk_refuses_events_and_ingest_comes_back_once_space_is_freed() 
     let dir = tempfile::tempdir().unwrap();
     let journal = volume.mount.join("journal");
     // No floor: the writes themselves fail.
-    let gateway = spawn(&config(dir.path(), &journal, r#"min_free = "0""#));
+    let gateway = spawn(&config(dir.path(), &journal, "", r#"min_free = "0""#));
     let admin = gateway.admin;
     let filler = volume.fill(3 << 20);
 
@@ -329,7 +331,7 @@ async fn below_min_free_new_events_are_refused_before_the_disk_is_full() {
     };
     let dir = tempfile::tempdir().unwrap();
     let journal = volume.mount.join("journal");
-    let gateway = spawn(&config(dir.path(), &journal, r#"min_free = "8MiB""#));
+    let gateway = spawn(&config(dir.path(), &journal, "", r#"min_free = "8MiB""#));
     let admin = gateway.admin;
     let filler = volume.fill(12 << 20);
 
@@ -390,13 +392,12 @@ async fn a_disk_that_stops_answering_gets_503_at_the_request_timeout() {
     };
     let dir = tempfile::tempdir().unwrap();
     let journal = volume.mount.join("journal");
-    let path = config(dir.path(), &journal, "");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "max_body = \"64KiB\"",
-        "max_body = \"64KiB\"\nrequest_timeout = \"1s\"",
-    );
-    std::fs::write(&path, text).unwrap();
-    let gateway = spawn(&path);
+    let gateway = spawn(&config(
+        dir.path(),
+        &journal,
+        r#"request_timeout = "1s""#,
+        "",
+    ));
     // A body of its own for each: GitHub's replay defence takes a known body for a
     // duplicate whatever its delivery id.
     let event = |id: &str| github(id, "push", "application/json", &delivery_body(id));
@@ -464,7 +465,7 @@ async fn admin_status(admin: std::net::SocketAddr, path: &str) -> (u16, serde_js
 async fn a_flipped_byte_in_the_log_costs_that_event_only() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let config = config(dir.path(), &journal, "");
+    let config = config(dir.path(), &journal, "", "");
     let mut gateway = spawn(&config);
     let body = |n: u32| format!(r#"{{"n":{n},"marker":"event-{n:03}-payload-marker"}}"#);
     let posts = (1..=100u32).map(|n| {

@@ -15,7 +15,7 @@ use http::{Request, Response};
 use tracing::Instrument;
 
 use crate::answer::{self, Body, Rejection};
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::listen::tls::ClientIdentity;
 use crate::listen::{ClientAddr, Peer};
 use crate::metrics::{Metrics, UNKNOWN_SOURCE};
@@ -236,9 +236,15 @@ impl Gateway {
         event.client_identity = identity.map(|identity| identity.describe());
         let id = event.id.clone();
         tracing::Span::current().record("id", id.as_str());
-        let outcome = tokio::time::timeout_at(deadline, self.journal.append(event))
+        // The journal keeps the deadline itself (its watchdog), without a timer here.
+        let outcome = self
+            .journal
+            .append_until(event, deadline.into_std())
             .await
-            .map_err(|_| Rejection::JournalTimeout)??;
+            .map_err(|e| match e {
+                JournalError::TimedOut => Rejection::JournalTimeout,
+                e => Rejection::Journal(e),
+            })?;
         let span = tracing::Span::current();
         span.record("seq", outcome.seq());
         span.record("outcome", outcome.status());

@@ -15,12 +15,13 @@ use super::core::{content, fingerprints_path};
 use super::deliveries::Subs;
 use super::disk::Floor;
 use super::fingerprints::{self, Fingerprints};
-use super::flusher::{self, AppendReply, Flusher, UpdateReply};
+use super::flusher::{self, AppendResult, Flusher, UpdateReply};
 use super::index::{self, Mark, DEDUP_WALKED};
 use super::indexer::{self, Overlay, Work};
 use super::log::{Reader, Writer};
 use super::record::{self, Content, Created, Loc, Status, Stored, Summary};
 use super::store;
+use super::watchdog::{self, Watch};
 use super::{
     seq_from, seq_key, seq_of, Command, JournalError, NewEvent, Outcome, Outlets, ReadError,
     Replayed, Settings, Shared, Trees,
@@ -230,7 +231,17 @@ impl Committer {
 
     /// Applies commands as they come, a group at a time, and answers each group once
     /// its writes are synced.
-    pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub(super) fn run(mut self, commands: mpsc::Receiver<Command>) {
+        let watch = Watch::new(commands);
+        let (stop_watchdog, stopped) = std::sync::mpsc::channel::<()>();
+        let watchdog = {
+            let watch = watch.clone();
+            std::thread::Builder::new()
+                .name("journal-watchdog".into())
+                .spawn(move || watchdog::run(watch, stopped))
+                .map_err(|e| tracing::error!(error = %e, "the journal's watchdog did not start; a stuck disk holds requests until it answers"))
+                .ok()
+        };
         let mut flusher = Flusher::new(
             self.db.clone(),
             self.shared.clone(),
@@ -246,7 +257,8 @@ impl Committer {
             self.indexer = Some((tx, handle));
         }
         let mut group = Vec::with_capacity(MAX_GROUP);
-        let mut appends: Vec<AppendReply> = Vec::with_capacity(MAX_GROUP);
+        // The group's appends' results, in order; their replies are in `watch`.
+        let mut appends: Vec<AppendResult> = Vec::with_capacity(MAX_GROUP);
         let mut updates: Vec<UpdateReply> = Vec::new();
         let mut closing = false;
         let mut index_flush = false;
@@ -259,21 +271,24 @@ impl Committer {
             // 11% at 256 over writing the next group during it, and then running the
             // sync here rather than on a thread of its own saved that thread's two
             // wake-ups per group (BENCHMARKS.md).
-            let Some(first) = commands.blocking_recv() else {
+            let mut inbox = watch.inbox();
+            let Some(first) = inbox.next() else {
                 break;
             };
             let began = std::time::Instant::now();
             let mut group_bytes = first.bytes();
             group.push(first);
             while group.len() < MAX_GROUP && group_bytes < MAX_GROUP_BYTES {
-                match commands.try_recv() {
-                    Ok(command) => {
+                match inbox.try_next() {
+                    Some(command) => {
                         group_bytes += command.bytes();
                         group.push(command);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
+            drop(inbox);
+            watch.start(&mut group);
             let mut close = None;
             let commands_in_group = group.len();
             for command in group.drain(..) {
@@ -283,12 +298,9 @@ impl Committer {
                 }
                 match command {
                     Command::Append {
-                        event,
-                        earlier_key,
-                        reply,
+                        event, earlier_key, ..
                     } => {
-                        let result = self.append(*event, earlier_key);
-                        appends.push((reply, result));
+                        appends.push(self.append(*event, earlier_key));
                     }
                     Command::Compact { now_ms, reply } => {
                         let result = self.compact(now_ms);
@@ -413,7 +425,8 @@ impl Committer {
                 stages.group_seconds.observe(began.elapsed().as_secs_f64());
                 stages.group_commands.observe(commands_in_group as f64);
             }
-            flusher.flush(&mut appends, &mut updates, sync);
+            flusher.flush(&mut appends, &watch, &mut updates, sync);
+            watch.end();
             if let Some(close) = close {
                 let _ = close.send(());
             }
@@ -421,7 +434,11 @@ impl Committer {
         if !closing {
             // Every handle is gone without a close: still end with a sync.
             let sync = self.write_group(&mut appends, true, true);
-            flusher.flush(&mut appends, &mut updates, sync);
+            flusher.flush(&mut appends, &watch, &mut updates, sync);
+        }
+        drop(stop_watchdog);
+        if let Some(watchdog) = watchdog {
+            let _ = watchdog.join();
         }
         tracing::debug!("journal committer stopped");
     }
@@ -431,7 +448,7 @@ impl Committer {
     /// leaves the census.
     fn write_group(
         &mut self,
-        appends: &mut [AppendReply],
+        appends: &mut [AppendResult],
         index_flush: bool,
         last: bool,
     ) -> flusher::Sync {
@@ -446,7 +463,7 @@ impl Committer {
             // flusher, seeing the journal unhealthy, fails the group and never moves the
             // durable mark again.
             let failed = JournalError::Unwritable(format!("commit log write failed: {e}"));
-            for (_, result) in appends.iter_mut() {
+            for result in appends.iter_mut() {
                 *result = Err(failed.clone());
             }
         }

@@ -275,7 +275,11 @@ impl Core {
     }
 
     /// Journals an event; answers once the record (or the one it duplicates) is flushed.
-    pub async fn append(&self, event: NewEvent) -> Result<Outcome, JournalError> {
+    pub async fn append(
+        &self,
+        event: NewEvent,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Outcome, JournalError> {
         if let Some(fault) = self.fault() {
             return Err(JournalError::Unwritable(fault));
         }
@@ -287,7 +291,8 @@ impl Core {
             .send(Command::Append {
                 event: Box::new(event),
                 earlier_key,
-                reply,
+                reply: Some(reply),
+                deadline,
             })
             .await
             .map_err(|_| JournalError::Closed)?;

@@ -8,16 +8,12 @@ use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
 use super::index::Mark;
 use super::store;
+use super::watchdog::Watch;
 use super::{JournalError, Outcome, Shared, Stages};
 
-pub(super) type AppendReply = (
-    oneshot::Sender<Result<Outcome, JournalError>>,
-    Result<Outcome, JournalError>,
-);
+pub(super) type AppendResult = Result<Outcome, JournalError>;
 /// Answers a command other than an append once its writes are flushed; it is given the
 /// flush's error, if any.
 pub(super) type UpdateReply = Box<dyn FnOnce(Option<&JournalError>) + Send>;
@@ -56,7 +52,8 @@ impl Flusher {
     /// the flush's error if it failed.
     pub(super) fn flush(
         &mut self,
-        appends: &mut Vec<AppendReply>,
+        appends: &mut Vec<AppendResult>,
+        watch: &Watch,
         updates: &mut Vec<UpdateReply>,
         group: Sync,
     ) {
@@ -86,15 +83,13 @@ impl Flusher {
                 self.shared.fail(format!("a commit log sync failed: {e}"));
                 tracing::error!(error = %e, "journal flush failed; refusing new events until writes work again");
                 let failed = JournalError::Unwritable(format!("flush failed: {e}"));
-                for (_, result) in appends.iter_mut() {
+                for result in appends.iter_mut() {
                     *result = Err(failed.clone());
                 }
                 Some(failed)
             }
         };
-        for (reply, result) in appends.drain(..) {
-            let _ = reply.send(result);
-        }
+        watch.answer(appends.drain(..));
         for answer in updates.drain(..) {
             answer(failed.as_ref());
         }

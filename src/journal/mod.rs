@@ -36,6 +36,7 @@ pub(crate) mod log;
 pub mod record;
 mod store;
 pub mod subscription;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -190,6 +191,9 @@ pub enum JournalError {
     Unwritable(String),
     #[error("the journal is shutting down")]
     Closed,
+    /// The journal did not answer an append by the deadline it was given.
+    #[error("the journal did not answer in time")]
+    TimedOut,
     /// Another process holds the index's lock: two gateways on one journal would
     /// each take the other's events for their own.
     #[error("another hookgate is using this journal{}", pid.map(|pid| format!(" (PID {pid})")).unwrap_or_default())]
@@ -206,7 +210,11 @@ enum Command {
         /// The dedup key of its replay key's earlier form, while the journal may hold
         /// that form (`Core::earlier_replay_key`): looked up, never written.
         earlier_key: Option<Vec<u8>>,
-        reply: oneshot::Sender<Result<Outcome, JournalError>>,
+        /// Taken out when the committer starts on it (`Watch::start`) or when the
+        /// watchdog answers it.
+        reply: Option<oneshot::Sender<Result<Outcome, JournalError>>>,
+        /// Past this the caller is answered `TimedOut` whatever the committer is doing.
+        deadline: Option<std::time::Instant>,
     },
     Compact {
         now_ms: u64,
@@ -547,7 +555,19 @@ impl Journal {
 
     /// Journals an event; answers once the record (or the one it duplicates) is flushed.
     pub async fn append(&self, event: NewEvent) -> Result<Outcome, JournalError> {
-        self.core()?.append(event).await
+        self.core()?.append(event, None).await
+    }
+
+    /// As [`Journal::append`], but past `deadline` answers `TimedOut` instead of waiting
+    /// on (within `watchdog::TICK` or two of it): for a journal held up by a disk that
+    /// does not answer, without a timer for each event. An event answered so may still
+    /// be journaled; its sender's retry then finds it a duplicate.
+    pub async fn append_until(
+        &self,
+        event: NewEvent,
+        deadline: std::time::Instant,
+    ) -> Result<Outcome, JournalError> {
+        self.core()?.append(event, Some(deadline)).await
     }
 
     /// Drops delivered events past retention and dedup entries past the window, a chunk

@@ -404,26 +404,37 @@ async fn a_disk_that_stops_answering_gets_503_at_the_request_timeout() {
     let before = post(gateway.ingest, "/hooks/github", event("before-the-freeze")).await;
     assert_eq!(before.status, 200, "{:?}", before.body);
 
-    let refused = {
+    // Two requests while the disk is frozen: the first reaches the journal's writer and
+    // waits there; the second, sent 400 ms later, waits queued behind it. Each is
+    // answered at its own deadline, not the first one's, and not past it.
+    let (refused, queued) = {
         let _frozen = Frozen::new(&volume.mount);
-        let started = Instant::now();
-        let reply = tokio::time::timeout(
-            Duration::from_secs(5),
-            post(gateway.ingest, "/hooks/github", event("while-frozen")),
+        let timed = |id: &'static str, after: Duration| async move {
+            tokio::time::sleep(after).await;
+            let started = Instant::now();
+            let reply = tokio::time::timeout(
+                Duration::from_secs(5),
+                post(gateway.ingest, "/hooks/github", event(id)),
+            )
+            .await
+            .expect("an answer within 5 s, with a request_timeout of 1 s");
+            (reply, started.elapsed())
+        };
+        tokio::join!(
+            timed("while-frozen", Duration::ZERO),
+            timed("queued-behind-it", Duration::from_millis(400))
         )
-        .await
-        .expect("an answer within 5 s, with a request_timeout of 1 s");
-        let took = started.elapsed();
+    };
+    for (reply, took) in [&refused, &queued] {
         eprintln!("answered {} after {took:?}: {:?}", reply.status, reply.body);
         assert_eq!(reply.status, 503, "{:?}", reply.body);
         assert_eq!(reply.json()["error"], "unavailable", "{:?}", reply.body);
         assert!(
-            took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+            *took >= Duration::from_millis(950) && *took < Duration::from_millis(2500),
             "answered after {took:?}, with a request_timeout of 1 s"
         );
-        reply
-    };
-    assert!(refused.headers.contains_key("retry-after"));
+        assert!(reply.headers.contains_key("retry-after"));
+    }
 
     let took = until_accepted(gateway.ingest, "thawed", Duration::from_secs(15)).await;
     eprintln!("ingest back {took:?} after the thaw");

@@ -25,9 +25,9 @@ use super::{Command, JournalError, Outcome};
 pub(super) const TICK: Duration = Duration::from_millis(50);
 
 /// An append's way back to its caller, and until when the caller waits.
-pub(super) struct Reply {
-    pub sender: oneshot::Sender<Result<Outcome, JournalError>>,
-    pub deadline: Option<Instant>,
+struct Reply {
+    sender: oneshot::Sender<Result<Outcome, JournalError>>,
+    deadline: Option<Instant>,
 }
 
 impl Reply {
@@ -132,8 +132,8 @@ impl Watch {
                 reply.time_out();
             }
         }
-        // The committer holds the queue while it takes a group, which it does not while
-        // it is held up: then there is nothing to do here.
+        // The committer holds the queue only while it takes a group: then it is not held
+        // up, and what is queued is about to be its.
         let Ok(mut inbox) = self.inbox.try_lock() else {
             return;
         };

@@ -382,9 +382,9 @@ async fn below_min_free_new_events_are_refused_before_the_disk_is_full() {
     nothing_acknowledged_is_lost(&journal, &acknowledged);
 }
 
-/// A journal whose disk stops answering gets a new event's request answered 503
-/// `unavailable` once `request_timeout` is up, not left waiting; once the disk answers
-/// again, events are taken again, and the one refused is there for its retry.
+/// A journal whose disk stops answering gets each waiting request answered 503
+/// `unavailable` once its own `request_timeout` is up, not left waiting; once the disk
+/// answers again, events are taken again, and the one refused is there for its retry.
 #[tokio::test]
 async fn a_disk_that_stops_answering_gets_503_at_the_request_timeout() {
     let Some(volume) = Volume::new(64) else {

@@ -291,8 +291,7 @@ impl Core {
             .send(Command::Append {
                 event: Box::new(event),
                 earlier_key,
-                reply: Some(reply),
-                deadline,
+                reply: Some(super::watchdog::Reply::new(reply, deadline)),
             })
             .await
             .map_err(|_| JournalError::Closed)?;

@@ -210,11 +210,10 @@ enum Command {
         /// The dedup key of its replay key's earlier form, while the journal may hold
         /// that form (`Core::earlier_replay_key`): looked up, never written.
         earlier_key: Option<Vec<u8>>,
-        /// Taken out when the committer starts on it (`Watch::start`) or when the
-        /// watchdog answers it.
-        reply: Option<oneshot::Sender<Result<Outcome, JournalError>>>,
-        /// Past this the caller is answered `TimedOut` whatever the committer is doing.
-        deadline: Option<std::time::Instant>,
+        /// With the caller's deadline, past which it is answered `TimedOut` whatever
+        /// the committer is doing. Taken out when the committer starts on it
+        /// (`Watch::start`) or when the watchdog answers it.
+        reply: Option<watchdog::Reply>,
     },
     Compact {
         now_ms: u64,

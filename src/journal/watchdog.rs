@@ -25,12 +25,19 @@ use super::{Command, JournalError, Outcome};
 pub(super) const TICK: Duration = Duration::from_millis(50);
 
 /// An append's way back to its caller, and until when the caller waits.
-struct Reply {
+pub(super) struct Reply {
     sender: oneshot::Sender<Result<Outcome, JournalError>>,
     deadline: Option<Instant>,
 }
 
 impl Reply {
+    pub(super) fn new(
+        sender: oneshot::Sender<Result<Outcome, JournalError>>,
+        deadline: Option<Instant>,
+    ) -> Reply {
+        Reply { sender, deadline }
+    }
+
     fn overdue(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|deadline| deadline <= now)
     }
@@ -94,14 +101,8 @@ impl Watch {
     pub(super) fn start(&self, group: &mut [Command]) {
         let mut waiting = self.waiting.lock().expect("waiting lock");
         for command in group {
-            if let Command::Append {
-                reply, deadline, ..
-            } = command
-            {
-                waiting.push(reply.take().map(|sender| Reply {
-                    sender,
-                    deadline: *deadline,
-                }));
+            if let Command::Append { reply, .. } = command {
+                waiting.push(reply.take());
             }
         }
         drop(waiting);
@@ -141,14 +142,13 @@ impl Watch {
             inbox.deferred.push_back(command);
         }
         inbox.deferred.retain_mut(|command| match command {
-            Command::Append {
-                reply, deadline, ..
-            } if deadline.is_some_and(|deadline| deadline <= now) => {
-                if let Some(sender) = reply.take() {
-                    let _ = sender.send(Err(JournalError::TimedOut));
+            Command::Append { reply, .. } => match reply.take_if(|reply| reply.overdue(now)) {
+                Some(overdue) => {
+                    overdue.time_out();
+                    false
                 }
-                false
-            }
+                None => true,
+            },
             _ => true,
         });
     }
@@ -199,8 +199,7 @@ mod tests {
         let command = Command::Append {
             event: Box::new(event),
             earlier_key: None,
-            reply: Some(sender),
-            deadline,
+            reply: Some(Reply::new(sender, deadline)),
         };
         (command, receiver)
     }
@@ -245,12 +244,12 @@ mod tests {
         tx.try_send(f).map_err(|_| "queued").unwrap();
         let mut inbox = watch.inbox();
         assert!(
-            matches!(inbox.try_next(), Some(Command::Append { deadline, .. }) if deadline == later)
+            matches!(inbox.try_next(), Some(Command::Append { reply: Some(reply), .. }) if reply.deadline == later)
         );
         assert!(matches!(inbox.try_next(), Some(Command::Close { .. })));
         assert!(matches!(
             inbox.try_next(),
-            Some(Command::Append { deadline: None, .. })
+            Some(Command::Append { reply: Some(reply), .. }) if reply.deadline.is_none()
         ));
         assert!(inbox.try_next().is_none());
     }

@@ -403,6 +403,9 @@ async fn a_disk_that_stops_answering_gets_503_at_the_request_timeout() {
     let event = |id: &str| github(id, "push", "application/json", &delivery_body(id));
     let before = post(gateway.ingest, "/hooks/github", event("before-the-freeze")).await;
     assert_eq!(before.status, 200, "{:?}", before.body);
+    // Then idle long enough for the journal's watchdog to sleep: the frozen request's
+    // group must wake it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Two requests while the disk is frozen: the first reaches the journal's writer and
     // waits there; the second, sent 400 ms later, waits queued behind it. Each is

@@ -233,12 +233,11 @@ impl Committer {
     /// its writes are synced.
     pub(super) fn run(mut self, commands: mpsc::Receiver<Command>) {
         let watch = Watch::new(commands);
-        let (stop_watchdog, stopped) = std::sync::mpsc::channel::<()>();
         let watchdog = {
             let watch = watch.clone();
             std::thread::Builder::new()
                 .name("journal-watchdog".into())
-                .spawn(move || watchdog::run(watch, stopped))
+                .spawn(move || watchdog::run(watch))
                 .map_err(|e| tracing::error!(error = %e, "the journal's watchdog did not start; a stuck disk holds requests until it answers"))
                 .ok()
         };
@@ -436,7 +435,7 @@ impl Committer {
             let sync = self.write_group(&mut appends, true, true);
             flusher.flush(&mut appends, &watch, &mut updates, sync);
         }
-        drop(stop_watchdog);
+        watch.stop();
         if let Some(watchdog) = watchdog {
             let _ = watchdog.join();
         }

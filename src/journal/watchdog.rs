@@ -10,11 +10,13 @@
 //! it takes a group. Each tick the watchdog reads one counter; only when the committer
 //! has worked on the same group for a whole tick does it look at the deadlines. So a
 //! request is answered within a tick or two of its deadline, and a request the committer
-//! keeps up with costs nothing here.
+//! keeps up with costs nothing here. While the committer waits for commands the watchdog
+//! sleeps until it starts on the next group (an idle gateway does not wake it), which
+//! costs the committer one atomic read a group.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -77,6 +79,12 @@ pub(super) struct Watch {
     waiting: Mutex<Vec<Option<Reply>>>,
     /// Odd while the committer works on a group; one more at each start and each end.
     phase: AtomicU64,
+    /// Whether the committer is gone: the watchdog's sleep, between ticks and while
+    /// parked, is a wait on this lock's condition variable.
+    stopped: Mutex<bool>,
+    woken: Condvar,
+    /// Set while the watchdog is parked until the committer starts a group.
+    parked: AtomicBool,
 }
 
 impl Watch {
@@ -88,6 +96,9 @@ impl Watch {
             }),
             waiting: Mutex::new(Vec::new()),
             phase: AtomicU64::new(0),
+            stopped: Mutex::new(false),
+            woken: Condvar::new(),
+            parked: AtomicBool::new(false),
         })
     }
 
@@ -106,7 +117,13 @@ impl Watch {
             }
         }
         drop(waiting);
-        self.phase.fetch_add(1, Ordering::Release);
+        // Sequentially consistent, as the watchdog's `park`: either the watchdog sees the
+        // new phase before it waits, or this sees it parked and wakes it.
+        self.phase.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            let _stopped = self.stopped.lock().expect("watchdog lock");
+            self.woken.notify_one();
+        }
     }
 
     /// The group is synced: each append not answered yet gets its result, in the
@@ -123,6 +140,35 @@ impl Watch {
     /// The committer is done with its group.
     pub(super) fn end(&self) {
         self.phase.fetch_add(1, Ordering::Release);
+    }
+
+    /// The committer is gone: the watchdog ends.
+    pub(super) fn stop(&self) {
+        *self.stopped.lock().expect("watchdog lock") = true;
+        self.woken.notify_one();
+    }
+
+    /// Sleeps for `tick`; `false` once the committer is gone.
+    fn sleep(&self, tick: Duration) -> bool {
+        let stopped = self.stopped.lock().expect("watchdog lock");
+        let (stopped, _) = self
+            .woken
+            .wait_timeout_while(stopped, tick, |stopped| !*stopped)
+            .expect("watchdog lock");
+        !*stopped
+    }
+
+    /// Sleeps until the committer starts on a group after `phase` (an idle one: no
+    /// deadline can pass unseen, since whatever is queued wakes the committer);
+    /// `false` once the committer is gone.
+    fn park(&self, phase: u64) -> bool {
+        let mut stopped = self.stopped.lock().expect("watchdog lock");
+        self.parked.store(true, Ordering::SeqCst);
+        while !*stopped && self.phase.load(Ordering::SeqCst) == phase {
+            stopped = self.woken.wait(stopped).expect("watchdog lock");
+        }
+        self.parked.store(false, Ordering::SeqCst);
+        !*stopped
     }
 
     /// Answers every append whose deadline has passed, in the group being worked on
@@ -154,21 +200,24 @@ impl Watch {
     }
 }
 
-/// Runs until `stop`'s sender is gone: each tick, looks whether the committer has worked
-/// on one group since the tick before, and if so answers what is overdue.
-pub(super) fn run(watch: Arc<Watch>, stop: std_mpsc::Receiver<()>) {
+/// Runs until [`Watch::stop`]: each tick, looks whether the committer has worked on one
+/// group since the tick before, and if so answers what is overdue; once it has waited
+/// for commands for a whole tick, sleeps until it starts on the next group.
+pub(super) fn run(watch: Arc<Watch>) {
     let mut seen = 0;
-    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
-        let phase = watch.phase.load(Ordering::Acquire);
+    while watch.sleep(TICK) {
+        let phase = watch.phase.load(Ordering::SeqCst);
         if held_up(phase, seen) {
             watch.expire(Instant::now());
+        } else if phase == seen && !watch.park(phase) {
+            break;
         }
         seen = phase;
     }
 }
 
 /// Whether the committer, at `phase` now and at `seen` a tick ago, has been working on
-/// one group all that time.
+/// one group all that time (at the same even phase, it has been waiting for commands).
 fn held_up(phase: u64, seen: u64) -> bool {
     phase % 2 == 1 && phase == seen
 }
@@ -268,10 +317,9 @@ mod tests {
     fn the_running_watchdog_answers_an_append_held_up_past_its_deadline() {
         let (_tx, rx) = mpsc::channel(16);
         let watch = Watch::new(rx);
-        let (stop_tx, stop_rx) = std_mpsc::channel();
         let runner = {
             let watch = watch.clone();
-            std::thread::spawn(move || run(watch, stop_rx))
+            std::thread::spawn(move || run(watch))
         };
         let (a, mut a_rx) = append(Some(Instant::now() + TICK));
         let mut group = vec![a];
@@ -284,7 +332,45 @@ mod tests {
         assert!(began.elapsed() >= TICK, "answered before its deadline");
         watch.answer(std::iter::once(Err(JournalError::Closed)));
         watch.end();
-        drop(stop_tx);
+        watch.stop();
+        runner.join().unwrap();
+    }
+
+    #[test]
+    fn an_idle_watchdog_sleeps_and_wakes_for_the_next_group() {
+        let (_tx, rx) = mpsc::channel(16);
+        let watch = Watch::new(rx);
+        let runner = {
+            let watch = watch.clone();
+            std::thread::spawn(move || run(watch))
+        };
+        // The committer waits for commands: within a few ticks the watchdog parks.
+        let began = Instant::now();
+        while !watch.parked.load(Ordering::SeqCst) {
+            assert!(began.elapsed() < Duration::from_secs(5), "never parked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A group started then is held up past its append's deadline: answered.
+        let (a, mut a_rx) = append(Some(Instant::now() + TICK));
+        let mut group = vec![a];
+        watch.start(&mut group);
+        let began = Instant::now();
+        while !timed_out(&mut a_rx) {
+            assert!(began.elapsed() < Duration::from_secs(5), "never answered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        watch.answer(std::iter::once(Err(JournalError::Closed)));
+        watch.end();
+        // Parked again, it still ends when the committer does.
+        let began = Instant::now();
+        while !watch.parked.load(Ordering::SeqCst) {
+            assert!(
+                began.elapsed() < Duration::from_secs(5),
+                "never parked again"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        watch.stop();
         runner.join().unwrap();
     }
 }

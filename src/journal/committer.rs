@@ -233,14 +233,7 @@ impl Committer {
     /// its writes are synced.
     pub(super) fn run(mut self, commands: mpsc::Receiver<Command>) {
         let watch = Watch::new(commands);
-        let watchdog = {
-            let watch = watch.clone();
-            std::thread::Builder::new()
-                .name("journal-watchdog".into())
-                .spawn(move || watchdog::run(watch))
-                .map_err(|e| tracing::error!(error = %e, "the journal's watchdog did not start; a stuck disk holds requests until it answers"))
-                .ok()
-        };
+        let watchdog = watchdog::spawn(&watch);
         let mut flusher = Flusher::new(
             self.db.clone(),
             self.shared.clone(),
@@ -435,10 +428,7 @@ impl Committer {
             let sync = self.write_group(&mut appends, true, true);
             flusher.flush(&mut appends, &watch, &mut updates, sync);
         }
-        watch.stop();
-        if let Some(watchdog) = watchdog {
-            let _ = watchdog.join();
-        }
+        drop(watchdog);
         tracing::debug!("journal committer stopped");
     }
 

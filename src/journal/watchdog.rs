@@ -143,7 +143,7 @@ impl Watch {
     }
 
     /// The committer is gone: the watchdog ends.
-    pub(super) fn stop(&self) {
+    fn stop(&self) {
         *self.stopped.lock().expect("watchdog lock") = true;
         self.woken.notify_one();
     }
@@ -200,6 +200,39 @@ impl Watch {
     }
 }
 
+/// The watchdog's thread: told to stop and waited for when dropped, at the committer's
+/// end or as it unwinds.
+pub(super) struct Watchdog {
+    watch: Arc<Watch>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the watchdog over `watch`. A thread that does not start is logged: then a stuck
+/// disk holds requests until it answers.
+pub(super) fn spawn(watch: &Arc<Watch>) -> Watchdog {
+    let thread = {
+        let watch = watch.clone();
+        std::thread::Builder::new()
+            .name("journal-watchdog".into())
+            .spawn(move || run(watch))
+            .map_err(|e| tracing::error!(error = %e, "the journal's watchdog did not start; a stuck disk holds requests until it answers"))
+            .ok()
+    };
+    Watchdog {
+        watch: watch.clone(),
+        thread,
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.watch.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Runs until [`Watch::stop`]: each tick, looks whether the committer has worked on one
 /// group since the tick before, and if so answers what is overdue; once it has waited
 /// for commands for a whole tick, sleeps until it starts on the next group.
@@ -251,6 +284,17 @@ mod tests {
             reply: Some(Reply::new(sender, deadline)),
         };
         (command, receiver)
+    }
+
+    /// Drops `watchdog`, which stops its thread and waits for it: within 5 s.
+    fn ends(watchdog: Watchdog) {
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(watchdog);
+            let _ = done.send(());
+        });
+        let ended = ended.recv_timeout(Duration::from_secs(5));
+        assert!(ended.is_ok(), "the watchdog did not end");
     }
 
     fn timed_out(receiver: &mut oneshot::Receiver<Result<Outcome, JournalError>>) -> bool {
@@ -317,10 +361,7 @@ mod tests {
     fn the_running_watchdog_answers_an_append_held_up_past_its_deadline() {
         let (_tx, rx) = mpsc::channel(16);
         let watch = Watch::new(rx);
-        let runner = {
-            let watch = watch.clone();
-            std::thread::spawn(move || run(watch))
-        };
+        let watchdog = spawn(&watch);
         let (a, mut a_rx) = append(Some(Instant::now() + TICK));
         let mut group = vec![a];
         watch.start(&mut group);
@@ -332,18 +373,14 @@ mod tests {
         assert!(began.elapsed() >= TICK, "answered before its deadline");
         watch.answer(std::iter::once(Err(JournalError::Closed)));
         watch.end();
-        watch.stop();
-        runner.join().unwrap();
+        ends(watchdog);
     }
 
     #[test]
     fn an_idle_watchdog_sleeps_and_wakes_for_the_next_group() {
         let (_tx, rx) = mpsc::channel(16);
         let watch = Watch::new(rx);
-        let runner = {
-            let watch = watch.clone();
-            std::thread::spawn(move || run(watch))
-        };
+        let watchdog = spawn(&watch);
         // The committer waits for commands: within a few ticks the watchdog parks.
         let began = Instant::now();
         while !watch.parked.load(Ordering::SeqCst) {
@@ -370,7 +407,6 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        watch.stop();
-        runner.join().unwrap();
+        ends(watchdog);
     }
 }

@@ -363,13 +363,9 @@ mod tests {
         let watch = Watch::new(rx);
         let watchdog = spawn(&watch);
         let (a, mut a_rx) = append(Some(Instant::now() + TICK));
-        let mut group = vec![a];
-        watch.start(&mut group);
+        watch.start(&mut [a]);
         let began = Instant::now();
-        while !timed_out(&mut a_rx) {
-            assert!(began.elapsed() < Duration::from_secs(5), "never answered");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually("answered", || timed_out(&mut a_rx));
         assert!(began.elapsed() >= TICK, "answered before its deadline");
         watch.answer(std::iter::once(Err(JournalError::Closed)));
         watch.end();
@@ -382,31 +378,27 @@ mod tests {
         let watch = Watch::new(rx);
         let watchdog = spawn(&watch);
         // The committer waits for commands: within a few ticks the watchdog parks.
-        let began = Instant::now();
-        while !watch.parked.load(Ordering::SeqCst) {
-            assert!(began.elapsed() < Duration::from_secs(5), "never parked");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually("parked", || watch.parked.load(Ordering::SeqCst));
         // A group started then is held up past its append's deadline: answered.
         let (a, mut a_rx) = append(Some(Instant::now() + TICK));
-        let mut group = vec![a];
-        watch.start(&mut group);
-        let began = Instant::now();
-        while !timed_out(&mut a_rx) {
-            assert!(began.elapsed() < Duration::from_secs(5), "never answered");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        watch.start(&mut [a]);
+        eventually("answered", || timed_out(&mut a_rx));
         watch.answer(std::iter::once(Err(JournalError::Closed)));
         watch.end();
         // Parked again, it still ends when the committer does.
+        eventually("parked again", || watch.parked.load(Ordering::SeqCst));
+        ends(watchdog);
+    }
+
+    /// Waits until `done` says so, 5 s at most.
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         let began = Instant::now();
-        while !watch.parked.load(Ordering::SeqCst) {
+        while !done() {
             assert!(
                 began.elapsed() < Duration::from_secs(5),
-                "never parked again"
+                "not {what} within 5 s"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        ends(watchdog);
     }
 }

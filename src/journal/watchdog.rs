@@ -11,8 +11,8 @@
 //! has worked on the same group for a whole tick does it look at the deadlines. So a
 //! request is answered within a tick or two of its deadline, and a request the committer
 //! keeps up with costs nothing here. While the committer waits for commands the watchdog
-//! sleeps until it starts on the next group (an idle gateway does not wake it), which
-//! costs the committer one atomic read a group.
+//! sleeps until it starts on the next group (it does not tick while nothing comes in),
+//! which costs the committer one atomic read a group.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -475,7 +475,8 @@ pub fn cover(meta: &store::Tree, mark: Mark) -> Result<(), store::Error> {
     meta.insert(COVERED, mark.encode())
 }
 
-/// Asks the background flusher to stop after one last flush.
+/// Asks a background thread that sleeps between rounds to stop: the index's flusher
+/// (after one last flush), the journal's watchdog.
 #[derive(Default)]
 pub struct Stop {
     stopped: Mutex<bool>,
@@ -489,13 +490,29 @@ impl Stop {
     }
 
     /// Waits up to `timeout`; answers whether a stop was asked for.
-    fn wait(&self, timeout: Duration) -> bool {
+    pub(super) fn wait(&self, timeout: Duration) -> bool {
         let stopped = self.stopped.lock().expect("stop lock");
         let (stopped, _) = self
             .wake
             .wait_timeout_while(stopped, timeout, |stopped| !*stopped)
             .expect("stop lock");
         *stopped
+    }
+
+    /// Waits, with no time limit, until a stop is asked for or `done` says so (looked at
+    /// first, and again at each [`Stop::wake`]); answers whether a stop was asked for.
+    pub(super) fn wait_until(&self, mut done: impl FnMut() -> bool) -> bool {
+        let mut stopped = self.stopped.lock().expect("stop lock");
+        while !*stopped && !done() {
+            stopped = self.wake.wait(stopped).expect("stop lock");
+        }
+        *stopped
+    }
+
+    /// Has a thread in [`Stop::wait_until`] look at its condition again.
+    pub(super) fn wake(&self) {
+        let _stopped = self.stopped.lock().expect("stop lock");
+        self.wake.notify_all();
     }
 }
 

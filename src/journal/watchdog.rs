@@ -16,11 +16,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::index::Stop;
 use super::{Command, JournalError, Outcome};
 
 /// How often the watchdog looks: with it, how late past its deadline an answer may be.
@@ -79,10 +80,9 @@ pub(super) struct Watch {
     waiting: Mutex<Vec<Option<Reply>>>,
     /// Odd while the committer works on a group; one more at each start and each end.
     phase: AtomicU64,
-    /// Whether the committer is gone: the watchdog's sleep, between ticks and while
-    /// parked, is a wait on this lock's condition variable.
-    stopped: Mutex<bool>,
-    woken: Condvar,
+    /// The committer is gone: the watchdog sleeps on this between ticks and while
+    /// parked.
+    stop: Stop,
     /// Set while the watchdog is parked until the committer starts a group.
     parked: AtomicBool,
 }
@@ -96,8 +96,7 @@ impl Watch {
             }),
             waiting: Mutex::new(Vec::new()),
             phase: AtomicU64::new(0),
-            stopped: Mutex::new(false),
-            woken: Condvar::new(),
+            stop: Stop::default(),
             parked: AtomicBool::new(false),
         })
     }
@@ -121,8 +120,7 @@ impl Watch {
         // new phase before it waits, or this sees it parked and wakes it.
         self.phase.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) {
-            let _stopped = self.stopped.lock().expect("watchdog lock");
-            self.woken.notify_one();
+            self.stop.wake();
         }
     }
 
@@ -142,33 +140,16 @@ impl Watch {
         self.phase.fetch_add(1, Ordering::Release);
     }
 
-    /// The committer is gone: the watchdog ends.
-    fn stop(&self) {
-        *self.stopped.lock().expect("watchdog lock") = true;
-        self.woken.notify_one();
-    }
-
-    /// Sleeps for `tick`; `false` once the committer is gone.
-    fn sleep(&self, tick: Duration) -> bool {
-        let stopped = self.stopped.lock().expect("watchdog lock");
-        let (stopped, _) = self
-            .woken
-            .wait_timeout_while(stopped, tick, |stopped| !*stopped)
-            .expect("watchdog lock");
-        !*stopped
-    }
-
     /// Sleeps until the committer starts on a group after `phase` (an idle one: no
     /// deadline can pass unseen, since whatever is queued wakes the committer);
     /// `false` once the committer is gone.
     fn park(&self, phase: u64) -> bool {
-        let mut stopped = self.stopped.lock().expect("watchdog lock");
         self.parked.store(true, Ordering::SeqCst);
-        while !*stopped && self.phase.load(Ordering::SeqCst) == phase {
-            stopped = self.woken.wait(stopped).expect("watchdog lock");
-        }
+        let stopped = self
+            .stop
+            .wait_until(|| self.phase.load(Ordering::SeqCst) != phase);
         self.parked.store(false, Ordering::SeqCst);
-        !*stopped
+        !stopped
     }
 
     /// Answers every append whose deadline has passed, in the group being worked on
@@ -226,19 +207,19 @@ pub(super) fn spawn(watch: &Arc<Watch>) -> Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        self.watch.stop();
+        self.watch.stop.stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// Runs until [`Watch::stop`]: each tick, looks whether the committer has worked on one
+/// Runs until the committer is gone (`Watch::stop`): each tick, looks whether the committer has worked on one
 /// group since the tick before, and if so answers what is overdue; once it has waited
 /// for commands for a whole tick, sleeps until it starts on the next group.
-pub(super) fn run(watch: Arc<Watch>) {
+fn run(watch: Arc<Watch>) {
     let mut seen = 0;
-    while watch.sleep(TICK) {
+    while !watch.stop.wait(TICK) {
         let phase = watch.phase.load(Ordering::SeqCst);
         if held_up(phase, seen) {
             watch.expire(Instant::now());

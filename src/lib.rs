@@ -153,6 +153,7 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         },
         segment_bytes: config.journal.segment_size.0,
         index_cache_bytes: config.journal.index_cache.0,
+        group_delay: config.journal.group_delay.0,
     })
     .with_context(|| {
         format!(

@@ -133,6 +133,10 @@ pub struct JournalConfig {
     /// How much of the index's blocks fjall keeps in memory (its block cache).
     #[serde(default = "default_index_cache")]
     pub index_cache: Size,
+    /// How long the committer waits, when a sync ends with many events already queued,
+    /// for more to join the next group; `0ms`: it does not wait.
+    #[serde(default = "default_group_delay")]
+    pub group_delay: Dur,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -270,6 +274,12 @@ fn default_segment_size() -> Size {
 fn default_index_cache() -> Size {
     Size(crate::journal::DEFAULT_INDEX_CACHE)
 }
+/// The longest `journal.group_delay`: every request waits it under load, well inside any
+/// provider's time-out, and past a few syncs' time a group gains nothing more.
+const MAX_GROUP_DELAY: Duration = Duration::from_millis(10);
+fn default_group_delay() -> Dur {
+    Dur(Duration::ZERO)
+}
 fn default_compact_every() -> Dur {
     Dur(Duration::from_secs(60))
 }
@@ -332,6 +342,7 @@ impl Default for JournalConfig {
             min_free: None,
             segment_size: default_segment_size(),
             compact_every: default_compact_every(),
+            group_delay: default_group_delay(),
             index_cache: default_index_cache(),
         }
     }
@@ -412,6 +423,9 @@ impl Config {
         }
         if self.journal.compact_every.0 < Duration::from_secs(1) {
             bail!("journal.compact_every must be at least 1s");
+        }
+        if self.journal.group_delay.0 > MAX_GROUP_DELAY {
+            bail!("journal.group_delay must be at most 10ms");
         }
         // A body takes its whole length from the budget: one that could never fit would
         // wait until its request times out, every time.
@@ -520,18 +534,23 @@ mod tests {
     #[test]
     fn segment_size_compaction_interval_and_index_cache_have_bounds() {
         let journal = |keys: &str| Config::parse(&format!("[journal]\n{keys}\n"));
-        let config = journal("segment_size = \"1MiB\"\ncompact_every = \"2s\"").unwrap();
+        let config =
+            journal("segment_size = \"1MiB\"\ncompact_every = \"2s\"\ngroup_delay = \"500us\"")
+                .unwrap();
         assert_eq!(config.journal.segment_size.0, 1 << 20);
         assert_eq!(config.journal.compact_every.0, Duration::from_secs(2));
+        assert_eq!(config.journal.group_delay.0, Duration::from_micros(500));
         let default = journal("").unwrap();
         assert_eq!(default.journal.segment_size.0, 64 << 20);
         assert_eq!(default.journal.compact_every.0, Duration::from_secs(60));
         assert_eq!(default.journal.index_cache.0, 64 << 20);
+        assert_eq!(default.journal.group_delay.0, Duration::ZERO);
         for (keys, says) in [
             ("segment_size = \"4KiB\"", "journal.segment_size"),
             ("segment_size = \"2GiB\"", "journal.segment_size"),
             ("compact_every = \"100ms\"", "journal.compact_every"),
             ("index_cache = \"64KiB\"", "journal.index_cache"),
+            ("group_delay = \"11ms\"", "journal.group_delay"),
         ] {
             let err = journal(keys).unwrap_err().to_string();
             assert!(err.contains(says), "{keys}: {err}");

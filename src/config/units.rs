@@ -1,4 +1,4 @@
-//! Durations (`250ms`, `5s`, `5m`, `72h`, `7d`) and sizes (`512KiB`, `1MiB`, bytes) as
+//! Durations (`500us`, `250ms`, `5s`, `5m`, `72h`, `7d`) and sizes (`512KiB`, `1MiB`, bytes) as
 //! they are written in the config file.
 
 use std::fmt;
@@ -19,25 +19,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m, h or d)"))?;
+        .ok_or_else(|| format!("`{text}` has no unit (use us, ms, s, m, h or d)"))?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let millis_per_unit = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
+    let micros_per_unit = match unit {
+        "us" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
         _ => {
             return Err(format!(
-                "`{text}` has an unknown unit `{unit}` (use ms, s, m, h or d)"
+                "`{text}` has an unknown unit `{unit}` (use us, ms, s, m, h or d)"
             ))
         }
     };
-    n.checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
+    n.checked_mul(micros_per_unit)
+        .map(Duration::from_micros)
         .ok_or_else(|| format!("`{text}` is too long"))
 }
 
@@ -145,18 +146,22 @@ impl<'de> Deserialize<'de> for Floor {
 
 /// Formats a duration the way the config writes it, for messages and `check-config`.
 pub fn show_duration(d: Duration) -> String {
-    let ms = d.as_millis();
+    let us = d.as_micros();
     for (unit, per) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
+        ("d", 86_400_000_000),
+        ("h", 3_600_000_000),
+        ("m", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
     ] {
-        if ms >= per && ms.is_multiple_of(per) {
-            return format!("{}{unit}", ms / per);
+        if us >= per && us.is_multiple_of(per) {
+            return format!("{}{unit}", us / per);
         }
     }
-    format!("{ms}ms")
+    if us == 0 {
+        return "0ms".into();
+    }
+    format!("{us}us")
 }
 
 #[cfg(test)]
@@ -165,6 +170,7 @@ mod tests {
 
     #[test]
     fn durations_in_every_unit() {
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
@@ -198,5 +204,8 @@ mod tests {
         assert_eq!(show_duration(Duration::from_secs(300)), "5m");
         assert_eq!(show_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(show_duration(Duration::from_secs(7 * 86400)), "7d");
+        assert_eq!(show_duration(Duration::from_micros(500)), "500us");
+        assert_eq!(show_duration(Duration::from_micros(1500)), "1500us");
+        assert_eq!(show_duration(Duration::ZERO), "0ms");
     }
 }

@@ -263,6 +263,15 @@ impl Committer {
             // 11% at 256 over writing the next group during it, and then running the
             // sync here rather than on a thread of its own saved that thread's two
             // wake-ups per group (BENCHMARKS.md).
+            //
+            // Each group costs a sync and the wake-ups around it, about as much CPU as a
+            // dozen events' own work here; under load, waiting a little for more to join
+            // takes fewer of them (`journal.group_delay`). Whatever waits meanwhile stays
+            // in the inbox, where the watchdog sees it.
+            let delay = self.settings.group_delay;
+            if !delay.is_zero() && watch.inbox().waiting() >= super::GROUP_DELAY_QUEUED {
+                std::thread::sleep(delay);
+            }
             let mut inbox = watch.inbox();
             let Some(first) = inbox.next() else {
                 break;

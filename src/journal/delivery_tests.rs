@@ -26,6 +26,7 @@ fn settings(dir: &Path) -> Settings {
         },
         segment_bytes: SEGMENT_BYTES,
         index_cache_bytes: DEFAULT_INDEX_CACHE,
+        group_delay: std::time::Duration::ZERO,
     }
 }
 

@@ -81,7 +81,15 @@ pub struct Settings {
     pub segment_bytes: u64,
     /// How much of the index's blocks fjall may keep in memory (its block cache).
     pub index_cache_bytes: u64,
+    /// How long the committer waits for more commands before a group when a sync ends
+    /// with [`GROUP_DELAY_QUEUED`] or more already waiting; zero: never.
+    pub group_delay: Duration,
 }
+
+/// How many commands must be waiting when a group ends for the committer to wait
+/// `group_delay` before it takes the next: load that has others already queued behind a
+/// sync (PostgreSQL's `commit_siblings`), never a lone request after a quiet spell.
+pub const GROUP_DELAY_QUEUED: usize = 8;
 
 /// The index's block cache unless configured: twice fjall's own default, as the events'
 /// entries are read back by the forwarder and the pull API soon after they are written.

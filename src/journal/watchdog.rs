@@ -65,6 +65,11 @@ impl Inbox {
             .or_else(|| self.receiver.blocking_recv())
     }
 
+    /// How many commands are waiting.
+    pub(super) fn waiting(&self) -> usize {
+        self.deferred.len() + self.receiver.len()
+    }
+
     /// The next command if one is waiting.
     pub(super) fn try_next(&mut self) -> Option<Command> {
         self.deferred

@@ -278,6 +278,7 @@ pub fn journal_settings(path: &Path, embedded: bool) -> hookgate::journal::Setti
         delivery: Default::default(),
         segment_bytes: hookgate::journal::SEGMENT_BYTES,
         index_cache_bytes: hookgate::journal::DEFAULT_INDEX_CACHE,
+        group_delay: std::time::Duration::ZERO,
     }
 }
 

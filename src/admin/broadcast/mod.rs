@@ -330,6 +330,7 @@ mod tests {
             delivery: Default::default(),
             segment_bytes: crate::journal::SEGMENT_BYTES,
             index_cache_bytes: crate::journal::DEFAULT_INDEX_CACHE,
+            group_delay: std::time::Duration::ZERO,
         })
         .unwrap()
     }

@@ -1,5 +1,5 @@
-//! Durations (`500us`, `250ms`, `5s`, `5m`, `72h`, `7d`) and sizes (`512KiB`, `1MiB`, bytes) as
-//! they are written in the config file.
+//! Durations (`500us`, `250ms`, `5s`, `5m`, `72h`, `7d`) and sizes (`512KiB`, `1MiB`,
+//! bytes) as they are written in the config file.
 
 use std::fmt;
 use std::time::Duration;

@@ -264,9 +264,9 @@ impl Committer {
             // sync here rather than on a thread of its own saved that thread's two
             // wake-ups per group (BENCHMARKS.md).
             //
-            // Each group costs a sync and the wake-ups around it, about as much CPU as a
-            // dozen events' own work here; under load, waiting a little for more to join
-            // takes fewer of them (`journal.group_delay`). Whatever waits meanwhile stays
+            // Each group costs a sync and the wake-ups around it, as much CPU as several
+            // events' own work; under load, waiting a little for more to join takes
+            // fewer of them (`journal.group_delay`, BENCHMARKS.md). Whatever waits meanwhile stays
             // in the inbox, where the watchdog sees it.
             let delay = self.settings.group_delay;
             if !delay.is_zero() && watch.inbox().waiting() >= super::GROUP_DELAY_QUEUED {

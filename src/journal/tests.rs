@@ -616,8 +616,8 @@ async fn under_load_the_committer_waits_for_more_to_join_a_group_but_not_for_a_l
     // `journal.group_delay`: when a sync ends with many commands already queued, the
     // committer waits before it takes the next group, so that what arrives meanwhile
     // shares its sync. 64 clients appending for a second, one after another each: with a
-    // 200 ms wait the committer writes a handful of groups (about one per wait), where
-    // without it writes one per sync, hundreds.
+    // 200 ms wait the committer writes a handful of groups (about two per wait: 9-11
+    // seen), where without it writes one per sync, hundreds (790 seen).
     let dir = tempfile::tempdir().unwrap();
     let delay = Duration::from_millis(200);
     let stages = Stages::default();
@@ -650,7 +650,7 @@ async fn under_load_the_committer_waits_for_more_to_join_a_group_but_not_for_a_l
     let groups = groups_written(&stages);
     assert!(events >= 64, "{events} events");
     assert!(
-        groups <= 20,
+        groups <= 50,
         "{events} events in {groups} groups: the committer did not wait for more"
     );
 

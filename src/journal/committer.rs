@@ -266,8 +266,8 @@ impl Committer {
             //
             // Each group costs a sync and the wake-ups around it, as much CPU as several
             // events' own work; under load, waiting a little for more to join takes
-            // fewer of them (`journal.group_delay`, BENCHMARKS.md). Whatever waits meanwhile stays
-            // in the inbox, where the watchdog sees it.
+            // fewer of them (`journal.group_delay`, BENCHMARKS.md). Whatever waits
+            // meanwhile stays in the inbox, where the watchdog sees it.
             let delay = self.settings.group_delay;
             if !delay.is_zero() && watch.inbox().waiting() >= super::GROUP_DELAY_QUEUED {
                 std::thread::sleep(delay);

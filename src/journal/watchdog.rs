@@ -219,9 +219,10 @@ impl Drop for Watchdog {
     }
 }
 
-/// Runs until the committer is gone (`Watch::stop`): each tick, looks whether the committer has worked on one
-/// group since the tick before, and if so answers what is overdue; once it has waited
-/// for commands for a whole tick, sleeps until it starts on the next group.
+/// Runs until the committer is gone (`Watch::stop`): each tick, looks whether the
+/// committer has worked on one group since the tick before, and if so answers what is
+/// overdue; once it has waited for commands for a whole tick, sleeps until it starts on
+/// the next group.
 fn run(watch: Arc<Watch>) {
     let mut seen = 0;
     while !watch.stop.wait(TICK) {

@@ -7,10 +7,12 @@
 //! ([`crate::refuse::ByAddress`]). Refusals are logged through
 //! [`crate::refuse::RefusalLog`], a few in full and the rest counted.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use http::{Request, Response};
 use tracing::Instrument;
 
@@ -92,105 +94,130 @@ impl IngestLimits {
 
 impl Gateway {
     /// One request to the ingest listener, from the connection `peer`.
-    pub async fn handle<B>(self: Arc<Self>, request: Request<B>, peer: Peer) -> Response<Body>
+    ///
+    /// Not an `async fn`, and with its checks in plain functions: hyper moves each
+    /// request's future, and each future moves the ones it awaits into itself, so their
+    /// size is copied several times a request. An `async fn` keeps its arguments twice
+    /// and every local ever borrowed until the end of its scope, which made this one
+    /// 3.7 KB; what is known before the first wait is worked out here instead, and
+    /// verification and admission run in [`Gateway::admit`] (BENCHMARKS.md).
+    pub fn handle<B>(
+        self: Arc<Self>,
+        request: Request<B>,
+        peer: Peer,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static
     where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         if let Some(token) = request.uri().path().strip_prefix("/callbacks/") {
             let token = token.to_string();
-            return crate::deliver::callback::handle(&self.journal, &token, request).await;
+            // Rare, and a larger future: boxed, so that it does not size every request's.
+            return Either::Left(Box::pin(async move {
+                crate::deliver::callback::handle(&self.journal, &token, request).await
+            }));
         }
         let started = tokio::time::Instant::now();
-        // Only configured names become a label or a log field; any other path is counted
-        // as one unknown source.
-        // The source is looked up once: its name is the label, and `ingest` routes to it.
+        let received_at = self.clock.now();
+        // One deadline for the whole request: receiving the body and the journal's answer.
+        let deadline = started + self.limits.load().request_timeout;
+        // The source is looked up once: its name is the label, and `route` checks it.
         let found = request
             .uri()
             .path()
             .strip_prefix("/hooks/")
             .and_then(|name| self.sources.get(name));
-        let source = found.as_ref().map_or(UNKNOWN_SOURCE, |s| s.name.as_str());
+        // Only configured names become a label or a log field; any other path is counted
+        // as one unknown source.
         let span = tracing::info_span!(
             "request",
-            source = %source,
+            source = %label(found.as_deref()),
             id = tracing::field::Empty,
             seq = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
         let Peer { addr, identity, .. } = peer;
-        let response = match self
-            .ingest(request, found.clone(), identity)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(response) => response,
-            Err(rejection) => {
-                if let Rejection::Verify(e) = &rejection {
-                    self.metrics.verify_failure(source, e.code());
-                }
-                let rejection = self.count_failure(rejection, addr, source);
-                let _enter = span.enter();
-                span.record("outcome", rejection.code());
-                let ours = matches!(rejection, Rejection::Journal(_) | Rejection::JournalTimeout);
-                if self.refusals.admit(source, rejection.code(), ours) {
-                    if ours {
-                        tracing::warn!(reason = %rejection, "event not accepted")
-                    } else {
-                        tracing::info!(
-                            reason = %rejection,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "request rejected"
-                        )
+        let routed = self.route(&request, found.clone(), identity.as_ref());
+        let (parts, body) = request.into_parts();
+        Either::Right(
+            async move {
+                // The steps that wait; each refusal leaves the block with its rejection.
+                let ingested = 'ingest: {
+                    let source = match routed {
+                        Ok(source) => source,
+                        Err(rejection) => {
+                            discard_small_body(body).await;
+                            break 'ingest Err(rejection);
+                        }
+                    };
+                    // A slow sender is cut off after `request_timeout`; so is a stuck
+                    // journal below. The body's bytes come out of the shared budget and
+                    // go back when this request is answered (`held` lives until then).
+                    let declared = parts
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let mut held = Held::none();
+                    let read = self
+                        .budget
+                        .read(declared, body, source.max_body, &mut held, deadline)
+                        .await;
+                    let body = match read {
+                        Ok(body) => body,
+                        Err(e) => break 'ingest Err(e.into()),
+                    };
+                    let (event, id) = match self.admit(&source, parts, body, received_at, identity)
+                    {
+                        Ok(Admitted::Event(event)) => {
+                            let id = event.id.clone();
+                            (event, id)
+                        }
+                        Ok(Admitted::Answer(response)) => break 'ingest Ok(response),
+                        Err(rejection) => break 'ingest Err(rejection),
+                    };
+                    tracing::Span::current().record("id", id.as_str());
+                    // The journal keeps the deadline itself (its watchdog), without a
+                    // timer here.
+                    let appended = self.journal.append_until(event, deadline.into_std()).await;
+                    match appended {
+                        Ok(outcome) => {
+                            let span = tracing::Span::current();
+                            span.record("seq", outcome.seq());
+                            span.record("outcome", outcome.status());
+                            self.metrics.event(&source, outcome);
+                            tracing::debug!("event journaled");
+                            Ok(answer::outcome(outcome, &id))
+                        }
+                        Err(JournalError::TimedOut) => Err(Rejection::JournalTimeout),
+                        Err(e) => Err(Rejection::Journal(e)),
                     }
-                }
-                answer::rejected(&rejection)
+                };
+                let response = match ingested {
+                    Ok(response) => response,
+                    Err(rejection) => self.refused(rejection, addr, found.as_deref(), started),
+                };
+                self.metrics.request(
+                    found.as_deref(),
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                response
             }
-        };
-        self.metrics.request(
-            found.as_deref(),
-            response.status().as_u16(),
-            started.elapsed(),
-        );
-        response
+            .instrument(span),
+        )
     }
 
-    /// `found` is the source the path names, if it is one; `identity` the names of the
-    /// client's certificate.
-    async fn ingest<B>(
+    /// The checks made once the body is in: verify, the source's rate limit, a
+    /// handshake, parse, admit. `identity` is the names of the client's certificate.
+    fn admit(
         &self,
-        request: Request<B>,
-        found: Option<Arc<Source>>,
+        source: &Source,
+        parts: http::request::Parts,
+        body: bytes::Bytes,
+        received_at: SystemTime,
         identity: Option<ClientIdentity>,
-    ) -> Result<Response<Body>, Rejection>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let received_at = self.clock.now();
-        // One deadline for the whole request: receiving the body and the journal's answer.
-        let deadline = tokio::time::Instant::now() + self.limits.load().request_timeout;
-        let source = match self.route(&request, found, identity.as_ref()) {
-            Ok(routed) => routed,
-            Err(rejection) => {
-                discard_small_body(request.into_body()).await;
-                return Err(rejection);
-            }
-        };
-        let (parts, body) = request.into_parts();
-        // A slow sender is cut off after `request_timeout`; so is a stuck journal below.
-        // The body's bytes come out of the shared budget and go back when this request
-        // is answered (`held` lives until then).
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let mut held = Held::none();
-        let body = self
-            .budget
-            .read(declared, body, source.max_body, &mut held, deadline)
-            .await?;
+    ) -> Result<Admitted, Rejection> {
         if self.log_bodies {
             let shown = &body[..body.len().min(64 * 1024)];
             tracing::debug!(target: "hookgate::bodies", size = body.len(), body = %String::from_utf8_lossy(shown), "body received");
@@ -222,7 +249,7 @@ impl Gateway {
         }
         if let Some(handshake) = source.scheme.handshake(&verified, &source.secrets) {
             tracing::info!("handshake answered; nothing journaled");
-            return Ok(answer::handshake(handshake));
+            return Ok(Admitted::Answer(answer::handshake(handshake)));
         }
         let kind = receive::content_kind(&verified.incoming().headers)?;
         let unwrap_form = matches!(source.scheme, Scheme::Github(_));
@@ -232,25 +259,39 @@ impl Gateway {
             unwrap_form,
             source.reads_payload,
         )?;
-        let mut event = crate::admit::admit(&source, verified, payload)?;
+        let mut event = crate::admit::admit(source, verified, payload)?;
         event.client_identity = identity.map(|identity| identity.describe());
-        let id = event.id.clone();
-        tracing::Span::current().record("id", id.as_str());
-        // The journal keeps the deadline itself (its watchdog), without a timer here.
-        let outcome = self
-            .journal
-            .append_until(event, deadline.into_std())
-            .await
-            .map_err(|e| match e {
-                JournalError::TimedOut => Rejection::JournalTimeout,
-                e => Rejection::Journal(e),
-            })?;
-        let span = tracing::Span::current();
-        span.record("seq", outcome.seq());
-        span.record("outcome", outcome.status());
-        self.metrics.event(&source, outcome);
-        tracing::debug!("event journaled");
-        Ok(answer::outcome(outcome, &id))
+        Ok(Admitted::Event(event))
+    }
+
+    /// The answer to a refused request, counted and logged (a few in full, the rest
+    /// counted: [`RefusalLog`]).
+    fn refused(
+        &self,
+        rejection: Rejection,
+        addr: ClientAddr,
+        found: Option<&Source>,
+        started: tokio::time::Instant,
+    ) -> Response<Body> {
+        let source = label(found);
+        if let Rejection::Verify(e) = &rejection {
+            self.metrics.verify_failure(source, e.code());
+        }
+        let rejection = self.count_failure(rejection, addr, source);
+        tracing::Span::current().record("outcome", rejection.code());
+        let ours = matches!(rejection, Rejection::Journal(_) | Rejection::JournalTimeout);
+        if self.refusals.admit(source, rejection.code(), ours) {
+            if ours {
+                tracing::warn!(reason = %rejection, "event not accepted")
+            } else {
+                tracing::info!(
+                    reason = %rejection,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "request rejected"
+                )
+            }
+        }
+        answer::rejected(&rejection)
     }
 
     /// A request that failed verification (or the client certificate check) spends its
@@ -320,6 +361,19 @@ impl Gateway {
         }
         Ok(source)
     }
+}
+
+/// What the checks of a received body come to: an event to journal, or an answer made
+/// without one (a scheme's handshake).
+enum Admitted {
+    Event(crate::journal::NewEvent),
+    Answer(Response<Body>),
+}
+
+/// A request's source as a label and log field: its name, or one name for every path
+/// that is not a configured source.
+fn label(found: Option<&Source>) -> &str {
+    found.map_or(UNKNOWN_SOURCE, |s| s.name.as_str())
 }
 
 /// Reads and drops a small body before an early refusal is answered. An HTTP/2 client

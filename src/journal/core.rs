@@ -2,6 +2,7 @@
 //! threads it starts, and the reads that go straight to the index and the log.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -275,27 +276,42 @@ impl Core {
     }
 
     /// Journals an event; answers once the record (or the one it duplicates) is flushed.
-    pub async fn append(
-        &self,
+    pub fn append(
+        self: Arc<Self>,
         event: NewEvent,
         deadline: Option<std::time::Instant>,
-    ) -> Result<Outcome, JournalError> {
-        if let Some(fault) = self.fault() {
-            return Err(JournalError::Unwritable(fault));
-        }
-        // Made here, on the caller's task, rather than on the committer: it hashes the
-        // body once more, and the committer is one thread for every request.
-        let earlier_key = self.earlier_replay_key(&event);
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Append {
-                event: Box::new(event),
+    ) -> impl Future<Output = Result<Outcome, JournalError>> + Send + 'static {
+        // What can be done before the first wait is done here, so that the future,
+        // which every request's own future holds and moves, holds only the boxed event
+        // and the answer's end, not the event itself twice (an `async fn` keeps its
+        // arguments and their moved copies side by side).
+        let ready = match self.fault() {
+            Some(fault) => Err(JournalError::Unwritable(fault)),
+            None => {
+                // Made here, on the caller's task, rather than on the committer: it
+                // hashes the body once more, and the committer is one thread for every
+                // request.
+                let earlier_key = self.earlier_replay_key(&event);
+                let (reply, answer) = oneshot::channel();
+                let reply = Some(super::watchdog::Reply::new(reply, deadline));
+                Ok((Box::new(event), earlier_key, reply, answer))
+            }
+        };
+        async move {
+            let (event, earlier_key, reply, answer) = ready?;
+            // `reserve` rather than `send`: its future does not hold the command.
+            let permit = self
+                .commands
+                .reserve()
+                .await
+                .map_err(|_| JournalError::Closed)?;
+            permit.send(Command::Append {
+                event,
                 earlier_key,
-                reply: Some(super::watchdog::Reply::new(reply, deadline)),
-            })
-            .await
-            .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+                reply,
+            });
+            answer.await.map_err(|_| JournalError::Closed)?
+        }
     }
 
     /// The dedup key `event`'s replay key had in its earlier form, while events

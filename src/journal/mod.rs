@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use tokio::sync::{oneshot, watch};
 
 pub use deliveries::{CallbackAnswer, DeliveryOutcome, SubStats, Verdict, OPERATIONAL_SOURCE};
@@ -569,12 +570,17 @@ impl Journal {
     /// on (within `watchdog::TICK` or two of it): for a journal held up by a disk that
     /// does not answer, without a timer for each event. An event answered so may still
     /// be journaled; its sender's retry then finds it a duplicate.
-    pub async fn append_until(
+    pub fn append_until(
         &self,
         event: NewEvent,
         deadline: std::time::Instant,
-    ) -> Result<Outcome, JournalError> {
-        self.core()?.append(event, Some(deadline)).await
+    ) -> impl std::future::Future<Output = Result<Outcome, JournalError>> + Send + 'static {
+        // Every request's future holds this one: made without an `async fn`'s second
+        // copy of the event (see `Core::append`).
+        match self.core() {
+            Ok(core) => Either::Left(core.append(event, Some(deadline))),
+            Err(e) => Either::Right(std::future::ready(Err(e))),
+        }
     }
 
     /// Drops delivered events past retention and dedup entries past the window, a chunk

@@ -27,6 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+use futures_util::FutureExt;
 use hyper::body::Incoming as HyperBody;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -234,15 +235,15 @@ where
     // lose the connection's span (listener, peer) that HTTP/1.1 requests run in.
     let span = tracing::Span::current();
     service_fn(move |request: Request<HyperBody>| {
-        let handler = handler.clone();
-        let span = span.clone();
-        let peer = peer.clone();
         // Dropped when the handler finishes or hyper drops it (a reset stream).
         let busy = Busy::new(activity.clone());
-        async move {
-            let response = handler(request, peer).instrument(span).await;
-            Ok::<_, Infallible>(response.map(|body| Counted { body, _busy: busy }))
-        }
+        // The handler's future wrapped, not awaited in an `async` block, which would
+        // hold a second copy of it (see `Gateway::handle`).
+        span.in_scope(|| handler(request, peer.clone()))
+            .instrument(span.clone())
+            .map(move |response| {
+                Ok::<_, Infallible>(response.map(|body| Counted { body, _busy: busy }))
+            })
     })
 }
 

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use super::ReceiveError;
@@ -37,20 +38,37 @@ impl Budget {
         self.bytes.available_permits()
     }
 
-    /// Takes `n` bytes, waiting while the budget is spent, until `deadline`.
-    async fn take(&self, n: usize, held: &mut Held, deadline: Instant) -> Result<(), ReceiveError> {
+    /// Takes `n` bytes if the budget has them now; `Ok(false)` if it has not. What is
+    /// waiting for the budget is served first either way: the semaphore gives bytes
+    /// given back to its queue before they count as available.
+    fn take_now(&self, n: usize, held: &mut Held) -> Result<bool, ReceiveError> {
         if n == 0 {
-            return Ok(());
+            return Ok(true);
         }
+        let n = u32::try_from(n).map_err(|_| ReceiveError::Busy)?;
+        match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(permit) => {
+                held.add(permit);
+                Ok(true)
+            }
+            Err(TryAcquireError::NoPermits) => Ok(false),
+            Err(TryAcquireError::Closed) => Err(ReceiveError::Busy),
+        }
+    }
+
+    /// Takes `n` bytes, waiting while the budget is spent, until `deadline`.
+    async fn wait_for(
+        &self,
+        n: usize,
+        held: &mut Held,
+        deadline: Instant,
+    ) -> Result<(), ReceiveError> {
         let n = u32::try_from(n).map_err(|_| ReceiveError::Busy)?;
         let permit = tokio::time::timeout_at(deadline, self.bytes.clone().acquire_many_owned(n))
             .await
             .map_err(|_| ReceiveError::Busy)?
             .map_err(|_| ReceiveError::Busy)?;
-        match &mut held.0 {
-            Some(all) => all.merge(permit),
-            None => held.0 = Some(permit),
-        }
+        held.add(permit);
         Ok(())
     }
 
@@ -80,16 +98,30 @@ impl Budget {
         // chunk is copied once, into it, and hyper's read buffer is free again. A body
         // sent in one chunk is kept as hyper gave it (no copy). A chunked body takes its
         // bytes as they arrive.
+        // Bytes are taken at once when the budget has them; a wait for them (a timer
+        // and a place in the queue) is boxed: it is rare, and every request's future
+        // would otherwise hold room for it.
         if let Some(n) = declared {
-            self.take(n as usize, held, deadline).await?;
+            if !self.take_now(n as usize, held)? {
+                Box::pin(self.wait_for(n as usize, held, deadline)).await?;
+            }
         }
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         let mut total = 0usize;
-        while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
-            .await
-            .map_err(|_| ReceiveError::BodyTimeout)?
-        {
+        loop {
+            // What hyper has read already is taken without a timer (one per frame would
+            // be made and dropped, a handle to tokio's clock cloned each time); a timer
+            // bounds only a wait for the sender.
+            let next = match body.frame().now_or_never() {
+                Some(next) => next,
+                None => tokio::time::timeout_at(deadline, body.frame())
+                    .await
+                    .map_err(|_| ReceiveError::BodyTimeout)?,
+            };
+            let Some(frame) = next else {
+                break;
+            };
             let frame = frame.map_err(|_| ReceiveError::BodyFailed)?;
             let Ok(chunk) = frame.into_data() else {
                 continue;
@@ -98,8 +130,8 @@ impl Budget {
             if total as u64 > limit {
                 return Err(ReceiveError::PayloadTooLarge { limit });
             }
-            if declared.is_none_or(|n| total as u64 > n) {
-                self.take(chunk.len(), held, deadline).await?;
+            if declared.is_none_or(|n| total as u64 > n) && !self.take_now(chunk.len(), held)? {
+                Box::pin(self.wait_for(chunk.len(), held, deadline)).await?;
             }
             match first.take() {
                 None if total == chunk.len() => first = Some(chunk),
@@ -121,6 +153,13 @@ impl Budget {
 impl Held {
     pub fn none() -> Held {
         Held(None)
+    }
+
+    fn add(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.0 {
+            Some(all) => all.merge(permit),
+            None => self.0 = Some(permit),
+        }
     }
 
     /// How many bytes it holds.

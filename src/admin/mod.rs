@@ -189,6 +189,12 @@ impl Admin {
             )
             .map(http_body_util::Either::Left);
         }
+        // A stream asked for after an event's answer starts after that event: the
+        // newest seq it starts from is read once the index covers every acknowledged
+        // event (it follows the log's syncs by a group or two).
+        if let Err(refused) = self.readable_seq().await {
+            return refused.map(http_body_util::Either::Left);
+        }
         if console {
             return crate::console::live(&self, &request, cut);
         }

@@ -25,7 +25,10 @@
 # ROUNDS=N runs the servers N times in turn (bare, hmac, floor, hookgate, bare, ...) and
 # then prints the median of each figure, and of each ratio, over the rounds (default 1).
 # BEFORE=/path/to/an/older/hookgate also runs that build, on a fresh journal of its own
-# (before hookgate in odd rounds, after it in even ones).
+# (before hookgate in odd rounds, after it in even ones). Whichever of the two runs second
+# has done better in every round of several runs (BENCHMARKS.md, 2026-12-07), so compare
+# two builds over an even number of rounds, where each goes second as often: with an odd
+# number, hookgate goes second once more, and the script says so.
 # CONFIG=FILE runs hookgate (and BEFORE) with FILE instead of loadtest/wrk/bench.toml;
 # loadtest/wrk/steady.toml is a journal in its steady state (short retention, small
 # segments: compaction removes what comes in and the log writes over retired segments).
@@ -160,6 +163,9 @@ ratio() { # a, b, column
 
 servers=(bare hmac floor)
 [[ -n "${BEFORE:-}" ]] && servers+=(before)
+if [[ -n "${BEFORE:-}" ]] && ((rounds % 2)); then
+  echo "note: $rounds rounds: hookgate runs second of the two builds in $(((rounds + 1) / 2)) of them, BEFORE in $((rounds / 2)); the second has done better, so use an even ROUNDS to compare them" >&2
+fi
 servers+=(hookgate)
 [[ -n "${WEBHOOK:-}" ]] && servers+=(webhook)
 echo "wrk -t1 -c$conns -d${secs}s -s loadtest/wrk/github.lua; CPU is the server process's user+system time per request"

@@ -93,11 +93,13 @@ impl Budget {
             return Err(ReceiveError::PayloadTooLarge { limit });
         }
         let mut body = std::pin::pin!(body);
-        // With a `Content-Length`, the whole body's bytes are taken from the budget
-        // before any of it is read, and it is read into one buffer of that size: each
-        // chunk is copied once, into it, and hyper's read buffer is free again. A body
-        // sent in one chunk is kept as hyper gave it (no copy). A chunked body takes its
-        // bytes as they arrive.
+        // Every body is copied once, into a buffer of its own: with a `Content-Length`,
+        // one of that size, whose bytes are all taken from the budget before any of it
+        // is read; a chunked body's grows as its bytes arrive and are taken. hyper hands
+        // each chunk as a slice of its read buffer (8-16 KiB). A body kept as that slice
+        // (one sent in one chunk was, until 2026-12-07) kept the whole buffer alive until
+        // the journal had written it, so hyper took a new one for nearly every request:
+        // fresh memory, which the kernel zeroes first (BENCHMARKS.md).
         // Bytes are taken at once when the budget has them; a wait for them (a timer
         // and a place in the queue) is boxed: it is rare, and every request's future
         // would otherwise hold room for it.
@@ -106,7 +108,6 @@ impl Budget {
                 Box::pin(self.wait_for(n as usize, held, deadline)).await?;
             }
         }
-        let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         let mut total = 0usize;
         loop {
@@ -133,20 +134,12 @@ impl Budget {
             if declared.is_none_or(|n| total as u64 > n) && !self.take_now(chunk.len(), held)? {
                 Box::pin(self.wait_for(chunk.len(), held, deadline)).await?;
             }
-            match first.take() {
-                None if total == chunk.len() => first = Some(chunk),
-                earlier => {
-                    if buf.capacity() == 0 {
-                        buf.reserve(declared.map_or(total, |n| n as usize).max(total));
-                    }
-                    if let Some(earlier) = earlier {
-                        buf.extend_from_slice(&earlier);
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
+            if buf.capacity() == 0 {
+                buf.reserve(declared.map_or(total, |n| n as usize).max(total));
             }
+            buf.extend_from_slice(&chunk);
         }
-        Ok(first.unwrap_or_else(|| buf.freeze()))
+        Ok(buf.freeze())
     }
 }
 

@@ -167,14 +167,25 @@ pub fn handshake(handshake: Handshake) -> Response<Body> {
 /// writes for such a struct, written by hand (serde_json's path cost about 570
 /// instructions more a request, BENCHMARKS.md).
 pub fn outcome(outcome: Outcome, id: &str) -> Response<Body> {
-    let mut body = Vec::with_capacity(48 + id.len());
-    body.extend_from_slice(b"{\"status\":\"");
-    body.extend_from_slice(outcome.status().as_bytes());
-    body.extend_from_slice(b"\",\"id\":");
+    const STATUS: &[u8] = b"{\"status\":\"";
+    const ID: &[u8] = b"\",\"id\":";
+    const SEQ: &[u8] = b",\"seq\":";
+    let status = outcome.status().as_bytes();
+    let mut digits = itoa::Buffer::new();
+    let seq = digits.format(outcome.seq()).as_bytes();
+    // Exactly its length when the id needs no escape (the quotes are the 2): a `Vec` with
+    // room to spare takes a second allocation to become `Bytes`.
+    let len = STATUS.len() + status.len() + ID.len() + id.len() + 2 + SEQ.len() + seq.len() + 1;
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(STATUS);
+    body.extend_from_slice(status);
+    body.extend_from_slice(ID);
     push_json_string(&mut body, id);
-    body.extend_from_slice(b",\"seq\":");
-    body.extend_from_slice(itoa::Buffer::new().format(outcome.seq()).as_bytes());
+    body.extend_from_slice(SEQ);
+    body.extend_from_slice(seq);
     body.push(b'}');
+    // An escaped id made it longer: trimmed, for the same reason.
+    body.shrink_to_fit();
     json(StatusCode::OK, body)
 }
 

@@ -370,7 +370,7 @@ mod tests {
                 event_ts: Some(-1),
                 order_key: Some("k".into()),
                 content_type: "application/json".into(),
-                headers: vec![("stripe-signature".into(), "t=1,v1=ab".into())],
+                headers: vec![("stripe-signature".into(), "t=1,v1=ab".into())].into(),
                 client_identity: None,
                 body: bytes::Bytes::from_static(b"{}"),
                 normalised: Some(bytes::Bytes::from_static(b"[]")),

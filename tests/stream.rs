@@ -122,7 +122,7 @@ async fn append(journal: &Journal, id: &str, event_type: &str, payload: String) 
             event_ts: None,
             order: None,
             content_type: "application/json".into(),
-            headers: Vec::new(),
+            headers: Default::default(),
             client_identity: None,
             body: Bytes::from(payload),
             normalised: None,

@@ -9,7 +9,9 @@
 #   hookgate  target/release/hookgate with loadtest/wrk/bench.toml, on a fresh journal
 # For each: requests/s, p99, p99.9 (from github.lua's done hook) and the server process's
 # CPU time per request (utime + stime from /proc/PID/stat across the wrk run, over the
-# requests wrk counted), its rate over bare's, and hookgate/floor and hookgate/hmac;
+# requests wrk counted; and that time's user and system parts, where a server's own code
+# runs and where the kernel works for it), its rate over bare's, and hookgate/floor and
+# hookgate/hmac;
 # for hookgate and the floor, that CPU time by thread too, by the kernel's 15-character
 # names (tokio-rt-worker is the request path, journal-committ the committer: the log and
 # its syncs, journal-indexer, journal-index (its background flush) and fjall's flusher and
@@ -25,10 +27,11 @@
 # ROUNDS=N runs the servers N times in turn (bare, hmac, floor, hookgate, bare, ...) and
 # then prints the median of each figure, and of each ratio, over the rounds (default 1).
 # BEFORE=/path/to/an/older/hookgate also runs that build, on a fresh journal of its own
-# (before hookgate in odd rounds, after it in even ones). Whichever of the two runs second
-# has done better in every round of several runs (BENCHMARKS.md, 2026-12-07), so compare
-# two builds over an even number of rounds, where each goes second as often: with an odd
-# number, hookgate goes second once more, and the script says so.
+# (before hookgate in odd rounds, after it in even ones). Where a build runs in the round
+# has decided which did better in every round of some runs (second in one run, first in
+# another: BENCHMARKS.md, 2026-12-07), so compare two builds over an even number of rounds,
+# where each goes first as often: with an odd number, hookgate goes second once more, and
+# the script says so.
 # CONFIG=FILE runs hookgate (and BEFORE) with FILE instead of loadtest/wrk/bench.toml;
 # loadtest/wrk/steady.toml is a journal in its steady state (short retention, small
 # segments: compaction removes what comes in and the log writes over retired segments).
@@ -49,7 +52,8 @@ export HOOKGATE_BENCH_SIGS=${SIGS:-/tmp/hookgate-sigs.txt}
 [[ -s $HOOKGATE_BENCH_SIGS ]] || python3 loadtest/wrk/sign.py 1000000 "$HOOKGATE_BENCH_SIGS"
 # The floor's file sits beside the journal (/tmp/hookgate-bench), on the same filesystem.
 floor_dir=$(mktemp -d /tmp/hookgate-floor.XXXXXX)
-# One line per server and round: round, server, req/s, p99 ms, p99.9 ms, CPU µs/request.
+# One line per server and round: round, server, req/s, p99 ms, p99.9 ms, CPU µs/request,
+# and its user and system parts.
 results=$(mktemp /tmp/hookgate-compare.XXXXXX)
 server_pid=
 trap 'kill $server_pid 2>/dev/null || true; rm -rf "$floor_dir" "$results"' EXIT
@@ -71,9 +75,9 @@ ready() { # name port
     *) (: <"/dev/tcp/127.0.0.1/$2") 2>/dev/null ;;
   esac
 }
-# utime + stime (fields 14 and 15; the name in field 2 may hold spaces, so count from
+# utime and stime (fields 14 and 15; the name in field 2 may hold spaces, so count from
 # its closing parenthesis, after which field 3 comes first).
-cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; }
 # Each thread of $1 as "tid name ticks", the name without a trailing number (sled-io-3
 # is sled-io); a thread that ends while they are read is left out, not a failure (under
 # set -e its awk failing, last in the loop, ended the whole script without a word).
@@ -136,24 +140,27 @@ measure() {
   kill "$server_pid"
   wait "$server_pid" 2>/dev/null || true
   server_pid=
-  local rps requests p99 p999 cpu
+  local rps requests p99 p999 cpu user system
   rps=$(awk '/Requests\/sec/{ print $2 }' <<<"$out")
   requests=$(awk '/requests in/{ print $1 }' <<<"$out")
   p99=$(awk '/ 99%/{ print $2 }' <<<"$out" | in_ms)
   p999=$(awk '/^Latency p99.9:/{ print $3 }' <<<"$out" | in_ms)
-  cpu=$(awk -v t="$((after - before))" -v hz="$clk_tck" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
-  echo "$round $name $rps $p99 $p999 $cpu" >>"$results"
-  row "$name" "$rps" "$p99" "$p999" "$cpu" "$(awk -v r="$round" '$1 == r && $2 == "bare" { print $3 }' "$results")"
+  # µs per request: user, system, and their sum.
+  read -r user system cpu < <(awk -v b="$before" -v a="$after" -v hz="$clk_tck" -v n="$requests" \
+    'BEGIN { split(b, x, " "); split(a, y, " "); u = (y[1] - x[1]) * 1e6 / hz / n; s = (y[2] - x[2]) * 1e6 / hz / n
+      printf "%.1f %.1f %.1f\n", u, s, u + s }')
+  echo "$round $name $rps $p99 $p999 $cpu $user $system" >>"$results"
+  row "$name" "$rps" "$p99" "$p999" "$cpu" "$user" "$system" "$(awk -v r="$round" '$1 == r && $2 == "bare" { print $3 }' "$results")"
   grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/          /' || true
   [[ -z $journaled ]] || echo "          $journaled"
   case $name in
     hookgate | before | floor) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
   esac
 }
-header() { printf '%-9s %10s %8s %9s %12s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'x bare'; }
-row() { # name, req/s, p99, p99.9, CPU, bare's req/s
-  printf '%-9s %10.0f %8.2f %9.2f %12.1f %7.2fx\n' "$1" "$2" "$3" "$4" "$5" \
-    "$(awk -v a="$2" -v b="$6" 'BEGIN { print a / b }')"
+header() { printf '%-9s %10s %8s %9s %12s %11s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'user+sys' 'x bare'; }
+row() { # name, req/s, p99, p99.9, CPU, user, system, bare's req/s
+  printf '%-9s %10.0f %8.2f %9.2f %12.1f %5.1f+%-5.1f %7.2fx\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7" \
+    "$(awk -v a="$2" -v b="$8" 'BEGIN { print a / b }')"
 }
 # The median over rounds of hookgate's figure in column $3 over server $1's (or $2's).
 ratio() { # a, b, column
@@ -164,7 +171,7 @@ ratio() { # a, b, column
 servers=(bare hmac floor)
 [[ -n "${BEFORE:-}" ]] && servers+=(before)
 if [[ -n "${BEFORE:-}" ]] && ((rounds % 2)); then
-  echo "note: $rounds rounds: hookgate runs second of the two builds in $(((rounds + 1) / 2)) of them, BEFORE in $((rounds / 2)); the second has done better, so use an even ROUNDS to compare them" >&2
+  echo "note: $rounds rounds: hookgate runs second of the two builds in $(((rounds + 1) / 2)) of them, BEFORE in $((rounds / 2)); the place has decided runs before, so use an even ROUNDS to compare them" >&2
 fi
 servers+=(hookgate)
 [[ -n "${WEBHOOK:-}" ]] && servers+=(webhook)
@@ -200,13 +207,13 @@ if ((rounds > 1)); then
   header
   for name in "${servers[@]}"; do
     figures=()
-    for column in 3 4 5 6; do
+    for column in 3 4 5 6 7 8; do
       figures+=("$(awk -v s="$name" -v c="$column" '$2 == s { print $c }' "$results" | median)")
     done
-    printf '%-9s %10.0f %8.2f %9.2f %12.1f %7.2fx\n' "$name" "${figures[@]}" "$(ratio "$name" bare 3)"
+    printf '%-9s %10.0f %8.2f %9.2f %12.1f %5.1f+%-5.1f %7.2fx\n' "$name" "${figures[@]}" "$(ratio "$name" bare 3)"
   done
 fi
 for base in floor hmac; do
-  printf 'hookgate/%-5s %5.2fx req/s, %5.2fx CPU per request\n' "$base" \
-    "$(ratio hookgate "$base" 3)" "$(ratio hookgate "$base" 6)"
+  printf 'hookgate/%-5s %5.2fx req/s, %5.2fx CPU per request (user %.2fx, system %.2fx)\n' "$base" \
+    "$(ratio hookgate "$base" 3)" "$(ratio hookgate "$base" 6)" "$(ratio hookgate "$base" 7)" "$(ratio hookgate "$base" 8)"
 done

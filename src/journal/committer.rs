@@ -584,7 +584,7 @@ impl Committer {
         // The index needs where the content is, not the content.
         created.content.body = bytes::Bytes::new();
         created.content.normalised = None;
-        created.content.headers = Vec::new();
+        created.content.headers = Default::default();
         self.handing.push((created, loc));
         if self.overlay.len() > MAX_UNINDEXED {
             if !self.index_behind {

@@ -653,7 +653,7 @@ impl Committer {
                 event_ts: Some((at_ms / 1000) as i64),
                 order_key: None,
                 content_type: "application/json".into(),
-                headers: Vec::new(),
+                headers: Default::default(),
                 client_identity: None,
                 body,
                 normalised: None,

@@ -51,7 +51,7 @@ use tokio::sync::{oneshot, watch};
 pub use deliveries::{CallbackAnswer, DeliveryOutcome, SubStats, Verdict, OPERATIONAL_SOURCE};
 pub use disk::MinFree;
 pub use log::SEGMENT_BYTES;
-pub use record::{Attempt, Record, Status, Summary};
+pub use record::{Attempt, KeptHeaders, Record, Status, Summary};
 pub use subscription::{Delivery, DeliveryAttempt, DeliveryStatus, Mode, Subscription};
 
 use self::core::Core;
@@ -147,7 +147,7 @@ pub struct NewEvent {
     /// The order key and the timestamp to order by.
     pub order: Option<(String, i64)>,
     pub content_type: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: KeptHeaders,
     pub client_identity: Option<String>,
     pub body: Bytes,
     pub normalised: Option<Bytes>,

@@ -104,13 +104,118 @@ pub struct Loc {
     pub len: u32,
 }
 
+/// An event's kept headers, each name with its value, in the order they came: their
+/// text in one string and where each name and value ends, two allocations where a list of
+/// string pairs takes one per name and value (a GitHub event keeps three headers: seven).
+/// A request's task makes them and the committer's thread frees them, and each block freed
+/// on another thread costs the maker more when it takes it back (BENCHMARKS.md). Written
+/// to the log exactly as a `Vec<(String, String)>` is, so entries read the same either way.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KeptHeaders {
+    text: String,
+    /// Where each name ends in `text`, and then where its value does.
+    ends: Vec<usize>,
+}
+
+impl KeptHeaders {
+    /// Room for `pairs` headers of `bytes` bytes in all.
+    pub fn with_capacity(pairs: usize, bytes: usize) -> KeptHeaders {
+        KeptHeaders {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(pairs * 2),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        self.ends.push(self.text.len());
+        self.text.push_str(value);
+        self.ends.push(self.text.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each name and its value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.chunks_exact(2).map(move |ends| {
+            // Every end was recorded after a whole `&str` was pushed: a char boundary.
+            let name = self.text.get(start..ends[0]).unwrap_or_default();
+            let value = self.text.get(ends[0]..ends[1]).unwrap_or_default();
+            start = ends[1];
+            (name, value)
+        })
+    }
+
+    /// The pairs as owned strings, as a [`Record`] holds them.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    pub fn from_pairs(pairs: &[(String, String)]) -> KeptHeaders {
+        let bytes = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let mut kept = KeptHeaders::with_capacity(pairs.len(), bytes);
+        for (name, value) in pairs {
+            kept.push(name, value);
+        }
+        kept
+    }
+}
+
+impl From<Vec<(String, String)>> for KeptHeaders {
+    fn from(pairs: Vec<(String, String)>) -> KeptHeaders {
+        KeptHeaders::from_pairs(&pairs)
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for KeptHeaders {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> KeptHeaders {
+        let mut kept = KeptHeaders::default();
+        for (name, value) in pairs {
+            kept.push(name.as_ref(), value.as_ref());
+        }
+        kept
+    }
+}
+
+impl std::fmt::Debug for KeptHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for KeptHeaders {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for pair in self.iter() {
+            seq.serialize_element(&pair)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KeptHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<(String, String)>::deserialize(deserializer).map(KeptHeaders::from)
+    }
+}
+
 /// What never changes once an event is journaled; kept in the commit log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
     pub event_ts: Option<i64>,
     pub order_key: Option<String>,
     pub content_type: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: KeptHeaders,
     pub client_identity: Option<String>,
     /// `Bytes` (written as postcard bytes, like `serde_bytes`), so that the body the
     /// request was read into goes into the log write without a copy of its own.
@@ -256,7 +361,7 @@ impl Record {
             event_ts: content.event_ts,
             order_key: content.order_key,
             content_type: content.content_type,
-            headers: content.headers,
+            headers: content.headers.to_pairs(),
             client_identity: content.client_identity,
             body: content.body.into(),
             normalised: content.normalised.map(Vec::from),
@@ -271,7 +376,7 @@ impl Record {
             event_ts: self.event_ts,
             order_key: self.order_key.clone(),
             content_type: self.content_type.clone(),
-            headers: self.headers.clone(),
+            headers: KeptHeaders::from_pairs(&self.headers),
             client_identity: self.client_identity.clone(),
             body: self.body.clone().into(),
             normalised: self.normalised.clone().map(bytes::Bytes::from),
@@ -553,6 +658,37 @@ mod tests {
         postcard::to_io(&fields, &mut v1).unwrap();
         assert_eq!(decode(&v1).unwrap(), record);
         assert_eq!(decode_summary(&v1).unwrap(), record.summary);
+    }
+
+    #[test]
+    fn kept_headers_are_written_and_read_as_a_list_of_pairs() {
+        let pairs: Vec<(String, String)> = [
+            ("content-type", "application/json"),
+            ("x-empty", ""),
+            ("", "no name"),
+            ("x-accented", "café ☕"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let kept = KeptHeaders::from_pairs(&pairs);
+        assert_eq!(kept.len(), 4);
+        assert_eq!(kept.to_pairs(), pairs);
+        let seen: Vec<(&str, &str)> = kept.iter().collect();
+        assert_eq!(seen[1], ("x-empty", ""));
+        assert_eq!(seen[3], ("x-accented", "café ☕"));
+        // The same bytes as the list, so that entries written by either read with either.
+        let as_list = postcard::to_stdvec(&pairs).unwrap();
+        assert_eq!(postcard::to_stdvec(&kept).unwrap(), as_list);
+        assert_eq!(postcard::from_bytes::<KeptHeaders>(&as_list).unwrap(), kept);
+        let none = KeptHeaders::default();
+        assert!(none.is_empty() && none.iter().next().is_none());
+        let empty_list: Vec<(String, String)> = Vec::new();
+        assert_eq!(
+            postcard::to_stdvec(&none).unwrap(),
+            postcard::to_stdvec(&empty_list).unwrap()
+        );
+        assert_eq!(format!("{kept:?}"), format!("{seen:?}"));
     }
 
     #[test]

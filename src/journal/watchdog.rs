@@ -259,7 +259,7 @@ mod tests {
             event_ts: None,
             order: None,
             content_type: "application/json".into(),
-            headers: vec![],
+            headers: Default::default(),
             client_identity: None,
             body: bytes::Bytes::from_static(b"{}"),
             normalised: None,

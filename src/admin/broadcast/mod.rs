@@ -346,7 +346,7 @@ mod tests {
                     event_ts: None,
                     order: None,
                     content_type: "application/json".into(),
-                    headers: vec![],
+                    headers: Default::default(),
                     client_identity: None,
                     body: Bytes::from(format!("{{\"n\":{i}}}")),
                     normalised: None,

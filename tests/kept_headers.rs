@@ -51,7 +51,8 @@ async fn no_signature_or_secret_header_is_shown_or_forwarded() {
         headers: headers
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         client_identity: None,
         body: Bytes::from_static(b"{}"),
         normalised: None,

@@ -346,7 +346,7 @@ fn event(id: &str, event_type: &str, body: &str) -> NewEvent {
         event_ts: None,
         order: None,
         content_type: "application/json".into(),
-        headers: [("x-kept", "yes")].into_iter().collect(),
+        headers: vec![("x-kept".into(), "yes".into())].into(),
         client_identity: None,
         body: Bytes::from(body.to_string()),
         normalised: None,

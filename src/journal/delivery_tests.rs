@@ -58,7 +58,7 @@ fn subscription(name: &str, events: &[&str], mode: Mode) -> Subscription {
         ordered: false,
         max_in_flight: 4,
         rate_limit: None,
-        headers: Default::default(),
+        headers: vec![],
         secrets: vec![],
         ca: None,
         managed: Managed::Api,

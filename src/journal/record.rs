@@ -176,16 +176,6 @@ impl From<Vec<(String, String)>> for KeptHeaders {
     }
 }
 
-impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for KeptHeaders {
-    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> KeptHeaders {
-        let mut kept = KeptHeaders::default();
-        for (name, value) in pairs {
-            kept.push(name.as_ref(), value.as_ref());
-        }
-        kept
-    }
-}
-
 impl std::fmt::Debug for KeptHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.iter()).finish()

@@ -299,7 +299,12 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<bool> = match cli.command {
         Command::Serve { config } => Config::load(&config).and_then(|config| {
-            runtime().block_on(hookgate::run(config))?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.server.workers())
+                .enable_all()
+                .build()
+                .expect("a tokio runtime starts")
+                .block_on(hookgate::run(config))?;
             Ok(true)
         }),
         Command::CheckConfig { config } => hookgate::cli::check_config(&config),

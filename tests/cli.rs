@@ -306,6 +306,33 @@ fn sighup_without_tls_leaves_the_gateway_running() {
 }
 
 #[test]
+fn serve_runs_as_many_request_threads_as_server_workers_says() {
+    // The count comes from the running runtime (its "ingest listening" line), and each
+    // gateway takes an event on it.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (workers, expected) in [(None, (cpus - 1).max(1)), (Some(3), 3), (Some(1), 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+        if let Some(n) = workers {
+            let text = starter.replacen("[server]\n", &format!("[server]\nworkers = {n}\n"), 1);
+            std::fs::write(&path, text).unwrap();
+        }
+        let log = dir.path().join("hookgate.log");
+        let (mut child, ingest, _) = common::spawn_logged(&path, &log, &[]);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let said = text.lines().find_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+            (entry["fields"]["message"] == "ingest listening")
+                .then(|| entry["fields"]["workers"].as_u64())?
+        });
+        assert_eq!(said, Some(expected as u64), "workers = {workers:?}: {text}");
+        let url = format!("http://{ingest}/hooks/github");
+        common::send_accepted(&path, "github", &url, &[]);
+        assert!(common::terminate(&mut child).success());
+    }
+}
+
+#[test]
 fn a_fresh_init_has_a_token_that_the_events_commands_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hookgate.toml");

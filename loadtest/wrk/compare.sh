@@ -5,13 +5,17 @@
 #   hmac      hookgate-loadtest hmac: also checks GitHub's signature (the CPU ceiling)
 #   floor     hookgate-loadtest floor: also appends each group of waiting bodies to one
 #             file and fdatasyncs once per group before answering (the floor for durable
-#             acknowledgements)
+#             acknowledgements), on tokio's default runtime (a request thread per CPU)
+#   floor-w   the same floor with as many request threads as hookgate's default
+#             server.workers (one fewer than the CPUs, at least one), the same runtime
+#             shape as hookgate's: on two CPUs it too takes less CPU per request
+#             (BENCHMARKS.md, 2026-12-07)
 #   hookgate  target/release/hookgate with loadtest/wrk/bench.toml, on a fresh journal
 # For each: requests/s, p99, p99.9 (from github.lua's done hook) and the server process's
 # CPU time per request (utime + stime from /proc/PID/stat across the wrk run, over the
 # requests wrk counted; and that time's user and system parts, where a server's own code
-# runs and where the kernel works for it), its rate over bare's, and hookgate/floor and
-# hookgate/hmac;
+# runs and where the kernel works for it), its rate over bare's, and hookgate/floor,
+# hookgate/floor-w and hookgate/hmac;
 # for hookgate and the floor, that CPU time by thread too, by the kernel's 15-character
 # names (tokio-rt-worker is the request path, journal-committ the committer: the log and
 # its syncs, journal-indexer, journal-index (its background flush) and fjall's flusher and
@@ -62,6 +66,9 @@ trap 'kill $server_pid 2>/dev/null || true; rm -rf "$floor_dir" "$results"' EXIT
 bare() { exec "$bin/hookgate-loadtest" baseline --listen 127.0.0.1:8081; }
 hmac() { exec "$bin/hookgate-loadtest" hmac --listen 127.0.0.1:8083; }
 floor() { exec "$bin/hookgate-loadtest" floor --listen 127.0.0.1:8084 --dir "$floor_dir"; }
+# hookgate's default server.workers; tokio's #[tokio::main] reads TOKIO_WORKER_THREADS.
+workers=$(($(nproc) > 1 ? $(nproc) - 1 : 1))
+floor_w() { export TOKIO_WORKER_THREADS=$workers; floor; }
 gate() {
   rm -rf /tmp/hookgate-bench
   HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c "${CONFIG:-loadtest/wrk/bench.toml}" 2>/tmp/hookgate-bench.log
@@ -154,7 +161,7 @@ measure() {
   grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/          /' || true
   [[ -z $journaled ]] || echo "          $journaled"
   case $name in
-    hookgate | before | floor) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
+    hookgate | before | floor | floor-w) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
   esac
 }
 header() { printf '%-9s %10s %8s %9s %12s %11s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'user+sys' 'x bare'; }
@@ -168,7 +175,7 @@ ratio() { # a, b, column
     END { for (r in x) if (r in y) print x[r] / y[r] }' "$results" | median
 }
 
-servers=(bare hmac floor)
+servers=(bare hmac floor floor-w)
 [[ -n "${BEFORE:-}" ]] && servers+=(before)
 if [[ -n "${BEFORE:-}" ]] && ((rounds % 2)); then
   echo "note: $rounds rounds: hookgate runs second of the two builds in $(((rounds + 1) / 2)) of them, BEFORE in $((rounds / 2)); the place has decided runs before, so use an even ROUNDS to compare them" >&2
@@ -192,8 +199,8 @@ for ((round = 1; round <= rounds; round++)); do
     case $name in
       bare) measure "$round" bare 8081 bare ;;
       hmac) measure "$round" hmac 8083 hmac ;;
-      floor)
-        measure "$round" floor 8084 floor
+      floor | floor-w)
+        measure "$round" "$name" 8084 "${name/-/_}"
         rm -f "$floor_dir/floor.log"
         ;;
       before) measure "$round" before 8080 gate "$BEFORE" ;;
@@ -213,7 +220,7 @@ if ((rounds > 1)); then
     printf '%-9s %10.0f %8.2f %9.2f %12.1f %5.1f+%-5.1f %7.2fx\n' "$name" "${figures[@]}" "$(ratio "$name" bare 3)"
   done
 fi
-for base in floor hmac; do
-  printf 'hookgate/%-5s %5.2fx req/s, %5.2fx CPU per request (user %.2fx, system %.2fx)\n' "$base" \
+for base in floor floor-w hmac; do
+  printf 'hookgate/%-7s %5.2fx req/s, %5.2fx CPU per request (user %.2fx, system %.2fx)\n' "$base" \
     "$(ratio hookgate "$base" 3)" "$(ratio hookgate "$base" 6)" "$(ratio hookgate "$base" 7)" "$(ratio hookgate "$base" 8)"
 done

@@ -337,9 +337,9 @@ pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         config.journal.compact_every.0,
         stopped,
     )));
-    // The runtime's own count: `server.workers` when `hookgate serve` built it.
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(addr = %ingest_addr, workers, "ingest listening");
+    // The runtime's own count: `server.threads` when `hookgate serve` built it.
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(addr = %ingest_addr, threads, "ingest listening");
     tracing::info!(addr = %admin_addr, "admin listening");
     Ok(Running {
         ingest_addr,

@@ -300,7 +300,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<bool> = match cli.command {
         Command::Serve { config } => Config::load(&config).and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.server.workers())
+                .worker_threads(config.server.threads())
                 .enable_all()
                 .build()
                 .expect("a tokio runtime starts")

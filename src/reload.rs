@@ -8,7 +8,7 @@
 //!   config's `[[subscriptions]]` with their secrets. TLS certificate and key files are
 //!   read again (the same paths).
 //! - Kept until a restart, and named in the log: the listeners and their TLS settings,
-//!   the connection limits, `server.workers`, `[admin]`, `[journal]`, `[broker]` and
+//!   the connection limits, `server.threads`, `[admin]`, `[journal]`, `[broker]` and
 //!   `[outbound]`.
 //! - All or nothing: the new config is loaded, every secret resolved and every
 //!   subscription checked before anything is replaced. A config that fails leaves the
@@ -43,7 +43,7 @@ struct Fixed {
     drain_timeout: Dur,
     h2_max_concurrent_streams: u32,
     h2_keep_alive_interval: Dur,
-    workers: Option<usize>,
+    threads: Option<usize>,
     admin: AdminConfig,
     journal: JournalConfig,
     broker: Option<BrokerConfig>,
@@ -62,7 +62,7 @@ impl Fixed {
             drain_timeout: server.drain_timeout,
             h2_max_concurrent_streams: server.h2_max_concurrent_streams,
             h2_keep_alive_interval: server.h2_keep_alive_interval,
-            workers: server.workers,
+            threads: server.threads,
             admin: config.admin.clone(),
             journal: config.journal.clone(),
             broker: config.broker.clone(),
@@ -104,7 +104,7 @@ impl Fixed {
             "server.h2_keep_alive_interval",
             self.h2_keep_alive_interval == new.h2_keep_alive_interval,
         );
-        differ("server.workers", self.workers == new.workers);
+        differ("server.threads", self.threads == new.threads);
         differ("[admin]", self.admin == new.admin);
         differ("[journal]", self.journal == new.journal);
         differ("[broker]", self.broker == new.broker);
@@ -313,12 +313,12 @@ mod tests {
         .unwrap();
         assert!(Fixed::of(&old).changed(&Fixed::of(&same)).is_empty());
         let moved = Config::parse(
-            "[server]\nlisten = \"127.0.0.1:8081\"\nworkers = 3\n[journal]\npath = \"elsewhere\"\n[outbound]\ntimeout = \"3s\"\n",
+            "[server]\nlisten = \"127.0.0.1:8081\"\nthreads = 3\n[journal]\npath = \"elsewhere\"\n[outbound]\ntimeout = \"3s\"\n",
         )
         .unwrap();
         assert_eq!(
             Fixed::of(&old).changed(&Fixed::of(&moved)),
-            ["server.listen", "server.workers", "[journal]", "[outbound]"]
+            ["server.listen", "server.threads", "[journal]", "[outbound]"]
         );
     }
 }

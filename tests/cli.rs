@@ -306,15 +306,15 @@ fn sighup_without_tls_leaves_the_gateway_running() {
 }
 
 #[test]
-fn serve_runs_as_many_request_threads_as_server_workers_says() {
+fn serve_runs_as_many_request_threads_as_server_threads_says() {
     // The count comes from the running runtime (its "ingest listening" line), and each
     // gateway takes an event on it.
     let cpus = std::thread::available_parallelism().unwrap().get();
-    for (workers, expected) in [(None, (cpus - 1).max(1)), (Some(3), 3), (Some(1), 1)] {
+    for (threads, expected) in [(None, cpus), (Some(3), 3), (Some(1), 1)] {
         let dir = tempfile::tempdir().unwrap();
         let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
-        if let Some(n) = workers {
-            let text = starter.replacen("[server]\n", &format!("[server]\nworkers = {n}\n"), 1);
+        if let Some(n) = threads {
+            let text = starter.replacen("[server]\n", &format!("[server]\nthreads = {n}\n"), 1);
             std::fs::write(&path, text).unwrap();
         }
         let log = dir.path().join("hookgate.log");
@@ -323,9 +323,9 @@ fn serve_runs_as_many_request_threads_as_server_workers_says() {
         let said = text.lines().find_map(|line| {
             let entry: serde_json::Value = serde_json::from_str(line).ok()?;
             (entry["fields"]["message"] == "ingest listening")
-                .then(|| entry["fields"]["workers"].as_u64())?
+                .then(|| entry["fields"]["threads"].as_u64())?
         });
-        assert_eq!(said, Some(expected as u64), "workers = {workers:?}: {text}");
+        assert_eq!(said, Some(expected as u64), "threads = {threads:?}: {text}");
         let url = format!("http://{ingest}/hooks/github");
         common::send_accepted(&path, "github", &url, &[]);
         assert!(common::terminate(&mut child).success());

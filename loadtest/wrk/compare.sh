@@ -5,17 +5,13 @@
 #   hmac      hookgate-loadtest hmac: also checks GitHub's signature (the CPU ceiling)
 #   floor     hookgate-loadtest floor: also appends each group of waiting bodies to one
 #             file and fdatasyncs once per group before answering (the floor for durable
-#             acknowledgements), on tokio's default runtime (a request thread per CPU)
-#   floor-w   the same floor with as many request threads as hookgate's default
-#             server.workers (one fewer than the CPUs, at least one), the same runtime
-#             shape as hookgate's: on two CPUs it too takes less CPU per request
-#             (BENCHMARKS.md, 2026-12-07)
+#             acknowledgements)
 #   hookgate  target/release/hookgate with loadtest/wrk/bench.toml, on a fresh journal
 # For each: requests/s, p99, p99.9 (from github.lua's done hook) and the server process's
 # CPU time per request (utime + stime from /proc/PID/stat across the wrk run, over the
 # requests wrk counted; and that time's user and system parts, where a server's own code
-# runs and where the kernel works for it), its rate over bare's, and hookgate/floor,
-# hookgate/floor-w and hookgate/hmac;
+# runs and where the kernel works for it), its rate over bare's, and hookgate/floor and
+# hookgate/hmac;
 # for hookgate and the floor, that CPU time by thread too, by the kernel's 15-character
 # names (tokio-rt-worker is the request path, journal-committ the committer: the log and
 # its syncs, journal-indexer, journal-index (its background flush) and fjall's flusher and
@@ -41,6 +37,11 @@
 # segments: compaction removes what comes in and the log writes over retired segments).
 # WARMUP=SECONDS loads hookgate (and BEFORE) that long, unmeasured, before its run (with
 # other bodies, so that the measured run's are still new).
+# THREADS=N runs every server with N request threads: hookgate (and a BEFORE build that
+# knows the key) through server.threads = N in a copy of its config; the other servers,
+# and hookgate builds from before server.threads (2026-12-07), through
+# TOKIO_WORKER_THREADS, which tokio's default runtime reads. Unset, each server has its
+# default: one per CPU.
 # WEBHOOK=1 also runs adnanh/webhook (Debian package `webhook`) with one HMAC rule and
 # /bin/true as its command (loadtest/wrk/webhook.json).
 set -Eeuo pipefail
@@ -60,18 +61,26 @@ floor_dir=$(mktemp -d /tmp/hookgate-floor.XXXXXX)
 # and its user and system parts.
 results=$(mktemp /tmp/hookgate-compare.XXXXXX)
 server_pid=
-trap 'kill $server_pid 2>/dev/null || true; rm -rf "$floor_dir" "$results"' EXIT
+threads_config=
+if [[ -n ${THREADS:-} ]]; then
+  threads_config=$(mktemp /tmp/hookgate-threads.XXXXXX)
+  awk -v n="$THREADS" '{ print } /^\[server\]$/ { print "threads = " n }' "${CONFIG:-loadtest/wrk/bench.toml}" >"$threads_config"
+  grep -q '^threads = ' "$threads_config" || printf '[server]\nthreads = %s\n' "$THREADS" >>"$threads_config"
+  export TOKIO_WORKER_THREADS=$THREADS
+fi
+trap 'kill $server_pid 2>/dev/null || true; rm -rf "$floor_dir" "$results" "$threads_config"' EXIT
 
 # The servers; each execs, so that $! is the server's own pid.
 bare() { exec "$bin/hookgate-loadtest" baseline --listen 127.0.0.1:8081; }
 hmac() { exec "$bin/hookgate-loadtest" hmac --listen 127.0.0.1:8083; }
 floor() { exec "$bin/hookgate-loadtest" floor --listen 127.0.0.1:8084 --dir "$floor_dir"; }
-# hookgate's default server.workers; tokio's #[tokio::main] reads TOKIO_WORKER_THREADS.
-workers=$(($(nproc) > 1 ? $(nproc) - 1 : 1))
-floor_w() { export TOKIO_WORKER_THREADS=$workers; floor; }
 gate() {
   rm -rf /tmp/hookgate-bench
-  HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c "${CONFIG:-loadtest/wrk/bench.toml}" 2>/tmp/hookgate-bench.log
+  local config=${CONFIG:-loadtest/wrk/bench.toml}
+  if [[ -n $threads_config ]] && "$1" check-config -c "$threads_config" >/dev/null 2>&1; then
+    config=$threads_config
+  fi
+  HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c "$config" 2>/tmp/hookgate-bench.log
 }
 webhook_rule() { exec webhook -hooks loadtest/wrk/webhook.json -ip 127.0.0.1 -port 8082 -nopanic; }
 
@@ -161,7 +170,7 @@ measure() {
   grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/          /' || true
   [[ -z $journaled ]] || echo "          $journaled"
   case $name in
-    hookgate | before | floor | floor-w) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
+    hookgate | before | floor) echo "          CPU µs/req by thread: $(by_thread "$threads_before" "$threads_after" "$requests")" ;;
   esac
 }
 header() { printf '%-9s %10s %8s %9s %12s %11s %8s\n' server req/s 'p99 ms' 'p99.9 ms' 'CPU µs/req' 'user+sys' 'x bare'; }
@@ -175,14 +184,14 @@ ratio() { # a, b, column
     END { for (r in x) if (r in y) print x[r] / y[r] }' "$results" | median
 }
 
-servers=(bare hmac floor floor-w)
+servers=(bare hmac floor)
 [[ -n "${BEFORE:-}" ]] && servers+=(before)
 if [[ -n "${BEFORE:-}" ]] && ((rounds % 2)); then
   echo "note: $rounds rounds: hookgate runs second of the two builds in $(((rounds + 1) / 2)) of them, BEFORE in $((rounds / 2)); the place has decided runs before, so use an even ROUNDS to compare them" >&2
 fi
 servers+=(hookgate)
 [[ -n "${WEBHOOK:-}" ]] && servers+=(webhook)
-echo "wrk -t1 -c$conns -d${secs}s -s loadtest/wrk/github.lua; CPU is the server process's user+system time per request"
+echo "wrk -t1 -c$conns -d${secs}s -s loadtest/wrk/github.lua; CPU is the server process's user+system time per request; request threads: ${THREADS:-one per CPU (the default)}"
 for ((round = 1; round <= rounds; round++)); do
   ((rounds == 1)) || echo "round $round of $rounds"
   header
@@ -199,8 +208,8 @@ for ((round = 1; round <= rounds; round++)); do
     case $name in
       bare) measure "$round" bare 8081 bare ;;
       hmac) measure "$round" hmac 8083 hmac ;;
-      floor | floor-w)
-        measure "$round" "$name" 8084 "${name/-/_}"
+      floor)
+        measure "$round" floor 8084 floor
         rm -f "$floor_dir/floor.log"
         ;;
       before) measure "$round" before 8080 gate "$BEFORE" ;;
@@ -220,7 +229,7 @@ if ((rounds > 1)); then
     printf '%-9s %10.0f %8.2f %9.2f %12.1f %5.1f+%-5.1f %7.2fx\n' "$name" "${figures[@]}" "$(ratio "$name" bare 3)"
   done
 fi
-for base in floor floor-w hmac; do
-  printf 'hookgate/%-7s %5.2fx req/s, %5.2fx CPU per request (user %.2fx, system %.2fx)\n' "$base" \
+for base in floor hmac; do
+  printf 'hookgate/%-5s %5.2fx req/s, %5.2fx CPU per request (user %.2fx, system %.2fx)\n' "$base" \
     "$(ratio hookgate "$base" 3)" "$(ratio hookgate "$base" 6)" "$(ratio hookgate "$base" 7)" "$(ratio hookgate "$base" 8)"
 done

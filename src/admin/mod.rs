@@ -281,7 +281,7 @@ impl Admin {
                 "the journal's committer thread has stopped; restart hookgate".into(),
             ),
             (&Method::GET, "/readyz", _) => self.ready(query),
-            (&Method::GET, "/metrics", _) => self.metrics(),
+            (&Method::GET, "/metrics", _) => self.metrics().await,
             (&Method::GET, "/v1/events", _) => self.list(query).await,
             (&Method::GET, "/v1/sources", _) => self.sources(),
             (&Method::POST, "/v1/replay", _) => self.replay_matching(query).await,
@@ -314,11 +314,15 @@ impl Admin {
         crate::unix_ms(self.clock.now())
     }
 
-    fn metrics(&self) -> Response<Body> {
-        let mut response = json(
-            StatusCode::OK,
-            self.metrics.render(&self.journal).into_bytes(),
-        );
+    async fn metrics(&self) -> Response<Body> {
+        // Rendering reads the journal's disk space (`statvfs`), which a hung filesystem
+        // can hold up: on the blocking pool, not a request thread.
+        let (metrics, journal) = (self.metrics.clone(), self.journal.clone());
+        let text = match tokio::task::spawn_blocking(move || metrics.render(&journal)).await {
+            Ok(text) => text,
+            Err(e) => return internal(format!("rendering the metrics failed: {e}")),
+        };
+        let mut response = json(StatusCode::OK, text.into_bytes());
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(

@@ -511,12 +511,6 @@ impl Admin {
         ok(StatusCode::OK, answer)
     }
 
-    /// The event ids of these seqs (from the index; no log reads).
-    fn event_ids(&self, seqs: impl Iterator<Item = u64>) -> Vec<Option<String>> {
-        seqs.map(|seq| self.journal.summary(seq).map(|s| s.id))
-            .collect()
-    }
-
     async fn deliveries(&self, sub: Subscription, query: &str) -> Response<Body> {
         let mut status = None;
         let mut after = 0;
@@ -542,12 +536,19 @@ impl Admin {
         }
         let journal = self.journal.clone();
         let num = sub.num;
-        let listed =
-            tokio::task::spawn_blocking(move || journal.deliveries_of(num, status, after, limit))
-                .await;
+        // The index reads (each event's id from its summary, too) wait for the disk and
+        // for the indexer to catch up: off the request threads.
+        let listed = tokio::task::spawn_blocking(move || {
+            let (found, next_after) = journal.deliveries_of(num, status, after, limit)?;
+            let ids: Vec<Option<String>> = found
+                .iter()
+                .map(|d| journal.summary(d.seq).map(|s| s.id))
+                .collect();
+            Ok::<_, String>((found, ids, next_after))
+        })
+        .await;
         match listed {
-            Ok(Ok((found, next_after))) => {
-                let ids = self.event_ids(found.iter().map(|d| d.seq));
+            Ok(Ok((found, ids, next_after))) => {
                 let views: Vec<Value> = found
                     .iter()
                     .zip(&ids)
@@ -567,10 +568,19 @@ impl Admin {
         let Ok(seq) = seq.parse::<u64>() else {
             return bad_request(format!("`{seq}` is not a sequence number"));
         };
-        let Some(summary) = self.journal.summary(seq) else {
-            return not_found(format!("there is no event {seq}"));
+        let journal = self.journal.clone();
+        // Index reads, off the request threads as above.
+        let read = tokio::task::spawn_blocking(move || {
+            let summary = journal.summary(seq)?;
+            Some((journal.event_deliveries(seq), summary))
+        })
+        .await;
+        let (found, summary) = match read {
+            Ok(Some(read)) => read,
+            Ok(None) => return not_found(format!("there is no event {seq}")),
+            Err(e) => return internal(format!("reading the deliveries failed: {e}")),
         };
-        match self.journal.event_deliveries(seq) {
+        match found {
             Ok(found) => {
                 let views: Vec<Value> = found
                     .iter()

@@ -73,24 +73,22 @@ pub struct ServerConfig {
     #[serde(default = "default_h2_keep_alive_interval")]
     pub h2_keep_alive_interval: Dur,
     /// Threads that serve requests (and run the forwarder and the deliverer); absent, one
-    /// fewer than the CPUs hookgate may use, and at least one ([`ServerConfig::workers`]).
-    pub workers: Option<usize>,
+    /// per CPU hookgate may use ([`ServerConfig::threads`]).
+    pub threads: Option<usize>,
     pub tls: Option<TlsConfig>,
 }
 
-/// The most request threads `server.workers` may ask for.
-const MAX_WORKERS: usize = 1024;
+/// The most request threads `server.threads` may ask for.
+const MAX_THREADS: usize = 1024;
 
 impl ServerConfig {
-    /// How many threads serve requests: `server.workers`, or by default one fewer than
-    /// the CPUs this process may use (its affinity and cgroup quota), at least one. The
-    /// journal's committer and indexer are threads of their own that work on every
-    /// event; measured on two cores, one request thread beside them took 9-12% less CPU
-    /// per request and answered 7-12% more requests a second than two (BENCHMARKS.md).
-    pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
+    /// How many threads serve requests: `server.threads`, or one per CPU this process may
+    /// use (its affinity and cgroup quota), as tokio's default runtime has. On a small
+    /// machine that takes mostly new events, one fewer can do better, since the journal's
+    /// committer and indexer threads work on every event (README, Performance).
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         })
     }
 }
@@ -335,7 +333,7 @@ impl Default for ServerConfig {
             failures_per_address: default_failures_per_address(),
             h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
             h2_keep_alive_interval: default_h2_keep_alive_interval(),
-            workers: None,
+            threads: None,
             tls: None,
         }
     }
@@ -428,9 +426,9 @@ impl Config {
         if self.server.h2_keep_alive_interval.0.is_zero() {
             bail!("server.h2_keep_alive_interval must be above 0");
         }
-        if let Some(workers) = self.server.workers {
-            if !(1..=MAX_WORKERS).contains(&workers) {
-                bail!("server.workers must be between 1 and {MAX_WORKERS}");
+        if let Some(threads) = self.server.threads {
+            if !(1..=MAX_THREADS).contains(&threads) {
+                bail!("server.threads must be between 1 and {MAX_THREADS}");
             }
         }
         if self.server.failures_per_address != "off" {
@@ -584,14 +582,14 @@ mod tests {
     }
 
     #[test]
-    fn request_workers_default_to_one_fewer_than_the_cpus() {
+    fn request_threads_default_to_one_per_cpu() {
         let server = |keys: &str| Config::parse(&format!("[server]\n{keys}\n"));
         let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(server("").unwrap().server.workers(), (cpus - 1).max(1));
-        assert_eq!(server("workers = 3").unwrap().server.workers(), 3);
-        for keys in ["workers = 0", "workers = 1025"] {
+        assert_eq!(server("").unwrap().server.threads(), cpus);
+        assert_eq!(server("threads = 3").unwrap().server.threads(), 3);
+        for keys in ["threads = 0", "threads = 1025"] {
             let err = server(keys).unwrap_err().to_string();
-            assert!(err.contains("server.workers"), "{keys}: {err}");
+            assert!(err.contains("server.threads"), "{keys}: {err}");
         }
     }
 

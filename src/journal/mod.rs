@@ -920,26 +920,30 @@ impl Journal {
         let Ok(mut healing) = self.healing.try_lock() else {
             return false;
         };
-        // Retired log segments wait to be written over; a disk short of space needs
-        // their room now.
-        if let Err(e) = log::drop_free(&self.settings.path.join("log")) {
-            tracing::warn!(error = %e, "cannot delete retired commit log segments");
-        }
-        let tried = disk::space(&self.settings.path)
-            .map_err(|e| e.to_string())
-            .and_then(|space| {
-                // Room to go on, not just for the test: otherwise the journal would open
-                // again only to fail at its next write.
-                let room = self.settings.min_free.bytes(space.total).max(HEAL_ROOM);
-                if space.free < room {
-                    return Err(format!(
-                        "{} free, less than the {} it waits for",
-                        disk::human(space.free),
-                        disk::human(room)
-                    ));
-                }
-                disk::probe(&self.settings.path).map_err(|e| format!("a test write failed: {e}"))
-            });
+        // On a thread of the blocking pool: a disk that failed may hang the test write's
+        // sync, and the request threads must go on answering meanwhile.
+        let (path, min_free) = (self.settings.path.clone(), self.settings.min_free);
+        let tried = tokio::task::spawn_blocking(move || {
+            // Retired log segments wait to be written over; a disk short of space needs
+            // their room now.
+            if let Err(e) = log::drop_free(&path.join("log")) {
+                tracing::warn!(error = %e, "cannot delete retired commit log segments");
+            }
+            let space = disk::space(&path).map_err(|e| e.to_string())?;
+            // Room to go on, not just for the test: otherwise the journal would open
+            // again only to fail at its next write.
+            let room = min_free.bytes(space.total).max(HEAL_ROOM);
+            if space.free < room {
+                return Err(format!(
+                    "{} free, less than the {} it waits for",
+                    disk::human(space.free),
+                    disk::human(room)
+                ));
+            }
+            disk::probe(&path).map_err(|e| format!("a test write failed: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the test write stopped: {e}")));
         if let Err(e) = tried {
             let why = format!("{}: {e}", self.settings.path.display());
             if healing.error.as_deref() != Some(why.as_str()) {

@@ -291,20 +291,18 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = || {
+    // `serve` runs `server.threads` request threads; the other commands, one per CPU.
+    let runtime_of = |threads: usize| {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
             .enable_all()
             .build()
             .expect("a tokio runtime starts")
     };
+    let runtime = || runtime_of(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let result: anyhow::Result<bool> = match cli.command {
         Command::Serve { config } => Config::load(&config).and_then(|config| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.server.threads())
-                .enable_all()
-                .build()
-                .expect("a tokio runtime starts")
-                .block_on(hookgate::run(config))?;
+            runtime_of(config.server.threads()).block_on(hookgate::run(config))?;
             Ok(true)
         }),
         Command::CheckConfig { config } => hookgate::cli::check_config(&config),

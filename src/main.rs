@@ -291,18 +291,22 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    // `serve` runs `server.threads` request threads; the other commands, one per CPU.
-    let runtime_of = |threads: usize| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+    // `serve` runs `server.threads` request threads when it is set; otherwise, as the
+    // other commands, tokio's default (`TOKIO_WORKER_THREADS`, or one per CPU).
+    let runtime_of = |threads: Option<usize>| {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = threads {
+            builder.worker_threads(threads);
+        }
+        builder
             .enable_all()
             .build()
             .expect("a tokio runtime starts")
     };
-    let runtime = || runtime_of(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = || runtime_of(None);
     let result: anyhow::Result<bool> = match cli.command {
         Command::Serve { config } => Config::load(&config).and_then(|config| {
-            runtime_of(config.server.threads()).block_on(hookgate::run(config))?;
+            runtime_of(config.server.threads).block_on(hookgate::run(config))?;
             Ok(true)
         }),
         Command::CheckConfig { config } => hookgate::cli::check_config(&config),

@@ -308,9 +308,15 @@ fn sighup_without_tls_leaves_the_gateway_running() {
 #[test]
 fn serve_runs_as_many_request_threads_as_server_threads_says() {
     // The count comes from the running runtime (its "ingest listening" line), and each
-    // gateway takes an event on it.
+    // gateway takes an event on it. Without the key, tokio's default: TOKIO_WORKER_THREADS
+    // if set, else one per CPU; the key wins over the variable.
     let cpus = std::thread::available_parallelism().unwrap().get();
-    for (threads, expected) in [(None, cpus), (Some(3), 3), (Some(1), 1)] {
+    for (threads, env, expected) in [
+        (None, None, cpus),
+        (None, Some("3"), 3),
+        (Some(3), None, 3),
+        (Some(1), Some("3"), 1),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
         if let Some(n) = threads {
@@ -318,14 +324,22 @@ fn serve_runs_as_many_request_threads_as_server_threads_says() {
             std::fs::write(&path, text).unwrap();
         }
         let log = dir.path().join("hookgate.log");
-        let (mut child, ingest, _) = common::spawn_logged(&path, &log, &[]);
+        let env: Vec<_> = env
+            .map(|n| ("TOKIO_WORKER_THREADS", n))
+            .into_iter()
+            .collect();
+        let (mut child, ingest, _) = common::spawn_logged(&path, &log, &env);
         let text = std::fs::read_to_string(&log).unwrap();
         let said = text.lines().find_map(|line| {
             let entry: serde_json::Value = serde_json::from_str(line).ok()?;
             (entry["fields"]["message"] == "ingest listening")
                 .then(|| entry["fields"]["threads"].as_u64())?
         });
-        assert_eq!(said, Some(expected as u64), "threads = {threads:?}: {text}");
+        assert_eq!(
+            said,
+            Some(expected as u64),
+            "threads = {threads:?}, TOKIO_WORKER_THREADS = {env:?}: {text}"
+        );
         let url = format!("http://{ingest}/hooks/github");
         common::send_accepted(&path, "github", &url, &[]);
         assert!(common::terminate(&mut child).success());

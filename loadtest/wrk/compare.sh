@@ -37,11 +37,9 @@
 # segments: compaction removes what comes in and the log writes over retired segments).
 # WARMUP=SECONDS loads hookgate (and BEFORE) that long, unmeasured, before its run (with
 # other bodies, so that the measured run's are still new).
-# THREADS=N runs every server with N request threads: hookgate (and a BEFORE build that
-# knows the key) through server.threads = N in a copy of its config; the other servers,
-# and hookgate builds from before server.threads (2026-12-07), through
-# TOKIO_WORKER_THREADS, which tokio's default runtime reads. Unset, each server has its
-# default: one per CPU.
+# THREADS=N runs every server with N request threads (TOKIO_WORKER_THREADS, which tokio's
+# default runtime reads, and hookgate too where its config leaves server.threads out, as
+# bench.toml does). Unset, each server has its default: one per CPU.
 # WEBHOOK=1 also runs adnanh/webhook (Debian package `webhook`) with one HMAC rule and
 # /bin/true as its command (loadtest/wrk/webhook.json).
 set -Eeuo pipefail
@@ -61,14 +59,8 @@ floor_dir=$(mktemp -d /tmp/hookgate-floor.XXXXXX)
 # and its user and system parts.
 results=$(mktemp /tmp/hookgate-compare.XXXXXX)
 server_pid=
-threads_config=
-if [[ -n ${THREADS:-} ]]; then
-  threads_config=$(mktemp /tmp/hookgate-threads.XXXXXX)
-  awk -v n="$THREADS" '{ print } /^\[server\]$/ { print "threads = " n }' "${CONFIG:-loadtest/wrk/bench.toml}" >"$threads_config"
-  grep -q '^threads = ' "$threads_config" || printf '[server]\nthreads = %s\n' "$THREADS" >>"$threads_config"
-  export TOKIO_WORKER_THREADS=$THREADS
-fi
-trap 'kill $server_pid 2>/dev/null || true; rm -rf "$floor_dir" "$results" "$threads_config"' EXIT
+[[ -z ${THREADS:-} ]] || export TOKIO_WORKER_THREADS=$THREADS
+trap 'kill $server_pid 2>/dev/null || true; rm -rf "$floor_dir" "$results"' EXIT
 
 # The servers; each execs, so that $! is the server's own pid.
 bare() { exec "$bin/hookgate-loadtest" baseline --listen 127.0.0.1:8081; }
@@ -76,11 +68,7 @@ hmac() { exec "$bin/hookgate-loadtest" hmac --listen 127.0.0.1:8083; }
 floor() { exec "$bin/hookgate-loadtest" floor --listen 127.0.0.1:8084 --dir "$floor_dir"; }
 gate() {
   rm -rf /tmp/hookgate-bench
-  local config=${CONFIG:-loadtest/wrk/bench.toml}
-  if [[ -n $threads_config ]] && "$1" check-config -c "$threads_config" >/dev/null 2>&1; then
-    config=$threads_config
-  fi
-  HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c "$config" 2>/tmp/hookgate-bench.log
+  HOOKGATE_LOG=${HOOKGATE_LOG:-warn} exec "$1" serve -c "${CONFIG:-loadtest/wrk/bench.toml}" 2>/tmp/hookgate-bench.log
 }
 webhook_rule() { exec webhook -hooks loadtest/wrk/webhook.json -ip 127.0.0.1 -port 8082 -nopanic; }
 

@@ -72,26 +72,17 @@ pub struct ServerConfig {
     /// How often HTTP/2 peers are pinged, and how long they have to answer.
     #[serde(default = "default_h2_keep_alive_interval")]
     pub h2_keep_alive_interval: Dur,
-    /// Threads that serve requests (and run the forwarder and the deliverer); absent, one
-    /// per CPU hookgate may use ([`ServerConfig::threads`]).
+    /// Threads that serve requests (and run the forwarder and the deliverer); absent,
+    /// tokio's default: `TOKIO_WORKER_THREADS` if set, else one per CPU the process may
+    /// use (its affinity and cgroup quota). On a small machine that takes mostly new
+    /// events, one fewer can do better, since the journal's committer and indexer threads
+    /// work on every event (README, Performance).
     pub threads: Option<usize>,
     pub tls: Option<TlsConfig>,
 }
 
 /// The most request threads `server.threads` may ask for.
 const MAX_THREADS: usize = 1024;
-
-impl ServerConfig {
-    /// How many threads serve requests: `server.threads`, or one per CPU this process may
-    /// use (its affinity and cgroup quota), as tokio's default runtime has. On a small
-    /// machine that takes mostly new events, one fewer can do better, since the journal's
-    /// committer and indexer threads work on every event (README, Performance).
-    pub fn threads(&self) -> usize {
-        self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -582,11 +573,10 @@ mod tests {
     }
 
     #[test]
-    fn request_threads_default_to_one_per_cpu() {
+    fn request_threads_are_between_1_and_1024() {
         let server = |keys: &str| Config::parse(&format!("[server]\n{keys}\n"));
-        let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(server("").unwrap().server.threads(), cpus);
-        assert_eq!(server("threads = 3").unwrap().server.threads(), 3);
+        assert_eq!(server("").unwrap().server.threads, None);
+        assert_eq!(server("threads = 3").unwrap().server.threads, Some(3));
         for keys in ["threads = 0", "threads = 1025"] {
             let err = server(keys).unwrap_err().to_string();
             assert!(err.contains("server.threads"), "{keys}: {err}");

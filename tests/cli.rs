@@ -329,16 +329,14 @@ fn serve_runs_as_many_request_threads_as_server_threads_says() {
             .into_iter()
             .collect();
         let (mut child, ingest, _) = common::spawn_logged(&path, &log, &env);
-        let text = std::fs::read_to_string(&log).unwrap();
-        let said = text.lines().find_map(|line| {
-            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-            (entry["fields"]["message"] == "ingest listening")
-                .then(|| entry["fields"]["threads"].as_u64())?
-        });
+        let said = common::logged(&log, "ingest listening")
+            .iter()
+            .find_map(|entry| entry["fields"]["threads"].as_u64());
         assert_eq!(
             said,
             Some(expected as u64),
-            "threads = {threads:?}, TOKIO_WORKER_THREADS = {env:?}: {text}"
+            "threads = {threads:?}, TOKIO_WORKER_THREADS = {env:?}: {}",
+            std::fs::read_to_string(&log).unwrap()
         );
         let url = format!("http://{ingest}/hooks/github");
         common::send_accepted(&path, "github", &url, &[]);

@@ -70,23 +70,13 @@ fn hup(pid: u32) {
     assert!(status.success());
 }
 
-/// Lines of the JSON log whose message is `message`.
-fn logged(log: &Path, message: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|entry| entry["fields"]["message"] == message)
-        .collect()
-}
-
 /// Sends SIGHUP and waits for the `n`th reload outcome (either kind) in the log.
 fn reload(pid: u32, log: &Path, n: usize) {
     hup(pid);
     let started = Instant::now();
     loop {
-        let done = logged(log, "config reloaded").len()
-            + logged(
+        let done = common::logged(log, "config reloaded").len()
+            + common::logged(
                 log,
                 "config reload failed; the running config stays in place",
             )
@@ -205,7 +195,7 @@ events = ["*:*"]
         .json();
     assert_eq!(sources["sources"][1]["name"], "relay", "{sources}");
     assert_eq!(sources["sources"][1]["configured"], true, "{sources}");
-    let done = logged(&log, "config reloaded");
+    let done = common::logged(&log, "config reloaded");
     assert_eq!(done[1]["fields"]["added"], "relay", "{:?}", done[1]);
 
     // A new listener address and a new journal path are reported and wait for a
@@ -216,7 +206,7 @@ events = ["*:*"]
         &path,
         config(d, "127.0.0.1:1", "2KiB", &["new"], "").replace(&journal, &moved),
     );
-    let waiting = logged(
+    let waiting = common::logged(
         &log,
         "these changes take effect only after a restart; the running values stay",
     );
@@ -243,7 +233,7 @@ events = ["*:*"]
         &path,
         config(d, "127.0.0.1:0", "64KiB", &["new"], "").replace("max_body", "max_bdy"),
     );
-    let failed = logged(
+    let failed = common::logged(
         &log,
         "config reload failed; the running config stays in place",
     );

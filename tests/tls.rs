@@ -818,16 +818,6 @@ async fn http2_streams_per_connection_are_limited() {
     running.stop().await;
 }
 
-/// The JSON log lines of `log` whose message is `message`.
-fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|entry| entry["fields"]["message"] == message)
-        .collect()
-}
-
 /// The `conn` span of a log line: its listener and peer.
 fn conn_span(entry: &serde_json::Value) -> Option<(String, String)> {
     entry["spans"].as_array()?.iter().find_map(|span| {
@@ -868,8 +858,8 @@ async fn refused_handshakes_and_http2_requests_are_logged_with_their_connection(
 
     let started = std::time::Instant::now();
     let (refused, rejected) = loop {
-        let refused = log_lines(&log, "TLS handshake refused");
-        let rejected = log_lines(&log, "request rejected");
+        let refused = common::logged(&log, "TLS handshake refused");
+        let rejected = common::logged(&log, "request rejected");
         if (refused.len() >= 2 && !rejected.is_empty())
             || started.elapsed() > Duration::from_secs(10)
         {

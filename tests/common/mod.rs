@@ -244,13 +244,10 @@ pub fn spawn_logged(
         .unwrap();
     let started = Instant::now();
     loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
         let addr = |message: &str| {
-            text.lines().find_map(|line| {
-                let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-                (entry["fields"]["message"] == message)
-                    .then(|| entry["fields"]["addr"].as_str()?.parse().ok())?
-            })
+            logged(log, message)
+                .iter()
+                .find_map(|entry| entry["fields"]["addr"].as_str()?.parse().ok())
         };
         if let (Some(ingest), Some(admin)) = (addr("ingest listening"), addr("admin listening")) {
             return (child, ingest, admin);
@@ -258,10 +255,21 @@ pub fn spawn_logged(
         if started.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
             let _ = child.wait();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
             panic!("hookgate did not start:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Lines of the JSON log `log` whose message is `message`.
+pub fn logged(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["fields"]["message"] == message)
+        .collect()
 }
 
 /// Journal settings for opening a test's journal directly (after its gateway stopped,

@@ -169,10 +169,14 @@ impl Reloader {
 
     /// Reads the config file again and applies it (see the module's comment).
     pub async fn reload_file(&self) -> anyhow::Result<Reloaded> {
-        let Some(file) = &self.file else {
+        let Some(file) = self.file.clone() else {
             bail!("the config was not read from a file, so there is none to read again");
         };
-        let config = Config::load(file)?;
+        // The file and the secrets it names are read on the blocking pool, off the
+        // request threads (with `server.threads = 1`, a slow read would hold up them all).
+        let config = tokio::task::spawn_blocking(move || Config::load(&file))
+            .await
+            .map_err(|e| anyhow!("reading the config ended early: {e}"))??;
         self.apply(&config).await
     }
 
@@ -248,7 +252,9 @@ impl Reloader {
     /// One SIGHUP: the TLS files, then the config file. Every outcome is logged.
     async fn hangup(&self) {
         for tls in &self.tls {
-            match tls.reload() {
+            let tls = tls.clone();
+            let read = tokio::task::spawn_blocking(move || tls.reload()).await;
+            match read.unwrap_or_else(|e| Err(format!("reading the files ended early: {e}"))) {
                 Ok(()) => tracing::info!("TLS certificate and key reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "TLS reload failed; keeping the certificate in use")

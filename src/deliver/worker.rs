@@ -3,6 +3,11 @@
 //! `max_in_flight` and `rate_limit`, and writes what the attempts came to back to the
 //! journal. With `ordered`, one delivery is in flight at a time, always the oldest
 //! pending one: a failing delivery holds the ones behind it.
+//!
+//! Its reads of the pending set run on tokio's blocking pool ([`read`]): the worker
+//! runs on the request threads, and a scan that waits for the disk (after an open, a
+//! first fill reads up to [`MAX_WAITING`] deliveries) would hold up every connection
+//! with `server.threads = 1`. Each delivery's own read, of one key, stays here.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{attempt, pushed, Deliverer};
-use crate::journal::{DeliveryOutcome, DeliveryStatus, Subscription, Verdict};
+use crate::journal::{Delivery, DeliveryOutcome, DeliveryStatus, Journal, Subscription, Verdict};
 use crate::listen::stopped;
 
 /// How many pending deliveries one read of the journal takes.
@@ -79,7 +84,7 @@ impl Worker {
             }
             let sub = Arc::new(sub);
             let wake = if sub.active {
-                self.fill(&sub)
+                self.fill(&sub).await
             } else {
                 Instant::now() + Duration::from_secs(1)
             };
@@ -124,7 +129,7 @@ impl Worker {
     }
 
     /// Starts the attempts that are due, within the limits; answers when to look again.
-    fn fill(&mut self, sub: &Arc<Subscription>) -> Instant {
+    async fn fill(&mut self, sub: &Arc<Subscription>) -> Instant {
         let limit = if sub.ordered {
             1
         } else {
@@ -140,12 +145,12 @@ impl Worker {
         while self.in_flight.len() < limit {
             let now_ms = now_ms();
             let next = if sub.ordered {
-                match self.head(now_ms) {
+                match self.head(now_ms).await {
                     Ok(seq) => seq,
                     Err(wake) => return wake.min(idle),
                 }
             } else {
-                match self.next_due(now_ms) {
+                match self.next_due(now_ms).await {
                     Ok(seq) => seq,
                     Err(wake) => return wake.min(idle),
                 }
@@ -161,6 +166,8 @@ impl Worker {
                     return Instant::now() + wait;
                 }
             }
+            // One key's read, left on this thread: a hop to the blocking pool for each
+            // delivery cost a fifth of the deliveries a second (BENCHMARKS.md).
             let delivery = match self.deliverer.journal.delivery(seq, self.num) {
                 Ok(Some(d)) if d.status == DeliveryStatus::Pending => d,
                 Ok(_) => {
@@ -188,7 +195,7 @@ impl Worker {
 
     /// Unordered: the seq of the next due delivery, reading the pending set as needed;
     /// `Ok(None)` when nothing is pending, `Err(when)` when the next one is not due yet.
-    fn next_due(&mut self, now_ms: u64) -> Result<Option<u64>, Instant> {
+    async fn next_due(&mut self, now_ms: u64) -> Result<Option<u64>, Instant> {
         loop {
             if let Some(&(due, seq)) = self.waiting.first() {
                 if due <= now_ms {
@@ -196,7 +203,7 @@ impl Worker {
                     return Ok(Some(seq));
                 }
             }
-            if self.waiting.len() >= MAX_WAITING || !self.read_more() {
+            if self.waiting.len() >= MAX_WAITING || !self.read_more().await {
                 return match self.waiting.first() {
                     Some(&(due, _)) => Err(instant_at(due, now_ms)),
                     None => Ok(None),
@@ -206,11 +213,16 @@ impl Worker {
     }
 
     /// Ordered: the oldest pending delivery, if it is due and nothing is in flight.
-    fn head(&mut self, now_ms: u64) -> Result<Option<u64>, Instant> {
+    async fn head(&mut self, now_ms: u64) -> Result<Option<u64>, Instant> {
         if !self.in_flight.is_empty() {
             return Ok(None);
         }
-        match self.deliverer.journal.pending_deliveries(self.num, 0, 1) {
+        let num = self.num;
+        match read(&self.deliverer.journal, move |journal| {
+            journal.pending_deliveries(num, 0, 1)
+        })
+        .await
+        {
             Ok(head) => match head.first() {
                 None => Ok(None),
                 // Its event is not durable yet: woken when it is.
@@ -231,23 +243,20 @@ impl Worker {
     /// Reads the next batch of the pending set into `waiting`, up to the newest durable
     /// event (one whose flush is still running may yet be refused); answers whether there
     /// was any.
-    fn read_more(&mut self) -> bool {
+    async fn read_more(&mut self) -> bool {
         let durable = self.durable;
         if self.cursor > durable {
             return false;
         }
-        let batch =
-            match self
-                .deliverer
-                .journal
-                .pending_deliveries(self.num, self.cursor, READ_BATCH)
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read pending deliveries; trying again soon");
-                    return false;
-                }
-            };
+        let (num, cursor) = (self.num, self.cursor);
+        let batch = move |journal: &Journal| journal.pending_deliveries(num, cursor, READ_BATCH);
+        let batch: Vec<Delivery> = match read(&self.deliverer.journal, batch).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read pending deliveries; trying again soon");
+                return false;
+            }
+        };
         // Only deliveries of durable events; the rest are read again once they are.
         let batch: Vec<_> = batch.into_iter().take_while(|d| d.seq <= durable).collect();
         let Some(last) = batch.last() else {
@@ -314,6 +323,17 @@ impl Worker {
 
 fn now_ms() -> u64 {
     crate::unix_ms(SystemTime::now())
+}
+
+/// Runs `read` of the journal on tokio's blocking pool (see the module's note).
+async fn read<T: Send + 'static>(
+    journal: &Journal,
+    read: impl FnOnce(&Journal) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let journal = journal.clone();
+    tokio::task::spawn_blocking(move || read(&journal))
+        .await
+        .map_err(|e| format!("a read of the journal ended early: {e}"))?
 }
 
 /// The instant of a wall-clock time in ms.

@@ -206,6 +206,9 @@ enum Command {
         /// Each subscription's max_in_flight (default: the gateway's).
         #[arg(long)]
         max_in_flight: Option<usize>,
+        /// Ordered subscriptions: one delivery in flight each, in journal order.
+        #[arg(long)]
+        ordered: bool,
         /// Events per second (open loop).
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
@@ -607,6 +610,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             token,
             subscriptions,
             max_in_flight,
+            ordered,
             rate,
             duration,
             connections,
@@ -625,6 +629,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 token,
                 subscriptions,
                 max_in_flight,
+                ordered,
                 rate,
                 duration: parse("duration", &duration)?,
                 connections,

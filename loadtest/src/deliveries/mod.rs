@@ -42,6 +42,8 @@ pub struct Options {
     pub subscriptions: usize,
     /// Each subscription's `max_in_flight` (default: the gateway's).
     pub max_in_flight: Option<usize>,
+    /// Each subscription `ordered`: one delivery in flight, in journal order.
+    pub ordered: bool,
     /// Events per second.
     pub rate: f64,
     pub duration: Duration,
@@ -95,7 +97,7 @@ async fn started(options: &Options, sink: &Sink) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("hookgate.log");
     let phase = |n: usize| {
-        let (config, ingest, admin) = config(&dir, n, sink, options.max_in_flight)?;
+        let (config, ingest, admin) = config(&dir, n, sink, options)?;
         let child = crate::crash::start(&options.hookgate, &config, Some(&log))?;
         anyhow::Ok((config, ingest, admin, child))
     };
@@ -159,7 +161,7 @@ async fn attached(options: &Options, config: &Path, sink: &Sink) -> anyhow::Resu
     let mut made = Vec::new();
     let mut result = Ok(());
     for n in 1..=options.subscriptions {
-        match api.create(n, &source, sink, options.max_in_flight).await {
+        match api.create(n, &source, sink, options).await {
             Ok(id) => made.push(id),
             Err(e) => {
                 result = Err(e);
@@ -255,7 +257,7 @@ fn config(
     dir: &Path,
     n: usize,
     sink: &Sink,
-    max_in_flight: Option<usize>,
+    options: &Options,
 ) -> anyhow::Result<(PathBuf, String, String)> {
     let ingest = format!("127.0.0.1:{}", crate::bench::free_port()?);
     let admin = format!("127.0.0.1:{}", crate::bench::free_port()?);
@@ -269,8 +271,11 @@ fn config(
             sink.url(i),
             hookgate::deliver::sign::new_secret()
         ));
-        if let Some(m) = max_in_flight {
+        if let Some(m) = options.max_in_flight {
             text.push_str(&format!("max_in_flight = {m}\n"));
+        }
+        if options.ordered {
+            text.push_str("ordered = true\n");
         }
     }
     let path = dir.join(format!("deliveries-{n}.toml"));
@@ -306,15 +311,18 @@ impl Api {
         n: usize,
         source: &str,
         sink: &Sink,
-        max_in_flight: Option<usize>,
+        options: &Options,
     ) -> anyhow::Result<String> {
         let mut body = serde_json::json!({
             "name": format!("loadtest-sink-{}-{n}", std::process::id()),
             "url": sink.url(n),
             "events": [format!("{source}:*")],
         });
-        if let Some(m) = max_in_flight {
+        if let Some(m) = options.max_in_flight {
             body["max_in_flight"] = m.into();
+        }
+        if options.ordered {
+            body["ordered"] = true.into();
         }
         let reply = hookgate::cli::client::request(
             Method::POST,

@@ -173,7 +173,7 @@ impl Reloader {
             bail!("the config was not read from a file, so there is none to read again");
         };
         // The file and the secrets it names are read on the blocking pool, off the
-        // request threads (with `server.threads = 1`, a slow read would hold up them all).
+        // request threads (with `server.threads = 1`, a slow read would hold them all up).
         let config = tokio::task::spawn_blocking(move || Config::load(&file))
             .await
             .map_err(|e| anyhow!("reading the config ended early: {e}"))??;

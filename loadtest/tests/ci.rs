@@ -416,20 +416,27 @@ fn three_replicas_behind_a_balancer_lose_nothing_when_one_is_killed() {
     );
 }
 
+/// `deliveries ARGS` for 2 s on a gateway it starts, with 60 s to drain: its JSON
+/// report, once it has exited 0.
+fn deliveries_started(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(loadtest())
+        .args(["deliveries", "--hookgate"])
+        .arg(hookgate())
+        .args(args)
+        .args(["--duration", "2s", "--drain", "60s", "--json"])
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    eprintln!("deliveries {args:?}: {report}");
+    assert!(output.status.success(), "{report}");
+    report
+}
+
 /// `deliveries` on a gateway it starts: every accepted event reached each subscription's
 /// sink, and the JSON report holds what BENCHMARKS.md quotes.
 #[test]
 fn deliveries_reach_every_subscription() {
-    let output = Command::new(loadtest())
-        .args(["deliveries", "--hookgate"])
-        .arg(hookgate())
-        .args(["--subscriptions", "2", "--rate", "200", "--duration", "2s"])
-        .args(["--drain", "30s", "--json"])
-        .output()
-        .unwrap();
-    let report = json_of(&output);
-    eprintln!("deliveries: {report}");
-    assert!(output.status.success(), "{report}");
+    let report = deliveries_started(&["--subscriptions", "2", "--rate", "200"]);
     let d = &report["deliveries"];
     assert!(d["expected"].as_u64().unwrap() >= 2 * 390, "{report}");
     assert_eq!(d["delivered"], d["expected"], "{report}");
@@ -449,16 +456,7 @@ fn deliveries_reach_every_subscription() {
 /// run without `--ordered`).
 #[test]
 fn ordered_deliveries_arrive_in_journal_order() {
-    let output = Command::new(loadtest())
-        .args(["deliveries", "--hookgate"])
-        .arg(hookgate())
-        .args(["--subscriptions", "1", "--ordered", "--rate", "1000"])
-        .args(["--duration", "2s", "--drain", "60s", "--json"])
-        .output()
-        .unwrap();
-    let report = json_of(&output);
-    eprintln!("deliveries --ordered: {report}");
-    assert!(output.status.success(), "{report}");
+    let report = deliveries_started(&["--subscriptions", "1", "--ordered", "--rate", "1000"]);
     let d = &report["deliveries"];
     assert!(d["expected"].as_u64().unwrap() >= 1900, "{report}");
     assert_eq!(d["delivered"], d["expected"], "{report}");

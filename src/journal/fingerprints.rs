@@ -31,9 +31,9 @@ use super::Trees;
 /// At most [`MAX_HELD`] keys are held; past that new ones go into the index's `dedup` tree
 /// (`Created::keys_in_index`), until an opening finds fewer again.
 pub(super) struct Fingerprints {
-    counts: HashMap<u64, u32, BuildHasherDefault<Passthrough>>,
+    counts: Shards<u32>,
     /// Key fingerprint -> seq of its event.
-    held: HashMap<u64, u64, BuildHasherDefault<Passthrough>>,
+    held: Shards<u64>,
     /// Keys whose fingerprint `held` already holds for another event: (print, seq).
     /// Rare: a key accepted again after its window, before the walk forgot the old one,
     /// or two keys sharing a fingerprint.
@@ -68,6 +68,85 @@ impl Hasher for Passthrough {
     }
 }
 
+/// How many tables a [`Shards`] map splits its entries among.
+const SHARDS: usize = 256;
+
+/// A map from fingerprint to value, split among [`SHARDS`] tables by bits 32-39 of the
+/// fingerprint, bits a table's own hashing leaves alone (it takes the bucket from the
+/// low bits and each entry's tag from the top seven). A table that fills up moves every
+/// entry into one twice its size at once, and here that happens on the committer, where
+/// every append waits for it. In one table, growing to the limit of four million keys
+/// held one insert for 70 ms; split, the longest took 0.3-0.6 ms, and the tables fill
+/// up at different inserts (BENCHMARKS.md, 2026-12-07, eighth session).
+struct Shards<V> {
+    tables: Box<[HashMap<u64, V, BuildHasherDefault<Passthrough>>]>,
+    len: usize,
+}
+
+impl<V: Copy> Shards<V> {
+    fn new() -> Shards<V> {
+        Shards {
+            tables: (0..SHARDS).map(|_| HashMap::default()).collect(),
+            len: 0,
+        }
+    }
+
+    fn table(print: u64) -> usize {
+        (print >> 32) as usize % SHARDS
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, print: u64) -> Option<V> {
+        self.tables[Self::table(print)].get(&print).copied()
+    }
+
+    fn get_mut(&mut self, print: u64) -> Option<&mut V> {
+        self.tables[Self::table(print)].get_mut(&print)
+    }
+
+    /// Puts `value` under `print`; answers the value it replaced.
+    fn insert(&mut self, print: u64, value: V) -> Option<V> {
+        let replaced = self.tables[Self::table(print)].insert(print, value);
+        self.len += usize::from(replaced.is_none());
+        replaced
+    }
+
+    /// Puts `value` under `print` unless a value is there already: then answers that one.
+    fn insert_new(&mut self, print: u64, value: V) -> Option<V> {
+        match self.tables[Self::table(print)].entry(print) {
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(value);
+                self.len += 1;
+                None
+            }
+            std::collections::hash_map::Entry::Occupied(taken) => Some(*taken.get()),
+        }
+    }
+
+    fn remove(&mut self, print: u64) -> Option<V> {
+        let removed = self.tables[Self::table(print)].remove(&print);
+        self.len -= usize::from(removed.is_some());
+        removed
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, V)> + '_ {
+        self.tables
+            .iter()
+            .flat_map(|table| table.iter().map(|(&print, &value)| (print, value)))
+    }
+
+    /// Room for `n` more entries in all, spread as the fingerprints spread them.
+    fn reserve(&mut self, n: usize) {
+        let each = n / SHARDS + n / SHARDS / 8 + 1;
+        for table in self.tables.iter_mut() {
+            table.reserve(each);
+        }
+    }
+}
+
 /// The most keys in the index the fingerprint table counts.
 const MAX_PRINTS: usize = 4 << 20;
 /// The most dedup keys the table holds (16 bytes each, about 140 MB with the map's
@@ -84,8 +163,8 @@ impl Fingerprints {
     /// An empty table with a seed of its own.
     fn empty(seed: u64) -> Fingerprints {
         Fingerprints {
-            counts: HashMap::default(),
-            held: HashMap::default(),
+            counts: Shards::new(),
+            held: Shards::new(),
             shared_prints: Vec::new(),
             spilled: false,
             seed,
@@ -130,19 +209,25 @@ impl Fingerprints {
                 "too many ids in the dedup window to keep their fingerprints; each is looked up in the index"
             );
             self.full = true;
-            self.counts = HashMap::default();
+            self.counts = Shards::new();
             return;
         }
-        *self.counts.entry(self.print(key)).or_default() += 1;
+        let print = self.print(key);
+        match self.counts.get_mut(print) {
+            Some(count) => *count += 1,
+            None => {
+                self.counts.insert(print, 1);
+            }
+        }
     }
 
     /// A key left the index's `dedup` tree.
     pub(super) fn remove(&mut self, key: &[u8]) {
         let print = self.print(key);
-        if let Some(count) = self.counts.get_mut(&print) {
+        if let Some(count) = self.counts.get_mut(print) {
             *count -= 1;
             if *count == 0 {
-                self.counts.remove(&print);
+                self.counts.remove(print);
             }
         }
     }
@@ -155,7 +240,7 @@ impl Fingerprints {
     }
 
     fn index_may_hold(&self, print: u64) -> bool {
-        self.full || self.counts.contains_key(&print)
+        self.full || self.counts.get(print).is_some()
     }
 
     /// Where `key` may be, from one fingerprint: whether the index's `dedup` tree may hold it
@@ -190,14 +275,9 @@ impl Fingerprints {
             return false;
         }
         let print = self.print(key);
-        match self.held.entry(print) {
-            std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(seq);
-            }
-            std::collections::hash_map::Entry::Occupied(taken) => {
-                if *taken.get() != seq && !self.shared_prints.contains(&(print, seq)) {
-                    self.shared_prints.push((print, seq));
-                }
+        if let Some(other) = self.held.insert_new(print, seq) {
+            if other != seq && !self.shared_prints.contains(&(print, seq)) {
+                self.shared_prints.push((print, seq));
             }
         }
         true
@@ -210,7 +290,7 @@ impl Fingerprints {
     }
 
     fn seqs_of(&self, print: u64) -> Vec<u64> {
-        let mut seqs: Vec<u64> = self.held.get(&print).copied().into_iter().collect();
+        let mut seqs: Vec<u64> = self.held.get(print).into_iter().collect();
         if !self.shared_prints.is_empty() {
             seqs.extend(
                 self.shared_prints
@@ -230,7 +310,7 @@ impl Fingerprints {
             self.shared_prints.swap_remove(at);
             return true;
         }
-        if self.held.get(&print) != Some(&seq) {
+        if self.held.get(print) != Some(seq) {
             return false;
         }
         match self.shared_prints.iter().position(|(p, _)| *p == print) {
@@ -239,7 +319,7 @@ impl Fingerprints {
                 self.held.insert(print, other);
             }
             None => {
-                self.held.remove(&print);
+                self.held.remove(print);
             }
         }
         true
@@ -295,17 +375,13 @@ impl Fingerprints {
         out.extend_from_slice(&self.print(SAVED_CHECK).to_le_bytes());
         out.push(u8::from(self.full));
         out.extend_from_slice(&(self.counts.len() as u64).to_le_bytes());
-        for (print, count) in &self.counts {
+        for (print, count) in self.counts.iter() {
             out.extend_from_slice(&print.to_le_bytes());
             out.extend_from_slice(&count.to_le_bytes());
         }
         out.push(u8::from(self.spilled));
         out.extend_from_slice(&(self.held_count() as u64).to_le_bytes());
-        for (print, seq) in self
-            .held
-            .iter()
-            .chain(self.shared_prints.iter().map(|(p, s)| (p, s)))
-        {
+        for (print, seq) in self.held.iter().chain(self.shared_prints.iter().copied()) {
             out.extend_from_slice(&print.to_le_bytes());
             out.extend_from_slice(&seq.to_le_bytes());
         }
@@ -496,6 +572,30 @@ mod tests {
             !prints.keep(b"s\0\0y", 10, 100),
             "and stays so until an opening builds it again"
         );
+    }
+
+    #[test]
+    fn the_table_is_split_evenly_and_answers_as_one() {
+        let (_dir, db) = store::Db::scratch();
+        let mut prints = Fingerprints::load(&db.open_tree("dedup").unwrap()).unwrap();
+        let key = |seq: u64| format!("github\0{seq:x}-4c1e-11ef-8d3b").into_bytes();
+        let n = 200_000u64;
+        for seq in 0..n {
+            assert!(prints.keep(&key(seq), seq, MAX_HELD));
+        }
+        assert_eq!(prints.held_count(), n as usize);
+        // No table holds (and so moves at once when it grows) much more than its share.
+        let largest = prints.held.tables.iter().map(HashMap::len).max().unwrap();
+        assert!(largest < 2 * n as usize / SHARDS, "{largest} of {n}");
+        let mut gone = 0;
+        for seq in (0..n).step_by(97) {
+            assert_eq!(prints.seqs(&key(seq)), [seq]);
+            assert!(prints.let_go(&key(seq), seq));
+            assert!(prints.seqs(&key(seq)).is_empty());
+            gone += 1;
+        }
+        assert_eq!(prints.held_count(), (n - gone) as usize);
+        assert_eq!(prints.held.iter().count(), (n - gone) as usize);
     }
 
     #[test]

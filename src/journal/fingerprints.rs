@@ -598,6 +598,40 @@ mod tests {
         assert_eq!(prints.held.iter().count(), (n - gone) as usize);
     }
 
+    /// Not a check but a measurement (BENCHMARKS.md, 2026-12-07, eighth session): the
+    /// longest single insert while one table, and then a [`Shards`] map, grows to
+    /// [`MAX_HELD`] fingerprints, in the same run.
+    /// `cargo test --release --lib growth_pauses -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement; run it by name"]
+    fn growth_pauses() {
+        let hasher = foldhash::quality::FixedState::with_seed(7);
+        let print = |n: u64| std::hash::BuildHasher::hash_one(&hasher, n);
+        let longest = |insert: &mut dyn FnMut(u64)| {
+            let mut longest = std::time::Duration::ZERO;
+            for n in 0..MAX_HELD as u64 {
+                let began = std::time::Instant::now();
+                insert(print(n));
+                longest = longest.max(began.elapsed());
+            }
+            longest
+        };
+        let mut one: HashMap<u64, u64, BuildHasherDefault<Passthrough>> = HashMap::default();
+        let one = longest(&mut |p| {
+            one.insert(p, p);
+        });
+        let mut split = Shards::new();
+        let split = longest(&mut |p| {
+            split.insert(p, p);
+        });
+        println!(
+            "longest insert up to {MAX_HELD} fingerprints: one table {:.2} ms, {SHARDS} tables {:.2} ms ({:.3}x)",
+            one.as_secs_f64() * 1e3,
+            split.as_secs_f64() * 1e3,
+            split.as_secs_f64() / one.as_secs_f64()
+        );
+    }
+
     #[test]
     fn a_saved_table_keeps_the_keys_it_holds() {
         let dir = tempfile::tempdir().unwrap();

@@ -76,8 +76,8 @@ const SHARDS: usize = 256;
 /// low bits and each entry's tag from the top seven). A table that fills up moves every
 /// entry into one twice its size at once, and here that happens on the committer, where
 /// every append waits for it. In one table, growing to the limit of four million keys
-/// held one insert for 70 ms; split, the longest took 0.3-0.6 ms, and the tables fill
-/// up at different inserts (BENCHMARKS.md, 2026-12-07, eighth session).
+/// held one insert for 70 ms; split, the longest took 0.3-0.6 ms in most runs, and the
+/// tables fill up at different inserts (BENCHMARKS.md, 2026-12-07, eighth session).
 struct Shards<V> {
     tables: Box<[HashMap<u64, V, BuildHasherDefault<Passthrough>>]>,
     len: usize,

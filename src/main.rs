@@ -288,9 +288,26 @@ fn init_logging() {
     }
 }
 
+/// Turns transparent huge pages off for the process, unless `MIMALLOC_ALLOW_THP` is set:
+/// then mimalloc, which reads the same variable, decides. mimalloc asks the kernel for
+/// huge pages, and the kernel zeroes each one, 2 MiB, where it is first touched. On the
+/// journal's committer, which every append waits for, one such fault took 10-20 ms on
+/// the development VM; that was most of hookgate's p99 past the floor's (BENCHMARKS.md,
+/// 2026-12-07, eighth session). In 4 KiB pages the same zeroing comes in small steps.
+fn without_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "cannot turn transparent huge pages off");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    without_huge_pages();
     // `serve` runs `server.threads` request threads when it is set; otherwise, as the
     // other commands, tokio's default (`TOKIO_WORKER_THREADS`, or one per CPU).
     let runtime_of = |threads: Option<usize>| {

@@ -344,6 +344,37 @@ fn serve_runs_as_many_request_threads_as_server_threads_says() {
     }
 }
 
+/// `THP_enabled` of `/proc/{pid}/status`: `1` unless transparent huge pages are off for
+/// the process.
+fn thp_enabled(pid: impl std::fmt::Display) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .expect("the kernel says whether THP is on for a process")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn serve_turns_huge_pages_off_unless_mimalloc_is_told_otherwise() {
+    // Zeroing a fresh 2 MiB page on the committer held every append for 10-20 ms
+    // (BENCHMARKS.md), so hookgate turns transparent huge pages off for itself. With
+    // MIMALLOC_ALLOW_THP set, it leaves them as they were (a child keeps its parent's).
+    let inherited = thp_enabled("self");
+    for (env, expected) in [(None, "0"), (Some("1"), inherited.as_str())] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, path) = write_starter(dir.path(), "127.0.0.1:0");
+        let log = dir.path().join("hookgate.log");
+        let env: Vec<_> = env.map(|v| ("MIMALLOC_ALLOW_THP", v)).into_iter().collect();
+        let (mut child, ingest, _) = common::spawn_logged(&path, &log, &env);
+        assert_eq!(thp_enabled(child.id()), expected, "{env:?}");
+        let url = format!("http://{ingest}/hooks/github");
+        common::send_accepted(&path, "github", &url, &[]);
+        assert!(common::terminate(&mut child).success());
+    }
+}
+
 #[test]
 fn a_fresh_init_has_a_token_that_the_events_commands_use() {
     let dir = tempfile::tempdir().unwrap();

@@ -236,6 +236,7 @@ pub fn spawn_logged(
         .env_remove("RUST_LOG")
         .env_remove("HOOKGATE_LOG_BODIES")
         .env_remove("TOKIO_WORKER_THREADS")
+        .env_remove("MIMALLOC_ALLOW_THP")
         .env("HOOKGATE_LOG_FORMAT", "json")
         .envs(env.iter().copied())
         .stderr(file)

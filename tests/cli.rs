@@ -368,10 +368,12 @@ fn serve_turns_huge_pages_off_unless_mimalloc_is_told_otherwise() {
         let log = dir.path().join("hookgate.log");
         let env: Vec<_> = env.map(|v| ("MIMALLOC_ALLOW_THP", v)).into_iter().collect();
         let (mut child, ingest, _) = common::spawn_logged(&path, &log, &env);
-        assert_eq!(thp_enabled(child.id()), expected, "{env:?}");
+        let thp = thp_enabled(child.id());
         let url = format!("http://{ingest}/hooks/github");
         common::send_accepted(&path, "github", &url, &[]);
+        // Stopped before the check, so that a failing check leaves no gateway running.
         assert!(common::terminate(&mut child).success());
+        assert_eq!(thp, expected, "{env:?}");
     }
 }
 

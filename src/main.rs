@@ -308,22 +308,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     without_huge_pages();
+    match run(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command: Ok(false) when it did its work and found something wrong.
+fn run(command: Command) -> anyhow::Result<bool> {
     // `serve` runs `server.threads` request threads when it is set; otherwise, as the
-    // other commands, tokio's default (`TOKIO_WORKER_THREADS`, or one per CPU).
-    let runtime_of = |threads: Option<usize>| {
+    // other commands, as many as `TOKIO_WORKER_THREADS` says, or one per CPU.
+    let runtime_of = |threads: Option<usize>| -> anyhow::Result<tokio::runtime::Runtime> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         if let Some(threads) = threads {
             builder.worker_threads(threads);
         }
-        builder
-            .enable_all()
-            .build()
-            .expect("a tokio runtime starts")
+        Ok(builder.enable_all().build()?)
     };
-    let runtime = || runtime_of(None);
-    let result: anyhow::Result<bool> = match cli.command {
+    let runtime = || hookgate::config::threads_from_env().and_then(runtime_of);
+    match command {
         Command::Serve { config } => Config::load(&config).and_then(|config| {
-            runtime_of(config.server.threads).block_on(hookgate::run(config))?;
+            runtime_of(config.server.request_threads()?)?.block_on(hookgate::run(config))?;
             Ok(true)
         }),
         Command::CheckConfig { config } => hookgate::cli::check_config(&config),
@@ -334,7 +343,7 @@ fn main() -> ExitCode {
             admin,
             token,
             tls,
-        } => runtime().block_on(events(
+        } => runtime()?.block_on(events(
             action,
             &config,
             admin.as_deref(),
@@ -342,13 +351,13 @@ fn main() -> ExitCode {
             tls,
         )),
         Command::Subscriptions { action, admin } => {
-            runtime().block_on(hookgate::cli::subscriptions::run(action, &admin))
+            runtime()?.block_on(hookgate::cli::subscriptions::run(action, &admin))
         }
         Command::Deliveries { action, admin } => {
-            runtime().block_on(hookgate::cli::deliveries::run(action, &admin))
+            runtime()?.block_on(hookgate::cli::deliveries::run(action, &admin))
         }
         Command::Health { config, ready, tls } => {
-            runtime().block_on(hookgate::cli::health(&config, ready, &tls))
+            runtime()?.block_on(hookgate::cli::health(&config, ready, &tls))
         }
         Command::GenCerts { out, client_name } => {
             hookgate::cli::certs::gen_certs(&out, &client_name).map(|written| {
@@ -367,7 +376,7 @@ fn main() -> ExitCode {
             id,
             url,
             tls,
-        } => runtime().block_on(hookgate::cli::send(hookgate::cli::SendArgs {
+        } => runtime()?.block_on(hookgate::cli::send(hookgate::cli::SendArgs {
             config: &config,
             source: &source,
             body: body.as_deref(),
@@ -378,13 +387,5 @@ fn main() -> ExitCode {
             pad_to: None,
             tls,
         })),
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }

@@ -344,6 +344,51 @@ fn serve_runs_as_many_request_threads_as_server_threads_says() {
     }
 }
 
+#[test]
+fn a_tokio_worker_threads_it_cannot_use_is_an_error_not_a_panic() {
+    // tokio reads the variable itself when it is given no number, and panics on `0` or
+    // `two`; hookgate reads it first. serve, check-config and a client command each name
+    // it and exit 1.
+    let dir = tempfile::tempdir().unwrap();
+    let (starter, path) = write_starter(dir.path(), "127.0.0.1:0");
+    let run = |args: &[&str], value: &str| {
+        let out = hookgate()
+            .args(args)
+            .arg(&path)
+            .env("TOKIO_WORKER_THREADS", value)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    for value in ["0", "two"] {
+        for args in [
+            &["serve", "-c"][..],
+            &["check-config", "-c"],
+            &["health", "-c"],
+        ] {
+            let (code, said) = run(args, value);
+            assert_eq!(code, Some(1), "{args:?} with {value:?}: {said}");
+            assert!(
+                said.contains(&format!(
+                    "TOKIO_WORKER_THREADS must be a number of threads between 1 and 1024, not {value:?}"
+                )),
+                "{args:?} with {value:?}: {said}"
+            );
+            assert!(!said.contains("panicked"), "{args:?}: {said}");
+        }
+    }
+    // With `server.threads` set, serve does not read the variable, and the check passes.
+    let text = starter.replacen("[server]\n", "[server]\nthreads = 1\n", 1);
+    std::fs::write(&path, text).unwrap();
+    let (code, said) = run(&["check-config", "-c"], "two");
+    assert_eq!(code, Some(0), "{said}");
+}
+
 /// `THP_enabled` of `/proc/{pid}/status`: `1` unless transparent huge pages are off for
 /// the process.
 fn thp_enabled(pid: impl std::fmt::Display) -> String {

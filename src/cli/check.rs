@@ -77,6 +77,10 @@ pub fn check_config(path: &Path) -> anyhow::Result<bool> {
         listener(config.server.listen, config.server.tls.is_some())
     );
     report.tls("server.tls", &config.server.tls);
+    // serve refuses a TOKIO_WORKER_THREADS it cannot use where `server.threads` is absent.
+    if let Err(e) = config.server.request_threads() {
+        report.error(format!("  error: {e}"));
+    }
     println!(
         "  admin    {}",
         listener(config.admin.listen, config.admin.tls.is_some())

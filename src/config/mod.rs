@@ -73,16 +73,51 @@ pub struct ServerConfig {
     #[serde(default = "default_h2_keep_alive_interval")]
     pub h2_keep_alive_interval: Dur,
     /// Threads that serve requests (and run the forwarder and the deliverer); absent,
-    /// tokio's default: `TOKIO_WORKER_THREADS` if set, else one per CPU the process may
-    /// use (its affinity and cgroup quota). On a small machine that takes mostly new
+    /// `TOKIO_WORKER_THREADS` if set ([`ServerConfig::request_threads`]), else tokio's
+    /// default: one per CPU the process may use (its affinity and cgroup quota). On a small machine that takes mostly new
     /// events, one fewer can do better, since the journal's committer and indexer threads
     /// work on every event (README, Performance).
     pub threads: Option<usize>,
     pub tls: Option<TlsConfig>,
 }
 
-/// The most request threads `server.threads` may ask for.
+/// The most request threads `server.threads` (or `TOKIO_WORKER_THREADS`) may ask for.
 const MAX_THREADS: usize = 1024;
+
+/// The variable tokio's runtime reads for its number of threads when it is given none.
+const THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
+
+impl ServerConfig {
+    /// How many request threads `serve` runs: `server.threads`, else what
+    /// `TOKIO_WORKER_THREADS` says ([`threads_from_env`]); `None` for one per CPU.
+    pub fn request_threads(&self) -> anyhow::Result<Option<usize>> {
+        match self.threads {
+            Some(threads) => Ok(Some(threads)),
+            None => threads_from_env(),
+        }
+    }
+}
+
+/// The number of threads `TOKIO_WORKER_THREADS` asks for; `None` when it is not set.
+/// tokio reads the variable itself when it is not told a number, and panics on a value
+/// it cannot use (`0`, `two`); read here, such a value is an error that names it, and
+/// hookgate passes tokio the number.
+pub fn threads_from_env() -> anyhow::Result<Option<usize>> {
+    threads_from(std::env::var_os(THREADS_VAR))
+}
+
+fn threads_from(value: Option<std::ffi::OsString>) -> anyhow::Result<Option<usize>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    match value.trim().parse::<usize>() {
+        Ok(threads) if (1..=MAX_THREADS).contains(&threads) => Ok(Some(threads)),
+        _ => bail!(
+            "{THREADS_VAR} must be a number of threads between 1 and {MAX_THREADS}, not {value:?}"
+        ),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -581,6 +616,32 @@ mod tests {
             let err = server(keys).unwrap_err().to_string();
             assert!(err.contains("server.threads"), "{keys}: {err}");
         }
+    }
+
+    #[test]
+    fn tokio_worker_threads_is_read_as_server_threads_is() {
+        let var = |value: &str| threads_from(Some(value.into()));
+        assert_eq!(threads_from(None).unwrap(), None);
+        assert_eq!(var("3").unwrap(), Some(3));
+        assert_eq!(var(" 1024\n").unwrap(), Some(1024));
+        for value in [
+            "0",
+            "1025",
+            "",
+            "two",
+            "-1",
+            "1.5",
+            "99999999999999999999999",
+        ] {
+            let err = var(value).unwrap_err().to_string();
+            assert!(
+                err.contains("TOKIO_WORKER_THREADS must be a number of threads between 1 and 1024"),
+                "{value:?}: {err}"
+            );
+        }
+        // The key wins; the variable is read only without it.
+        let config = Config::parse("[server]\nthreads = 2\n").unwrap();
+        assert_eq!(config.server.request_threads().unwrap(), Some(2));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use hookgate::config::Config;
@@ -327,7 +328,10 @@ fn run(command: Command) -> anyhow::Result<bool> {
         if let Some(threads) = threads {
             builder.worker_threads(threads);
         }
-        Ok(builder.enable_all().build()?)
+        builder
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
     };
     let runtime = || hookgate::config::threads_from_env().and_then(runtime_of);
     match command {

@@ -74,9 +74,9 @@ pub struct ServerConfig {
     pub h2_keep_alive_interval: Dur,
     /// Threads that serve requests (and run the forwarder and the deliverer); absent,
     /// `TOKIO_WORKER_THREADS` if set ([`ServerConfig::request_threads`]), else tokio's
-    /// default: one per CPU the process may use (its affinity and cgroup quota). On a small machine that takes mostly new
-    /// events, one fewer can do better, since the journal's committer and indexer threads
-    /// work on every event (README, Performance).
+    /// default: one per CPU the process may use (its affinity and cgroup quota). On a
+    /// small machine that takes mostly new events, one fewer can do better, since the
+    /// journal's committer and indexer threads work on every event (README, Performance).
     pub threads: Option<usize>,
     pub tls: Option<TlsConfig>,
 }

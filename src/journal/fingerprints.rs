@@ -114,15 +114,15 @@ impl<V: Copy> Shards<V> {
         replaced
     }
 
-    /// Puts `value` under `print` unless a value is there already: then answers that one.
-    fn insert_new(&mut self, print: u64, value: V) -> Option<V> {
+    /// The value under `print`, after putting `value` there if there was none: one
+    /// lookup either way.
+    fn or_insert(&mut self, print: u64, value: V) -> &mut V {
         match self.tables[Self::table(print)].entry(print) {
             std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(value);
                 self.len += 1;
-                None
+                free.insert(value)
             }
-            std::collections::hash_map::Entry::Occupied(taken) => Some(*taken.get()),
+            std::collections::hash_map::Entry::Occupied(taken) => taken.into_mut(),
         }
     }
 
@@ -212,13 +212,7 @@ impl Fingerprints {
             self.counts = Shards::new();
             return;
         }
-        let print = self.print(key);
-        match self.counts.get_mut(print) {
-            Some(count) => *count += 1,
-            None => {
-                self.counts.insert(print, 1);
-            }
-        }
+        *self.counts.or_insert(self.print(key), 0) += 1;
     }
 
     /// A key left the index's `dedup` tree.
@@ -275,10 +269,10 @@ impl Fingerprints {
             return false;
         }
         let print = self.print(key);
-        if let Some(other) = self.held.insert_new(print, seq) {
-            if other != seq && !self.shared_prints.contains(&(print, seq)) {
-                self.shared_prints.push((print, seq));
-            }
+        // Another event's seq already under this fingerprint: this one is kept beside it.
+        let holder = *self.held.or_insert(print, seq);
+        if holder != seq && !self.shared_prints.contains(&(print, seq)) {
+            self.shared_prints.push((print, seq));
         }
         true
     }
